@@ -1,0 +1,217 @@
+"""The state store: where runs, checkpoints, the dedup ledger, leases, errors and raw payload
+pointers live.
+
+One small interface, two implementations (SQLite embedded default, MongoDB for production).
+Every write here is idempotent: a message redelivered after a crash calls the same method
+with the same arguments, and the store ends in the same state as if it had been called once.
+That, with deterministic object keys and upserting sinks, is what makes effects exactly once.
+
+Collection / table names follow PRODUCT.md: TaskCheckpoint, TaskDedup, PendingTasks,
+TaskErrorLog, RawPayload, plus EtlRun for the runs themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol, runtime_checkable
+
+#: Stages whose completion is counted per batch in TaskCheckpoint.
+BATCH_STAGES = ("clean", "load")
+
+#: Row counters a stage completion may add to, per stage.
+ROW_COUNTERS = {
+    "clean": ("rows_cleaned", "rows_quarantined"),
+    "load": ("rows_loaded",),
+}
+
+RUN_STATUSES = ("running", "completed", "failed")
+SHARD_STATUSES = ("pending", "running", "done", "failed")
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC, truncated to milliseconds (what MongoDB keeps)."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=(now.microsecond // 1000) * 1000)
+
+
+def task_fingerprint(stage: str, run_id: str, shard: int, batch: int) -> str:
+    """The deterministic identity of one unit of work, the key of TaskDedup."""
+    raw = f"{stage}\x1f{run_id}\x1f{shard}\x1f{batch}"
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass
+class RunRecord:
+    """One run of a pipeline over a shard plan (EtlRun)."""
+
+    run_id: str
+    pipeline: str
+    plan: str  # shard plan fingerprint, e.g. "hash(flight_id)/20"
+    shards: int
+    status: str = "running"
+    params: dict[str, Any] = field(default_factory=dict)  # JSON-able: batch size, window...
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class Checkpoint:
+    """Progress of one shard of one run (TaskCheckpoint), unique on (run_id, shard).
+
+    `cursor` is the shard's position after the last fetched batch (JSON-able: int, float,
+    str or None before the first batch). `fetch_done` is set once the shard has no rows left.
+    """
+
+    run_id: str
+    shard: int
+    cursor: Any = None
+    status: str = "pending"
+    fetch_done: bool = False
+    batches_fetched: int = 0
+    batches_cleaned: int = 0
+    batches_loaded: int = 0
+    rows_fetched: int = 0
+    rows_cleaned: int = 0
+    rows_quarantined: int = 0
+    rows_loaded: int = 0
+    updated_at: datetime = field(default_factory=utcnow)
+    last_error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every batch fetched, and every fetched batch loaded."""
+        return self.fetch_done and self.batches_loaded >= self.batches_fetched
+
+
+@dataclass
+class RawPayload:
+    """Pointer to one fetched batch in the object store, unique on (run_id, shard, batch)."""
+
+    run_id: str
+    shard: int
+    batch: int
+    key: str  # object key inside the object store
+    bytes: int
+    sha256: str
+    rows: int
+    cursor_start: Any
+    cursor_end: Any
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class ErrorRecord:
+    """One failure (TaskErrorLog): what failed, where, and its traceback."""
+
+    run_id: str
+    stage: str
+    error_type: str
+    message: str
+    shard: int | None = None
+    batch: int | None = None
+    traceback: str = ""
+    context: dict[str, Any] = field(default_factory=dict)
+    at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class Lease:
+    """Ownership of one task (PendingTasks), unique on task_key."""
+
+    task_key: str
+    taken_by: str | None
+    lease_until: datetime | None
+    heartbeat: datetime | None = None
+    retry_count: int = 0
+    payload_ref: str | None = None
+    token: int = 0  # fencing token: grows by one each time the lease changes hands
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """What the actors, the CLI and the notebooks need from the state store."""
+
+    url: str  # the store's URL with any password masked
+
+    def close(self) -> None: ...
+
+    # -- runs (EtlRun) ----------------------------------------------------------------
+    def create_run(self, run: RunRecord) -> bool:
+        """Insert the run; False (and no change) if run_id exists already."""
+
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    def latest_run(self, pipeline: str, plan: str, *, unfinished: bool = True) -> RunRecord | None:
+        """The newest run (by created_at) of this pipeline and plan, only unfinished ones
+        (status "running" or "failed") when `unfinished`."""
+
+    def list_runs(self, *, pipeline: str | None = None, limit: int = 50) -> list[RunRecord]:
+        """Runs newest first."""
+
+    def set_run_status(self, run_id: str, status: str) -> None: ...
+
+    # -- checkpoints (TaskCheckpoint) -------------------------------------------------
+    def init_checkpoints(self, run_id: str, shards: int) -> None:
+        """Create checkpoints 0..shards-1 that do not exist yet; existing ones are untouched."""
+
+    def get_checkpoint(self, run_id: str, shard: int) -> Checkpoint | None: ...
+
+    def list_checkpoints(self, run_id: str | None = None) -> list[Checkpoint]:
+        """Ordered by (run_id, shard)."""
+
+    def record_fetch(self, payload: RawPayload, *, exhausted: bool) -> bool:
+        """Record a fetched batch: insert the RawPayload if absent, then advance the
+        checkpoint from batch `payload.batch` to `payload.batch + 1` (cursor = cursor_end,
+        rows_fetched += rows, fetch_done = exhausted, status "running" unless done) only if
+        its batches_fetched still equals payload.batch. True if this call advanced it."""
+
+    def finish_fetch(self, run_id: str, shard: int, batches: int) -> bool:
+        """Mark the shard fully fetched after `batches` batches (no rows left), only if
+        batches_fetched == batches. True if this call changed it."""
+
+    def complete_stage(self, run_id: str, shard: int, batch: int, stage: str,
+                       rows: dict[str, int]) -> bool:
+        """Count a batch's `stage` ("clean" or "load") as done, exactly once: adds 1 to
+        batches_<stage> and each of `rows` (names from ROW_COUNTERS[stage]) to the
+        checkpoint, then writes the TaskDedup entry task_fingerprint(stage, run, shard,
+        batch). A second call with the same (run, shard, batch, stage) changes nothing and
+        returns False. Safe if the process dies between any two writes. After a "load" that
+        makes the checkpoint complete, its status becomes "done"."""
+
+    def set_shard_status(self, run_id: str, shard: int, status: str,
+                         last_error: str | None = None) -> None: ...
+
+    # -- dedup ledger (TaskDedup) -----------------------------------------------------
+    def is_done(self, fingerprint: str) -> bool: ...
+
+    def mark_done(self, fingerprint: str, stage: str, run_id: str | None = None) -> bool:
+        """Insert the fingerprint; False if it was already there."""
+
+    def count_done(self, run_id: str | None = None) -> int: ...
+
+    # -- raw payload pointers (RawPayload) -------------------------------------------
+    def get_payload(self, run_id: str, shard: int, batch: int) -> RawPayload | None: ...
+
+    def list_payloads(self, run_id: str, shard: int | None = None) -> list[RawPayload]:
+        """Ordered by (shard, batch)."""
+
+    # -- errors (TaskErrorLog) ---------------------------------------------------------
+    def log_error(self, error: ErrorRecord) -> None: ...
+
+    def list_errors(self, run_id: str | None = None, *, limit: int = 100) -> list[ErrorRecord]:
+        """Newest first."""
+
+    # -- leases (PendingTasks) ---------------------------------------------------------
+    def acquire_lease(self, task_key: str, owner: str, ttl: float,
+                      payload_ref: str | None = None) -> Lease | None:
+        """Take the lease if it is free, expired, or already ours; returns the lease (with a
+        token that grows each time ownership changes) or None if another owner holds it."""
+
+    def renew_lease(self, task_key: str, owner: str, token: int, ttl: float) -> bool:
+        """Extend our lease (heartbeat); False if we lost it (other owner or token)."""
+
+    def release_lease(self, task_key: str, owner: str, token: int) -> bool: ...
+
+    def get_lease(self, task_key: str) -> Lease | None: ...

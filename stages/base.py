@@ -1,0 +1,62 @@
+"""The Stage protocol: a pure DataFrame -> DataFrame step that may reject rows.
+
+A stage returns the rows it keeps and the rows it rejects, each rejected row with a reason.
+Rejected rows go to quarantine, never to the sink, and never vanish:
+rows out + rows rejected == rows in, for every stage (dedupe counts its dropped duplicates
+as rejected with the reason "duplicate key"; a filter counts its dropped rows as rejected with
+its reason unless told `quarantine=False`, in which case they are counted as filtered).
+Stages are pure: the same input gives the same output on every machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+import pandas as pd
+
+#: Column added to quarantined rows: why the row was rejected.
+REASON_COLUMN = "_reason"
+#: Column added to quarantined rows: which stage rejected it.
+STAGE_COLUMN = "_stage"
+
+
+@dataclass
+class StageResult:
+    """Output of one stage: kept rows, and rejected rows carrying a REASON_COLUMN."""
+
+    kept: pd.DataFrame
+    rejected: pd.DataFrame | None = None
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """One cleaning step. `repr(stage)` reads like the call that built it."""
+
+    name: str
+
+    def apply(self, frame: pd.DataFrame) -> StageResult:
+        """Clean `frame`. Raise etl.errors.StageError for a configuration mistake (unknown
+        column...), never for a bad row: bad rows are rejected with a reason."""
+
+
+@dataclass
+class CleanResult:
+    """What a chain of stages made of one batch."""
+
+    clean: pd.DataFrame
+    quarantined: pd.DataFrame  # original-ish rows plus REASON_COLUMN and STAGE_COLUMN
+
+
+def run_stages(frame: pd.DataFrame, stages: Sequence[Stage]) -> CleanResult:
+    """Apply `stages` in order; collect every stage's rejected rows into one quarantine frame."""
+    rejected: list[pd.DataFrame] = []
+    for stage in stages:
+        result = stage.apply(frame)
+        frame = result.kept
+        if result.rejected is not None and len(result.rejected):
+            rejected.append(result.rejected.assign(**{STAGE_COLUMN: stage.name}))
+    quarantined = pd.concat(rejected, ignore_index=True) if rejected else pd.DataFrame(
+        {REASON_COLUMN: pd.Series(dtype="string"), STAGE_COLUMN: pd.Series(dtype="string")}
+    )
+    return CleanResult(clean=frame.reset_index(drop=True), quarantined=quarantined)

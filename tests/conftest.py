@@ -1,0 +1,106 @@
+"""Shared fixtures: services the tests talk to, and the skip-or-fail rule for missing ones.
+
+A test that needs a service skips with a clear reason when it is missing, except when the
+environment variable CI is set: there a missing service fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Iterator
+
+import pytest
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def service_missing(what: str, reason: str) -> None:
+    """Skip (developer machine) or fail (CI) because `what` is not reachable."""
+    message = f"{what} not available: {reason}"
+    if IN_CI:
+        pytest.fail(message + " (CI is set, so a missing service is a failure)")
+    pytest.skip(message)
+
+
+def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mongo_client() -> Iterator[object]:
+    """A pymongo-compatible client: a real server when ETL_TEST_MONGO_URL is set, else
+    mongomock (in-process, same pymongo API)."""
+    url = os.environ.get("ETL_TEST_MONGO_URL")
+    if url:
+        import pymongo
+
+        client = pymongo.MongoClient(url, serverSelectionTimeoutMS=3000)
+        try:
+            client.admin.command("ping")
+        except Exception as exc:  # noqa: BLE001 - any connection failure means "missing"
+            service_missing("MongoDB at ETL_TEST_MONGO_URL", str(exc))
+        yield client
+        client.close()
+    else:
+        mongomock = pytest.importorskip("mongomock")
+        yield mongomock.MongoClient()
+
+
+@pytest.fixture
+def mongo_db_name() -> str:
+    """A database name of its own for each test, so real-server runs do not collide."""
+    return f"etl_test_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 HTTP server on localhost; yields its endpoint URL. Credentials are fake."""
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket on the moto server."""
+    import boto3
+
+    name = f"etl-test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("ETL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    if not port_open("127.0.0.1", 6379):
+        service_missing("Redis on 127.0.0.1:6379", "port does not answer")
+    return url
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    url = os.environ.get("ETL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+    if not port_open("127.0.0.1", 5672):
+        service_missing("RabbitMQ on 127.0.0.1:5672", "port does not answer")
+    return url
