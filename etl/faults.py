@@ -1,0 +1,49 @@
+"""Crash points for chaos tests: kill this process with SIGKILL at a named point.
+
+Set ETL_CRASH_AT="point:N" (or several, comma separated) and the process kills itself, with
+a real SIGKILL and no clean-up, the N-th time it passes `point`. Points sit between the
+writes of a batch step, where a crash is hardest to survive:
+
+  fetch.after_put      raw object written, RawPayload not yet recorded
+  fetch.after_record   RawPayload recorded, next batch not yet sent
+  clean.after_stage    staged object written, clean not yet counted
+  load.after_sink      sink written, load not yet counted
+  load.after_count     load counted, run not yet finalised
+
+Unset (the normal case), `crash_point` is a dictionary lookup and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections import Counter
+
+POINTS = ("fetch.after_put", "fetch.after_record", "clean.after_stage", "load.after_sink",
+          "load.after_count")
+
+
+def _parse(spec: str) -> dict[str, int]:
+    plan: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        point, _, count = item.partition(":")
+        if point not in POINTS:
+            raise ValueError(f"ETL_CRASH_AT: unknown point {point!r}; known: {', '.join(POINTS)}")
+        plan[point] = int(count or 1)
+    return plan
+
+
+_PLAN = _parse(os.environ.get("ETL_CRASH_AT", ""))
+_SEEN: Counter[str] = Counter()
+_LOCK = threading.Lock()
+
+
+def crash_point(point: str) -> None:
+    """Die here, by SIGKILL, if ETL_CRASH_AT asks for this point and count."""
+    if not _PLAN or point not in _PLAN:
+        return
+    with _LOCK:
+        _SEEN[point] += 1
+        if _SEEN[point] == _PLAN[point]:
+            os.kill(os.getpid(), signal.SIGKILL)

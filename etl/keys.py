@@ -1,0 +1,23 @@
+"""Deterministic object keys: the same batch always lands under the same key, so writing it
+again after a crash replaces the object instead of adding a second copy."""
+
+from __future__ import annotations
+
+
+def _batch_path(run_id: str, kind: str, shard: int, batch: int) -> str:
+    return f"runs/{run_id}/{kind}/shard={shard:05d}/batch={batch:06d}.parquet"
+
+
+def raw_key(run_id: str, shard: int, batch: int) -> str:
+    """Raw payload of a fetched batch, as read from the source."""
+    return _batch_path(run_id, "raw", shard, batch)
+
+
+def staged_key(run_id: str, shard: int, batch: int) -> str:
+    """Cleaned batch, waiting to be loaded."""
+    return _batch_path(run_id, "staged", shard, batch)
+
+
+def quarantine_key(run_id: str, shard: int, batch: int) -> str:
+    """Rows of a batch that failed cleaning, each with its reason."""
+    return _batch_path(run_id, "quarantine", shard, batch)

@@ -1,0 +1,102 @@
+"""The pipeline definition: source, cleaning stages, sink, key, shard plan, batch size.
+
+A pipeline is plain Python. Users build one in their own module and run it with
+`etl run -p package.module:pipeline`; the attribute may be a Pipeline or a function that
+returns one (handy when building it needs settings at run time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from etl.errors import ConfigError
+from shards import HashShards, RangeShards, ShardPlan
+from stages import Stage
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient failures are retried (Dramatiq's Retries: exponential backoff with
+    jitter). Errors deriving from etl.errors.EtlError are permanent and never retried."""
+
+    max_retries: int = 5
+    min_backoff_ms: int = 200
+    max_backoff_ms: int = 30_000
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What to move, how to clean it, where to put it, and how to split the work."""
+
+    name: str
+    source: Any  # etl.sources.Source
+    sink: Any  # etl.sinks.Sink
+    key: Sequence[str]
+    shards: ShardPlan
+    stages: Sequence[Stage] = field(default_factory=tuple)
+    batch_size: int = 50_000
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"pipeline name {self.name!r} must be letters, digits, - or _")
+        if self.batch_size < 1:
+            raise ConfigError(f"pipeline {self.name}: batch_size must be >= 1, got {self.batch_size}")
+        if not self.key:
+            raise ConfigError(f"pipeline {self.name}: key must name at least one column")
+
+    def with_shards(self, count: int | None) -> "Pipeline":
+        """The same pipeline with its shard plan split into `count` shards (None: unchanged)."""
+        if count is None or count == self.shards.shards:
+            return self
+        if count < 1:
+            raise ConfigError(f"--shards must be >= 1, got {count}")
+        plan = self.shards
+        if isinstance(plan, RangeShards):
+            new_plan: ShardPlan = RangeShards(plan.column, count)
+        elif isinstance(plan, HashShards):
+            new_plan = HashShards(plan.columns, count)
+        else:
+            new_plan = dataclasses.replace(plan, shards=count)  # type: ignore[type-var]
+        return dataclasses.replace(self, shards=new_plan)
+
+    def describe(self) -> str:
+        """Several lines naming every part, for `etl describe` and logs."""
+        lines = [
+            f"pipeline {self.name}",
+            f"  source:  {self.source.describe()}",
+            f"  shards:  {self.shards.describe()}",
+            f"  batch:   {self.batch_size} rows",
+            f"  key:     {', '.join(self.key)}",
+            "  stages:",
+            *[f"    {i + 1}. {stage!r}" for i, stage in enumerate(self.stages)],
+            f"  sink:    {self.sink.describe()}",
+        ]
+        return "\n".join(lines)
+
+
+DEMO_SPEC = "etl.demo:pipeline"
+
+
+def load_pipeline(spec: str) -> Pipeline:
+    """Import `package.module:attribute` (or `demo`) and return the Pipeline it names."""
+    if spec in ("", "demo"):
+        spec = DEMO_SPEC
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"pipeline {spec!r} must look like package.module:attribute")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import pipeline module {module_name!r}: {exc}") from exc
+    try:
+        target: Pipeline | Callable[[], Pipeline] = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
+    pipeline = target() if callable(target) and not isinstance(target, Pipeline) else target
+    if not isinstance(pipeline, Pipeline):
+        raise ConfigError(f"{spec} is a {type(pipeline).__name__}, not an etl Pipeline")
+    return pipeline

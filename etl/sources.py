@@ -1,0 +1,249 @@
+"""Sources: where rows come from, read one shard batch at a time.
+
+A file source (CSV, JSON lines or Parquet; plain, .gz or single-member .zip; on local disk or
+the object store) is parsed once per process and cached, so the many small batch reads of a
+run cost a slice each instead of a parse each. Within a shard, rows are read in file order and
+the cursor is the file position (row ordinal) of the last row read: stable for as long as the
+file is unchanged, which `fingerprint` (a content hash) lets a resumed run check.
+
+Lines that cannot be parsed at all are not dropped: they become rows whose only value is
+SOURCE_ERROR_COLUMN (line number, problem, text), and cleaning sends them to quarantine.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import logging
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from etl.errors import ConfigError, ObjectNotFound, SourceError
+from etl.urls import mask_url
+from shards import ShardPlan
+
+log = logging.getLogger(__name__)
+
+#: Column holding why a source line could not be parsed; such rows are quarantined.
+SOURCE_ERROR_COLUMN = "_source_error"
+
+FORMATS = ("csv", "jsonl", "parquet")
+
+
+@dataclass
+class Batch:
+    """Rows of one shard after `cursor_start`, up to the batch size, in cursor order."""
+
+    frame: pd.DataFrame
+    cursor_start: Any
+    cursor_end: Any
+    exhausted: bool  # True when no row of the shard comes after cursor_end
+
+
+class Source(Protocol):
+    """What a pipeline reads from."""
+
+    def describe(self) -> str: ...
+
+    def fingerprint(self) -> str:
+        """Identity of the data as it is now; a resumed run refuses a changed source."""
+
+    def row_count(self) -> int | None:
+        """Rows in the whole source, when known cheaply (for progress), else None."""
+
+    def sample(self, columns: list[str]) -> pd.DataFrame:
+        """The given columns of every row, to fit shard plans (range bounds)."""
+
+    def read_batch(self, plan: ShardPlan, shard: int, *, after: Any, limit: int) -> Batch: ...
+
+
+def _guess_format(name: str) -> str:
+    lower = name.lower()
+    for suffix in (".gz", ".zip"):
+        if lower.endswith(suffix):
+            lower = lower[: -len(suffix)]
+    if lower.endswith((".csv", ".tsv", ".txt")):
+        return "csv"
+    if lower.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if lower.endswith((".parquet", ".pq")):
+        return "parquet"
+    raise ConfigError(f"cannot tell the format of {name!r}; pass format= one of {', '.join(FORMATS)}")
+
+
+def _decompress(name: str, data: bytes) -> bytes:
+    lower = name.lower()
+    if lower.endswith(".gz"):
+        return gzip.decompress(data)
+    if lower.endswith(".zip"):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = [m for m in archive.namelist() if not m.endswith("/")]
+            if len(members) != 1:
+                raise SourceError(f"{name}: a zip source must hold exactly one file, found {len(members)}")
+            return archive.read(members[0])
+    return data
+
+
+class FileSource:
+    """A CSV, JSON-lines or Parquet file, local or on the object store (s3://bucket/key)."""
+
+    def __init__(self, path: str, *, format: str | None = None, delimiter: str = ",",
+                 s3_endpoint_url: str | None = None) -> None:
+        self.path = str(path)
+        self.format = format or _guess_format(self.path)
+        if self.format not in FORMATS:
+            raise ConfigError(f"unknown source format {self.format!r}; use one of {', '.join(FORMATS)}")
+        self.delimiter = delimiter
+        self._s3_endpoint_url = s3_endpoint_url
+        self._lock = threading.Lock()
+        self._loaded: tuple[str, pd.DataFrame] | None = None  # (fingerprint, frame)
+        self._orders: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __repr__(self) -> str:
+        return f"FileSource({mask_url(self.path)!r}, format={self.format!r})"
+
+    def describe(self) -> str:
+        return f"{self.format} file {mask_url(self.path)}"
+
+    # -- reading the whole file once ---------------------------------------------------
+    def _read_bytes(self) -> bytes:
+        if self.path.startswith("s3://"):
+            from etl.objects import open_objects
+
+            bucket, _, key = self.path[len("s3://"):].partition("/")
+            store = open_objects(f"s3://{bucket}", endpoint_url=self._s3_endpoint_url)
+            try:
+                return store.get_bytes(key)
+            except ObjectNotFound:
+                raise SourceError(f"source file not found: {mask_url(self.path)}") from None
+        local = Path(self.path[len("file://"):] if self.path.startswith("file://") else self.path)
+        try:
+            return local.read_bytes()
+        except FileNotFoundError:
+            raise SourceError(f"source file not found: {local}") from None
+        except OSError as exc:
+            raise SourceError(f"cannot read source file {local}: {exc}") from exc
+
+    def _parse(self, data: bytes) -> pd.DataFrame:
+        raw = _decompress(self.path, data) if self.format != "parquet" else data
+        try:
+            if self.format == "csv":
+                return _parse_csv(raw, delimiter=self.delimiter)
+            if self.format == "jsonl":
+                return _parse_jsonl(raw)
+            return pq.read_table(io.BytesIO(raw)).to_pandas()
+        except (pa.ArrowInvalid, OSError, ValueError) as exc:
+            raise SourceError(f"cannot parse {self.format} source {mask_url(self.path)}: {exc}") from exc
+
+    def frame(self) -> pd.DataFrame:
+        """The whole source as a DataFrame (parsed once per process, then cached)."""
+        with self._lock:
+            if self._loaded is None:
+                data = self._read_bytes()
+                digest = hashlib.sha256(data).hexdigest()
+                frame = self._parse(data)
+                log.info("read %s: %d rows", self.describe(), len(frame))
+                self._loaded = (digest, frame)
+            return self._loaded[1]
+
+    def fingerprint(self) -> str:
+        self.frame()
+        assert self._loaded is not None
+        return self._loaded[0]
+
+    def row_count(self) -> int | None:
+        return len(self.frame())
+
+    def sample(self, columns: list[str]) -> pd.DataFrame:
+        frame = self.frame()
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise SourceError(f"shard column(s) {', '.join(missing)} not in {self.describe()}; "
+                              f"columns are: {', '.join(map(str, frame.columns))}")
+        return frame[columns]
+
+    # -- batches -----------------------------------------------------------------------
+    def _shard_rows(self, plan: ShardPlan) -> tuple[np.ndarray, np.ndarray]:
+        """Row ordinals grouped by shard, and where each shard's group starts."""
+        key = json.dumps(plan.to_dict(), sort_keys=True, default=str)
+        with self._lock:
+            cached = self._orders.get(key)
+        if cached is not None:
+            return cached
+        frame = self.frame()
+        assigned = np.asarray(plan.assign(frame), dtype=np.int64)
+        order = np.argsort(assigned, kind="stable")  # file order within each shard
+        starts = np.searchsorted(assigned[order], np.arange(plan.shards + 1), side="left")
+        with self._lock:
+            self._orders[key] = (order, starts)
+        return order, starts
+
+    def read_batch(self, plan: ShardPlan, shard: int, *, after: Any, limit: int) -> Batch:
+        if not 0 <= shard < plan.shards:
+            raise SourceError(f"shard {shard} out of range 0..{plan.shards - 1}")
+        order, starts = self._shard_rows(plan)
+        rows = order[starts[shard]:starts[shard + 1]]
+        begin = 0 if after is None else int(np.searchsorted(rows, int(after), side="right"))
+        picked = rows[begin:begin + limit]
+        frame = self.frame().take(picked).reset_index(drop=True)
+        end = int(picked[-1]) if len(picked) else after
+        return Batch(frame=frame, cursor_start=after, cursor_end=end,
+                     exhausted=begin + len(picked) >= len(rows))
+
+
+def _parse_csv(raw: bytes, *, delimiter: str) -> pd.DataFrame:
+    bad: list[str] = []
+
+    def keep_bad_line(row: pacsv.InvalidRow) -> str:
+        bad.append(f"line {row.number}: expected {row.expected_columns} fields, "
+                   f"got {row.actual_columns}: {row.text[:500]}")
+        return "skip"
+
+    table = pacsv.read_csv(
+        io.BytesIO(raw),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=keep_bad_line),
+    )
+    return _with_bad_rows(table.to_pandas(), bad)
+
+
+def _parse_jsonl(raw: bytes) -> pd.DataFrame:
+    try:
+        return pajson.read_json(io.BytesIO(raw)).to_pandas()
+    except pa.ArrowInvalid:
+        pass  # some line is broken: parse line by line, keep the broken ones
+    records: list[dict[str, Any]] = []
+    bad: list[str] = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            bad.append(f"line {number}: invalid JSON ({exc}): {line[:500].decode(errors='replace')}")
+            continue
+        if isinstance(value, dict):
+            records.append(value)
+        else:
+            bad.append(f"line {number}: expected a JSON object, got {type(value).__name__}")
+    return _with_bad_rows(pd.DataFrame.from_records(records), bad)
+
+
+def _with_bad_rows(frame: pd.DataFrame, bad: list[str]) -> pd.DataFrame:
+    """Append one row per unparseable line, carrying only SOURCE_ERROR_COLUMN."""
+    if not bad:
+        return frame
+    log.warning("%d source line(s) could not be parsed; they will be quarantined", len(bad))
+    errors = pd.DataFrame({SOURCE_ERROR_COLUMN: pd.Series(bad, dtype="string")})
+    return pd.concat([frame, errors], ignore_index=True)
