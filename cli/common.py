@@ -1,0 +1,59 @@
+"""Shared pieces of the CLI: settings, stores, consoles and small renderers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+
+from etl.config import Settings, load_settings
+from etl.objects import ObjectStore, open_objects
+from etl.state import Checkpoint, StateStore, open_state
+
+#: Tables and summaries go to stdout; progress and notices to stderr.
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def state_store(conf: Settings) -> StateStore:
+    return open_state(conf.state_url)
+
+
+def object_store(conf: Settings) -> ObjectStore:
+    return open_objects(conf.objects_url)
+
+
+def to_json(value: Any) -> str:
+    """JSON for --json output: dataclasses and datetimes included."""
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, datetime):
+            return obj.isoformat()
+        if hasattr(obj, "__dataclass_fields__"):
+            return asdict(obj)
+        return str(obj)
+
+    return json.dumps(value, default=default, indent=2)
+
+
+def shard_status(checkpoint: Checkpoint) -> str:
+    """The status to show: stored status, but "done" once complete."""
+    return "done" if checkpoint.complete else checkpoint.status
+
+
+def totals(checkpoints: list[Checkpoint]) -> dict[str, int]:
+    """Sums over shards of every counter, plus shards done and failed."""
+    keys = ("rows_fetched", "rows_cleaned", "rows_quarantined", "rows_loaded",
+            "batches_fetched", "batches_cleaned", "batches_loaded")
+    result = {key: sum(getattr(c, key) for c in checkpoints) for key in keys}
+    result["shards"] = len(checkpoints)
+    result["shards_done"] = sum(c.complete for c in checkpoints)
+    result["shards_failed"] = sum(c.status == "failed" and not c.complete for c in checkpoints)
+    return result

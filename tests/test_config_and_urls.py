@@ -1,0 +1,82 @@
+"""Settings resolution and secret masking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from etl.config import DEFAULTS, load_settings
+from etl.errors import ConfigError, UnsupportedURL
+from etl.logs import MaskSecrets
+from etl.objects import open_objects
+from etl.state import open_state
+from etl.urls import mask_url
+
+
+def test_defaults_need_no_services(tmp_path: Path) -> None:
+    # Given an empty directory and no ETL_* environment
+    # When settings are loaded
+    settings = load_settings(cwd=tmp_path, env={})
+    # Then every backend is the embedded default
+    assert settings.state_url == DEFAULTS["state_url"] == "sqlite:///.etl/state.db"
+    assert settings.broker_url == "stub://"
+    assert set(settings.sources.values()) == {"default"}
+
+
+def test_environment_beats_etl_toml_beats_setup_cfg(tmp_path: Path) -> None:
+    # Given all three layers set different values
+    (tmp_path / "etl.toml").write_text('[etl]\nstate_url = "sqlite:///from-toml.db"\n'
+                                       'objects_url = "file://toml-objects"\n')
+    (tmp_path / "setup.cfg").write_text("[etl]\nobjects_url = file://cfg-objects\n"
+                                        "pipeline = pkg.mod:p\n")
+    env = {"ETL_STATE_URL": "sqlite:///from-env.db"}
+    # When settings are loaded
+    settings = load_settings(cwd=tmp_path, env=env)
+    # Then each value comes from the highest layer that has it
+    assert settings.state_url == "sqlite:///from-env.db"
+    assert settings.objects_url == "file://toml-objects"
+    assert settings.pipeline == "pkg.mod:p"
+    assert settings.sources["state_url"] == "environment"
+    assert settings.sources["objects_url"] == "etl.toml"
+    assert settings.sources["pipeline"] == "setup.cfg"
+
+
+@pytest.mark.parametrize("content", ["state_url = [unclosed", "nonsense_key = 'x'",
+                                     "state_url = 3"])
+def test_unreadable_or_wrong_etl_toml_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    # Given a broken etl.toml
+    (tmp_path / "etl.toml").write_text(content)
+    # When settings are loaded, Then a ConfigError names the file
+    with pytest.raises(ConfigError, match="etl.toml"):
+        load_settings(cwd=tmp_path, env={})
+
+
+def test_mask_url_hides_passwords_and_secret_parameters() -> None:
+    assert mask_url("mongodb://etl:s3cr3t@db:27017/etl") == "mongodb://etl:***@db:27017/etl"
+    assert mask_url("amqp://guest:guest@127.0.0.1:5672/%2F") == "amqp://guest:***@127.0.0.1:5672/%2F"
+    assert mask_url("redis://:pw@host/0") == "redis://:***@host/0"
+    assert "abc" not in mask_url("s3://bucket/p?aws_secret_access_key=abc&x=1")
+    text = "cannot reach mongodb://u:hunter2@h/db and redis://:pw2@r/0"
+    assert "hunter2" not in mask_url(text) and "pw2" not in mask_url(text)
+    assert mask_url("sqlite:///.etl/state.db") == "sqlite:///.etl/state.db"
+
+
+def test_log_records_are_masked() -> None:
+    # Given a log record whose arguments hold a URL with a password
+    import logging
+
+    record = logging.LogRecord("etl", logging.INFO, __file__, 1, "connecting to %s",
+                               ("mongodb://u:topsecret@h/db",), None)
+    # When the filter runs
+    MaskSecrets().filter(record)
+    # Then the final message has no password
+    assert "topsecret" not in record.getMessage()
+    assert "mongodb://u:***@h/db" in record.getMessage()
+
+
+@pytest.mark.parametrize("opener,url", [(open_state, "postgres://x/y"),
+                                        (open_objects, "ftp://host/dir")])
+def test_unknown_scheme_lists_supported_ones(opener, url: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(UnsupportedURL, match="use one of"):
+        opener(url)

@@ -1,0 +1,125 @@
+"""Exactly once under crash: real `etl run` processes killed with SIGKILL, then resumed.
+
+The demo pipeline (NYC flights 2013, 336,776 rows) runs with 20 shards and small batches so
+each shard has several. Processes die at the hardest moments (between the writes of a batch
+step, via ETL_CRASH_AT) and at moments picked by watching the state store from outside. After
+each kill the same command runs again; once one finishes, the sink must hold every key of the
+plain-pandas reference exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.pandas_baseline import KEY, clean_flights, flights_csv
+
+pytestmark = pytest.mark.slow
+
+COMMAND = [sys.executable, "-m", "cli.main", "run", "--shards", "20", "--batch-size", "4000",
+           "--no-progress", "--threads", "3"]
+
+
+@pytest.fixture(scope="module")
+def reference() -> pd.DataFrame:
+    """The clean table computed with plain pandas, no toolkit code."""
+    return clean_flights(pd.read_csv(flights_csv()))
+
+
+def _env(workdir: Path, crash_at: str = "") -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    env["ETL_DEMO_OUTPUT"] = str(workdir / "out" / "flights")
+    if crash_at:
+        env["ETL_CRASH_AT"] = crash_at
+    return env
+
+
+def _run(workdir: Path, crash_at: str = "", timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(COMMAND, cwd=workdir, env=_env(workdir, crash_at), text=True,
+                          capture_output=True, timeout=timeout)
+
+
+def _rows_loaded(workdir: Path) -> int:
+    db = workdir / ".etl" / "state.db"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute("SELECT COALESCE(SUM(rows_loaded), 0) FROM TaskCheckpoint").fetchone()
+        return int(row[0])
+    except sqlite3.Error:
+        return 0
+
+
+def _kill_when(workdir: Path, predicate, *, give_up: float = 120) -> int:  # type: ignore[no-untyped-def]
+    """Start the command, SIGKILL it once `predicate(rows_loaded)` holds; its return code."""
+    process = subprocess.Popen(COMMAND, cwd=workdir, env=_env(workdir), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + give_up
+    while process.poll() is None and time.monotonic() < deadline:
+        if predicate(_rows_loaded(workdir)):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.communicate(timeout=60)
+    return process.returncode
+
+
+def _sink(workdir: Path) -> pd.DataFrame:
+    files = sorted((workdir / "out" / "flights").glob("*.parquet"))
+    assert files, "the sink holds no file"
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def _assert_exactly_once(sink: pd.DataFrame, reference: pd.DataFrame) -> None:
+    assert len(sink) == len(reference)
+    assert not sink.duplicated(KEY).any(), "a key was loaded twice"
+    keys = sink[KEY].astype(str).apply(tuple, axis=1)
+    expected = reference[KEY].astype(str).apply(tuple, axis=1)
+    assert set(keys) == set(expected)
+
+
+def test_sigkill_at_every_crash_point_then_resume_loads_each_row_once(
+        tmp_path: Path, reference: pd.DataFrame) -> None:
+    # Given a fresh working directory and the demo pipeline
+    crashes = ["fetch.after_put:3", "fetch.after_record:9", "clean.after_stage:5",
+               "load.after_sink:7", "load.after_count:4"]
+    # When the run is killed by SIGKILL at each crash point in turn, resuming each time
+    for point in crashes:
+        result = _run(tmp_path, crash_at=point)
+        assert result.returncode == -signal.SIGKILL, (point, result.stdout, result.stderr)
+    # And killed twice more at moments seen from outside: early, then mid-run
+    assert _kill_when(tmp_path, lambda loaded: True) in (-signal.SIGKILL, 0)
+    seen = _rows_loaded(tmp_path)
+    assert _kill_when(tmp_path, lambda loaded: loaded > seen + 40_000) in (-signal.SIGKILL, 0)
+    # And the same command then runs to the end
+    final = _run(tmp_path)
+    assert final.returncode == 0, final.stderr
+    assert "completed" in final.stdout
+    # Then the sink holds every key of the pandas reference exactly once
+    _assert_exactly_once(_sink(tmp_path), reference)
+    # And rows in = rows loaded + rows quarantined
+    with sqlite3.connect(tmp_path / ".etl" / "state.db") as conn:
+        fetched, loaded, quarantined = conn.execute(
+            "SELECT SUM(rows_fetched), SUM(rows_loaded), SUM(rows_quarantined) FROM TaskCheckpoint"
+        ).fetchone()
+    assert fetched == 336_776
+    assert loaded == len(reference)
+    assert fetched == loaded + quarantined
+
+    # When the finished run is triggered again
+    files_before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "flights").iterdir()}
+    again = _run(tmp_path)
+    # Then it loads nothing: same files, untouched, counts unchanged
+    assert again.returncode == 0, again.stderr
+    assert "nothing to load" in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "flights").iterdir()} == files_before
+    assert _rows_loaded(tmp_path) == len(reference)
