@@ -1,7 +1,8 @@
 """The Dramatiq actors: fetch -> clean -> load, one message per batch step.
 
 Messages carry (run_id, shard, batch) only, never data (claim check). Each batch travels as
-a Dramatiq pipeline of three messages; fetch, once its batch is recorded, starts the
+a Dramatiq pipeline of three messages (results are not piped on: each step finds its input
+through the state store); fetch, once its batch is recorded, starts the
 pipeline of the shard's next batch. Actors are declared on a given broker by `declare_actors`
 so the same code serves the in-process StubBroker of `etl run` and real brokers.
 """
@@ -74,7 +75,7 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
 
     def declare(fn, stage: str) -> dramatiq.Actor:  # type: ignore[no-untyped-def]
         return dramatiq.actor(fn, broker=broker, queue_name=queue, priority=PRIORITY[stage],
-                              throws=(EtlError,), pipe_ignore=(stage != "fetch"))
+                              throws=(EtlError,), pipe_ignore=True)
 
     actors = EtlActors(fetch=declare(etl_fetch, "fetch"), clean=declare(etl_clean, "clean"),
                        load=declare(etl_load, "load"), contexts=contexts)

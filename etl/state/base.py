@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
 
-#: Stages whose completion is counted per batch in TaskCheckpoint.
-BATCH_STAGES = ("clean", "load")
+#: Stages whose completion is counted per batch in TaskCheckpoint, and their counter.
+BATCH_COUNTERS = {"clean": "batches_cleaned", "load": "batches_loaded"}
 
 #: Row counters a stage completion may add to, per stage.
 ROW_COUNTERS = {

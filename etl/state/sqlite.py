@@ -1,0 +1,340 @@
+"""SQLite state store: the embedded default, safe across threads and processes.
+
+WAL journal so readers never block the writer, a 30 s busy timeout so concurrent writers
+wait instead of failing, one connection per thread (and per process after a fork), and every
+multi-row change in a `BEGIN IMMEDIATE` transaction, so record_fetch and complete_stage are
+atomic here (MongoDB gets the same guarantees from ordered single-document writes).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator
+
+from etl.state.base import (
+    BATCH_COUNTERS, ROW_COUNTERS, Checkpoint, ErrorRecord, Lease, RawPayload, RunRecord, task_fingerprint, utcnow,
+)
+from etl.state.codec import dumps, from_ms, loads, to_ms
+from etl.urls import mask_url
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS EtlRun (
+    run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, plan TEXT NOT NULL, shards INTEGER NOT NULL,
+    status TEXT NOT NULL, params TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS EtlRun_pipeline ON EtlRun (pipeline, plan, created_at);
+CREATE TABLE IF NOT EXISTS TaskCheckpoint (
+    run_id TEXT NOT NULL, shard INTEGER NOT NULL, cursor TEXT, status TEXT NOT NULL,
+    fetch_done INTEGER NOT NULL DEFAULT 0,
+    batches_fetched INTEGER NOT NULL DEFAULT 0, batches_cleaned INTEGER NOT NULL DEFAULT 0,
+    batches_loaded INTEGER NOT NULL DEFAULT 0, rows_fetched INTEGER NOT NULL DEFAULT 0,
+    rows_cleaned INTEGER NOT NULL DEFAULT 0, rows_quarantined INTEGER NOT NULL DEFAULT 0,
+    rows_loaded INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL, last_error TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS TaskCheckpoint_run_shard ON TaskCheckpoint (run_id, shard);
+CREATE TABLE IF NOT EXISTS TaskDedup (
+    task_fingerprint TEXT NOT NULL, stage TEXT NOT NULL, run_id TEXT, done_at INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS TaskDedup_fingerprint ON TaskDedup (task_fingerprint);
+CREATE INDEX IF NOT EXISTS TaskDedup_run ON TaskDedup (run_id);
+CREATE TABLE IF NOT EXISTS PendingTasks (
+    task_key TEXT NOT NULL, taken_by TEXT, lease_until INTEGER, heartbeat INTEGER,
+    retry_count INTEGER NOT NULL DEFAULT 0, payload_ref TEXT, token INTEGER NOT NULL DEFAULT 0);
+CREATE UNIQUE INDEX IF NOT EXISTS PendingTasks_task_key ON PendingTasks (task_key);
+CREATE INDEX IF NOT EXISTS PendingTasks_lease_until ON PendingTasks (lease_until);
+CREATE TABLE IF NOT EXISTS TaskErrorLog (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, shard INTEGER, batch INTEGER,
+    stage TEXT NOT NULL, error_type TEXT NOT NULL, message TEXT NOT NULL, traceback TEXT,
+    context TEXT, at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS TaskErrorLog_run_at ON TaskErrorLog (run_id, at);
+CREATE TABLE IF NOT EXISTS RawPayload (
+    run_id TEXT NOT NULL, shard INTEGER NOT NULL, batch INTEGER NOT NULL, key TEXT NOT NULL,
+    bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, rows INTEGER NOT NULL, cursor_start TEXT,
+    cursor_end TEXT, created_at INTEGER NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS RawPayload_run_shard_batch ON RawPayload (run_id, shard, batch);
+"""
+
+_CHECKPOINT_COLUMNS = ("run_id", "shard", "cursor", "status", "fetch_done", "batches_fetched",
+                       "batches_cleaned", "batches_loaded", "rows_fetched", "rows_cleaned",
+                       "rows_quarantined", "rows_loaded", "updated_at", "last_error")
+
+
+def _path_of(url: str) -> str:
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"SQLite URL must look like sqlite:///path.db, got {mask_url(url)!r}")
+    return url[len("sqlite:///"):]
+
+
+class SQLiteStateStore:
+    """StateStore on one SQLite file."""
+
+    def __init__(self, url: str) -> None:
+        self.url = mask_url(url)
+        path = _path_of(url)
+        self.path = path if path == ":memory:" else str(Path(path).resolve())
+        if path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._conn().executescript(SCHEMA)
+
+    # -- connections -------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 30000")
+            if self.path != ":memory:":
+                conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Row | None:
+        return self._conn().execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return self._conn().execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- runs --------------------------------------------------------------------------
+    @staticmethod
+    def _run(row: sqlite3.Row | None) -> RunRecord | None:
+        if row is None:
+            return None
+        return RunRecord(run_id=row["run_id"], pipeline=row["pipeline"], plan=row["plan"],
+                         shards=row["shards"], status=row["status"], params=loads(row["params"]),
+                         created_at=from_ms(row["created_at"]), updated_at=from_ms(row["updated_at"]))
+
+    def create_run(self, run: RunRecord) -> bool:
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO EtlRun VALUES (?,?,?,?,?,?,?,?)",
+                (run.run_id, run.pipeline, run.plan, run.shards, run.status, dumps(run.params),
+                 to_ms(run.created_at), to_ms(run.updated_at)))
+            return cur.rowcount == 1
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        return self._run(self._one("SELECT * FROM EtlRun WHERE run_id = ?", (run_id,)))
+
+    def latest_run(self, pipeline: str, plan: str, *, unfinished: bool = True) -> RunRecord | None:
+        extra = " AND status != 'completed'" if unfinished else ""
+        return self._run(self._one(
+            f"SELECT * FROM EtlRun WHERE pipeline = ? AND plan = ?{extra} "
+            "ORDER BY created_at DESC, rowid DESC LIMIT 1", (pipeline, plan)))
+
+    def list_runs(self, *, pipeline: str | None = None, limit: int = 50) -> list[RunRecord]:
+        where, args = ("WHERE pipeline = ?", (pipeline,)) if pipeline else ("", ())
+        rows = self._all(f"SELECT * FROM EtlRun {where} ORDER BY created_at DESC, rowid DESC "
+                         "LIMIT ?", (*args, limit))
+        return [r for r in map(self._run, rows) if r is not None]
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE EtlRun SET status = ?, updated_at = ? WHERE run_id = ?",
+                         (status, to_ms(utcnow()), run_id))
+
+    # -- checkpoints -------------------------------------------------------------------
+    @staticmethod
+    def _checkpoint(row: sqlite3.Row) -> Checkpoint:
+        values = {c: row[c] for c in _CHECKPOINT_COLUMNS}
+        values.update(cursor=loads(row["cursor"]), fetch_done=bool(row["fetch_done"]),
+                      updated_at=from_ms(row["updated_at"]))
+        return Checkpoint(**values)
+
+    def init_checkpoints(self, run_id: str, shards: int) -> None:
+        now = to_ms(utcnow())
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO TaskCheckpoint (run_id, shard, cursor, status, updated_at) "
+                "VALUES (?, ?, 'null', 'pending', ?)", [(run_id, s, now) for s in range(shards)])
+
+    def get_checkpoint(self, run_id: str, shard: int) -> Checkpoint | None:
+        row = self._one("SELECT * FROM TaskCheckpoint WHERE run_id = ? AND shard = ?", (run_id, shard))
+        return self._checkpoint(row) if row else None
+
+    def list_checkpoints(self, run_id: str | None = None) -> list[Checkpoint]:
+        where, args = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
+        return [self._checkpoint(r) for r in self._all(
+            f"SELECT * FROM TaskCheckpoint {where} ORDER BY run_id, shard", args)]
+
+    def record_fetch(self, payload: RawPayload, *, exhausted: bool) -> bool:
+        p = payload
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO RawPayload VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (p.run_id, p.shard, p.batch, p.key, p.bytes, p.sha256, p.rows,
+                 dumps(p.cursor_start), dumps(p.cursor_end), to_ms(p.created_at)))
+            cur = conn.execute(
+                "UPDATE TaskCheckpoint SET cursor = ?, batches_fetched = ?, "
+                "rows_fetched = rows_fetched + ?, fetch_done = ?, updated_at = ?, "
+                "status = CASE WHEN status = 'pending' THEN 'running' ELSE status END "
+                "WHERE run_id = ? AND shard = ? AND batches_fetched = ?",
+                (dumps(p.cursor_end), p.batch + 1, p.rows, int(exhausted), to_ms(utcnow()),
+                 p.run_id, p.shard, p.batch))
+            return cur.rowcount == 1
+
+    def finish_fetch(self, run_id: str, shard: int, batches: int) -> bool:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE TaskCheckpoint SET fetch_done = 1, updated_at = ?, "
+                "status = CASE WHEN batches_loaded >= batches_fetched THEN 'done' ELSE status END "
+                "WHERE run_id = ? AND shard = ? AND batches_fetched = ? AND fetch_done = 0",
+                (to_ms(utcnow()), run_id, shard, batches))
+            return cur.rowcount == 1
+
+    def complete_stage(self, run_id: str, shard: int, batch: int, stage: str,
+                       rows: dict[str, int]) -> bool:
+        allowed = ROW_COUNTERS.get(stage)
+        if allowed is None or set(rows) - set(allowed):
+            raise ValueError(f"complete_stage: stage {stage!r} counts only {allowed}, got {sorted(rows)}")
+        counter = BATCH_COUNTERS[stage]
+        sets = ", ".join([f"{counter} = {counter} + 1"] +
+                         [f"{name} = {name} + ?" for name in rows])
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO TaskDedup VALUES (?,?,?,?)",
+                (task_fingerprint(stage, run_id, shard, batch), stage, run_id, to_ms(utcnow())))
+            if cur.rowcount != 1:
+                return False
+            conn.execute(f"UPDATE TaskCheckpoint SET {sets}, updated_at = ? "
+                         "WHERE run_id = ? AND shard = ?",
+                         (*rows.values(), to_ms(utcnow()), run_id, shard))
+            conn.execute("UPDATE TaskCheckpoint SET status = CASE "
+                         "WHEN fetch_done = 1 AND batches_loaded >= batches_fetched THEN 'done' "
+                         "WHEN status = 'pending' THEN 'running' ELSE status END "
+                         "WHERE run_id = ? AND shard = ?", (run_id, shard))
+            return True
+
+    def set_shard_status(self, run_id: str, shard: int, status: str,
+                         last_error: str | None = None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE TaskCheckpoint SET status = ?, last_error = COALESCE(?, last_error), "
+                "updated_at = ? WHERE run_id = ? AND shard = ?",
+                (status, last_error, to_ms(utcnow()), run_id, shard))
+
+    # -- dedup ledger --------------------------------------------------------------------
+    def is_done(self, fingerprint: str) -> bool:
+        return self._one("SELECT 1 FROM TaskDedup WHERE task_fingerprint = ?", (fingerprint,)) is not None
+
+    def mark_done(self, fingerprint: str, stage: str, run_id: str | None = None) -> bool:
+        with self._write() as conn:
+            cur = conn.execute("INSERT OR IGNORE INTO TaskDedup VALUES (?,?,?,?)",
+                               (fingerprint, stage, run_id, to_ms(utcnow())))
+            return cur.rowcount == 1
+
+    def count_done(self, run_id: str | None = None) -> int:
+        where, args = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
+        row = self._one(f"SELECT COUNT(*) FROM TaskDedup {where}", args)
+        return int(row[0]) if row else 0
+
+    # -- raw payload pointers ------------------------------------------------------------
+    @staticmethod
+    def _payload(row: sqlite3.Row | None) -> RawPayload | None:
+        if row is None:
+            return None
+        return RawPayload(run_id=row["run_id"], shard=row["shard"], batch=row["batch"],
+                          key=row["key"], bytes=row["bytes"], sha256=row["sha256"], rows=row["rows"],
+                          cursor_start=loads(row["cursor_start"]), cursor_end=loads(row["cursor_end"]),
+                          created_at=from_ms(row["created_at"]))
+
+    def get_payload(self, run_id: str, shard: int, batch: int) -> RawPayload | None:
+        return self._payload(self._one(
+            "SELECT * FROM RawPayload WHERE run_id = ? AND shard = ? AND batch = ?",
+            (run_id, shard, batch)))
+
+    def list_payloads(self, run_id: str, shard: int | None = None) -> list[RawPayload]:
+        where, args = ("AND shard = ?", (shard,)) if shard is not None else ("", ())
+        rows = self._all(f"SELECT * FROM RawPayload WHERE run_id = ? {where} ORDER BY shard, batch",
+                         (run_id, *args))
+        return [p for p in map(self._payload, rows) if p is not None]
+
+    # -- errors --------------------------------------------------------------------------
+    def log_error(self, error: ErrorRecord) -> None:
+        e = error
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO TaskErrorLog (run_id, shard, batch, stage, error_type, message, "
+                "traceback, context, at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (e.run_id, e.shard, e.batch, e.stage, e.error_type, e.message, e.traceback,
+                 dumps(e.context), to_ms(e.at)))
+
+    def list_errors(self, run_id: str | None = None, *, limit: int = 100) -> list[ErrorRecord]:
+        where, args = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
+        rows = self._all(f"SELECT * FROM TaskErrorLog {where} ORDER BY at DESC, id DESC LIMIT ?",
+                         (*args, limit))
+        return [ErrorRecord(run_id=r["run_id"], stage=r["stage"], error_type=r["error_type"],
+                            message=r["message"], shard=r["shard"], batch=r["batch"],
+                            traceback=r["traceback"] or "", context=loads(r["context"]) or {},
+                            at=from_ms(r["at"])) for r in rows]
+
+    # -- leases --------------------------------------------------------------------------
+    @staticmethod
+    def _lease(row: sqlite3.Row | None) -> Lease | None:
+        if row is None:
+            return None
+        return Lease(task_key=row["task_key"], taken_by=row["taken_by"],
+                     lease_until=from_ms(row["lease_until"]), heartbeat=from_ms(row["heartbeat"]),
+                     retry_count=row["retry_count"], payload_ref=row["payload_ref"], token=row["token"])
+
+    def acquire_lease(self, task_key: str, owner: str, ttl: float,
+                      payload_ref: str | None = None) -> Lease | None:
+        now = utcnow()
+        until = to_ms(now + timedelta(seconds=ttl))
+        with self._write() as conn:
+            row = conn.execute("SELECT * FROM PendingTasks WHERE task_key = ?", (task_key,)).fetchone()
+            if row is None:
+                conn.execute("INSERT INTO PendingTasks VALUES (?,?,?,?,0,?,1)",
+                             (task_key, owner, until, to_ms(now), payload_ref))
+            elif row["taken_by"] == owner and (row["lease_until"] or 0) > to_ms(now):
+                conn.execute("UPDATE PendingTasks SET lease_until = ?, heartbeat = ? WHERE task_key = ?",
+                             (until, to_ms(now), task_key))
+            elif row["taken_by"] is None or (row["lease_until"] or 0) <= to_ms(now):
+                conn.execute(
+                    "UPDATE PendingTasks SET taken_by = ?, lease_until = ?, heartbeat = ?, "
+                    "token = token + 1, retry_count = retry_count + ?, "
+                    "payload_ref = COALESCE(?, payload_ref) WHERE task_key = ?",
+                    (owner, until, to_ms(now), int(row["taken_by"] is not None), payload_ref, task_key))
+            else:
+                return None
+            return self._lease(conn.execute("SELECT * FROM PendingTasks WHERE task_key = ?",
+                                            (task_key,)).fetchone())
+
+    def renew_lease(self, task_key: str, owner: str, token: int, ttl: float) -> bool:
+        now = utcnow()
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE PendingTasks SET lease_until = ?, heartbeat = ? WHERE task_key = ? AND "
+                "taken_by = ? AND token = ? AND lease_until > ?",
+                (to_ms(now + timedelta(seconds=ttl)), to_ms(now), task_key, owner, token, to_ms(now)))
+            return cur.rowcount == 1
+
+    def release_lease(self, task_key: str, owner: str, token: int) -> bool:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE PendingTasks SET taken_by = NULL, lease_until = NULL WHERE task_key = ? "
+                "AND taken_by = ? AND token = ?", (task_key, owner, token))
+            return cur.rowcount == 1
+
+    def get_lease(self, task_key: str) -> Lease | None:
+        return self._lease(self._one("SELECT * FROM PendingTasks WHERE task_key = ?", (task_key,)))

@@ -1,0 +1,114 @@
+"""Row stages: filters, null checks, dedupe and derived columns. Dropped rows are rejected
+with a reason and go to quarantine: rows out + rows rejected == rows in."""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Sequence
+
+import pandas as pd
+
+from etl.errors import StageError
+from stages._util import as_list, require_columns, show, split
+from stages.base import StageResult
+
+
+def _evaluate(stage: object, frame: pd.DataFrame, expr: str) -> pd.Series:
+    try:
+        result = frame.eval(expr)
+    except Exception as exc:  # noqa: BLE001 - any failure is a bad expression
+        raise StageError(f"{stage!r}: cannot evaluate {expr!r}: {exc}; "
+                         f"columns are: {', '.join(map(str, frame.columns))}") from exc
+    if not isinstance(result, pd.Series) or len(result) != len(frame):
+        raise StageError(f"{stage!r}: {expr!r} must give one value per row")
+    return result
+
+
+class DropRows:
+    """Reject the rows where `where` (a pandas expression) is true, with `reason`."""
+
+    name = "drop_rows"
+
+    def __init__(self, where: str, *, reason: str) -> None:
+        self.where, self.reason = where, reason
+
+    def __repr__(self) -> str:
+        return f"DropRows({self.where!r}, reason={self.reason!r})"
+
+    def apply(self, frame: pd.DataFrame) -> StageResult:
+        bad = _evaluate(self, frame, self.where).fillna(False).astype(bool)
+        return split(frame, bad, self.reason)
+
+
+class Filter:
+    """Keep the rows where `expr` is true; reject the others with `reason`."""
+
+    name = "filter"
+
+    def __init__(self, expr: str, *, reason: str) -> None:
+        self.expr, self.reason = expr, reason
+
+    def __repr__(self) -> str:
+        return f"Filter({self.expr!r}, reason={self.reason!r})"
+
+    def apply(self, frame: pd.DataFrame) -> StageResult:
+        keep = _evaluate(self, frame, self.expr).fillna(False).astype(bool)
+        return split(frame, ~keep, self.reason)
+
+
+class NotNull:
+    """Reject rows with a null in any of `columns` (reason names the first such column)."""
+
+    name = "not_null"
+
+    def __init__(self, columns: str | Sequence[str]) -> None:
+        self.columns = as_list(columns)
+
+    def __repr__(self) -> str:
+        return f"NotNull(columns={show(self.columns)})"
+
+    def apply(self, frame: pd.DataFrame) -> StageResult:
+        require_columns(self, frame, self.columns)
+        reasons = pd.Series(pd.NA, index=frame.index, dtype="string")
+        for column in self.columns:
+            reasons = reasons.mask(reasons.isna() & frame[column].isna(),
+                                   f"not-null: column '{column}' is null")
+        return split(frame, reasons.notna(), reasons)
+
+
+class Dedupe:
+    """Keep one row per key (the first or last seen); reject the others as duplicates."""
+
+    name = "dedupe"
+
+    def __init__(self, key: str | Sequence[str], *, keep: Literal["first", "last"] = "first") -> None:
+        if keep not in ("first", "last"):
+            raise StageError(f"Dedupe: keep must be 'first' or 'last', not {keep!r}")
+        self.key, self.keep = as_list(key), keep
+
+    def __repr__(self) -> str:
+        return f"Dedupe(key={show(self.key)}, keep={self.keep!r})"
+
+    def apply(self, frame: pd.DataFrame) -> StageResult:
+        require_columns(self, frame, self.key)
+        dup = frame.duplicated(subset=self.key, keep=self.keep)
+        return split(frame, dup, f"duplicate key ({', '.join(self.key)})")
+
+
+class Derive:
+    """Add or replace `column` from a pandas expression or a function of the frame."""
+
+    name = "derive"
+
+    def __init__(self, column: str, expr: str | Callable[[pd.DataFrame], pd.Series]) -> None:
+        self.column, self.expr = column, expr
+
+    def __repr__(self) -> str:
+        expr = self.expr if isinstance(self.expr, str) else getattr(self.expr, "__name__", "<fn>")
+        return f"Derive({self.column!r}, {expr!r})"
+
+    def apply(self, frame: pd.DataFrame) -> StageResult:
+        if isinstance(self.expr, str):
+            values = _evaluate(self, frame, self.expr)
+        else:
+            values = self.expr(frame)
+        return StageResult(kept=frame.assign(**{self.column: values}))

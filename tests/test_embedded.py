@@ -1,0 +1,174 @@
+"""The embedded runner end to end, in process: StubBroker, worker threads, real SQLite and
+real files. Small generated tables keep these fast; the crash tests use the full demo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from etl.actors import declare_actors
+from etl.context import ContextCache, RunContext
+from etl.embedded import run_embedded
+from etl.objects import open_objects
+from etl.pipeline import Pipeline, RetryPolicy
+from etl.runs import find_pending, open_run
+from etl.sinks import ParquetSink
+from etl.sources import FileSource
+from etl.state import open_state, task_fingerprint
+from shards import HashShards, RangeShards
+from stages import StageResult
+from stages.base import REASON_COLUMN
+
+
+@dataclass
+class RejectOdd:
+    """Test stage: rejects rows whose id is odd and a multiple of 7."""
+
+    name: str = "reject_odd"
+
+    def apply(self, frame: pd.DataFrame) -> StageResult:
+        bad = (frame["id"] % 2 == 1) & (frame["id"] % 7 == 0)
+        return StageResult(kept=frame[~bad], rejected=frame[bad].assign(**{REASON_COLUMN: "odd x7"}))
+
+
+@dataclass
+class Poison:
+    """Test stage: raises on any batch holding the id `poison`."""
+
+    poison: int
+    name: str = "poison"
+
+    def apply(self, frame: pd.DataFrame) -> StageResult:
+        if (frame["id"] == self.poison).any():
+            raise ValueError(f"poisoned row {self.poison}")
+        return StageResult(kept=frame)
+
+
+def _pipeline(tmp_path: Path, rows: int = 5000, **changes) -> Pipeline:  # type: ignore[no-untyped-def]
+    source = tmp_path / "src.parquet"
+    if not source.exists():
+        pd.DataFrame({"id": range(rows), "value": [i * 1.5 for i in range(rows)]}).to_parquet(source)
+    base = Pipeline(name="t", source=FileSource(str(source)), sink=ParquetSink(str(tmp_path / "sink")),
+                    key=["id"], shards=HashShards(["id"], 6), stages=[RejectOdd()], batch_size=300,
+                    retry=RetryPolicy(max_retries=1, min_backoff_ms=10, max_backoff_ms=20))
+    return replace(base, **changes)
+
+
+def _context(tmp_path: Path, pipeline: Pipeline, **kw) -> RunContext:  # type: ignore[no-untyped-def]
+    state = open_state(f"sqlite:///{tmp_path}/state.db")
+    run, _ = open_run(state, pipeline, spec="tests:unused", **kw)
+    return RunContext.build(run, pipeline, state, open_objects(f"file://{tmp_path}/objects"))
+
+
+@pytest.mark.parametrize("plan", [HashShards(["id"], 6), RangeShards("id", 4)])
+def test_embedded_run_loads_every_clean_row_once(tmp_path: Path, plan) -> None:  # type: ignore[no-untyped-def]
+    # Given a 5,000-row source, a stage rejecting some rows, and small batches
+    pipeline = _pipeline(tmp_path, shards=plan)
+    ctx = _context(tmp_path, pipeline)
+    # When the run is worked in process
+    result = run_embedded(ctx, threads=3)
+    # Then it completes, and the sink holds exactly the kept rows, once each
+    assert result.completed and result.dead_letters == 0
+    sink = pipeline.sink.read_all()
+    expected = [i for i in range(5000) if not (i % 2 == 1 and i % 7 == 0)]
+    assert sorted(sink["id"].tolist()) == expected
+    # And the counters add up: rows in = loaded + quarantined
+    cps = ctx.state.list_checkpoints(ctx.run_id)
+    assert sum(c.rows_fetched for c in cps) == 5000
+    assert sum(c.rows_loaded for c in cps) == len(expected)
+    assert sum(c.rows_quarantined for c in cps) == 5000 - len(expected)
+    assert all(c.complete and c.status == "done" for c in cps)
+    assert ctx.state.get_run(ctx.run_id).status == "completed"  # type: ignore[union-attr]
+    # And quarantined rows are kept with their reason
+    quarantined = [k for k in ctx.objects.list(f"runs/{ctx.run_id}/quarantine/")]
+    assert quarantined
+
+
+def test_redelivering_every_message_of_a_finished_run_changes_nothing(tmp_path: Path) -> None:
+    # Given a finished run
+    pipeline = _pipeline(tmp_path)
+    ctx = _context(tmp_path, pipeline)
+    assert run_embedded(ctx, threads=2).completed
+    before = [(c.shard, c.rows_loaded, c.batches_loaded, c.rows_quarantined)
+              for c in ctx.state.list_checkpoints(ctx.run_id)]
+    files_before = {p.name: p.stat().st_mtime_ns for p in Path(tmp_path / "sink").iterdir()}
+    done_before = ctx.state.count_done(ctx.run_id)
+    # When every fetch, clean and load message is delivered again
+    from dramatiq import Worker
+    from dramatiq.brokers.stub import StubBroker
+
+    broker = StubBroker()
+    broker.emit_after("process_boot")
+    contexts = ContextCache()
+    contexts.register(ctx)
+    actors = declare_actors(broker, contexts)
+    for payload in ctx.state.list_payloads(ctx.run_id):
+        actors.send_batch(ctx.run_id, payload.shard, payload.batch)
+    worker = Worker(broker, worker_threads=2)
+    worker.start()
+    broker.join("etl")
+    worker.stop()
+    # Then counts, dedup ledger and sink files are unchanged (every step hit the ledger)
+    after = [(c.shard, c.rows_loaded, c.batches_loaded, c.rows_quarantined)
+             for c in ctx.state.list_checkpoints(ctx.run_id)]
+    assert after == before
+    assert ctx.state.count_done(ctx.run_id) == done_before
+    assert {p.name: p.stat().st_mtime_ns for p in Path(tmp_path / "sink").iterdir()} == files_before
+
+
+def test_poison_batch_fails_alone_and_is_logged_then_resume_finishes(tmp_path: Path) -> None:
+    # Given a stage that raises on the batch holding id 1234
+    pipeline = _pipeline(tmp_path, stages=[Poison(1234)])
+    ctx = _context(tmp_path, pipeline)
+    # When the run is worked
+    result = run_embedded(ctx, threads=2)
+    # Then that batch is dead-lettered, every other shard finishes, and the error is logged
+    assert not result.completed and result.dead_letters == 1
+    errors = ctx.state.list_errors(ctx.run_id)
+    assert len(errors) == 1
+    error = errors[0]
+    assert error.stage == "clean" and error.error_type == "BatchError"
+    assert f"shard {error.shard} batch {error.batch}" in error.message
+    assert "poisoned row 1234" in error.message and "raw/shard=" in error.message
+    assert "Traceback" in error.traceback
+    cps = {c.shard: c for c in ctx.state.list_checkpoints(ctx.run_id)}
+    assert cps[error.shard].status == "failed" and not cps[error.shard].complete
+    assert sum(c.complete for c in cps.values()) == len(cps) - 1
+    assert ctx.state.get_run(ctx.run_id).status == "failed"  # type: ignore[union-attr]
+    pending = find_pending(ctx.state, ctx.run_id)
+    assert pending.clean == [(error.shard, error.batch)]
+
+    # When the stage is fixed and the same run resumed
+    fixed = replace(pipeline, stages=[])
+    ctx2 = _context(tmp_path, fixed)
+    assert ctx2.run_id == ctx.run_id
+    result = run_embedded(ctx2, threads=2)
+    # Then the run completes with every row loaded once
+    assert result.completed
+    assert sorted(fixed.sink.read_all()["id"].tolist()) == list(range(5000))
+
+
+def test_transient_failure_is_retried_and_succeeds(tmp_path: Path) -> None:
+    # Given a sink that fails the first write of each batch (a transient outage)
+    pipeline = _pipeline(tmp_path, rows=900, stages=[], batch_size=300)
+    ctx = _context(tmp_path, pipeline)
+    sink = pipeline.sink
+    calls: dict[tuple[int, int], int] = {}
+    original = sink.write_batch
+
+    def flaky_write(frame, *, run_id, shard, batch):  # type: ignore[no-untyped-def]
+        calls[(shard, batch)] = calls.get((shard, batch), 0) + 1
+        if calls[(shard, batch)] == 1:
+            raise ConnectionError("sink not reachable (transient)")
+        return original(frame, run_id=run_id, shard=shard, batch=batch)
+
+    object.__setattr__(sink, "write_batch", flaky_write)
+    # When the run is worked
+    result = run_embedded(ctx, threads=2)
+    # Then every batch was written on its second attempt and the run completed
+    assert result.completed and result.dead_letters == 0
+    assert calls and all(n == 2 for n in calls.values())
+    assert sorted(sink.read_all()["id"].tolist()) == list(range(900))
