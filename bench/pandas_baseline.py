@@ -31,7 +31,7 @@ def clean_flights(raw: pd.DataFrame) -> pd.DataFrame:
     local = pd.to_datetime(df[["year", "month", "day"]]) + pd.to_timedelta(
         (hhmm // 100) * 60 + hhmm % 100, unit="min")
     df = df.assign(sched_dep=local.dt.tz_localize("America/New_York", ambiguous="NaT",
-                                                  nonexistent="shift_forward").dt.tz_convert("UTC"))
+                                                  nonexistent="NaT").dt.tz_convert("UTC"))
     df = df[df["sched_dep"].notna()]
     df = df.astype({"dep_time": "Int64", "dep_delay": "Int64", "arr_time": "Int64",
                     "arr_delay": "Int64", "air_time": "Int64", "flight": "Int64",

@@ -56,22 +56,19 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
         broker.add_middleware(ErrorLog(contexts), before=Retries)
     holder: dict[str, EtlActors] = {}
 
-    def etl_fetch(run_id: str, shard: int, batch: int) -> str | None:
+    def etl_fetch(run_id: str, shard: int, batch: int) -> None:
         ctx = contexts.get(run_id)
         outcome = batches.fetch(ctx, shard, batch)
         if outcome.fetch_next:
             holder["actors"].send_batch(run_id, shard, batch + 1)
-        return outcome.payload.key if outcome.payload else None
 
-    def etl_clean(run_id: str, shard: int, batch: int) -> int | None:
-        return batches.clean(contexts.get(run_id), shard, batch)
+    def etl_clean(run_id: str, shard: int, batch: int) -> None:
+        batches.clean(contexts.get(run_id), shard, batch)
 
-    def etl_load(run_id: str, shard: int, batch: int) -> int | None:
+    def etl_load(run_id: str, shard: int, batch: int) -> None:
         ctx = contexts.get(run_id)
-        written = batches.load(ctx, shard, batch)
-        if written is not None:
+        if batches.load(ctx, shard, batch) is not None:
             finalize_if_complete(ctx, shard=shard)
-        return written
 
     def declare(fn, stage: str) -> dramatiq.Actor:  # type: ignore[no-untyped-def]
         return dramatiq.actor(fn, broker=broker, queue_name=queue, priority=PRIORITY[stage],

@@ -17,6 +17,7 @@ import pandas as pd
 from etl.context import RunContext
 from etl.errors import BatchError, ObjectNotFound
 from etl.faults import crash_point
+from etl.framecache import frames
 from etl.keys import quarantine_key, raw_key, staged_key
 from etl.parquet import from_parquet_bytes, stringify_mixed, to_parquet_bytes
 from etl.sources import SOURCE_ERROR_COLUMN
@@ -60,7 +61,9 @@ def fetch(ctx: RunContext, shard: int, batch: int) -> FetchOutcome:
         state.finish_fetch(ctx.run_id, shard, batch)
         return FetchOutcome(None, fetch_next=False)
     key = raw_key(ctx.run_id, shard, batch)
-    info = ctx.objects.put_bytes(key, to_parquet_bytes(stringify_mixed(found.frame)))
+    raw = stringify_mixed(found.frame)
+    info = ctx.objects.put_bytes(key, to_parquet_bytes(raw))
+    frames.put(key, info.sha256, raw)
     crash_point("fetch.after_put")
     payload = RawPayload(run_id=ctx.run_id, shard=shard, batch=batch, key=key, bytes=info.bytes,
                          sha256=info.sha256, rows=len(found.frame),
@@ -71,12 +74,18 @@ def fetch(ctx: RunContext, shard: int, batch: int) -> FetchOutcome:
     return FetchOutcome(payload, fetch_next=not found.exhausted)
 
 
-def _read_frame(ctx: RunContext, shard: int, batch: int, key: str, *,
-                sha256: str | None = None) -> pd.DataFrame:
+def _read_bytes(ctx: RunContext, shard: int, batch: int, key: str) -> bytes:
     try:
-        data = ctx.objects.get_bytes(key)
+        return ctx.objects.get_bytes(key)
     except ObjectNotFound:
         raise BatchError(f"{_where(ctx, shard, batch, key)}: object is missing") from None
+
+
+def _read_frame(ctx: RunContext, shard: int, batch: int, key: str, *,
+                sha256: str | None = None) -> pd.DataFrame:
+    if sha256 is not None and (cached := frames.pop(key, sha256)) is not None:
+        return cached
+    data = _read_bytes(ctx, shard, batch, key)
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise BatchError(f"{_where(ctx, shard, batch, key)}: content does not match its "
                          "recorded sha256 (corrupt or overwritten)")
@@ -129,8 +138,13 @@ def load(ctx: RunContext, shard: int, batch: int) -> int | None:
         log.debug("%s: not cleaned, load skipped", _where(ctx, shard, batch))
         return None  # the clean of this batch, when it happens, sends its own load
     key = staged_key(ctx.run_id, shard, batch)
-    frame = _read_frame(ctx, shard, batch, key)
-    written = ctx.pipeline.sink.write_batch(frame, run_id=ctx.run_id, shard=shard, batch=batch)
+    sink = ctx.pipeline.sink
+    if hasattr(sink, "write_parquet"):  # a Parquet sink takes the staged file as it is
+        written = sink.write_parquet(_read_bytes(ctx, shard, batch, key), run_id=ctx.run_id,
+                                     shard=shard, batch=batch)
+    else:
+        frame = _read_frame(ctx, shard, batch, key)
+        written = sink.write_batch(frame, run_id=ctx.run_id, shard=shard, batch=batch)
     crash_point("load.after_sink")
     state.complete_stage(ctx.run_id, shard, batch, "load", {"rows_loaded": written})
     crash_point("load.after_count")

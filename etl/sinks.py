@@ -17,6 +17,8 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from etl.urls import mask_url
 
@@ -61,19 +63,25 @@ class ParquetSink:
     def write_batch(self, frame: pd.DataFrame, *, run_id: str, shard: int, batch: int) -> int:
         from etl.parquet import to_parquet_bytes
 
+        self.write_parquet(to_parquet_bytes(frame), run_id=run_id, shard=shard, batch=batch)
+        return len(frame)
+
+    def write_parquet(self, data: bytes, *, run_id: str, shard: int, batch: int) -> int:
+        """Write a batch that is already Parquet bytes (the staged file: no re-encoding)."""
+        rows = pq.read_metadata(pa.BufferReader(data)).num_rows
         self.path.mkdir(parents=True, exist_ok=True)
         target = self.path / self.file_name(run_id, shard, batch)
         fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=self.path)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(to_parquet_bytes(frame))
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, target)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
-        return len(frame)
+        return rows
 
     def finish_run(self, run_id: str) -> None:
         if self.write_disposition != "replace" or not self.path.is_dir():

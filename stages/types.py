@@ -20,11 +20,16 @@ def _convert(values: pd.Series, dtype: str) -> pd.Series:
     """`values` as `dtype`, with NA where a present value cannot be converted."""
     lowered = dtype.lower()
     if lowered in ("int64", "int32", "int16", "int8", "uint64", "uint32"):
-        numbers = pd.to_numeric(values, errors="coerce")
+        numbers = values if pd.api.types.is_numeric_dtype(values) else \
+            pd.to_numeric(values, errors="coerce")
+        if pd.api.types.is_integer_dtype(numbers):
+            return numbers.astype(dtype if dtype[0] in "IU" else dtype.capitalize())
         whole = numbers.isna() | (numbers == np.floor(numbers))
         return numbers.where(whole).astype(dtype if dtype[0] in "IU" else dtype.capitalize())
     if lowered in ("float64", "float32"):
-        return pd.to_numeric(values, errors="coerce").astype(dtype)
+        numbers = values if pd.api.types.is_numeric_dtype(values) else \
+            pd.to_numeric(values, errors="coerce")
+        return numbers.astype(dtype)
     if lowered in ("string", "str"):
         return values.astype("string")
     if lowered in ("boolean", "bool"):
@@ -88,13 +93,19 @@ class DeriveTimestamp:
 
     def apply(self, frame: pd.DataFrame) -> StageResult:
         require_columns(self, frame, [self.year, self.month, self.day, self.hhmm])
-        parts = {k: pd.to_numeric(frame[c], errors="coerce")
-                 for k, c in (("year", self.year), ("month", self.month), ("day", self.day))}
-        hhmm = pd.to_numeric(frame[self.hhmm], errors="coerce")
-        minutes = (hhmm // 100) * 60 + hhmm % 100
-        bad_time = hhmm.isna() | (hhmm < 0) | (hhmm % 100 >= 60) | (hhmm > 2400)
-        dates = pd.to_datetime(pd.DataFrame(parts), errors="coerce")
-        local = dates + pd.to_timedelta(minutes.where(~bad_time), unit="min")
+        year, month, day, hhmm = (pd.to_numeric(frame[c], errors="coerce").to_numpy(
+            dtype="float64", na_value=np.nan) for c in (self.year, self.month, self.day, self.hhmm))
+        valid = (np.isfinite(year) & np.isfinite(month) & np.isfinite(day) & np.isfinite(hhmm)
+                 & (month >= 1) & (month <= 12) & (day >= 1) & (hhmm >= 0) & (hhmm <= 2400)
+                 & (hhmm % 100 < 60) & (year >= 1678) & (year <= 2261))
+        y, m, d, t = (np.where(valid, a, 1).astype("int64") for a in (year, month, day, hhmm))
+        months = ((np.where(valid, y, 1970) - 1970) * 12 + (m - 1)).astype("datetime64[M]")
+        first = months.astype("datetime64[D]")
+        days_in_month = ((months + 1).astype("datetime64[D]") - first).astype("int64")
+        valid &= d <= days_in_month
+        minutes = (t // 100) * 60 + t % 100
+        local_ns = (first + (d - 1)).astype("datetime64[ns]") + minutes.astype("timedelta64[m]")
+        local = pd.Series(np.where(valid, local_ns, np.datetime64("NaT")), index=frame.index)
         try:
             stamps = local.dt.tz_localize(self.tz, ambiguous="NaT", nonexistent="NaT")
         except Exception as exc:  # noqa: BLE001 - an unknown time zone name

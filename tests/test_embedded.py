@@ -157,15 +157,15 @@ def test_transient_failure_is_retried_and_succeeds(tmp_path: Path) -> None:
     ctx = _context(tmp_path, pipeline)
     sink = pipeline.sink
     calls: dict[tuple[int, int], int] = {}
-    original = sink.write_batch
+    original = sink.write_parquet
 
-    def flaky_write(frame, *, run_id, shard, batch):  # type: ignore[no-untyped-def]
+    def flaky_write(data, *, run_id, shard, batch):  # type: ignore[no-untyped-def]
         calls[(shard, batch)] = calls.get((shard, batch), 0) + 1
         if calls[(shard, batch)] == 1:
             raise ConnectionError("sink not reachable (transient)")
-        return original(frame, run_id=run_id, shard=shard, batch=batch)
+        return original(data, run_id=run_id, shard=shard, batch=batch)
 
-    object.__setattr__(sink, "write_batch", flaky_write)
+    sink.write_parquet = flaky_write  # type: ignore[method-assign]
     # When the run is worked
     result = run_embedded(ctx, threads=2)
     # Then every batch was written on its second attempt and the run completed
