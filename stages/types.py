@@ -24,7 +24,8 @@ def _convert(values: pd.Series, dtype: str) -> pd.Series:
             pd.to_numeric(values, errors="coerce")
         if pd.api.types.is_integer_dtype(numbers):
             return numbers.astype(dtype if dtype[0] in "IU" else dtype.capitalize())
-        whole = numbers.isna() | (numbers == np.floor(numbers))
+        with np.errstate(invalid="ignore"):
+            whole = numbers.isna() | ((numbers == np.floor(numbers)) & (numbers.abs() < 2.0**63))
         return numbers.where(whole).astype(dtype if dtype[0] in "IU" else dtype.capitalize())
     if lowered in ("float64", "float32"):
         numbers = values if pd.api.types.is_numeric_dtype(values) else \
