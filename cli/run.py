@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -39,12 +40,15 @@ def _pipeline(spec: str | None, shards: int | None,
 @click.option("--run-id", help="Work on (or create) the run with this id.")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Rows per batch for a new run (a resumed run keeps its own).")
-@click.option("--threads", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Worker threads in embedded mode.")
+@click.option("--processes", type=click.IntRange(min=1), default=min(os.cpu_count() or 1, 4),
+              show_default="cores, at most 4",
+              help="Local worker processes in embedded mode (each owns a share of the shards).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Worker threads per process in embedded mode.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @click.pass_context
 def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh: bool,
-                run_id: str | None, batch_size: int | None, threads: int,
+                run_id: str | None, batch_size: int | None, processes: int, threads: int,
                 progress: bool) -> None:
     """Run fetch -> clean -> load over every shard; resumes an unfinished run."""
     if fresh and run_id:
@@ -78,7 +82,8 @@ def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh:
             bar.update(rows_task, completed=now["rows_loaded"] + now["rows_quarantined"])
             bar.update(shards_task, completed=now["shards_done"])
 
-        result = run_embedded(context, threads=threads, on_progress=on_progress)
+        result = run_embedded(context, processes=processes, threads=threads,
+                              on_progress=on_progress)
     after = totals(result.checkpoints)
     _summary(run.run_id, before, after, result.elapsed, result.completed)
     if not result.completed:

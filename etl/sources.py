@@ -66,6 +66,9 @@ class Source(Protocol):
     def sample(self, columns: list[str]) -> pd.DataFrame:
         """The given columns of every row, to fit shard plans (range bounds)."""
 
+    def prepare(self, plan: ShardPlan) -> None:
+        """Load and index what the batches of `plan` need (before worker processes fork)."""
+
     def read_batch(self, plan: ShardPlan, shard: int, *, after: Any, limit: int) -> Batch: ...
 
 
@@ -189,6 +192,9 @@ class FileSource:
         with self._lock:
             self._orders[key] = (order, starts)
         return order, starts
+
+    def prepare(self, plan: ShardPlan) -> None:
+        self._shard_rows(plan)
 
     def read_batch(self, plan: ShardPlan, shard: int, *, after: Any, limit: int) -> Batch:
         if not 0 <= shard < plan.shards:

@@ -24,8 +24,10 @@ from bench.pandas_baseline import KEY, clean_flights, flights_csv
 
 pytestmark = pytest.mark.slow
 
-COMMAND = [sys.executable, "-m", "cli.main", "run", "--shards", "20", "--batch-size", "4000",
-           "--no-progress", "--threads", "3"]
+COMMAND = [sys.executable, "-m", "cli.main", "run", "--shards", "20", "--batch-size", "6000",
+           "--no-progress"]
+#: Crash points kill the process that passes them: run single-process so that is `etl run`.
+ONE_PROCESS = ["--processes", "1", "--threads", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def _env(workdir: Path, crash_at: str = "") -> dict[str, str]:
 
 
 def _run(workdir: Path, crash_at: str = "", timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(COMMAND, cwd=workdir, env=_env(workdir, crash_at), text=True,
+    return subprocess.run(COMMAND + (ONE_PROCESS if crash_at else []), cwd=workdir, env=_env(workdir, crash_at), text=True,
                           capture_output=True, timeout=timeout)
 
 
@@ -96,7 +98,8 @@ def test_sigkill_at_every_crash_point_then_resume_loads_each_row_once(
     for point in crashes:
         result = _run(tmp_path, crash_at=point)
         assert result.returncode == -signal.SIGKILL, (point, result.stdout, result.stderr)
-    # And killed twice more at moments seen from outside: early, then mid-run
+    # And killed twice more at moments seen from outside, with worker processes: early, then
+    # mid-run (the workers die with their parent)
     assert _kill_when(tmp_path, lambda loaded: True) in (-signal.SIGKILL, 0)
     seen = _rows_loaded(tmp_path)
     assert _kill_when(tmp_path, lambda loaded: loaded > seen + 40_000) in (-signal.SIGKILL, 0)

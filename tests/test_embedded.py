@@ -63,13 +63,14 @@ def _context(tmp_path: Path, pipeline: Pipeline, **kw) -> RunContext:  # type: i
     return RunContext.build(run, pipeline, state, open_objects(f"file://{tmp_path}/objects"))
 
 
-@pytest.mark.parametrize("plan", [HashShards(["id"], 6), RangeShards("id", 4)])
-def test_embedded_run_loads_every_clean_row_once(tmp_path: Path, plan) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("plan,processes", [(HashShards(["id"], 6), 1), (RangeShards("id", 4), 1),
+                                            (HashShards(["id"], 6), 2)])
+def test_embedded_run_loads_every_clean_row_once(tmp_path: Path, plan, processes: int) -> None:  # type: ignore[no-untyped-def]
     # Given a 5,000-row source, a stage rejecting some rows, and small batches
     pipeline = _pipeline(tmp_path, shards=plan)
     ctx = _context(tmp_path, pipeline)
-    # When the run is worked in process
-    result = run_embedded(ctx, threads=3)
+    # When the run is worked by one process with threads, or by two forked processes
+    result = run_embedded(ctx, threads=3, processes=processes)
     # Then it completes, and the sink holds exactly the kept rows, once each
     assert result.completed and result.dead_letters == 0
     sink = pipeline.sink.read_all()
