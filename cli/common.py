@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -13,9 +14,10 @@ from etl.config import Settings, load_settings
 from etl.objects import ObjectStore, open_objects
 from etl.state import Checkpoint, StateStore, open_state
 
-#: Tables and summaries go to stdout; progress and notices to stderr.
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+#: Tables and summaries go to stdout; progress and notices to stderr. Piped output gets a
+#: wide console so URLs and run ids are not wrapped mid-word for the next program.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 
 def settings() -> Settings:

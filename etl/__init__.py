@@ -1,0 +1,11 @@
+"""dramatiq-etl: crash-safe, exactly-once batch ETL pipelines on Dramatiq.
+
+The names a pipeline module needs: Pipeline and RetryPolicy, the file source, the sinks.
+Stages live in `stages`, shard plans in `shards`.
+"""
+
+from etl.pipeline import Pipeline, RetryPolicy
+from etl.sinks import MongoSink, ParquetSink
+from etl.sources import FileSource
+
+__all__ = ["FileSource", "MongoSink", "ParquetSink", "Pipeline", "RetryPolicy"]

@@ -1,0 +1,104 @@
+"""The `etl` command as a user runs it: real subprocesses, real files, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+
+def etl(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    base["PYTHONPATH"] = str(workdir)
+    base.update(env or {})
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=workdir, env=base,
+                          text=True, capture_output=True, timeout=300)
+
+
+def _user_pipeline(workdir: Path, *, stages: str = "[]", source: str = "orders.csv") -> None:
+    (workdir / "mypipes.py").write_text(textwrap.dedent(f"""
+        from etl import FileSource, ParquetSink, Pipeline
+        from shards import HashShards
+        from stages import *
+
+        orders = Pipeline(
+            name="orders",
+            source=FileSource({source!r}),
+            stages={stages},
+            sink=ParquetSink("out/orders"),
+            key=["order_id"],
+            shards=HashShards(["order_id"], 3),
+            batch_size=40,
+        )
+    """))
+
+
+def _orders(workdir: Path, rows: int = 200, extra: str = "") -> None:
+    lines = ["order_id,amount,sku"] + [f"{i},{i * 1.5},  sku{i % 7} " for i in range(rows)]
+    (workdir / "orders.csv").write_text("\n".join(lines) + "\n" + extra)
+
+
+def test_user_pipeline_runs_reports_and_quarantines(tmp_path: Path) -> None:
+    # Given a user's pipeline module, a CSV with a broken line and a non-numeric amount
+    _orders(tmp_path, extra="999,not-a-number,x\n1000,1,2,3,4\n")
+    _user_pipeline(tmp_path, stages='[Trim(columns=["sku"]), Upper(columns=["sku"]), '
+                                     'Cast({"amount": "float64"})]')
+    # When it is run with 5 shards
+    result = etl(tmp_path, "run", "-p", "mypipes:orders", "--shards", "5", "--no-progress")
+    # Then it completes, and the summary counts the two bad rows as quarantined
+    assert result.returncode == 0, result.stderr
+    assert "completed" in result.stdout
+    status = json.loads(etl(tmp_path, "status", "--json").stdout)
+    assert status["totals"]["rows_fetched"] == 202
+    assert status["totals"]["rows_loaded"] == 200
+    assert status["totals"]["rows_quarantined"] == 2
+    assert status["run"]["plan"] == "hash(order_id)/5"
+    loaded = pd.concat(pd.read_parquet(p) for p in (tmp_path / "out" / "orders").glob("*.parquet"))
+    assert sorted(loaded["order_id"]) == list(range(200))
+    assert set(loaded["sku"]) == {f"SKU{i}" for i in range(7)}
+    # And `etl checkpoints` and `etl describe` work on it
+    assert "TaskCheckpoint" in etl(tmp_path, "checkpoints").stdout
+    described = etl(tmp_path, "describe", "-p", "mypipes:orders").stdout
+    assert "Upper(columns=['sku'])" in described and "hash(order_id)/3" in described
+
+
+@pytest.mark.parametrize("setup,args,message", [
+    (lambda d: _user_pipeline(d, source="missing.csv"), ["run", "-p", "mypipes:orders"],
+     "source file not found: missing.csv"),
+    (lambda d: (_orders(d), _user_pipeline(d, stages='[Upper(columns=["nope"])]')),
+     ["run", "-p", "mypipes:orders", "--no-progress"], "unknown column(s) 'nope'"),
+    (lambda d: None, ["run", "-p", "nosuchmodule:thing"], "cannot import pipeline module 'nosuchmodule'"),
+    (lambda d: None, ["run", "-p", "not-a-spec"], "must look like package.module:attribute"),
+    (lambda d: (d / "etl.toml").write_text("state_url = [broken"), ["run"], "cannot read"),
+    (lambda d: None, ["status"], "no runs in"),
+])
+def test_user_mistakes_are_one_clear_line_not_a_traceback(tmp_path: Path, setup, args, message) -> None:  # type: ignore[no-untyped-def]
+    # Given a mistake a user can make
+    setup(tmp_path)
+    # When etl runs
+    result = etl(tmp_path, *args)
+    # Then it fails with a message naming the problem, and no traceback
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_backend_url_names_the_supported_schemes(tmp_path: Path) -> None:
+    result = etl(tmp_path, "run", env={"ETL_STATE_URL": "postgres://u:hunter2@db/x"})
+    assert result.returncode == 2
+    assert "unsupported state store URL scheme 'postgres'" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_config_masks_passwords(tmp_path: Path) -> None:
+    result = etl(tmp_path, "config", env={"ETL_STATE_URL": "mongodb://etl:hunter2@db:27017/etl"})
+    assert result.returncode == 0
+    assert "mongodb://etl:***@db:27017/etl" in result.stdout
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "environment" in result.stdout
