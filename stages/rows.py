@@ -3,6 +3,8 @@ with a reason and go to quarantine: rows out + rows rejected == rows in."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+from types import CodeType
 from typing import Callable, Literal, Sequence
 
 import pandas as pd
@@ -12,7 +14,36 @@ from stages._util import as_list, require_columns, show, split
 from stages.base import StageResult
 
 
+class _Columns(dict):  # type: ignore[type-arg]
+    """Name lookup for the fast path: a column name resolves to that column."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        super().__init__()
+        self.frame = frame
+
+    def __missing__(self, name: str) -> pd.Series:
+        return self.frame[name]
+
+
+@lru_cache(maxsize=256)
+def _compiled(expr: str) -> CodeType | None:
+    try:
+        return compile(expr, "<stage expression>", "eval")
+    except SyntaxError:
+        return None  # pandas-only syntax (backticks, @vars): pandas evaluates it
+
+
 def _evaluate(stage: object, frame: pd.DataFrame, expr: str) -> pd.Series:
+    """`expr` over `frame`'s columns. Plain Python over Series first (compiled once, ~0.1 ms),
+    pandas' own DataFrame.eval (~3 ms a call) for anything that needs its syntax."""
+    code = _compiled(expr)
+    if code is not None:
+        try:
+            result = eval(code, {"__builtins__": {}}, _Columns(frame))  # noqa: S307 - pipeline code
+            if isinstance(result, pd.Series) and len(result) == len(frame):
+                return result
+        except Exception:  # noqa: BLE001 - fall back to pandas' evaluator and its errors
+            pass
     try:
         result = frame.eval(expr)
     except Exception as exc:  # noqa: BLE001 - any failure is a bad expression

@@ -19,6 +19,8 @@ _FALSE = {"false", "f", "no", "n", "0"}
 def _convert(values: pd.Series, dtype: str) -> pd.Series:
     """`values` as `dtype`, with NA where a present value cannot be converted."""
     lowered = dtype.lower()
+    if lowered == "int64" and pd.api.types.is_float_dtype(values):
+        return _floats_to_int64(values)
     if lowered in ("int64", "int32", "int16", "int8", "uint64", "uint32"):
         numbers = values if pd.api.types.is_numeric_dtype(values) else \
             pd.to_numeric(values, errors="coerce")
@@ -44,6 +46,16 @@ def _convert(values: pd.Series, dtype: str) -> pd.Series:
         return values.astype(dtype)
     except (TypeError, ValueError) as exc:
         raise StageError(f"Cast: cannot cast to {dtype!r}: {exc}") from exc
+
+
+def _floats_to_int64(values: pd.Series) -> pd.Series:
+    """Fast path for the common case (a float column with NaN for missing) to Int64."""
+    floats = values.to_numpy(dtype="float64", na_value=np.nan)
+    missing = np.isnan(floats)
+    with np.errstate(invalid="ignore"):
+        whole = (floats == np.floor(floats)) & (np.abs(floats) < 2.0**63)
+    ints = np.where(whole, floats, 0).astype(np.int64)
+    return pd.Series(pd.arrays.IntegerArray(ints, missing | ~whole), index=values.index)
 
 
 class Cast:
