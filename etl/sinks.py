@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -20,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from etl.files import atomic_write
 from etl.urls import mask_url
 
 log = logging.getLogger(__name__)
@@ -69,18 +68,7 @@ class ParquetSink:
     def write_parquet(self, data: bytes, *, run_id: str, shard: int, batch: int) -> int:
         """Write a batch that is already Parquet bytes (the staged file: no re-encoding)."""
         rows = pq.read_metadata(pa.BufferReader(data)).num_rows
-        self.path.mkdir(parents=True, exist_ok=True)
-        target = self.path / self.file_name(run_id, shard, batch)
-        fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=self.path)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path / self.file_name(run_id, shard, batch), data)
         return rows
 
     def finish_run(self, run_id: str) -> None:

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from etl.errors import ObjectNotFound
+from etl.files import TEMP_PREFIX, atomic_write
 from etl.objects.base import ObjectInfo
-
-TEMP_PREFIX = ".tmp-"
 
 
 class LocalObjectStore:
@@ -29,18 +26,7 @@ class LocalObjectStore:
         return self.root / key
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path(key), data)
         return ObjectInfo(key=key, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
 
     def get_bytes(self, key: str) -> bytes:
