@@ -57,16 +57,16 @@ def fetch(ctx: RunContext, shard: int, batch: int) -> FetchOutcome:
         return FetchOutcome(None, fetch_next=False)
     found = ctx.pipeline.source.read_batch(ctx.plan, shard, after=checkpoint.cursor,
                                            limit=ctx.pipeline.batch_size)
-    if not len(found.frame):
+    rows = found.table.num_rows
+    if not rows:
         state.finish_fetch(ctx.run_id, shard, batch)
         return FetchOutcome(None, fetch_next=False)
     key = raw_key(ctx.run_id, shard, batch)
-    raw = stringify_mixed(found.frame)
-    info = ctx.objects.put_bytes(key, to_parquet_bytes(raw))
-    frames.put(key, info.sha256, raw)
+    info = ctx.objects.put_bytes(key, to_parquet_bytes(found.table))
+    frames.put(key, info.sha256, found.table)
     crash_point("fetch.after_put")
     payload = RawPayload(run_id=ctx.run_id, shard=shard, batch=batch, key=key, bytes=info.bytes,
-                         sha256=info.sha256, rows=len(found.frame),
+                         sha256=info.sha256, rows=rows,
                          cursor_start=found.cursor_start, cursor_end=found.cursor_end)
     state.record_fetch(payload, exhausted=found.exhausted)
     state.mark_done(task_fingerprint("fetch", ctx.run_id, shard, batch), "fetch", ctx.run_id)
@@ -84,7 +84,7 @@ def _read_bytes(ctx: RunContext, shard: int, batch: int, key: str) -> bytes:
 def _read_frame(ctx: RunContext, shard: int, batch: int, key: str, *,
                 sha256: str | None = None) -> pd.DataFrame:
     if sha256 is not None and (cached := frames.pop(key, sha256)) is not None:
-        return cached
+        return cached.to_pandas()
     data = _read_bytes(ctx, shard, batch, key)
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise BatchError(f"{_where(ctx, shard, batch, key)}: content does not match its "

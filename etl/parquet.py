@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def to_parquet_bytes(frame: pd.DataFrame) -> bytes:
-    """`frame` as Parquet file bytes."""
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+def to_parquet_bytes(frame: pd.DataFrame | pa.Table) -> bytes:
+    """`frame` (pandas or Arrow) as Parquet file bytes."""
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="snappy")
     return sink.getvalue().to_pybytes()

@@ -44,12 +44,19 @@ FORMATS = ("csv", "jsonl", "parquet")
 
 @dataclass
 class Batch:
-    """Rows of one shard after `cursor_start`, up to the batch size, in cursor order."""
+    """Rows of one shard after `cursor_start`, up to the batch size, in cursor order.
 
-    frame: pd.DataFrame
+    Rows are an Arrow table: it is what Parquet is written from, and slicing it costs no
+    pandas work. `frame` converts on first use."""
+
+    table: pa.Table
     cursor_start: Any
     cursor_end: Any
     exhausted: bool  # True when no row of the shard comes after cursor_end
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return self.table.to_pandas()
 
 
 class Source(Protocol):
@@ -111,7 +118,7 @@ class FileSource:
         self.delimiter = delimiter
         self._s3_endpoint_url = s3_endpoint_url
         self._lock = threading.Lock()
-        self._loaded: tuple[str, pd.DataFrame] | None = None  # (fingerprint, frame)
+        self._loaded: tuple[str, pa.Table] | None = None  # (fingerprint, rows)
         self._orders: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def __repr__(self) -> str:
@@ -139,43 +146,47 @@ class FileSource:
         except OSError as exc:
             raise SourceError(f"cannot read source file {local}: {exc}") from exc
 
-    def _parse(self, data: bytes) -> pd.DataFrame:
+    def _parse(self, data: bytes) -> pa.Table:
         raw = _decompress(self.path, data) if self.format != "parquet" else data
         try:
             if self.format == "csv":
                 return _parse_csv(raw, delimiter=self.delimiter)
             if self.format == "jsonl":
                 return _parse_jsonl(raw)
-            return pq.read_table(io.BytesIO(raw)).to_pandas()
+            return pq.read_table(io.BytesIO(raw))
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
             raise SourceError(f"cannot parse {self.format} source {mask_url(self.path)}: {exc}") from exc
 
-    def frame(self) -> pd.DataFrame:
-        """The whole source as a DataFrame (parsed once per process, then cached)."""
+    def table(self) -> pa.Table:
+        """The whole source as an Arrow table (parsed once per process, then cached)."""
         with self._lock:
             if self._loaded is None:
                 data = self._read_bytes()
                 digest = hashlib.sha256(data).hexdigest()
-                frame = self._parse(data)
-                log.info("read %s: %d rows", self.describe(), len(frame))
-                self._loaded = (digest, frame)
+                table = self._parse(data)
+                log.info("read %s: %d rows", self.describe(), table.num_rows)
+                self._loaded = (digest, table)
             return self._loaded[1]
 
+    def frame(self) -> pd.DataFrame:
+        """The whole source as a DataFrame."""
+        return self.table().to_pandas()
+
     def fingerprint(self) -> str:
-        self.frame()
+        self.table()
         assert self._loaded is not None
         return self._loaded[0]
 
     def row_count(self) -> int | None:
-        return len(self.frame())
+        return self.table().num_rows
 
     def sample(self, columns: list[str]) -> pd.DataFrame:
-        frame = self.frame()
-        missing = [c for c in columns if c not in frame.columns]
+        table = self.table()
+        missing = [c for c in columns if c not in table.column_names]
         if missing:
             raise SourceError(f"shard column(s) {', '.join(missing)} not in {self.describe()}; "
-                              f"columns are: {', '.join(map(str, frame.columns))}")
-        return frame[columns]
+                              f"columns are: {', '.join(table.column_names)}")
+        return table.select(columns).to_pandas()
 
     # -- batches -----------------------------------------------------------------------
     def _shard_rows(self, plan: ShardPlan) -> tuple[np.ndarray, np.ndarray]:
@@ -185,8 +196,9 @@ class FileSource:
             cached = self._orders.get(key)
         if cached is not None:
             return cached
-        frame = self.frame()
-        assigned = np.asarray(plan.assign(frame), dtype=np.int64)
+        keys = self.sample(list(getattr(plan, "columns", None) or []) or
+                           self.table().column_names)
+        assigned = np.asarray(plan.assign(keys), dtype=np.int64)
         order = np.argsort(assigned, kind="stable")  # file order within each shard
         starts = np.searchsorted(assigned[order], np.arange(plan.shards + 1), side="left")
         with self._lock:
@@ -203,13 +215,13 @@ class FileSource:
         rows = order[starts[shard]:starts[shard + 1]]
         begin = 0 if after is None else int(np.searchsorted(rows, int(after), side="right"))
         picked = rows[begin:begin + limit]
-        frame = self.frame().take(picked).reset_index(drop=True)
+        table = self.table().take(pa.array(picked, type=pa.int64()))
         end = int(picked[-1]) if len(picked) else after
-        return Batch(frame=frame, cursor_start=after, cursor_end=end,
+        return Batch(table=table, cursor_start=after, cursor_end=end,
                      exhausted=begin + len(picked) >= len(rows))
 
 
-def _parse_csv(raw: bytes, *, delimiter: str) -> pd.DataFrame:
+def _parse_csv(raw: bytes, *, delimiter: str) -> pa.Table:
     bad: list[str] = []
 
     def keep_bad_line(row: pacsv.InvalidRow) -> str:
@@ -221,12 +233,12 @@ def _parse_csv(raw: bytes, *, delimiter: str) -> pd.DataFrame:
         io.BytesIO(raw),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=keep_bad_line),
     )
-    return _with_bad_rows(table.to_pandas(), bad)
+    return _with_bad_rows(table, bad)
 
 
-def _parse_jsonl(raw: bytes) -> pd.DataFrame:
+def _parse_jsonl(raw: bytes) -> pa.Table:
     try:
-        return pajson.read_json(io.BytesIO(raw)).to_pandas()
+        return pajson.read_json(io.BytesIO(raw))
     except pa.ArrowInvalid:
         pass  # some line is broken: parse line by line, keep the broken ones
     records: list[dict[str, Any]] = []
@@ -243,13 +255,14 @@ def _parse_jsonl(raw: bytes) -> pd.DataFrame:
             records.append(value)
         else:
             bad.append(f"line {number}: expected a JSON object, got {type(value).__name__}")
-    return _with_bad_rows(pd.DataFrame.from_records(records), bad)
+    frame = pd.DataFrame.from_records(records)
+    return _with_bad_rows(pa.Table.from_pandas(frame, preserve_index=False), bad)
 
 
-def _with_bad_rows(frame: pd.DataFrame, bad: list[str]) -> pd.DataFrame:
+def _with_bad_rows(table: pa.Table, bad: list[str]) -> pa.Table:
     """Append one row per unparseable line, carrying only SOURCE_ERROR_COLUMN."""
     if not bad:
-        return frame
+        return table
     log.warning("%d source line(s) could not be parsed; they will be quarantined", len(bad))
-    errors = pd.DataFrame({SOURCE_ERROR_COLUMN: pd.Series(bad, dtype="string")})
-    return pd.concat([frame, errors], ignore_index=True)
+    errors = pa.table({SOURCE_ERROR_COLUMN: pa.array(bad, type=pa.string())})
+    return pa.concat_tables([table, errors], promote_options="default")
