@@ -173,3 +173,24 @@ def test_transient_failure_is_retried_and_succeeds(tmp_path: Path) -> None:
     assert result.completed and result.dead_letters == 0
     assert calls and all(n == 2 for n in calls.values())
     assert sorted(sink.read_all()["id"].tolist()) == list(range(900))
+
+
+def test_embedded_run_on_the_mongo_state_store(tmp_path: Path, mongo_client, mongo_db_name: str) -> None:  # type: ignore[no-untyped-def]
+    # Given the MongoDB state store (mongomock, or a real server with ETL_TEST_MONGO_URL)
+    from etl.state.mongo import MongoStateStore
+
+    state = MongoStateStore("mongodb://unused/x", client=mongo_client, database=mongo_db_name)
+    pipeline = _pipeline(tmp_path)
+    run, _ = open_run(state, pipeline, spec="tests:unused")
+    ctx = RunContext.build(run, pipeline, state, open_objects(f"file://{tmp_path}/objects"))
+    # When the run is worked, then every message is delivered again
+    assert run_embedded(ctx, threads=3).completed
+    assert run_embedded(ctx, threads=3).completed
+    # Then the sink holds each kept row once and the counters add up
+    expected = [i for i in range(5000) if not (i % 2 == 1 and i % 7 == 0)]
+    assert sorted(pipeline.sink.read_all()["id"].tolist()) == expected
+    cps = state.list_checkpoints(ctx.run_id)
+    assert sum(c.rows_loaded for c in cps) == len(expected)
+    assert sum(c.rows_loaded + c.rows_quarantined for c in cps) == 5000
+    assert state.get_run(ctx.run_id).status == "completed"  # type: ignore[union-attr]
+    mongo_client.drop_database(mongo_db_name)
