@@ -38,6 +38,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _mongomock_accepts_new_pymongo() -> None:
+    """mongomock 4.3 predates pymongo 4.11, whose bulk ReplaceOne/UpdateOne pass a `sort`
+    argument the fake's builder does not take. Drop it (it is None for our writes) so the
+    fake keeps standing in for a server; a real server needs no such help."""
+    from mongomock.collection import BulkOperationBuilder
+
+    for name in ("add_replace", "add_update"):
+        original = getattr(BulkOperationBuilder, name)
+        if getattr(original, "_etl_shim", False):
+            continue
+
+        def shim(self, *args, _original=original, sort=None, **kwargs):  # type: ignore[no-untyped-def]
+            assert sort is None, "a sorted bulk write cannot be faked by mongomock"
+            return _original(self, *args, **kwargs)
+
+        shim._etl_shim = True  # type: ignore[attr-defined]
+        setattr(BulkOperationBuilder, name, shim)
+
+
 @pytest.fixture
 def mongo_client() -> Iterator[object]:
     """A pymongo-compatible client: a real server when ETL_TEST_MONGO_URL is set, else
@@ -55,7 +74,8 @@ def mongo_client() -> Iterator[object]:
         client.close()
     else:
         mongomock = pytest.importorskip("mongomock")
-        yield mongomock.MongoClient()
+        _mongomock_accepts_new_pymongo()
+        yield mongomock.MongoClient(tz_aware=True)
 
 
 @pytest.fixture
