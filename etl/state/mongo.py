@@ -252,12 +252,12 @@ class MongoStateStore:
         result = self.leases.update_one(
             {"task_key": task_key, "taken_by": owner, "token": token, "lease_until": {"$gt": now}},
             {"$set": {"lease_until": now + timedelta(seconds=ttl), "heartbeat": now}})
-        return result.modified_count == 1
+        return result.matched_count == 1  # a renewal in the same millisecond changes nothing
 
     def release_lease(self, task_key: str, owner: str, token: int) -> bool:
         result = self.leases.update_one({"task_key": task_key, "taken_by": owner, "token": token},
                                         {"$set": {"taken_by": None, "lease_until": None}})
-        return result.modified_count == 1
+        return result.matched_count == 1
 
     def get_lease(self, task_key: str) -> Lease | None:
         return _doc(Lease, self.leases.find_one({"task_key": task_key}))
