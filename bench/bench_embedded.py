@@ -11,7 +11,7 @@ Two views:
     sees them.
 Then a per-step profile of one sequential pass, to show where the time goes.
 
-    python bench/bench_embedded.py [--repeat 5] [--shards 20] [--threads 4]
+    python bench/bench_embedded.py [--repeat 5] [--shards 20] [--processes N] [--threads 2]
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ def pandas_in_process(workdir: Path) -> float:
     return time.perf_counter() - started
 
 
-def toolkit_in_process(workdir: Path, *, shards: int, threads: int) -> float:
+def toolkit_in_process(workdir: Path, *, shards: int, processes: int, threads: int) -> float:
     os.environ["ETL_DEMO_OUTPUT"] = str(workdir / "out")
     started = time.perf_counter()
     demo = pipeline().with_shards(shards)
     state = open_state(f"sqlite:///{workdir}/state.db")
     run, _ = open_run(state, demo, spec="demo", fresh=True)
     ctx = RunContext.build(run, demo, state, open_objects(f"file://{workdir}/objects"))
-    result = run_embedded(ctx, threads=threads)
+    result = run_embedded(ctx, processes=processes, threads=threads)
     elapsed = time.perf_counter() - started
     assert result.completed, "benchmark run did not complete"
     return elapsed
@@ -144,16 +144,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--shards", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--processes", type=int, default=min(os.cpu_count() or 1, 4))
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     rows = len(pd.read_csv(flights_csv(), usecols=["year"]))
     print(f"demo table: {rows:,} rows; {args.repeat} alternating runs each; "
-          f"{args.shards} shards, {args.threads} worker threads")
+          f"{args.shards} shards, {args.processes} worker processes x {args.threads} threads")
     base, ours = alternate(args.repeat, pandas_in_process,
-                           lambda d: toolkit_in_process(d, shards=args.shards, threads=args.threads))
+                           lambda d: toolkit_in_process(d, shards=args.shards, processes=args.processes,
+                                                        threads=args.threads))
     report("in process (work only)", base, ours, rows)
     etl = [sys.executable, "-m", "cli.main", "run", "--shards", str(args.shards), "--fresh",
-           "--no-progress", "--threads", str(args.threads)]
+           "--no-progress", "--processes", str(args.processes), "--threads", str(args.threads)]
     script = [sys.executable, str(ROOT / "bench" / "pandas_baseline.py"), "baseline.parquet"]
     base, ours = alternate(args.repeat, lambda d: command(script, d), lambda d: command(etl, d))
     report("whole command (with interpreter start-up and imports)", base, ours, rows)
