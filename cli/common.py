@@ -6,13 +6,18 @@ import json
 import sys
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from etl.config import Settings, load_settings
+from etl.errors import EtlError
+from etl.urls import mask_url
 from etl.objects import ObjectStore, open_objects
 from etl.state import Checkpoint, StateStore, open_state
+
+if TYPE_CHECKING:
+    from results import ResultStore
 
 #: Tables and summaries go to stdout; progress and notices to stderr. Piped output gets a
 #: wide console so URLs and run ids are not wrapped mid-word for the next program.
@@ -30,6 +35,23 @@ def state_store(conf: Settings) -> StateStore:
 
 def object_store(conf: Settings) -> ObjectStore:
     return open_objects(conf.objects_url)
+
+
+def result_store(conf: Settings, *, required: bool = True) -> "ResultStore | None":
+    """The result store; when not `required` (a run), a store that cannot be opened is a
+    warning and the run goes on without recording results."""
+    from results import open_results
+
+    try:
+        return open_results(conf.results_url)
+    except EtlError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an outage at start-up
+        if required:
+            raise EtlError(f"cannot open the result store {mask_url(conf.results_url)}: {exc}") from exc
+        err.print(f"[yellow]warning[/]: result store {mask_url(conf.results_url)} unavailable "
+                  f"({type(exc).__name__}); running without recording results")
+        return None
 
 
 def to_json(value: Any) -> str:

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from cli import inspect, run
+from cli import inspect, results, run
 from etl.errors import EtlError
 from etl.logs import setup_logging
 from etl.urls import mask_url
@@ -30,6 +30,7 @@ cli.add_command(inspect.status_command)
 cli.add_command(inspect.checkpoints_command)
 cli.add_command(inspect.errors_command)
 cli.add_command(inspect.config_command)
+cli.add_command(results.results_group)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.common import err, object_store, out, settings, state_store, totals
+from cli.common import err, object_store, out, result_store, settings, state_store, totals
 from etl.context import RunContext
 from etl.embedded import run_embedded
 from etl.errors import ConfigError
@@ -83,7 +83,7 @@ def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh:
             bar.update(shards_task, completed=now["shards_done"])
 
         result = run_embedded(context, processes=processes, threads=threads,
-                              on_progress=on_progress)
+                              on_progress=on_progress, results=result_store(conf, required=False))
     after = totals(result.checkpoints)
     _summary(run.run_id, before, after, result.elapsed, result.completed)
     if not result.completed:

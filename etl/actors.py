@@ -20,6 +20,8 @@ from etl.context import ContextCache
 from etl.errors import EtlError
 from etl.middleware import ErrorLog
 from etl.runs import finalize_if_complete
+from results.base import ResultStore
+from results.middleware import ResultRecorder, report
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,13 @@ class EtlActors:
 
 
 def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
-                   queue: str = QUEUE) -> EtlActors:
-    """Declare the three actors on `broker` and add the toolkit's middleware to it."""
+                   queue: str = QUEUE, results: ResultStore | None = None) -> EtlActors:
+    """Declare the three actors on `broker` and add the toolkit's middleware to it (with a
+    ResultRecorder when given a result store)."""
     if not any(isinstance(m, ErrorLog) for m in broker.middleware):
         broker.add_middleware(ErrorLog(contexts), before=Retries)
+    if results is not None and not any(isinstance(m, ResultRecorder) for m in broker.middleware):
+        broker.add_middleware(ResultRecorder(results), before=Retries)
     holder: dict[str, EtlActors] = {}
 
     def etl_fetch(run_id: str, shard: int, batch: int) -> None:
@@ -61,14 +66,20 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
         outcome = batches.fetch(ctx, shard, batch)
         if outcome.fetch_next:
             holder["actors"].send_batch(run_id, shard, batch + 1)
+        payload = outcome.payload
+        report({"rows": payload.rows, "key": payload.key, "more": outcome.fetch_next}
+               if payload else {"rows": 0, "skipped": "nothing left to fetch"})
 
     def etl_clean(run_id: str, shard: int, batch: int) -> None:
-        batches.clean(contexts.get(run_id), shard, batch)
+        rows = batches.clean(contexts.get(run_id), shard, batch)
+        report({"rows": rows} if rows is not None else {"skipped": "already cleaned (dedup)"})
 
     def etl_load(run_id: str, shard: int, batch: int) -> None:
         ctx = contexts.get(run_id)
-        if batches.load(ctx, shard, batch) is not None:
+        rows = batches.load(ctx, shard, batch)
+        if rows is not None:
             finalize_if_complete(ctx, shard=shard)
+        report({"rows": rows} if rows is not None else {"skipped": "already loaded (dedup)"})
 
     def declare(fn, stage: str) -> dramatiq.Actor:  # type: ignore[no-untyped-def]
         return dramatiq.actor(fn, broker=broker, queue_name=queue, priority=PRIORITY[stage],

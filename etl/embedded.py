@@ -28,7 +28,9 @@ from dramatiq.brokers.stub import StubBroker
 from etl.actors import QUEUE, declare_actors
 from etl.context import ContextCache, RunContext
 from etl.runs import Pending, find_pending, finalize_if_complete
+from etl.run_record import RunTracker
 from etl.state import Checkpoint
+from results.base import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +54,13 @@ def _only(pending: Pending, shards: set[int]) -> Pending:
 
 
 def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
-          on_progress: ProgressCallback | None) -> int:
+          on_progress: ProgressCallback | None, results: ResultStore | None) -> int:
     """Run `pending` on an in-memory broker until its queue drains; dead letters left."""
     broker = StubBroker()
     broker.emit_after("process_boot")
     contexts = ContextCache()
     contexts.register(ctx)
-    actors = declare_actors(broker, contexts)
+    actors = declare_actors(broker, contexts, results=results)
     for stage, items in (("load", pending.load), ("clean", pending.clean), ("fetch", pending.fetch)):
         for shard, batch in items:
             actors.send_batch(ctx.run_id, shard, batch, from_stage=stage)
@@ -92,22 +94,24 @@ def _die_with_parent() -> None:
         log.debug("PR_SET_PDEATHSIG not available; orphaned workers finish their queue")
 
 
-def _child(ctx: RunContext, pending: Pending, threads: int) -> None:
+def _child(ctx: RunContext, pending: Pending, threads: int, results: ResultStore | None) -> None:
     _die_with_parent()
-    dead = _work(ctx, pending, threads=threads, poll=0.5, on_progress=None)
+    dead = _work(ctx, pending, threads=threads, poll=0.5, on_progress=None, results=results)
     logging.shutdown()
     os._exit(min(dead, 125))
 
 
 def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, threads: int,
-                       poll: float, on_progress: ProgressCallback | None) -> int:
+                       poll: float, on_progress: ProgressCallback | None,
+                       results: ResultStore | None) -> int:
     ctx.pipeline.source.prepare(ctx.plan)  # parse and index once, shared by every fork
     fork = multiprocessing.get_context("fork")
     children = []
     for index in range(processes):
         part = _only(pending, {s for s in range(ctx.plan.shards) if s % processes == index})
         if part.total:
-            child = fork.Process(target=_child, args=(ctx, part, threads), name=f"etl-worker-{index}")
+            child = fork.Process(target=_child, args=(ctx, part, threads, results),
+                                 name=f"etl-worker-{index}")
             child.start()
             children.append(child)
     dead = 0
@@ -127,23 +131,31 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
 
 
 def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int = 1, poll: float = 0.2,
-                 on_progress: ProgressCallback | None = None) -> EmbeddedResult:
-    """Work the run's pending batches to the end (or until only failures remain)."""
+                 on_progress: ProgressCallback | None = None,
+                 results: ResultStore | None = None) -> EmbeddedResult:
+    """Work the run's pending batches to the end (or until only failures remain); with a
+    result store, record every message and the run itself there."""
     started = time.perf_counter()
+    tracker = RunTracker(results, ctx) if results is not None else None
+    if tracker:
+        on_progress = tracker.wrap(on_progress)
     pending = find_pending(ctx.state, ctx.run_id)
     log.info("run %s: %d fetch, %d clean, %d load pipelines to start", ctx.run_id,
              len(pending.fetch), len(pending.clean), len(pending.load))
     processes = max(1, min(processes, len({s for s, _ in pending.fetch + pending.clean + pending.load})))
     if processes == 1:
-        dead = _work(ctx, pending, threads=threads, poll=poll, on_progress=on_progress)
+        dead = _work(ctx, pending, threads=threads, poll=poll, on_progress=on_progress,
+                     results=results)
     else:
         dead = _work_in_processes(ctx, pending, processes=processes, threads=threads, poll=poll,
-                                  on_progress=on_progress)
+                                  on_progress=on_progress, results=results)
     checkpoints = ctx.state.list_checkpoints(ctx.run_id)
     if on_progress:
         on_progress(checkpoints)
     completed = finalize_if_complete(ctx)
     if not completed:
         ctx.state.set_run_status(ctx.run_id, "failed")
+    if tracker:
+        tracker.finish(completed, checkpoints)
     return EmbeddedResult(completed=completed, dead_letters=dead,
                           elapsed=time.perf_counter() - started, checkpoints=checkpoints)

@@ -1,20 +1,25 @@
 """Batches as Parquet bytes: how raw, staged and quarantined batches are stored.
 
 Snappy-compressed, no pandas index, written and read by pyarrow: a round trip of a batch is
-a few milliseconds, and the pandas dtypes (nullable ints, strings, tz-aware times) survive.
+a few milliseconds, and the pandas dtypes (nullable ints, strings, tz-aware times) survive
+through the pandas metadata pyarrow stores in the file.
 """
 
 from __future__ import annotations
 
-import io
-
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pandas.api.types import infer_dtype
+
+#: What pandas calls an object column whose values are of several kinds. Anything else
+#: (all strings, all ints, ints and floats, all dicts, ...) pyarrow stores as it is.
+_MIXED = frozenset({"mixed", "mixed-integer"})
 
 
 def to_parquet_bytes(frame: pd.DataFrame | pa.Table) -> bytes:
-    """`frame` (pandas or Arrow) as Parquet file bytes."""
+    """`frame` (pandas or Arrow) as Parquet file bytes. An object column mixing kinds of
+    values raises (pyarrow cannot type it): pass such frames through `stringify_mixed`."""
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="snappy")
@@ -22,18 +27,28 @@ def to_parquet_bytes(frame: pd.DataFrame | pa.Table) -> bytes:
 
 
 def from_parquet_bytes(data: bytes) -> pd.DataFrame:
-    """The DataFrame stored in Parquet file bytes."""
-    return pq.read_table(io.BytesIO(data)).to_pandas()
+    """The DataFrame stored in Parquet file bytes (read without copying the buffer)."""
+    return pq.read_table(pa.BufferReader(data)).to_pandas()
 
 
 def stringify_mixed(frame: pd.DataFrame) -> pd.DataFrame:
-    """`frame` with object columns that hold mixed Python types turned into strings, so
-    that pyarrow can store them (rows of bad input often mix numbers and text)."""
-    changed = {}
-    for column in frame.columns:
-        values = frame[column]
-        if values.dtype == object:
-            kinds = {type(v) for v in values.dropna().tolist()}
-            if len(kinds) > 1:
-                changed[column] = values.astype("string")
-    return frame.assign(**changed) if changed else frame
+    """`frame` with object columns that hold mixed Python types turned into pandas "string"
+    dtype (missing values stay missing), so that pyarrow can store them: rows of bad input,
+    such as quarantined ones, often mix numbers and text in one column.
+
+    Homogeneous columns are left alone; the check runs in pandas' C type inference, so
+    clean frames cost next to nothing.
+    """
+    changed: dict[int, pd.Series] = {}
+    for position in range(frame.shape[1]):  # by position: column names may repeat or be ints
+        values = frame.iloc[:, position]
+        if values.dtype != object or infer_dtype(values, skipna=True) not in _MIXED:
+            continue
+        if len({type(v) for v in values.dropna().tolist()}) > 1:
+            changed[position] = values.astype("string")
+    if not changed:
+        return frame
+    result = frame.copy(deep=False)
+    for position, values in changed.items():
+        result.isetitem(position, values)
+    return result

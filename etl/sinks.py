@@ -3,34 +3,48 @@
 
 * ParquetSink: one deterministic file per batch, `part-<run>-<shard>-<batch>.parquet`,
   written atomically. With write_disposition "replace" (default), finishing a run removes
-  the files of other runs, so a finished dataset holds exactly one run's rows.
-* MongoSink: bulk upsert by the pipeline's key.
+  the files of other runs, so a finished dataset holds exactly one run's rows; "append"
+  keeps them.
+* MongoSink: bulk upsert by the pipeline's key (a unique index on it makes a second copy
+  impossible).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import time
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.files import atomic_write
+from etl.files import TEMP_PREFIX, atomic_write
 from etl.urls import mask_url
 
 log = logging.getLogger(__name__)
 
 DISPOSITIONS = ("replace", "append")
 
+#: A part file's name; the run id is everything between "part-" and the shard number.
+_PART = re.compile(r"^part-(?P<run>.+)-(?P<shard>\d{5,})-(?P<batch>\d{6,})\.parquet$")
+#: Temporary files older than this are leftovers of a crashed write and are swept.
+_STALE_TEMP_SECONDS = 3600.0
 
+
+@runtime_checkable
 class Sink(Protocol):
-    def describe(self) -> str: ...
+    """Where a pipeline's cleaned batches are loaded."""
+
+    def describe(self) -> str:
+        """A displayable description (passwords masked)."""
 
     def write_batch(self, frame: pd.DataFrame, *, run_id: str, shard: int, batch: int) -> int:
-        """Write one batch idempotently; rows written."""
+        """Write one batch idempotently (again = as if once); rows written."""
 
     def finish_run(self, run_id: str) -> None:
         """Called once every batch of the run is loaded."""
@@ -40,7 +54,7 @@ class Sink(Protocol):
 
 
 class ParquetSink:
-    """A directory of Parquet files, one per batch."""
+    """A local directory of Parquet files, one per batch (path plain or `file://`)."""
 
     def __init__(self, path: str, *, write_disposition: str = "replace") -> None:
         if write_disposition not in DISPOSITIONS:
@@ -57,13 +71,15 @@ class ParquetSink:
 
     @staticmethod
     def file_name(run_id: str, shard: int, batch: int) -> str:
+        """The batch's file name; ValueError for a run id that is not a plain name."""
+        if not run_id or "/" in run_id or "\\" in run_id or run_id in (".", "..") or shard < 0 or batch < 0:
+            raise ValueError(f"cannot name a part file for run {run_id!r}, shard {shard}, batch {batch}")
         return f"part-{run_id}-{shard:05d}-{batch:06d}.parquet"
 
     def write_batch(self, frame: pd.DataFrame, *, run_id: str, shard: int, batch: int) -> int:
         from etl.parquet import to_parquet_bytes
 
-        self.write_parquet(to_parquet_bytes(frame), run_id=run_id, shard=shard, batch=batch)
-        return len(frame)
+        return self.write_parquet(to_parquet_bytes(frame), run_id=run_id, shard=shard, batch=batch)
 
     def write_parquet(self, data: bytes, *, run_id: str, shard: int, batch: int) -> int:
         """Write a batch that is already Parquet bytes (the staged file: no re-encoding)."""
@@ -72,87 +88,145 @@ class ParquetSink:
         return rows
 
     def finish_run(self, run_id: str) -> None:
-        if self.write_disposition != "replace" or not self.path.is_dir():
+        """"replace": delete the part files of every other run. Both: sweep temporary files
+        that crashed writes left behind."""
+        if not self.path.is_dir():
             return
-        own = f"part-{run_id}-"
-        for stale in self.path.glob("part-*.parquet"):
-            if not stale.name.startswith(own):
-                stale.unlink(missing_ok=True)
-                log.info("replaced %s (from an earlier run)", stale.name)
+        for temp in self.path.glob(f"{TEMP_PREFIX}*"):
+            try:
+                if time.time() - temp.stat().st_mtime > _STALE_TEMP_SECONDS:
+                    temp.unlink(missing_ok=True)
+            except FileNotFoundError:
+                pass
+        if self.write_disposition != "replace":
+            return
+        removed = 0
+        for part in self.path.glob("part-*.parquet"):
+            match = _PART.match(part.name)
+            if match and match["run"] != run_id:
+                part.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.info("%s: run %s replaced %d file(s) of earlier runs", self.path, run_id, removed)
 
     def read_all(self) -> pd.DataFrame:
         files = sorted(self.path.glob("part-*.parquet")) if self.path.is_dir() else []
-        if not files:
+        frames = [pq.read_table(f).to_pandas() for f in files]
+        frames = [f for f in frames if len(f.columns)]
+        if not frames:
             return pd.DataFrame()
-        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        return pd.concat(frames, ignore_index=True)
 
 
-def _safe_field(name: str) -> str:
-    """MongoDB field names may not start with "$" nor contain "."."""
+def _safe_field(name: Any) -> str:
+    """MongoDB field names may not start with "$" nor contain ".": both become "_"."""
     return str(name).replace(".", "_").replace("$", "_")
 
 
 def _plain(value: Any) -> Any:
-    """A value pymongo can encode: None for missing, Python scalars, datetimes."""
+    """A value pymongo can encode: None for missing, Python scalars, datetimes, lists."""
     if value is None or value is pd.NA or value is pd.NaT:
         return None
-    if isinstance(value, float) and np.isnan(value):
-        return None
+    if isinstance(value, float):
+        return None if value != value else value  # NaN
     if isinstance(value, pd.Timestamp):
         return value.to_pydatetime()
+    if isinstance(value, np.datetime64):
+        return None if np.isnat(value) else pd.Timestamp(value).to_pydatetime()
     if isinstance(value, np.generic):
         return _plain(value.item())
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day)  # BSON has no date-only type
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
     return value
 
 
+def _identity(values: Any) -> tuple[Any, ...]:
+    """A hashable stand-in for a row's key values (1 and 1.0 are one key, as in MongoDB)."""
+    out = []
+    for value in values:
+        try:
+            hash(value)
+            out.append(value)
+        except TypeError:  # a list or dict in a key column: compare by its text
+            out.append(repr(value))
+    return tuple(out)
+
+
+def _database_of(url: str) -> str:
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    return (rest.split("/", 1)[1] if "/" in rest else "").split("?", 1)[0] or "etl"
+
+
 class MongoSink:
-    """A MongoDB collection, written by bulk upsert on `key`."""
+    """A MongoDB collection, written by bulk upsert on `key` (`mongodb://`, or
+    `mongomock://host/db` for an in-process fake; `client=` injects one for tests)."""
 
     def __init__(self, url: str, *, collection: str, key: Sequence[str],
                  database: str | None = None, client: Any = None, chunk: int = 1000) -> None:
-        self.url, self.collection_name, self.key = mask_url(url), collection, [_safe_field(k) for k in key]
-        self._raw_url, self._database, self._client, self.chunk = url, database, client, chunk
+        if isinstance(key, str) or not key:
+            raise ValueError("MongoSink needs key= as a non-empty list of column names")
+        self.url, self.collection_name = mask_url(url), collection
+        self.key = [_safe_field(k) for k in key]
+        self.database = database or _database_of(url)
+        self.chunk = max(1, chunk)
+        self._raw_url, self._client = url, client
         self._collection: Any = None
 
+    def __repr__(self) -> str:
+        return f"MongoSink({self.url!r}, collection={self.collection_name!r}, key={self.key!r})"
+
     def describe(self) -> str:
-        return f"mongodb collection {self.collection_name} at {self.url} (upsert on {', '.join(self.key)})"
+        return (f"mongodb collection {self.database}.{self.collection_name} at {self.url} "
+                f"(upsert on {', '.join(self.key)})")
 
     def _coll(self) -> Any:
+        """The collection, connected and indexed on first use (so a pipeline definition
+        can be imported without a server)."""
         if self._collection is None:
-            client = self._client
-            if client is None:
+            if self._client is None:
                 if self._raw_url.startswith("mongomock://"):
                     import mongomock
 
-                    client = mongomock.MongoClient()
+                    self._client = mongomock.MongoClient(tz_aware=True)
                 else:
                     import pymongo
 
-                    client = pymongo.MongoClient(self._raw_url)
-                self._client = client
-            name = self._database or (self._raw_url.split("://", 1)[1].split("/", 1) + ["etl"])[1].split("?")[0] or "etl"
-            coll = client[name][self.collection_name]
+                    self._client = pymongo.MongoClient(self._raw_url, tz_aware=True,
+                                                       serverSelectionTimeoutMS=10_000)
+            coll = self._client[self.database][self.collection_name]
             coll.create_index([(k, 1) for k in self.key], unique=True, name="etl_key")
             self._collection = coll
         return self._collection
 
     def write_batch(self, frame: pd.DataFrame, *, run_id: str, shard: int, batch: int) -> int:
+        """Upsert every row by key; rows of the batch sharing a key: the last one wins (an
+        unordered bulk write would apply them in no defined order). Returns the batch's row
+        count."""
         from pymongo import ReplaceOne
 
         columns = [_safe_field(c) for c in frame.columns]
-        coll = self._coll()
-        rows = frame.to_dict(orient="split")["data"]
-        for start in range(0, len(rows), self.chunk):
-            ops = []
-            for row in rows[start:start + self.chunk]:
-                doc = {c: _plain(v) for c, v in zip(columns, row)}
-                ops.append(ReplaceOne({k: doc.get(k) for k in self.key}, doc, upsert=True))
-            if ops:
-                coll.bulk_write(ops, ordered=False)
+        missing = [k for k in self.key if k not in columns]
+        if missing:
+            raise ValueError(f"batch {run_id}/{shard}/{batch} lacks the sink's key column(s) "
+                             f"{', '.join(missing)}")
+        docs: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for row in frame.itertuples(index=False, name=None):
+            doc = {c: _plain(v) for c, v in zip(columns, row)}
+            docs[_identity(doc[k] for k in self.key)] = doc
+        coll, ops = self._coll(), [
+            ReplaceOne({k: d[k] for k in self.key}, d, upsert=True) for d in docs.values()]
+        for start in range(0, len(ops), self.chunk):
+            coll.bulk_write(ops[start:start + self.chunk], ordered=False)
+        log.debug("%s: batch %s/%s/%s upserted %d row(s)", self.collection_name, run_id, shard,
+                  batch, len(ops))
         return len(frame)
 
     def finish_run(self, run_id: str) -> None:
-        return None
+        """Nothing to do: upserts never leave a second copy to sweep."""
 
     def read_all(self) -> pd.DataFrame:
         return pd.DataFrame(list(self._coll().find({}, {"_id": 0})))

@@ -1,0 +1,88 @@
+"""The ResultStore interface and the serialisation shared by its backends."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Protocol, runtime_checkable
+
+from results.models import JobResult, Transition
+
+
+@runtime_checkable
+class ResultStore(Protocol):
+    """Where task records live. Every record has a time to live."""
+
+    url: str  # masked
+
+    def store(self, job: JobResult, *, ttl: timedelta | None = None) -> JobResult:
+        """Write the whole record (replacing any), expiring `ttl` from now (default a day)."""
+
+    def update_status(self, job_id: str, status: str, *, note: str | None = None,
+                      **fields: Any) -> JobResult:
+        """Move the job to `status` if the lifecycle allows it from its current status,
+        set `fields` and the status's timestamps, append to history. Raises JobNotFound or
+        InvalidTransition."""
+
+    def get(self, job_id: str) -> JobResult | None: ...
+
+    def get_many(self, job_ids: Iterable[str]) -> dict[str, JobResult]:
+        """The records found, by id, in one round trip; missing ids are simply absent."""
+
+    def get_status(self, job_id: str) -> str | None: ...
+
+    def history(self, job_id: str) -> list[Transition]:
+        """Transitions oldest first; JobNotFound if there is no such job."""
+
+    def delete(self, job_id: str) -> bool: ...
+
+    def list(self, *, run_id: str | None = None, status: str | None = None,
+             queue: str | None = None, limit: int = 100) -> list[JobResult]:
+        """Newest first."""
+
+    def cleanup_expired(self) -> int:
+        """Remove what has expired (records, or index entries of expired records); count."""
+
+    def stats(self) -> dict[str, Any]:
+        """{"total": n, "by_status": {...}, "by_queue": {...}, "avg_duration": s or None}."""
+
+    def close(self) -> None: ...
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$dt": value.astimezone(timezone.utc).isoformat()}
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
+
+
+def _hook(value: dict[str, Any]) -> Any:
+    if set(value) == {"$dt"}:
+        return datetime.fromisoformat(value["$dt"])
+    return value
+
+
+def dumps(value: Any) -> str:
+    """JSON that keeps datetimes (as tagged ISO strings) and tolerates any result value."""
+    return json.dumps(value, default=_default, separators=(",", ":"))
+
+
+def loads(text: str | bytes | None) -> Any:
+    return None if text is None else json.loads(text, object_hook=_hook)
+
+
+def summarise(jobs: Iterable[tuple[str, str, float | None]]) -> dict[str, Any]:
+    """Stats from (status, queue, duration) triples."""
+    by_status: dict[str, int] = {}
+    by_queue: dict[str, int] = {}
+    durations: list[float] = []
+    total = 0
+    for status, queue, duration in jobs:
+        total += 1
+        by_status[status] = by_status.get(status, 0) + 1
+        by_queue[queue] = by_queue.get(queue, 0) + 1
+        if duration is not None:
+            durations.append(duration)
+    return {"total": total, "by_status": by_status, "by_queue": by_queue,
+            "avg_duration": sum(durations) / len(durations) if durations else None}

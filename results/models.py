@@ -1,0 +1,131 @@
+"""The task result record and its status lifecycle.
+
+    pending -> queued -> in_progress -> completed | failed | retrying | aborted | timeout
+                                        | cancelled
+    retrying -> queued                  (the retry is enqueued again)
+    pending | queued -> cancelled | aborted
+
+Every transition is kept, with its time, in the record's history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from typing import Any
+
+
+class JobStatus(str, Enum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    ABORTED = "aborted"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+
+S = JobStatus
+#: Allowed next statuses for each status; the finished ones allow none.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    S.PENDING: frozenset({S.QUEUED, S.CANCELLED, S.ABORTED}),
+    S.QUEUED: frozenset({S.IN_PROGRESS, S.CANCELLED, S.ABORTED}),
+    S.IN_PROGRESS: frozenset({S.COMPLETED, S.FAILED, S.RETRYING, S.ABORTED, S.TIMEOUT, S.CANCELLED}),
+    S.RETRYING: frozenset({S.QUEUED, S.IN_PROGRESS, S.FAILED, S.CANCELLED, S.ABORTED}),
+    S.COMPLETED: frozenset(),
+    S.FAILED: frozenset(),
+    S.ABORTED: frozenset(),
+    S.TIMEOUT: frozenset(),
+    S.CANCELLED: frozenset(),
+}
+FINISHED = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+#: The statuses a job may be in just before moving to each status.
+PREVIOUS: dict[JobStatus, frozenset[JobStatus]] = {
+    target: frozenset(s for s, nxt in TRANSITIONS.items() if target in nxt) for target in JobStatus
+}
+
+#: Default time to live of a record (a day): every record expires.
+DEFAULT_TTL = timedelta(days=1)
+
+
+def utcnow() -> datetime:
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=(now.microsecond // 1000) * 1000)
+
+
+@dataclass
+class Transition:
+    """One status change: to which status, when, and an optional note (error, reason)."""
+
+    status: str
+    at: datetime
+    note: str | None = None
+
+
+@dataclass
+class JobResult:
+    """Everything known about one task (a fetch/clean/load message, or a run)."""
+
+    job_id: str
+    function: str
+    status: str = JobStatus.PENDING.value
+    queue: str = "default"
+    run_id: str | None = None
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    error: str | None = None
+    error_type: str | None = None
+    worker_id: str | None = None
+    retry_count: int = 0
+    max_retries: int | None = None
+    progress: float = 0.0
+    stage: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration: float | None = None  # seconds from start to finish
+    expires_at: datetime | None = None
+    history: list[Transition] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return JobStatus(self.status) in FINISHED
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "JobResult":
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["history"] = [t if isinstance(t, Transition) else Transition(**t)
+                             for t in values.get("history") or []]
+        return cls(**values)
+
+
+def check_transition(job_id: str, current: str, target: str) -> None:
+    """Raise InvalidTransition unless `current` may move to `target`."""
+    from results.errors import InvalidTransition
+
+    if JobStatus(target) not in TRANSITIONS[JobStatus(current)]:
+        raise InvalidTransition(f"job {job_id}: cannot go from {current} to {target}")
+
+
+def stamp_fields(status: str, now: datetime, started_at: datetime | None) -> dict[str, Any]:
+    """Timestamps a transition to `status` sets: queued_at, started_at, completed_at and
+    duration."""
+    target = JobStatus(status)
+    if target is JobStatus.QUEUED:
+        return {"queued_at": now}
+    if target is JobStatus.IN_PROGRESS:
+        return {"started_at": now}
+    if target in FINISHED:
+        duration = (now - started_at).total_seconds() if started_at else None
+        return {"completed_at": now, "duration": duration}
+    return {}

@@ -1,0 +1,128 @@
+"""MongoDB result store: one document per job, a TTL index on expires_at (MongoDB removes
+expired records by itself; cleanup_expired does it at once), status changes as a
+compare-and-set on the status the change was computed from."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+
+from etl.urls import mask_url
+from results.base import summarise
+from results.errors import InvalidTransition, JobNotFound
+from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, stamp_fields,
+                            utcnow)
+
+
+def _aware(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    if isinstance(value, dict):
+        return {k: _aware(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_aware(v) for v in value]
+    return value
+
+
+class MongoResultStore:
+    """ResultStore on a MongoDB collection named JobResult."""
+
+    def __init__(self, url: str, *, client: Any = None, database: str | None = None) -> None:
+        self.url = mask_url(url)
+        if client is None:
+            if url.startswith("mongomock://"):
+                import mongomock
+
+                client = mongomock.MongoClient(tz_aware=True)
+            else:
+                import pymongo
+
+                client = pymongo.MongoClient(url, tz_aware=True, serverSelectionTimeoutMS=2000,
+                                             socketTimeoutMS=2000)
+        self.client = client
+        rest = url.split("://", 1)[1] if "://" in url else ""
+        name = database or (rest.split("/", 1)[1].split("?", 1)[0] if "/" in rest else "") or "etl"
+        self.jobs = client[name]["JobResult"]
+        self.jobs.create_index([("job_id", ASCENDING)], unique=True)
+        self.jobs.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
+        self.jobs.create_index([("run_id", ASCENDING), ("created_at", DESCENDING)])
+        self.jobs.create_index([("queue", ASCENDING), ("created_at", DESCENDING)])
+        self.jobs.create_index([("status", ASCENDING)])
+
+    def _live(self) -> dict[str, Any]:
+        return {"expires_at": {"$gt": utcnow()}}
+
+    @staticmethod
+    def _job(doc: dict[str, Any] | None) -> JobResult | None:
+        if doc is None:
+            return None
+        doc.pop("_id", None)
+        return JobResult.from_dict(_aware(doc))
+
+    def store(self, job: JobResult, *, ttl: timedelta | None = None) -> JobResult:
+        job.expires_at = utcnow() + (ttl or DEFAULT_TTL)
+        if not job.history:
+            job.history = [Transition(job.status, job.created_at)]
+        self.jobs.replace_one({"job_id": job.job_id}, job.to_dict(), upsert=True)
+        return job
+
+    def update_status(self, job_id: str, status: str, *, note: str | None = None,
+                      **fields: Any) -> JobResult:
+        for _ in range(20):
+            job = self.get(job_id)
+            if job is None:
+                raise JobNotFound(job_id)
+            check_transition(job_id, job.status, status)
+            now = utcnow()
+            changes = {**fields, **stamp_fields(status, now, job.started_at), "status": status}
+            entry = Transition(status, now, note)
+            updated = self.jobs.find_one_and_update(
+                {"job_id": job_id, "status": job.status},
+                {"$set": changes, "$push": {"history": entry.__dict__}},
+                return_document=ReturnDocument.AFTER)
+            if updated is not None:
+                return self._job(updated)  # type: ignore[return-value]
+            time.sleep(0.001)  # changed meanwhile: recompute from the new state
+        raise InvalidTransition(f"job {job_id}: status kept changing; gave up moving it to {status}")
+
+    def get(self, job_id: str) -> JobResult | None:
+        return self._job(self.jobs.find_one({"job_id": job_id, **self._live()}))
+
+    def get_many(self, job_ids: Iterable[str]) -> dict[str, JobResult]:
+        docs = self.jobs.find({"job_id": {"$in": list(dict.fromkeys(job_ids))}, **self._live()})
+        return {job.job_id: job for job in map(self._job, docs) if job is not None}
+
+    def get_status(self, job_id: str) -> str | None:
+        doc = self.jobs.find_one({"job_id": job_id, **self._live()}, {"status": 1})
+        return doc["status"] if doc else None
+
+    def history(self, job_id: str) -> list[Transition]:
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job.history
+
+    def delete(self, job_id: str) -> bool:
+        return self.jobs.delete_one({"job_id": job_id}).deleted_count == 1
+
+    def list(self, *, run_id: str | None = None, status: str | None = None,
+             queue: str | None = None, limit: int = 100) -> list[JobResult]:
+        query: dict[str, Any] = dict(self._live())
+        for name, value in (("run_id", run_id), ("status", status), ("queue", queue)):
+            if value is not None:
+                query[name] = value
+        docs = self.jobs.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+        return [j for j in map(self._job, docs) if j is not None]
+
+    def cleanup_expired(self) -> int:
+        return self.jobs.delete_many({"expires_at": {"$lte": utcnow()}}).deleted_count
+
+    def stats(self) -> dict[str, Any]:
+        docs = self.jobs.find(self._live(), {"status": 1, "queue": 1, "duration": 1})
+        return summarise((d["status"], d["queue"], d.get("duration")) for d in docs)
+
+    def close(self) -> None:
+        self.client.close()
