@@ -1,0 +1,187 @@
+"""One conformance suite for the result stores: SQLite (real file), Redis (the real server on
+this machine) and MongoDB (mongomock, or a real server with ETL_TEST_MONGO_URL)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from etl.errors import UnsupportedURL
+from results import InvalidTransition, JobNotFound, JobResult, ResultStore, open_results
+from results.client import Job, JobFailed, ResultClient
+from results.errors import ResultNotFound
+
+
+@pytest.fixture(params=["sqlite", "redis", "mongo"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultStore]:
+    if request.param == "sqlite":
+        yield open_results(f"sqlite:///{tmp_path}/results.db")
+    elif request.param == "redis":
+        from results.redis import RedisResultStore
+
+        url = request.getfixturevalue("redis_url")
+        prefix = f"etltest-{uuid.uuid4().hex[:8]}"
+        redis_store = RedisResultStore(url, prefix=prefix)
+        yield redis_store
+        for key in redis_store.client.scan_iter(match=f"{prefix}:*"):
+            redis_store.client.delete(key)
+    else:
+        from results.mongo import MongoResultStore
+
+        client = request.getfixturevalue("mongo_client")
+        name = request.getfixturevalue("mongo_db_name")
+        yield MongoResultStore("mongodb://unused/x", client=client, database=name)
+        client.drop_database(name)
+
+
+def _job(job_id: str, **kw) -> JobResult:  # type: ignore[no-untyped-def]
+    return JobResult(job_id=job_id, function=kw.pop("function", "etl_load"),
+                     run_id=kw.pop("run_id", "run-1"), queue=kw.pop("queue", "etl"),
+                     args=["run-1", 3, 0], **kw)
+
+
+def test_full_lifecycle_with_history_and_timings(store: ResultStore) -> None:
+    # Given a stored job
+    store.store(_job("j1"))
+    assert store.get_status("j1") == "pending"
+    # When it goes through queued, in_progress, retrying, queued, in_progress, completed
+    store.update_status("j1", "queued")
+    store.update_status("j1", "in_progress", worker_id="host:1")
+    store.update_status("j1", "retrying", note="ConnectionError: x", error="x", error_type="ConnectionError",
+                        retry_count=1)
+    store.update_status("j1", "queued")
+    store.update_status("j1", "in_progress")
+    done = store.update_status("j1", "completed", result={"rows": 42}, progress=1.0)
+    # Then the record holds the result, the timings and every step in order
+    job = store.get("j1")
+    assert job is not None and job.status == "completed" == done.status
+    assert job.result == {"rows": 42} and job.progress == 1.0 and job.retry_count == 1
+    assert job.worker_id == "host:1" and job.run_id == "run-1" and job.args == ["run-1", 3, 0]
+    assert job.started_at is not None and job.completed_at is not None and job.duration is not None
+    assert job.completed_at >= job.started_at and job.expires_at is not None
+    assert [t.status for t in store.history("j1")] == [
+        "pending", "queued", "in_progress", "retrying", "queued", "in_progress", "completed"]
+    assert store.history("j1")[3].note == "ConnectionError: x"
+    times = [t.at for t in store.history("j1")]
+    assert times == sorted(times)
+
+
+def test_lifecycle_refuses_illegal_moves_and_unknown_jobs(store: ResultStore) -> None:
+    store.store(_job("j2"))
+    with pytest.raises(InvalidTransition, match="pending to completed"):
+        store.update_status("j2", "completed")
+    store.update_status("j2", "cancelled")
+    with pytest.raises(InvalidTransition):
+        store.update_status("j2", "queued")
+    with pytest.raises(JobNotFound):
+        store.update_status("nope", "queued")
+    with pytest.raises(JobNotFound):
+        store.history("nope")
+    assert store.get("nope") is None and store.get_status("nope") is None
+
+
+def test_get_many_in_one_call_skips_missing_ids(store: ResultStore) -> None:
+    for i in range(30):
+        store.store(_job(f"m{i}"))
+    found = store.get_many([f"m{i}" for i in range(0, 40, 2)] + ["m0"])
+    assert sorted(found) == sorted(f"m{i}" for i in range(0, 30, 2))
+    assert found["m4"].function == "etl_load"
+
+
+def test_ttl_expiry_and_cleanup(store: ResultStore) -> None:
+    # Given two short-lived records and one long-lived
+    store.store(_job("short-1"), ttl=timedelta(milliseconds=300))
+    store.store(_job("short-2"), ttl=timedelta(milliseconds=300))
+    store.store(_job("long"), ttl=timedelta(hours=1))
+    assert store.get("short-1") is not None
+    # When their time to live passes
+    time.sleep(0.6)
+    # Then they are gone from reads, and cleanup removes what is left of them
+    assert store.get("short-1") is None and store.get_status("short-2") is None
+    assert sorted(store.get_many(["short-1", "short-2", "long"])) == ["long"]
+    # (MongoDB's own TTL monitor may have removed some already: cleanup counts the rest)
+    from results.mongo import MongoResultStore
+
+    left = (store.jobs.count_documents({"job_id": {"$in": ["short-1", "short-2"]}})
+            if isinstance(store, MongoResultStore) else 2)
+    assert store.cleanup_expired() == left
+    assert store.cleanup_expired() == 0
+    assert [j.job_id for j in store.list(run_id="run-1")] == ["long"]
+    assert store.stats()["total"] == 1
+
+
+def test_list_filters_and_stats(store: ResultStore) -> None:
+    for i in range(6):
+        store.store(_job(f"l{i}", run_id="A" if i < 4 else "B", queue="etl" if i % 2 else "other"))
+        store.update_status(f"l{i}", "queued")
+    store.update_status("l0", "in_progress")
+    store.update_status("l0", "failed", error="boom", error_type="BatchError")
+    assert [j.job_id for j in store.list(run_id="A", limit=10)] == ["l3", "l2", "l1", "l0"]
+    assert [j.job_id for j in store.list(run_id="A", status="failed")] == ["l0"]
+    assert {j.job_id for j in store.list(queue="other")} == {"l0", "l2", "l4"}
+    assert len(store.list(limit=2)) == 2
+    stats = store.stats()
+    assert stats["total"] == 6 and stats["by_status"] == {"queued": 5, "failed": 1}
+    assert stats["by_queue"] == {"etl": 3, "other": 3}
+    assert store.delete("l5") and not store.delete("l5")
+    assert store.get("l5") is None
+
+
+def test_concurrent_writers_move_a_job_once(store: ResultStore) -> None:
+    # Given a queued job and eight workers racing to start it
+    store.store(_job("race"))
+    store.update_status("race", "queued")
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def start(worker: int) -> None:
+        try:
+            store.update_status("race", "in_progress", worker_id=f"w{worker}")
+            result = "won"
+        except InvalidTransition:
+            result = "lost"
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Then exactly one wins and the history has one in_progress step
+    assert sorted(outcomes) == ["lost"] * 7 + ["won"]
+    assert [t.status for t in store.history("race")].count("in_progress") == 1
+
+
+def test_job_handle_waits_for_the_result(store: ResultStore) -> None:
+    store.store(_job("w1"))
+    store.update_status("w1", "queued")
+    job = ResultClient(store).job("w1")
+    with pytest.raises(ResultNotFound, match="still queued"):
+        job.result(timeout=0.2, poll=0.05)
+
+    def finish() -> None:
+        time.sleep(0.3)
+        store.update_status("w1", "in_progress")
+        store.update_status("w1", "completed", result=[1, 2, 3])
+
+    threading.Thread(target=finish).start()
+    assert job.result(timeout=10, poll=0.05) == [1, 2, 3]
+    assert job.status() == "completed"
+    store.store(_job("w2", status="in_progress"))
+    store.update_status("w2", "failed", error="boom", error_type="BatchError")
+    with pytest.raises(JobFailed, match="failed: BatchError: boom"):
+        Job("w2", store).result(timeout=1)
+    with pytest.raises(JobNotFound):
+        Job("missing", store).status()
+
+
+def test_unknown_scheme_lists_the_supported_ones() -> None:
+    with pytest.raises(UnsupportedURL, match="sqlite:///.*redis://.*mongodb://"):
+        open_results("memcached://x")
