@@ -1,16 +1,21 @@
 """Redis result store: a hash per job, a status key, per-queue and per-run indexes.
 
-Every key has a TTL. A status change is an optimistic compare-and-set done by a Lua script
-(the status must still be the one the change was computed from), retried on a race, so two
-workers can never both move a job out of the same status. Multi-key reads and writes go
-through pipelines (one round trip), over redis-py's connection pool. Short socket timeouts:
-an outage costs a task at most a fraction of a second.
+Layout, chosen for memory (about 850 bytes a record): each field of the record is its own
+small hash field (JSON value), and each history step too (`h:0`, `h:1`, ...), so a typical
+job's hash stays in Redis's compact listpack encoding. The status key is the job's status
+with the same TTL. Indexes are sorted sets scored by expiry time: listing walks them newest
+first, and cleanup drops expired members with one ZREMRANGEBYSCORE per index.
+
+A status change is an optimistic compare-and-set in a Lua script (the status must still be
+the one the change was computed from), retried on a race, so two workers can never both move
+a job out of the same status. Multi-key writes go through pipelines, over redis-py's
+connection pool; short socket timeouts keep an outage from stalling a caller.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 import redis
@@ -25,12 +30,47 @@ _CAS = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return 0 end
 if current ~= ARGV[1] then return -1 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'data', ARGV[3])
-redis.call('HSET', KEYS[1], 'history', redis.call('HGET', KEYS[1], 'history') .. ARGV[4] .. '\\n')
+redis.call('HSET', KEYS[1], 'status', ARGV[2])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local n = redis.call('HINCRBY', KEYS[1], 'hn', 1)
+redis.call('HSET', KEYS[1], 'h:' .. (n - 1), ARGV[3])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl) end
 return 1
 """
+
+
+def _step(step: Transition) -> str:
+    """One history step: [status, epoch seconds(, note)]."""
+    entry: list[Any] = [step.status, round(step.at.timestamp(), 3)]
+    if step.note:
+        entry.append(step.note)
+    return dumps(entry)
+
+
+def _fields(job: JobResult) -> dict[str, str]:
+    """The record as hash fields: JSON values, the status as plain text."""
+    fields = {name: dumps(value) for name, value in job.to_compact().items() if name != "status"}
+    fields["status"] = job.status
+    return fields
+
+
+def _decode(raw: dict[bytes, bytes]) -> JobResult | None:
+    if not raw:
+        return None
+    data: dict[str, Any] = {}
+    steps: list[tuple[int, Transition]] = []
+    for name, value in raw.items():
+        key = name.decode()
+        if key.startswith("h:"):
+            status, at, *note = loads(value)
+            steps.append((int(key[2:]), Transition(status, datetime.fromtimestamp(at, tz=timezone.utc),
+                                                   note[0] if note else None)))
+        elif key == "status":
+            data["status"] = value.decode()
+        elif key != "hn":
+            data[key] = loads(value)
+    return JobResult.from_compact(data, [t for _, t in sorted(steps, key=lambda s: s[0])])
 
 
 class RedisResultStore:
@@ -44,50 +84,51 @@ class RedisResultStore:
             url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30)
         self._cas = self.client.register_script(_CAS)
 
-    # -- keys ------------------------------------------------------------------------------
     def _job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
 
     def _status(self, job_id: str) -> str:
         return f"{self.prefix}:status:{job_id}"
 
-    def _index(self, kind: str, name: str | None = None) -> str:
-        return f"{self.prefix}:{kind}" + (f":{name}" if name is not None else "")
-
     def _indexes(self, job: JobResult) -> list[str]:
-        keys = [self._index("jobs"), self._index("queue", job.queue)]
+        keys = [f"{self.prefix}:queue:{job.queue}"]
         if job.run_id:
-            keys.append(self._index("run", job.run_id))
+            keys.append(f"{self.prefix}:run:{job.run_id}")
         return keys
-
-    @staticmethod
-    def _data(job: JobResult) -> str:
-        body = job.to_dict()
-        body.pop("history")
-        return dumps(body)
 
     # -- writes ----------------------------------------------------------------------------
     def store(self, job: JobResult, *, ttl: timedelta | None = None) -> JobResult:
+        return self.store_many([job], ttl=ttl)[0]
+
+    def store_many(self, jobs: list[JobResult], *, ttl: timedelta | None = None) -> list[JobResult]:
+        """Write many records in one pipelined round trip (MULTI/EXEC)."""
+        if not jobs:
+            return jobs
         ttl = ttl or DEFAULT_TTL
-        job.expires_at = utcnow() + ttl
-        if not job.history:
-            job.history = [Transition(job.status, job.created_at)]
+        expires = utcnow() + ttl
         millis = int(ttl.total_seconds() * 1000)
-        score = job.created_at.timestamp()
-        history = "".join(dumps(t.__dict__) + "\n" for t in job.history)
+        indexes: dict[str, dict[str, float]] = {}
         with self.client.pipeline(transaction=True) as pipe:
-            key = self._job(job.job_id)
-            pipe.delete(key)
-            pipe.hset(key, mapping={"status": job.status, "queue": job.queue,
-                                    "data": self._data(job), "history": history})
-            pipe.pexpire(key, millis)
-            pipe.set(self._status(job.job_id), job.status, px=millis)
-            for index in self._indexes(job):
-                pipe.zadd(index, {job.job_id: score})
+            for job in jobs:
+                job.expires_at = expires
+                if not job.history:
+                    job.history = [Transition(job.status, job.created_at)]
+                key = self._job(job.job_id)
+                pipe.delete(key)
+                mapping = _fields(job)
+                mapping.update({f"h:{i}": _step(t) for i, t in enumerate(job.history)})
+                mapping["hn"] = str(len(job.history))
+                pipe.hset(key, mapping=mapping)
+                pipe.pexpire(key, millis)
+                pipe.set(self._status(job.job_id), job.status, px=millis)
+                for index in self._indexes(job):
+                    indexes.setdefault(index, {})[job.job_id] = expires.timestamp()
+            for index, members in indexes.items():
+                pipe.zadd(index, members)
                 pipe.pexpire(index, millis, gt=True)
                 pipe.pexpire(index, millis, nx=True)
             pipe.execute()
-        return job
+        return jobs
 
     def update_status(self, job_id: str, status: str, *, note: str | None = None,
                       **fields: Any) -> JobResult:
@@ -98,13 +139,18 @@ class RedisResultStore:
             previous = job.status
             check_transition(job_id, previous, status)
             now = utcnow()
-            for name, value in {**fields, **stamp_fields(status, now, job.started_at)}.items():
+            changes = {**fields, **stamp_fields(status, now, job.started_at)}
+            for name, value in changes.items():
                 setattr(job, name, value)
             job.status = status
             entry = Transition(status, now, note)
             job.history.append(entry)
+            compact = job.to_compact()
+            pairs: list[str] = []
+            for name in changes:
+                pairs += [name, dumps(compact.get(name))]
             outcome = self._cas(keys=[self._job(job_id), self._status(job_id)],
-                                args=[previous, status, self._data(job), dumps(entry.__dict__)])
+                                args=[previous, status, _step(entry), *pairs])
             if outcome == 1:
                 return job
             if outcome == 0:
@@ -113,36 +159,19 @@ class RedisResultStore:
         raise InvalidTransition(f"job {job_id}: status kept changing; gave up moving it to {status}")
 
     def delete(self, job_id: str) -> bool:
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(self._job(job_id), self._status(job_id))
-            removed = pipe.execute()[0]
-        return bool(removed)
+        return bool(self.client.delete(self._job(job_id), self._status(job_id)))
 
     # -- reads -----------------------------------------------------------------------------
-    @staticmethod
-    def _decode(data: bytes | None, history: bytes | None) -> JobResult | None:
-        if data is None:
-            return None
-        body = loads(data)
-        body["history"] = [loads(line) for line in (history or b"").splitlines() if line]
-        return JobResult.from_dict(body)
-
     def get(self, job_id: str) -> JobResult | None:
-        data, history = self.client.hmget(self._job(job_id), ["data", "history"])
-        return self._decode(data, history)
+        return _decode(self.client.hgetall(self._job(job_id)))
 
     def get_many(self, job_ids: Iterable[str]) -> dict[str, JobResult]:
         ids = list(dict.fromkeys(job_ids))
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hmget(self._job(job_id), ["data", "history"])
+                pipe.hgetall(self._job(job_id))
             replies = pipe.execute()
-        found = {}
-        for job_id, (data, history) in zip(ids, replies):
-            job = self._decode(data, history)
-            if job is not None:
-                found[job_id] = job
-        return found
+        return {job_id: job for job_id, raw in zip(ids, replies) if (job := _decode(raw)) is not None}
 
     def get_status(self, job_id: str) -> str | None:
         value = self.client.get(self._status(job_id))
@@ -154,64 +183,66 @@ class RedisResultStore:
             raise JobNotFound(job_id)
         return job.history
 
+    def _queue_indexes(self) -> list[bytes]:
+        return list(self.client.scan_iter(match=f"{self.prefix}:queue:*", count=1000))
+
     def list(self, *, run_id: str | None = None, status: str | None = None,
              queue: str | None = None, limit: int = 100) -> list[JobResult]:
-        index = (self._index("run", run_id) if run_id else
-                 self._index("queue", queue) if queue else self._index("jobs"))
+        if run_id:
+            indexes: list[Any] = [f"{self.prefix}:run:{run_id}"]
+        elif queue:
+            indexes = [f"{self.prefix}:queue:{queue}"]
+        else:
+            indexes = self._queue_indexes()
+        live = utcnow().timestamp()
         found: list[JobResult] = []
-        start, page = 0, max(limit, 500)
-        while len(found) < limit:
-            ids = [i.decode() for i in self.client.zrevrange(index, start, start + page - 1)]
-            if not ids:
-                break
-            jobs = self.get_many(ids)
-            found.extend(j for i in ids if (j := jobs.get(i)) is not None
-                         and (status is None or j.status == status)
-                         and (queue is None or j.queue == queue))
-            start += page
+        for index in indexes:
+            start, page = 0, max(limit, 500)
+            kept = 0
+            while kept < limit:
+                ids = [i.decode() for i in self.client.zrevrangebyscore(
+                    index, "+inf", f"({live}", start=start, num=page)]
+                if not ids:
+                    break
+                jobs = self.get_many(ids)
+                matched = [j for i in ids if (j := jobs.get(i)) is not None
+                           and (status is None or j.status == status)
+                           and (queue is None or j.queue == queue)]
+                found.extend(matched)
+                kept += len(matched)
+                start += page
+        found.sort(key=lambda j: j.created_at, reverse=True)
         return found[:limit]
 
     def cleanup_expired(self) -> int:
-        """Records expire by TTL; this drops index entries whose record has expired."""
-        removed = 0
-        for index in self.client.scan_iter(match=f"{self.prefix}:jobs", count=1000):
-            removed += self._prune(index)
-        for pattern in (f"{self.prefix}:queue:*", f"{self.prefix}:run:*"):
-            for index in self.client.scan_iter(match=pattern, count=1000):
-                self._prune(index)
-        return removed
-
-    def _prune(self, index: bytes) -> int:
-        removed = 0
-        cursor = 0
-        while True:
-            cursor, members = self.client.zscan(index, cursor, count=1000)
-            ids = [m.decode() for m, _ in members]
-            if ids:
-                with self.client.pipeline(transaction=False) as pipe:
-                    for job_id in ids:
-                        pipe.exists(self._job(job_id))
-                    alive = pipe.execute()
-                gone = [i for i, there in zip(ids, alive) if not there]
-                if gone:
-                    removed += self.client.zrem(index, *gone)
-            if cursor == 0:
-                return removed
+        """Records expire by their TTL; this drops them from the indexes. Each record is in
+        exactly one queue index, so the queue indexes' removals are the count."""
+        now = utcnow().timestamp()
+        queues = self._queue_indexes()
+        runs = list(self.client.scan_iter(match=f"{self.prefix}:run:*", count=1000))
+        with self.client.pipeline(transaction=False) as pipe:
+            for index in queues + runs:
+                pipe.zremrangebyscore(index, "-inf", now)
+            removed = pipe.execute()
+        return sum(removed[:len(queues)])
 
     def stats(self) -> dict[str, Any]:
+        live = utcnow().timestamp()
         rows = []
-        cursor = 0
-        while True:
-            cursor, members = self.client.zscan(self._index("jobs"), cursor, count=1000)
-            with self.client.pipeline(transaction=False) as pipe:
-                for member, _ in members:
-                    pipe.hmget(self._job(member.decode()), ["status", "queue", "data"])
-                replies = pipe.execute()
-            for status, queue, data in replies:
-                if status is not None:
-                    rows.append((status.decode(), queue.decode(), loads(data).get("duration")))
-            if cursor == 0:
-                return summarise(rows)
+        for index in self._queue_indexes():
+            cursor = 0
+            while True:
+                cursor, members = self.client.zscan(index, cursor, count=1000)
+                ids = [m.decode() for m, score in members if score > live]
+                with self.client.pipeline(transaction=False) as pipe:
+                    for job_id in ids:
+                        pipe.hmget(self._job(job_id), ["status", "queue", "duration"])
+                    replies = pipe.execute()
+                rows.extend((s.decode(), loads(q), loads(d) if d else None)
+                            for s, q, d in replies if s is not None)
+                if cursor == 0:
+                    break
+        return summarise(rows)
 
     def close(self) -> None:
         self.client.close()

@@ -95,7 +95,8 @@ class SQLiteResultStore:
                 setattr(job, name, value)
             job.status = status
             job.history.append(Transition(status, now, note))
-            conn.execute("INSERT OR REPLACE INTO JobResult VALUES (?,?,?,?,?,?,?,?)", self._row(job))
+            conn.execute("UPDATE JobResult SET status = ?, duration = ?, data = ? WHERE job_id = ?",
+                         (job.status, job.duration, dumps(job.to_dict()), job_id))
             return job
 
     def get(self, job_id: str) -> JobResult | None:
