@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from etl.errors import BatchError
 from etl.files import TEMP_PREFIX, atomic_write
 from etl.urls import mask_url
 
@@ -144,18 +145,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _identity(values: Any) -> tuple[Any, ...]:
-    """A hashable stand-in for a row's key values (1 and 1.0 are one key, as in MongoDB)."""
-    out = []
-    for value in values:
-        try:
-            hash(value)
-            out.append(value)
-        except TypeError:  # a list or dict in a key column: compare by its text
-            out.append(repr(value))
-    return tuple(out)
-
-
 def _database_of(url: str) -> str:
     rest = url.split("://", 1)[1] if "://" in url else ""
     return (rest.split("/", 1)[1] if "/" in rest else "").split("?", 1)[0] or "etl"
@@ -211,12 +200,14 @@ class MongoSink:
         columns = [_safe_field(c) for c in frame.columns]
         missing = [k for k in self.key if k not in columns]
         if missing:
-            raise ValueError(f"batch {run_id}/{shard}/{batch} lacks the sink's key column(s) "
-                             f"{', '.join(missing)}")
+            raise BatchError(f"run {run_id} shard {shard} batch {batch}: the batch lacks the "
+                             f"sink's key column(s) {', '.join(missing)}")  # permanent: no retry
         docs: dict[tuple[Any, ...], dict[str, Any]] = {}
         for row in frame.itertuples(index=False, name=None):
             doc = {c: _plain(v) for c, v in zip(columns, row)}
-            docs[_identity(doc[k] for k in self.key)] = doc
+            # 1 and 1.0 are one key (as in MongoDB); a list or dict is compared by its text
+            key = tuple(repr(doc[k]) if isinstance(doc[k], (list, dict)) else doc[k] for k in self.key)
+            docs[key] = doc
         coll, ops = self._coll(), [
             ReplaceOne({k: d[k] for k in self.key}, d, upsert=True) for d in docs.values()]
         for start in range(0, len(ops), self.chunk):

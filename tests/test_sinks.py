@@ -2,44 +2,101 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import os
+import time
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
+from etl.errors import BatchError
 from etl.parquet import from_parquet_bytes, stringify_mixed, to_parquet_bytes
-from etl.sinks import MongoSink, ParquetSink
+from etl.sinks import MongoSink, ParquetSink, Sink
 
 
 def _batch(start: int, n: int = 5) -> pd.DataFrame:
-    return pd.DataFrame({"id": range(start, start + n), "v": [f"v{i}" for i in range(n)]})
+    return pd.DataFrame({"id": range(start, start + n), "v": [f"v{i}" for i in range(start, start + n)]})
+
+
+def _parts(path: Path) -> list[str]:
+    return sorted(p.name for p in path.glob("*.parquet"))
+
+
+# --- ParquetSink -------------------------------------------------------------------------
 
 
 def test_parquet_sink_same_batch_twice_is_held_once(tmp_path: Path) -> None:
-    sink = ParquetSink(str(tmp_path / "ds"))
+    # Given a sink, When batch 0 is written twice (a redelivery) and batch 1 as Parquet bytes
+    sink = ParquetSink(f"file://{tmp_path}/ds")
+    assert isinstance(sink, Sink) and "ds" in sink.describe()
     for _ in range(2):
         assert sink.write_batch(_batch(0), run_id="r1", shard=0, batch=0) == 5
     assert sink.write_parquet(to_parquet_bytes(_batch(5)), run_id="r1", shard=0, batch=1) == 5
-    assert sorted(sink.read_all()["id"]) == list(range(10))
+    # Then each row is held once, one deterministic file per batch, no temp file left
+    held = sink.read_all()
+    assert sorted(held["id"]) == list(range(10)) and sorted(held["v"]) == sorted(f"v{i}" for i in range(10))
+    assert _parts(tmp_path / "ds") == ["part-r1-00000-000000.parquet", "part-r1-00000-000001.parquet"]
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == _parts(tmp_path / "ds")
 
 
 def test_replace_keeps_only_the_finished_run_and_append_keeps_all(tmp_path: Path) -> None:
-    # Given two runs written into one dataset
     for disposition in ("replace", "append"):
+        # Given two runs written into one dataset
         sink = ParquetSink(str(tmp_path / disposition), write_disposition=disposition)
         sink.write_batch(_batch(0), run_id="old", shard=0, batch=0)
-        sink.write_batch(_batch(0), run_id="new", shard=0, batch=0)
+        sink.write_batch(_batch(0), run_id="new", shard=3, batch=0)
+        assert len(sink.read_all()) == 10  # before the end, both runs are visible
         # When the new run finishes
         sink.finish_run("new")
         # Then replace holds the new run once, append holds both
-        files = sorted(p.name for p in (tmp_path / disposition).glob("*.parquet"))
-        expected = ["part-new-00000-000000.parquet"] if disposition == "replace" else \
-            ["part-new-00000-000000.parquet", "part-old-00000-000000.parquet"]
-        assert files == expected
+        expected = ["part-new-00003-000000.parquet"] if disposition == "replace" else \
+            ["part-new-00003-000000.parquet", "part-old-00000-000000.parquet"]
+        assert _parts(tmp_path / disposition) == expected
+        assert len(sink.read_all()) == (5 if disposition == "replace" else 10)
+
+
+def test_replace_tells_runs_apart_when_one_id_begins_another(tmp_path: Path) -> None:
+    # Given runs "daily" and "daily-2" (one id is a prefix of the other)
+    sink = ParquetSink(str(tmp_path))
+    sink.write_batch(_batch(0), run_id="daily", shard=0, batch=0)
+    sink.write_batch(_batch(0), run_id="daily-2", shard=0, batch=0)
+    # When "daily" finishes, Then the file of "daily-2" is swept, its own file stays
+    sink.finish_run("daily")
+    assert _parts(tmp_path) == ["part-daily-00000-000000.parquet"]
+
+
+def test_finish_run_sweeps_stale_temp_files_only(tmp_path: Path) -> None:
+    # Given a temp file a killed writer left an hour ago, and one being written right now
+    sink = ParquetSink(str(tmp_path), write_disposition="append")
+    sink.write_batch(_batch(0), run_id="r", shard=0, batch=0)
+    stale, fresh = tmp_path / ".tmp-stale", tmp_path / ".tmp-fresh"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    # When the run finishes, Then only the stale one is removed; read_all never saw either
+    assert len(sink.read_all()) == 5
+    sink.finish_run("r")
+    assert not stale.exists() and fresh.exists()
+
+
+def test_parquet_sink_edges(tmp_path: Path) -> None:
+    # An empty or absent dataset reads as an empty frame; finishing it is harmless
+    sink = ParquetSink(str(tmp_path / "none"))
+    assert sink.read_all().empty
+    sink.finish_run("r")
+    # A run id that would leave the directory is refused
+    with pytest.raises(ValueError, match="cannot name a part file"):
+        sink.write_batch(_batch(0), run_id="../x", shard=0, batch=0)
+    # An unknown disposition is refused, listing the valid ones
     with pytest.raises(ValueError, match="replace, append"):
         ParquetSink(str(tmp_path), write_disposition="merge")
+
+
+# --- MongoSink (mongomock, or a real server when ETL_TEST_MONGO_URL is set) ----------------
 
 
 @pytest.fixture
@@ -52,7 +109,7 @@ def mongo_sink(mongo_client, mongo_db_name: str):  # type: ignore[no-untyped-def
 def test_mongo_sink_upserts_by_key(mongo_sink: MongoSink) -> None:
     # Given a batch, When written twice and then with one row changed
     frame = pd.DataFrame({"carrier": ["UA", "AA"], "flight": [1, 2], "delay": [3.0, np.nan]})
-    mongo_sink.write_batch(frame, run_id="r", shard=0, batch=0)
+    assert mongo_sink.write_batch(frame, run_id="r", shard=0, batch=0) == 2
     mongo_sink.write_batch(frame, run_id="r", shard=0, batch=0)
     mongo_sink.write_batch(frame.assign(delay=[9.0, 1.0]).head(1), run_id="r", shard=0, batch=1)
     # Then each key is held once, with the latest values, NaN as null, no _id
@@ -60,35 +117,121 @@ def test_mongo_sink_upserts_by_key(mongo_sink: MongoSink) -> None:
     assert held[["carrier", "flight"]].values.tolist() == [["AA", 2], ["UA", 1]]
     assert held.loc[1, "delay"] == 9.0 and pd.isna(held.loc[0, "delay"])
     assert "_id" not in held.columns
+    assert mongo_sink._coll().find_one({"carrier": "AA"})["delay"] is None
+    # And a unique index on the key guards against a second copy
+    index = mongo_sink._coll().index_information()["etl_key"]
+    assert index["key"] == [("carrier", 1), ("flight", 1)] and index["unique"]
 
 
-def test_mongo_sink_makes_field_names_safe_and_keeps_times(mongo_sink: MongoSink) -> None:
+def test_mongo_sink_chunks_and_last_row_wins_within_a_batch(  # type: ignore[no-untyped-def]
+        mongo_client, mongo_db_name: str) -> None:
+    # Given a sink writing in chunks of 2, and a batch of 5 rows where one key repeats
+    sink = MongoSink("mongodb://db", collection="c", key=["id"], client=mongo_client,
+                     database=mongo_db_name, chunk=2)
+    try:
+        frame = pd.DataFrame({"id": [1, 2, 3, 1, 4], "v": ["a", "b", "c", "a2", "d"]})
+        sink.write_batch(frame, run_id="r", shard=0, batch=0)
+        # Then every key is held once, the repeated one with its last value
+        held = sink.read_all().sort_values("id")
+        assert held["id"].tolist() == [1, 2, 3, 4] and held["v"].tolist() == ["a2", "b", "c", "d"]
+    finally:
+        mongo_client.drop_database(mongo_db_name)
+
+
+def test_mongo_sink_makes_field_names_safe_and_keeps_values(mongo_sink: MongoSink) -> None:
+    # Given awkward field names and values pandas and numpy produce
     when = pd.Timestamp("2013-01-01 10:15", tz="UTC")
     frame = pd.DataFrame({"carrier": ["UA"], "flight": pd.array([1], dtype="Int64"),
-                          "$price": [1.5], "a.b": [pd.NA], "at": [when], "gone": [pd.NaT]})
+                          "$price": [1.5], "a.b": [pd.NA], "at": [when], "gone": [pd.NaT],
+                          "n": [np.int64(7)], "ok": [np.bool_(True)], "day": [date(2013, 1, 2)],
+                          "tags": [np.array(["x", "y"])]})
+    # When written
     mongo_sink.write_batch(frame, run_id="r", shard=0, batch=0)
     doc = mongo_sink._coll().find_one({})
-    assert "_price" in doc and "a_b" in doc and doc["a_b"] is None and doc["gone"] is None
+    # Then names are safe, missing values are null, scalars are plain, times round trip
+    assert {"_price", "a_b"} <= set(doc) and not any("$" in k or "." in k for k in doc)
+    assert doc["a_b"] is None and doc["gone"] is None and doc["_price"] == 1.5
+    assert doc["flight"] == 1 and doc["n"] == 7 and doc["ok"] is True and doc["tags"] == ["x", "y"]
     assert doc["at"].replace(tzinfo=timezone.utc) == datetime(2013, 1, 1, 10, 15, tzinfo=timezone.utc)
-    assert "hunter2" not in mongo_sink.describe()
+    assert doc["day"].replace(tzinfo=None) == datetime(2013, 1, 2)
+    assert "hunter2" not in mongo_sink.describe() and "hunter2" not in repr(mongo_sink)
+
+
+def test_mongo_sink_refuses_batches_without_the_key(mongo_sink: MongoSink) -> None:
+    # A batch lacking a key column would upsert every row onto one document: refused, as a
+    # permanent BatchError (retrying cannot help)
+    with pytest.raises(BatchError, match="run r shard 0 batch 0: .*flight"):
+        mongo_sink.write_batch(pd.DataFrame({"carrier": ["UA"]}), run_id="r", shard=0, batch=0)
+    assert mongo_sink.read_all().empty
+    with pytest.raises(ValueError, match="key="):
+        MongoSink("mongodb://db/x", collection="c", key=[])
+
+
+def test_mongo_sink_opens_a_mongomock_url() -> None:
+    pytest.importorskip("mongomock")
+    from tests.conftest import _mongomock_accepts_new_pymongo
+
+    _mongomock_accepts_new_pymongo()
+    # Given a mongomock:// URL naming the database, When a batch is written
+    sink = MongoSink("mongomock://localhost/shop", collection="orders", key=["id"])
+    sink.write_batch(_batch(0, 3), run_id="r", shard=0, batch=0)
+    # Then it lands in that database
+    assert sink.database == "shop" and sorted(sink.read_all()["id"]) == [0, 1, 2]
+    assert "shop.orders" in sink.describe()
+
+
+# --- Parquet bytes -----------------------------------------------------------------------
 
 
 def test_parquet_bytes_round_trip_keeps_dtypes() -> None:
+    # Given nullable ints, strings, tz-aware times, booleans and floats with gaps
     frame = pd.DataFrame({
         "i": pd.array([1, None, 3], dtype="Int64"),
         "s": pd.array(["a", None, "c"], dtype="string"),
         "t": pd.to_datetime(["2013-01-01T10:00Z", None, "2013-01-02T00:00Z"], utc=True),
+        "local": pd.to_datetime(["2013-01-01", "2013-01-02", None]).tz_localize("Europe/Paris"),
+        "b": pd.array([True, None, False], dtype="boolean"),
+        "f": [1.5, np.nan, 2.0],
     })
-    back = from_parquet_bytes(to_parquet_bytes(frame))
-    assert str(back["i"].dtype) == "Int64" and back["i"].isna().tolist() == [False, True, False]
-    assert back["s"].tolist()[0] == "a" and pd.isna(back["s"].iloc[1])
-    assert back["t"].dt.tz is not None and back["t"].iloc[2] == pd.Timestamp("2013-01-02", tz="UTC")
+    # When round-tripped through Parquet bytes
+    data = to_parquet_bytes(frame)
+    back = from_parquet_bytes(data)
+    # Then dtypes and values survive, and the bytes are a snappy Parquet file without index
+    assert data[:4] == b"PAR1" and list(back.columns) == list(frame.columns)
+    assert back.dtypes.astype(str).tolist() == frame.dtypes.astype(str).tolist()
+    pd.testing.assert_frame_equal(back, frame)
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(pa.BufferReader(data))
+    assert meta.row_group(0).column(0).compression == "SNAPPY"
+
+
+def test_arrow_tables_are_written_as_they_are() -> None:
+    table = pa.table({"id": [1, 2], "v": ["a", None]})
+    back = from_parquet_bytes(to_parquet_bytes(table))
+    assert back["id"].tolist() == [1, 2] and back["v"].tolist()[0] == "a" and pd.isna(back["v"].iloc[1])
 
 
 def test_mixed_object_columns_are_stringified_so_they_can_be_stored() -> None:
+    # Given a quarantine-like frame: one column mixing ints, text, floats and a gap
     frame = pd.DataFrame({"mixed": pd.Series([1, "two", 3.5, None], dtype=object), "n": [1, 2, 3, 4]})
     with pytest.raises(Exception):
         to_parquet_bytes(frame)
-    back = from_parquet_bytes(to_parquet_bytes(stringify_mixed(frame)))
+    # When stringified, Then it can be stored; the gap stays missing, other columns untouched
+    safe = stringify_mixed(frame)
+    assert str(safe["mixed"].dtype) == "string" and safe["n"].dtype == frame["n"].dtype
+    assert frame["mixed"].dtype == object  # the input is not modified
+    back = from_parquet_bytes(to_parquet_bytes(safe))
     assert back["mixed"].tolist()[:3] == ["1", "two", "3.5"] and pd.isna(back["mixed"].iloc[3])
     assert back["n"].tolist() == [1, 2, 3, 4]
+
+
+def test_stringify_mixed_leaves_storable_columns_alone() -> None:
+    # Given object columns of one kind each (and ints with floats, which Arrow types as double)
+    frame = pd.DataFrame({"dicts": pd.Series([{"a": 1}, {"a": 2}], dtype=object),
+                          "nums": pd.Series([1, 2.5], dtype=object), "s": ["x", "y"]})
+    # Then nothing changes: the very same frame comes back
+    assert stringify_mixed(frame) is frame
+    # And repeated column names do not confuse it
+    twice = pd.concat([pd.Series([1, "a"], dtype=object, name="c")] * 2, axis=1)
+    assert [str(t) for t in stringify_mixed(twice).dtypes] == ["string", "string"]
