@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Protocol, runtime_checkable
 
@@ -63,9 +64,18 @@ def _hook(value: dict[str, Any]) -> Any:
     return value
 
 
+_ENCODE = json.JSONEncoder(default=_default, separators=(",", ":")).encode
+
+
 def dumps(value: Any) -> str:
     """JSON that keeps datetimes (as tagged ISO strings) and tolerates any result value."""
-    return json.dumps(value, default=_default, separators=(",", ":"))
+    if value is None:
+        return "null"
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return repr(value)
+    if isinstance(value, str) and value.isalnum():
+        return f'"{value}"'
+    return _ENCODE(value)
 
 
 def loads(text: str | bytes | None) -> Any:

@@ -40,6 +40,32 @@ return 1
 """
 
 
+# Bulk write: ARGV = ttl_ms, job_prefix, status_prefix, then per record: id, status, and its
+# field/value pairs joined by \x1e (JSON escapes that byte, so it never occurs inside one).
+# One script call per chunk, three arguments per record: redis-py packs every argument in
+# pure Python, and that, not Redis, was the cost of a write.
+_SEP = "\x1e"
+_STORE = """
+local ttl = tonumber(ARGV[1])
+for i = 4, #ARGV, 3 do
+  local key = ARGV[2] .. ARGV[i]
+  local status = ARGV[i + 1]
+  local pairs, packed, start = {}, ARGV[i + 2], 1
+  while true do
+    local at = string.find(packed, '\\30', start, true)
+    if not at then table.insert(pairs, string.sub(packed, start)); break end
+    table.insert(pairs, string.sub(packed, start, at - 1))
+    start = at + 1
+  end
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'status', status, unpack(pairs))
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('SET', ARGV[3] .. ARGV[i], status, 'PX', ttl)
+end
+return 1
+"""
+
+
 def _step(step: Transition) -> str:
     """One history step: [status, epoch seconds(, note)]."""
     entry: list[Any] = [step.status, round(step.at.timestamp(), 3)]
@@ -83,6 +109,7 @@ class RedisResultStore:
         self.client = client or redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30)
         self._cas = self.client.register_script(_CAS)
+        self._store = self.client.register_script(_STORE)
 
     def _job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -108,21 +135,21 @@ class RedisResultStore:
         expires = utcnow() + ttl
         millis = int(ttl.total_seconds() * 1000)
         indexes: dict[str, dict[str, float]] = {}
+        args: list[Any] = [millis, self._job(""), self._status("")]
+        for job in jobs:
+            job.expires_at = expires
+            if not job.history:
+                job.history = [Transition(job.status, job.created_at)]
+            mapping = _fields(job)
+            del mapping["status"]
+            mapping.update({f"h:{i}": _step(t) for i, t in enumerate(job.history)})
+            mapping["hn"] = str(len(job.history))
+            args += [job.job_id, job.status,
+                     _SEP.join(f"{name}{_SEP}{value}" for name, value in mapping.items())]
+            for index in self._indexes(job):
+                indexes.setdefault(index, {})[job.job_id] = expires.timestamp()
         with self.client.pipeline(transaction=True) as pipe:
-            for job in jobs:
-                job.expires_at = expires
-                if not job.history:
-                    job.history = [Transition(job.status, job.created_at)]
-                key = self._job(job.job_id)
-                pipe.delete(key)
-                mapping = _fields(job)
-                mapping.update({f"h:{i}": _step(t) for i, t in enumerate(job.history)})
-                mapping["hn"] = str(len(job.history))
-                pipe.hset(key, mapping=mapping)
-                pipe.pexpire(key, millis)
-                pipe.set(self._status(job.job_id), job.status, px=millis)
-                for index in self._indexes(job):
-                    indexes.setdefault(index, {})[job.job_id] = expires.timestamp()
+            self._store(args=args, client=pipe)
             for index, members in indexes.items():
                 pipe.zadd(index, members)
                 pipe.pexpire(index, millis, gt=True)
