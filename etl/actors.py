@@ -68,7 +68,8 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
             holder["actors"].send_batch(run_id, shard, batch + 1)
         payload = outcome.payload
         report({"rows": payload.rows, "key": payload.key, "more": outcome.fetch_next}
-               if payload else {"rows": 0, "skipped": "nothing left to fetch"})
+               if payload else {"rows": 0, "skipped": "nothing left to fetch"},
+               progress=outcome.shard_progress)
 
     def etl_clean(run_id: str, shard: int, batch: int) -> None:
         rows = batches.clean(contexts.get(run_id), shard, batch)

@@ -35,6 +35,7 @@ class FetchOutcome:
 
     payload: RawPayload | None
     fetch_next: bool
+    shard_progress: float | None = None  # share of the shard fetched so far, when known
 
 
 def _where(ctx: RunContext, shard: int, batch: int, key: str | None = None) -> str:
@@ -71,7 +72,7 @@ def fetch(ctx: RunContext, shard: int, batch: int) -> FetchOutcome:
     state.record_fetch(payload, exhausted=found.exhausted)
     state.mark_done(task_fingerprint("fetch", ctx.run_id, shard, batch), "fetch", ctx.run_id)
     crash_point("fetch.after_record")
-    return FetchOutcome(payload, fetch_next=not found.exhausted)
+    return FetchOutcome(payload, fetch_next=not found.exhausted, shard_progress=found.shard_progress)
 
 
 def _read_bytes(ctx: RunContext, shard: int, batch: int, key: str) -> bytes:

@@ -53,6 +53,7 @@ class Batch:
     cursor_start: Any
     cursor_end: Any
     exhausted: bool  # True when no row of the shard comes after cursor_end
+    shard_progress: float | None = None  # share of the shard's rows read up to cursor_end
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -218,7 +219,8 @@ class FileSource:
         table = self.table().take(pa.array(picked, type=pa.int64()))
         end = int(picked[-1]) if len(picked) else after
         return Batch(table=table, cursor_start=after, cursor_end=end,
-                     exhausted=begin + len(picked) >= len(rows))
+                     exhausted=begin + len(picked) >= len(rows),
+                     shard_progress=(begin + len(picked)) / len(rows) if len(rows) else 1.0)
 
 
 def _parse_csv(raw: bytes, *, delimiter: str) -> pa.Table:

@@ -30,7 +30,10 @@ def test_demo_run_records_every_message_completed(tmp_path: Path) -> None:
     steps = [j for j in jobs if j.function.startswith("etl_")]
     assert batches >= 20 and len(steps) == 3 * batches
     assert all(j.status == "completed" for j in steps)
-    assert sum(j.result["rows"] for j in steps if j.function == "etl_fetch") == 336_776
+    fetches = [j for j in steps if j.function == "etl_fetch"]
+    assert sum(j.result["rows"] for j in fetches) == 336_776
+    # (a fetch's progress is the share of its shard read so far; each shard's last is 1.0)
+    assert sum(j.progress == 1.0 for j in fetches) == 20 and all(0 < j.progress <= 1 for j in fetches)
     assert sum(j.result["rows"] for j in steps if j.function == "etl_load") == status["totals"]["rows_loaded"]
     # And the run's own record is completed with its totals
     record = store.get(run_id)
