@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from etl.errors import StageError
 from stages._util import as_list, require_columns, show
 from stages.base import StageResult
 
@@ -30,8 +31,6 @@ class SnakeCaseColumns:
     def apply(self, frame: pd.DataFrame) -> StageResult:
         names = [snake_case(c) for c in frame.columns]
         if len(set(names)) != len(names):
-            from etl.errors import StageError
-
             clashes = sorted({n for n in names if names.count(n) > 1})
             raise StageError(f"SnakeCaseColumns(): columns collide as {', '.join(clashes)}")
         if names == list(frame.columns):
@@ -52,6 +51,11 @@ class Rename:
 
     def apply(self, frame: pd.DataFrame) -> StageResult:
         require_columns(self, frame, self.mapping)
+        names = [self.mapping.get(c, c) for c in frame.columns]
+        clashes = sorted({n for n in names if names.count(n) > 1})
+        if clashes:
+            raise StageError(f"{self!r}: two columns would be named {', '.join(map(repr, clashes))}; "
+                             f"columns are: {', '.join(map(str, frame.columns))}")
         return StageResult(kept=frame.rename(columns=self.mapping))
 
 

@@ -7,6 +7,7 @@ from functools import lru_cache
 from types import CodeType
 from typing import Callable, Literal, Sequence
 
+import numpy as np
 import pandas as pd
 
 from etl.errors import StageError
@@ -54,6 +55,17 @@ def _evaluate(stage: object, frame: pd.DataFrame, expr: str) -> pd.Series:
     return result
 
 
+def _condition(stage: object, frame: pd.DataFrame, expr: str) -> np.ndarray:
+    """`expr` as a True/False per row (null counts as False); anything but booleans is a
+    configuration error, not something to read as truthy."""
+    result = _evaluate(stage, frame, expr)
+    if not pd.api.types.is_bool_dtype(result) and not (
+            result.dtype == object and result.dropna().map(type).isin([bool, np.bool_]).all()):
+        raise StageError(f"{stage!r}: {expr!r} must be a condition (True/False per row), "
+                         f"got {result.dtype} values")
+    return result.fillna(False).to_numpy(dtype=bool)
+
+
 class DropRows:
     """Reject the rows where `where` (a pandas expression) is true, with `reason`."""
 
@@ -66,8 +78,7 @@ class DropRows:
         return f"DropRows({self.where!r}, reason={self.reason!r})"
 
     def apply(self, frame: pd.DataFrame) -> StageResult:
-        bad = _evaluate(self, frame, self.where).fillna(False).astype(bool)
-        return split(frame, bad, self.reason)
+        return split(frame, _condition(self, frame, self.where), self.reason, stage=self)
 
 
 class Filter:
@@ -82,12 +93,12 @@ class Filter:
         return f"Filter({self.expr!r}, reason={self.reason!r})"
 
     def apply(self, frame: pd.DataFrame) -> StageResult:
-        keep = _evaluate(self, frame, self.expr).fillna(False).astype(bool)
-        return split(frame, ~keep, self.reason)
+        return split(frame, ~_condition(self, frame, self.expr), self.reason, stage=self)
 
 
 class NotNull:
-    """Reject rows with a null in any of `columns` (reason names the first such column)."""
+    """Validation: reject rows with a null in any of `columns`; the reason names the first
+    such column ("not-null: column 'x' is null")."""
 
     name = "not_null"
 
@@ -97,13 +108,36 @@ class NotNull:
     def __repr__(self) -> str:
         return f"NotNull(columns={show(self.columns)})"
 
+    def _reason(self, column: str) -> str:
+        return f"not-null: column '{column}' is null"
+
     def apply(self, frame: pd.DataFrame) -> StageResult:
         require_columns(self, frame, self.columns)
-        reasons = pd.Series(pd.NA, index=frame.index, dtype="string")
+        bad = np.zeros(len(frame), dtype=bool)
+        reasons = np.full(len(frame), None, dtype=object)
         for column in self.columns:
-            reasons = reasons.mask(reasons.isna() & frame[column].isna(),
-                                   f"not-null: column '{column}' is null")
-        return split(frame, reasons.notna(), reasons)
+            new = frame[column].isna().to_numpy() & ~bad  # the first null column is named
+            reasons[new] = self._reason(column)
+            bad |= new
+        return split(frame, bad, reasons, stage=self)
+
+
+class DropNulls(NotNull):
+    """Cleaning: drop rows with a null in any of `columns`, to quarantine with `reason` (by
+    default "null in column 'x'", naming the first such column)."""
+
+    name = "drop_nulls"
+
+    def __init__(self, columns: str | Sequence[str], *, reason: str | None = None) -> None:
+        super().__init__(columns)
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        extra = "" if self.reason is None else f", reason={self.reason!r}"
+        return f"DropNulls(columns={show(self.columns)}{extra})"
+
+    def _reason(self, column: str) -> str:
+        return self.reason if self.reason is not None else f"null in column '{column}'"
 
 
 class Dedupe:
@@ -121,8 +155,8 @@ class Dedupe:
 
     def apply(self, frame: pd.DataFrame) -> StageResult:
         require_columns(self, frame, self.key)
-        dup = frame.duplicated(subset=self.key, keep=self.keep)
-        return split(frame, dup, f"duplicate key ({', '.join(self.key)})")
+        dup = frame.duplicated(subset=self.key, keep=self.keep).to_numpy()
+        return split(frame, dup, f"duplicate key ({', '.join(self.key)})", stage=self)
 
 
 class Derive:
@@ -142,4 +176,8 @@ class Derive:
             values = _evaluate(self, frame, self.expr)
         else:
             values = self.expr(frame)
+            if not isinstance(values, pd.Series) or len(values) != len(frame):
+                raise StageError(f"{self!r}: the function must return a Series with one value "
+                                 f"per row, got {type(values).__name__}")
+            values = values.set_axis(frame.index)  # by position, like an expression's result
         return StageResult(kept=frame.assign(**{self.column: values}))

@@ -1,61 +1,110 @@
 """Type stages: casts and timestamps. A value that cannot be converted rejects its row with
-the column, the value and the target type; it never becomes a silent null."""
+the column, the value and the target type; it never becomes a silent null, never wraps
+around (300 is not an Int8) and never crashes the batch."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import pandas_dtype
 
 from etl.errors import StageError
 from stages._util import require_columns, split
 from stages.base import StageResult
 
-_TRUE = {"true", "t", "yes", "y", "1"}
-_FALSE = {"false", "f", "no", "n", "0"}
+_TRUE = ["true", "t", "yes", "y", "1"]
+_FALSE = ["false", "f", "no", "n", "0"]
+_NS_PER = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+_EXACT = 2.0**53  # floats at or beyond this cannot hold every integer: parse the text exactly
 
 
-def _convert(values: pd.Series, dtype: str) -> pd.Series:
-    """`values` as `dtype`, with NA where a present value cannot be converted."""
-    lowered = dtype.lower()
-    if lowered == "int64" and pd.api.types.is_float_dtype(values):
-        return _floats_to_int64(values)
-    if lowered in ("int64", "int32", "int16", "int8", "uint64", "uint32"):
-        numbers = values if pd.api.types.is_numeric_dtype(values) else \
-            pd.to_numeric(values, errors="coerce")
-        if pd.api.types.is_integer_dtype(numbers):
-            return numbers.astype(dtype if dtype[0] in "IU" else dtype.capitalize())
+def _numbers(values: pd.Series) -> pd.Series:
+    """Numeric view of a column: numbers as they are, text parsed (NaN where it is not one)."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype("Int8")
+    if pd.api.types.is_numeric_dtype(values):
+        return values
+    return pd.to_numeric(values, errors="coerce")
+
+
+def _to_integer(values: pd.Series, dtype: Any) -> pd.Series:
+    """`values` as a nullable integer dtype, NA where a value is not a whole number in range."""
+    target = np.dtype(getattr(dtype, "numpy_dtype", dtype))
+    info = np.iinfo(target)
+    numbers = _numbers(values)
+    if pd.api.types.is_integer_dtype(numbers):
+        ints = numbers.to_numpy(dtype=np.dtype(getattr(numbers.dtype, "numpy_dtype", numbers.dtype)),
+                                na_value=0)
+        ok = (ints >= info.min) & (ints <= info.max) & numbers.notna().to_numpy()
+        out = np.where(ok, ints, 0).astype(target)
+    else:
+        floats = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
         with np.errstate(invalid="ignore"):
-            whole = numbers.isna() | ((numbers == np.floor(numbers)) & (numbers.abs() < 2.0**63))
-        return numbers.where(whole).astype(dtype if dtype[0] in "IU" else dtype.capitalize())
-    if lowered in ("float64", "float32"):
-        numbers = values if pd.api.types.is_numeric_dtype(values) else \
-            pd.to_numeric(values, errors="coerce")
-        return numbers.astype(dtype)
-    if lowered in ("string", "str"):
-        return values.astype("string")
-    if lowered in ("boolean", "bool"):
-        text = values.astype("string").str.strip().str.lower()
-        return text.map(lambda v: True if v in _TRUE else False if v in _FALSE else pd.NA,
-                        na_action="ignore").astype("boolean")
-    if lowered.startswith("datetime64"):
-        stamps = pd.to_datetime(values, errors="coerce", utc=True)
-        return stamps if "utc" in lowered else stamps.dt.tz_localize(None)
+            ok = (np.floor(floats) == floats) & (floats >= info.min) & (floats < info.max + 1)
+        out = np.where(ok, floats, 0).astype(target)
+        if not pd.api.types.is_numeric_dtype(values):  # text: long integers parsed exactly
+            for row in np.flatnonzero(ok & (np.abs(floats) >= _EXACT)):
+                try:
+                    exact = int(str(values.iloc[row]).strip())
+                except ValueError:
+                    continue  # "1e20": a float written as text, converted above
+                ok[row] = info.min <= exact <= info.max
+                out[row] = exact if ok[row] else 0
+    return pd.Series(pd.arrays.IntegerArray(out, ~ok), index=values.index)
+
+
+def _to_boolean(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype("boolean")
+    if pd.api.types.is_numeric_dtype(values):
+        numbers = values.astype("Float64")
+        return (numbers == 1).astype("boolean").mask(~numbers.isin([0, 1]))
+    text = values.astype("string").str.strip().str.lower()
+    return text.isin(_TRUE).astype("boolean").mask(~text.isin(_TRUE + _FALSE))
+
+
+def _to_times(values: pd.Series, dtype: pd.DatetimeTZDtype | np.dtype) -> pd.Series:
+    """Times in `dtype`'s zone and unit. Text must be ISO 8601 (no offset = UTC). Numbers are
+    not times here (their unit would be a guess): ParseTimestamp(unit=...) reads them."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        stamps = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+    else:
+        text = values.astype("string")
+        if pd.api.types.is_numeric_dtype(values):
+            text = pd.Series(pd.NA, index=values.index, dtype="string")  # numbers are rejected
+        stamps = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
+    stamps = to_unit(stamps, np.datetime_data(dtype.base if hasattr(dtype, "base") else dtype)[0])
+    tz = getattr(dtype, "tz", None)
+    return stamps.dt.tz_convert(tz) if tz is not None else stamps.dt.tz_localize(None)
+
+
+def to_unit(stamps: pd.Series, unit: str) -> pd.Series:
+    """`stamps` in time unit `unit`; times the unit cannot hold (after 2262 in ns) become NaT."""
+    if _NS_PER[unit] < _NS_PER[stamps.dt.unit]:
+        limit = np.iinfo(np.int64).max // (_NS_PER[stamps.dt.unit] // _NS_PER[unit])
+        ticks = stamps.array.asi8
+        stamps = stamps.mask((ticks > limit) | (ticks < -limit))
+    return stamps.dt.as_unit(unit)
+
+
+def convert(values: pd.Series, dtype: Any, column: str = "") -> pd.Series:
+    """`values` as `dtype` (a pandas dtype), with NA where a present value cannot be converted.
+    Integer targets become their nullable form ("int64" -> "Int64"): a batch may hold nulls."""
+    if pd.api.types.is_integer_dtype(dtype):
+        return _to_integer(values, dtype)
+    if pd.api.types.is_bool_dtype(dtype):
+        return _to_boolean(values)
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return _to_times(values, dtype)
+    if pd.api.types.is_float_dtype(dtype):
+        with np.errstate(over="ignore"):  # too big for float32: inf, rejected by Cast
+            return _numbers(values).astype(dtype)
     try:
         return values.astype(dtype)
     except (TypeError, ValueError) as exc:
-        raise StageError(f"Cast: cannot cast to {dtype!r}: {exc}") from exc
-
-
-def _floats_to_int64(values: pd.Series) -> pd.Series:
-    """Fast path for the common case (a float column with NaN for missing) to Int64."""
-    floats = values.to_numpy(dtype="float64", na_value=np.nan)
-    missing = np.isnan(floats)
-    with np.errstate(invalid="ignore"):
-        whole = (floats == np.floor(floats)) & (np.abs(floats) < 2.0**63)
-    ints = np.where(whole, floats, 0).astype(np.int64)
-    return pd.Series(pd.arrays.IntegerArray(ints, missing | ~whole), index=values.index)
+        raise StageError(f"Cast: cannot cast column {column!r} to {dtype}: {exc}") from exc
 
 
 class Cast:
@@ -66,6 +115,10 @@ class Cast:
 
     def __init__(self, schema: Mapping[str, str]) -> None:
         self.schema = dict(schema)
+        try:
+            self._dtypes = {column: pandas_dtype(dtype) for column, dtype in self.schema.items()}
+        except TypeError as exc:
+            raise StageError(f"{self!r}: {exc}") from exc
 
     def __repr__(self) -> str:
         return f"Cast({self.schema!r})"
@@ -73,62 +126,171 @@ class Cast:
     def apply(self, frame: pd.DataFrame) -> StageResult:
         require_columns(self, frame, self.schema)
         converted: dict[str, pd.Series] = {}
-        reasons = pd.Series(pd.NA, index=frame.index, dtype="string")
-        for column, dtype in self.schema.items():
+        bad = np.zeros(len(frame), dtype=bool)
+        reasons = np.full(len(frame), None, dtype=object)
+        for column, dtype in self._dtypes.items():
             original = frame[column]
-            result = _convert(original, dtype)
-            failed = original.notna() & result.isna()
-            if failed.any():
-                text = ("cast: column '" + column + "' value '" + original[failed].astype("string")
-                        + f"' is not {dtype}")
-                reasons = reasons.fillna(text.reindex(frame.index))
+            result = convert(original, dtype, column)
+            failed = (original.notna() & result.isna()).to_numpy()
+            if pd.api.types.is_float_dtype(dtype):  # 1e300 as float32 is inf, not a number
+                before = _numbers(original).to_numpy(dtype=np.float64, na_value=np.nan)
+                after = result.to_numpy(dtype=np.float64, na_value=np.nan)
+                failed = failed | (np.isfinite(before) & ~np.isfinite(after))
+            new = failed & ~bad  # a row's reason names the first column that failed
+            if new.any():
+                bad |= new
+                shown = original[new].astype("string").to_numpy(dtype=object)
+                reasons[new] = [f"cast: column '{column}' value '{value}' is not "
+                                f"{self.schema[column]}" for value in shown]
             converted[column] = result
-        out = frame.assign(**converted)
-        bad = reasons.notna()
-        return split(out, bad, reasons) if bad.any() else StageResult(kept=out)
+        return split(frame.assign(**converted), bad, reasons, original=frame, stage=self)
+
+
+Ambiguous = Literal["reject", "earliest", "latest"]
+_ZONED = r"[Tt ]\d.*(?:[Zz]|[+-]\d\d(?::?\d\d)?)$"  # a time followed by Z or an offset
+
+
+def check_zone(stage: object, tz: str) -> None:
+    """Refuse an unknown time zone name when the stage is built, not batch after batch."""
+    try:
+        pd.Timestamp("2000-01-01").tz_localize(tz)
+    except Exception as exc:  # noqa: BLE001 - pytz and zoneinfo raise different kinds
+        raise StageError(f"{stage!r}: unknown time zone {tz!r}") from exc
+
+
+def localize(local: np.ndarray, tz: str, ambiguous: Ambiguous) -> np.ndarray:
+    """Wall-clock datetime64[ns] values in `tz` as UTC datetime64[ns]; NaT where the wall
+    time does not exist (spring forward) or, with ambiguous="reject", occurs twice (fall back;
+    "earliest"/"latest" pick the first or second of the two instants)."""
+    choice: Any = "NaT" if ambiguous == "reject" else np.full(len(local), ambiguous == "earliest")
+    stamps = pd.DatetimeIndex(local).tz_localize(tz, ambiguous=choice, nonexistent="NaT")
+    return stamps.tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[ns]")
+
+
+def _reasons(frame: pd.DataFrame, bad: np.ndarray, say: Callable[..., str],
+             columns: list[str]) -> np.ndarray:
+    """Per-row reasons for the `bad` rows (only those: they are few): `say(*values)` with
+    the row's values of `columns` as text."""
+    reasons = np.full(len(frame), None, dtype=object)
+    shown = [frame[c][bad].astype("string").fillna("<null>").to_numpy(dtype=object) for c in columns]
+    reasons[bad] = [say(*values) for values in zip(*shown)]
+    return reasons
+
+
+class ParseTimestamp:
+    """Parse `column` (text, or numbers since the epoch in `unit`) into UTC times, or into
+    `tz` times when `to_utc=False`, written to `target` (default: the column itself). Text
+    without an offset is wall-clock time in `tz`; text with one keeps it. `format` (strptime
+    codes) fixes the layout; without it text must be ISO 8601 (nothing is guessed: a guess
+    can depend on today's date). Unparseable values reject their row."""
+
+    name = "parse_timestamp"
+
+    def __init__(self, column: str, *, target: str | None = None, format: str | None = None,
+                 unit: Literal["s", "ms", "us", "ns"] | None = None, tz: str = "UTC",
+                 to_utc: bool = True, ambiguous: Ambiguous = "reject") -> None:
+        self.column, self.target, self.format, self.unit = column, target or column, format, unit
+        self.tz, self.to_utc, self.ambiguous = tz, to_utc, ambiguous
+        check_zone(self, tz)
+
+    def __repr__(self) -> str:
+        options = [f"target={self.target!r}"] if self.target != self.column else []
+        options += [f"{k}={getattr(self, k)!r}" for k in ("format", "unit") if getattr(self, k)]
+        options += [f"tz={self.tz!r}"] + ([] if self.to_utc else ["to_utc=False"])
+        options += [] if self.ambiguous == "reject" else [f"ambiguous={self.ambiguous!r}"]
+        return f"ParseTimestamp({self.column!r}, {', '.join(options)})"
+
+    def _parse(self, values: pd.Series) -> np.ndarray:
+        """UTC datetime64[ns] of every value, NaT where it cannot be read."""
+        if self.unit is not None:
+            numbers = _numbers(values).astype("float64")
+            stamps = pd.to_datetime(numbers, unit=self.unit, utc=True, errors="coerce")
+            return to_unit(stamps, "ns").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+        if pd.api.types.is_datetime64_any_dtype(values):
+            if values.dt.tz is not None:
+                return to_unit(values.dt.tz_convert("UTC"), "ns").dt.tz_localize(None).to_numpy()
+            return localize(to_unit(values, "ns").to_numpy(), self.tz, self.ambiguous)
+        text = values.astype("string").str.strip()
+        fmt = self.format or "ISO8601"
+        if self.format is None:
+            zoned = text.str.contains(_ZONED, regex=True, na=False).to_numpy()
+        else:
+            zoned = np.full(len(text), "%z" in fmt or "%Z" in fmt)
+        out = np.full(len(text), np.datetime64("NaT"), dtype="datetime64[ns]")
+        if zoned.any():
+            stamps = pd.to_datetime(text[zoned], utc=True, format=fmt, errors="coerce")
+            out[zoned] = to_unit(stamps, "ns").dt.tz_localize(None).to_numpy()
+        if not zoned.all():
+            wall = pd.to_datetime(text[~zoned], format=fmt, errors="coerce")
+            out[~zoned] = localize(to_unit(wall, "ns").to_numpy(), self.tz, self.ambiguous)
+        return out
+
+    def apply(self, frame: pd.DataFrame) -> StageResult:
+        require_columns(self, frame, [self.column])
+        try:
+            utc = self._parse(frame[self.column])
+        except (ValueError, TypeError) as exc:  # a bad format string
+            raise StageError(f"{self!r}: {exc}") from exc
+        stamps = pd.Series(utc, index=frame.index).dt.tz_localize("UTC")
+        out = frame.assign(**{self.target: stamps if self.to_utc else stamps.dt.tz_convert(self.tz)})
+        bad = frame[self.column].notna().to_numpy() & np.isnat(utc)
+        if not bad.any():
+            return StageResult(kept=out)
+
+        def say(value: str) -> str:
+            return (f"parse_timestamp: column '{self.column}' value '{value}' is not a time "
+                    f"({self.format or 'ISO 8601'}, {self.tz})")
+
+        reasons = _reasons(frame, bad, say, [self.column])
+        return split(out, bad, reasons, original=frame, stage=self)
 
 
 class DeriveTimestamp:
-    """Build a timestamp column from date parts and an HHMM integer (517 -> 05:17; 2400 ->
-    midnight ending the day), read in `tz` local time and stored as UTC. Rows with invalid
-    parts, or a local time that does not exist or is ambiguous at a DST change, are rejected."""
+    """Build `target` from date parts and an HHMM number (517 -> 05:17; 2400 -> midnight
+    ending the day), read as wall-clock time in `tz` and stored as UTC (or in `tz` when
+    `to_utc=False`). Rows whose parts are missing, not whole numbers or not a real date and
+    time, or whose wall time does not exist at a DST change, are rejected with their values;
+    a wall time that occurs twice is rejected unless `ambiguous` picks one."""
 
     name = "derive_timestamp"
 
     def __init__(self, *, target: str, year: str, month: str, day: str, hhmm: str,
-                 tz: str = "UTC") -> None:
-        self.target, self.year, self.month, self.day, self.hhmm, self.tz = \
-            target, year, month, day, hhmm, tz
+                 tz: str = "UTC", to_utc: bool = True, ambiguous: Ambiguous = "reject") -> None:
+        self.target, self.year, self.month, self.day, self.hhmm = target, year, month, day, hhmm
+        self.tz, self.to_utc, self.ambiguous = tz, to_utc, ambiguous
+        check_zone(self, tz)
 
     def __repr__(self) -> str:
+        extra = ("" if self.to_utc else ", to_utc=False") + \
+            ("" if self.ambiguous == "reject" else f", ambiguous={self.ambiguous!r}")
         return (f"DeriveTimestamp(target={self.target!r}, year={self.year!r}, "
-                f"month={self.month!r}, day={self.day!r}, hhmm={self.hhmm!r}, tz={self.tz!r})")
+                f"month={self.month!r}, day={self.day!r}, hhmm={self.hhmm!r}, tz={self.tz!r}{extra})")
 
     def apply(self, frame: pd.DataFrame) -> StageResult:
-        require_columns(self, frame, [self.year, self.month, self.day, self.hhmm])
-        year, month, day, hhmm = (pd.to_numeric(frame[c], errors="coerce").to_numpy(
-            dtype="float64", na_value=np.nan) for c in (self.year, self.month, self.day, self.hhmm))
-        valid = (np.isfinite(year) & np.isfinite(month) & np.isfinite(day) & np.isfinite(hhmm)
-                 & (month >= 1) & (month <= 12) & (day >= 1) & (hhmm >= 0) & (hhmm <= 2400)
-                 & (hhmm % 100 < 60) & (year >= 1678) & (year <= 2261))
+        parts = [self.year, self.month, self.day, self.hhmm]
+        require_columns(self, frame, parts)
+        year, month, day, hhmm = (_numbers(frame[c]).to_numpy(dtype="float64", na_value=np.nan)
+                                  for c in parts)
+        with np.errstate(invalid="ignore"):
+            valid = ((np.floor(year) == year) & (np.floor(month) == month) & (np.floor(day) == day)
+                     & (np.floor(hhmm) == hhmm) & (month >= 1) & (month <= 12) & (day >= 1)
+                     & (hhmm >= 0) & (hhmm <= 2400) & (hhmm % 100 < 60)
+                     & (year >= 1678) & (year <= 2261))
         y, m, d, t = (np.where(valid, a, 1).astype("int64") for a in (year, month, day, hhmm))
         months = ((np.where(valid, y, 1970) - 1970) * 12 + (m - 1)).astype("datetime64[M]")
         first = months.astype("datetime64[D]")
-        days_in_month = ((months + 1).astype("datetime64[D]") - first).astype("int64")
-        valid &= d <= days_in_month
+        valid &= d <= ((months + 1).astype("datetime64[D]") - first).astype("int64")
         minutes = (t // 100) * 60 + t % 100
-        local_ns = (first + (d - 1)).astype("datetime64[ns]") + minutes.astype("timedelta64[m]")
-        local = pd.Series(np.where(valid, local_ns, np.datetime64("NaT")), index=frame.index)
-        try:
-            stamps = local.dt.tz_localize(self.tz, ambiguous="NaT", nonexistent="NaT")
-        except Exception as exc:  # noqa: BLE001 - an unknown time zone name
-            raise StageError(f"{self!r}: {exc}") from exc
-        stamps = stamps.dt.tz_convert("UTC")
-        out = frame.assign(**{self.target: stamps})
-        bad = stamps.isna()
+        wall = (first + (d - 1)).astype("datetime64[ns]") + minutes.astype("timedelta64[m]")
+        utc = localize(np.where(valid, wall, np.datetime64("NaT")), self.tz, self.ambiguous)
+        stamps = pd.Series(utc, index=frame.index).dt.tz_localize("UTC")
+        out = frame.assign(**{self.target: stamps if self.to_utc else stamps.dt.tz_convert(self.tz)})
+        bad = np.isnat(utc)
         if not bad.any():
             return StageResult(kept=out)
-        reason = pd.Series(f"derive_timestamp: no valid {self.tz} time from "
-                           f"{self.year}/{self.month}/{self.day} {self.hhmm}",
-                           index=frame.index, dtype="string")
-        return split(out, bad, reason)
+
+        def say(*values: str) -> str:
+            shown = " ".join(f"{column}={value}" for column, value in zip(parts, values))
+            return f"derive_timestamp: {shown} is not a valid {self.tz} time"
+
+        return split(out, bad, _reasons(frame, bad, say, parts), original=frame, stage=self)
