@@ -17,7 +17,7 @@ from etl.pipeline import Pipeline, RetryPolicy
 from etl.runs import find_pending, open_run
 from etl.sinks import ParquetSink
 from etl.sources import FileSource
-from etl.state import open_state, task_fingerprint
+from etl.state import open_state
 from shards import HashShards, RangeShards
 from stages import StageResult
 from stages.base import REASON_COLUMN
