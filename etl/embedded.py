@@ -120,6 +120,10 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
             if on_progress:
                 on_progress(ctx.state.list_checkpoints(ctx.run_id))
             time.sleep(poll)
+    except BaseException:  # Ctrl-C or any failure here: stop the workers now, resume later
+        for child in children:
+            child.kill()
+        raise
     finally:
         for child in children:
             child.join()
