@@ -1,58 +1,85 @@
 """MongoDB state store (pymongo), for production and many machines.
 
 No multi-document transactions (they need a replica set): every guarantee comes from
-single-document atomic updates done in a crash-safe order. record_fetch inserts the
-RawPayload pointer, then advances the checkpoint with a compare-and-set on batches_fetched.
-complete_stage first counts the batch in the checkpoint, guarded by the batch number not yet
-being in the checkpoint's `<stage>_done` set ($ne / $addToSet in one update), and only then
-writes the TaskDedup entry: a crash between the two leaves a ledger miss, so the step is
-redone, and the second count is refused by the guard.
+single-document atomic updates done in a crash-safe order.
+
+- record_fetch inserts the RawPayload pointer (a duplicate is ignored), then advances the
+  checkpoint with a compare-and-set on batches_fetched.
+- complete_stage first counts the batch in the checkpoint, guarded by the batch number not
+  yet being in the checkpoint's `<stage>_done` list ($ne and $addToSet in one update), and
+  only then writes the TaskDedup entry. A crash between the two leaves a ledger miss: the
+  step is redone, its effect is idempotent, and the second count is refused by the guard.
+- acquire_lease changes a lease only through filters that say whose it may be ("ours and
+  live", "expired", "free"); two workers racing to create it meet the unique task_key index.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from etl.state.base import (
-    BATCH_COUNTERS, ROW_COUNTERS, Checkpoint, ErrorRecord, Lease, RawPayload, RunRecord,
-    task_fingerprint, utcnow,
+    BATCH_COUNTERS, Checkpoint, ErrorRecord, Lease, RawPayload, RunRecord, task_fingerprint,
+    utcnow,
 )
+from etl.state.sqlite import stage_counts
 from etl.urls import mask_url
 
-_CHECKPOINT_FIELDS = {f.name for f in dataclasses.fields(Checkpoint)}
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Checkpoint fields kept for the guard of complete_stage, not part of Checkpoint.
+_DONE_LISTS = tuple(f"{stage}_done" for stage in BATCH_COUNTERS)
+
+
+def _without_done_lists() -> dict[str, int]:
+    """A projection leaving out the done lists (a new dict each time: mongomock edits it)."""
+    return {name: 0 for name in _DONE_LISTS}
 
 
 def _utc(value: Any) -> Any:
-    """Datetimes read back from MongoDB as tz-aware UTC (mongomock and tz_aware=False give
-    naive ones)."""
+    """Datetimes read back as tz-aware UTC (a client without tz_aware gives naive ones)."""
     if isinstance(value, datetime) and value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value
 
 
-def _doc(cls: type, doc: dict[str, Any] | None) -> Any:
+def _record(cls: type[T], doc: dict[str, Any] | None) -> T | None:
+    """The dataclass `cls` from a stored document, ignoring fields it does not have (_id)."""
     if doc is None:
         return None
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: _utc(v) for k, v in doc.items() if k in names})
 
 
-def _database_of(url: str) -> str:
+def _records(cls: type[T], docs: Any) -> list[T]:
+    return [r for r in (_record(cls, d) for d in docs) if r is not None]
+
+
+def database_of(url: str) -> str:
+    """The database named by the URL's path (`mongodb://host/dbname?opts`), "etl" if none."""
     rest = url.split("://", 1)[1] if "://" in url else ""
     path = rest.split("/", 1)[1] if "/" in rest else ""
     return path.split("?", 1)[0] or "etl"
 
 
 class MongoStateStore:
-    """StateStore on a MongoDB database (collections named as in PRODUCT.md)."""
+    """StateStore on a MongoDB database (collections named as in PRODUCT.md).
+
+    `mongodb://` and `mongodb+srv://` URLs connect with pymongo; `mongomock://any/dbname`
+    uses an in-process mongomock client (tests, notebooks). `client=` injects a client
+    (pymongo or mongomock) that the caller keeps owning; `database=` overrides the URL's.
+    """
 
     def __init__(self, url: str, *, client: Any = None, database: str | None = None) -> None:
         self.url = mask_url(url)
+        self._owns_client = client is None
         if client is None:
             if url.startswith("mongomock://"):
                 import mongomock
@@ -63,7 +90,7 @@ class MongoStateStore:
 
                 client = pymongo.MongoClient(url, tz_aware=True, serverSelectionTimeoutMS=10_000)
         self.client = client
-        self.db = client[database or _database_of(url)]
+        self.db = client[database or database_of(url)]
         self.runs = self.db["EtlRun"]
         self.checkpoints = self.db["TaskCheckpoint"]
         self.dedup = self.db["TaskDedup"]
@@ -71,6 +98,7 @@ class MongoStateStore:
         self.errors = self.db["TaskErrorLog"]
         self.payloads = self.db["RawPayload"]
         self._create_indexes()
+        log.debug("state store opened: %s (database %s)", self.url, self.db.name)
 
     def _create_indexes(self) -> None:
         self.runs.create_index([("run_id", ASCENDING)], unique=True)
@@ -85,9 +113,11 @@ class MongoStateStore:
                                    unique=True)
 
     def close(self) -> None:
-        self.client.close()
+        """Close the client if this store made it; an injected client stays the caller's."""
+        if self._owns_client:
+            self.client.close()
 
-    # -- runs --------------------------------------------------------------------------
+    # -- runs ----------------------------------------------------------------------------
     def create_run(self, run: RunRecord) -> bool:
         try:
             self.runs.insert_one(dataclasses.asdict(run))
@@ -96,40 +126,43 @@ class MongoStateStore:
             return False
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        return _doc(RunRecord, self.runs.find_one({"run_id": run_id}))
+        return _record(RunRecord, self.runs.find_one({"run_id": run_id}))
 
     def latest_run(self, pipeline: str, plan: str, *, unfinished: bool = True) -> RunRecord | None:
         query: dict[str, Any] = {"pipeline": pipeline, "plan": plan}
         if unfinished:
-            query["status"] = {"$ne": "completed"}
-        found = list(self.runs.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(1))
-        return _doc(RunRecord, found[0]) if found else None
+            query["status"] = {"$in": ["running", "failed"]}
+        found = self._runs_where(query, limit=1)
+        return found[0] if found else None
 
     def list_runs(self, *, pipeline: str | None = None, limit: int = 50) -> list[RunRecord]:
-        query = {"pipeline": pipeline} if pipeline else {}
-        cursor = self.runs.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
-        return [_doc(RunRecord, d) for d in cursor]
+        return self._runs_where({"pipeline": pipeline} if pipeline is not None else {}, limit=limit)
+
+    def _runs_where(self, query: dict[str, Any], *, limit: int) -> list[RunRecord]:
+        """Runs matching `query`, newest first (ties: last inserted first)."""
+        docs = self.runs.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+        return _records(RunRecord, docs)
 
     def set_run_status(self, run_id: str, status: str) -> None:
         self.runs.update_one({"run_id": run_id}, {"$set": {"status": status, "updated_at": utcnow()}})
 
-    # -- checkpoints -------------------------------------------------------------------
+    # -- checkpoints ---------------------------------------------------------------------
     def init_checkpoints(self, run_id: str, shards: int) -> None:
         for shard in range(shards):
             fresh = dataclasses.asdict(Checkpoint(run_id=run_id, shard=shard))
-            fresh.update(clean_done=[], load_done=[])
+            fresh.update({name: [] for name in _DONE_LISTS})
             self.checkpoints.update_one({"run_id": run_id, "shard": shard},
                                         {"$setOnInsert": fresh}, upsert=True)
 
     def get_checkpoint(self, run_id: str, shard: int) -> Checkpoint | None:
-        doc = self.checkpoints.find_one({"run_id": run_id, "shard": shard})
-        return _doc(Checkpoint, doc)
+        return _record(Checkpoint, self.checkpoints.find_one({"run_id": run_id, "shard": shard},
+                                                             _without_done_lists()))
 
     def list_checkpoints(self, run_id: str | None = None) -> list[Checkpoint]:
-        query = {"run_id": run_id} if run_id else {}
-        cursor = self.checkpoints.find(query, {"clean_done": 0, "load_done": 0}).sort(
+        query = {"run_id": run_id} if run_id is not None else {}
+        docs = self.checkpoints.find(query, _without_done_lists()).sort(
             [("run_id", ASCENDING), ("shard", ASCENDING)])
-        return [_doc(Checkpoint, d) for d in cursor]
+        return _records(Checkpoint, docs)
 
     def record_fetch(self, payload: RawPayload, *, exhausted: bool) -> bool:
         try:
@@ -140,42 +173,38 @@ class MongoStateStore:
             {"run_id": payload.run_id, "shard": payload.shard, "batches_fetched": payload.batch},
             {"$set": {"cursor": payload.cursor_end, "batches_fetched": payload.batch + 1,
                       "fetch_done": exhausted, "updated_at": utcnow()},
-             "$inc": {"rows_fetched": payload.rows}})
-        if result.modified_count:
-            self.checkpoints.update_one(
-                {"run_id": payload.run_id, "shard": payload.shard, "status": "pending"},
-                {"$set": {"status": "running"}})
-        return result.modified_count == 1
+             "$inc": {"rows_fetched": int(payload.rows)}})
+        if not result.modified_count:
+            return False
+        self._settle_status(payload.run_id, payload.shard)
+        return True
 
     def finish_fetch(self, run_id: str, shard: int, batches: int) -> bool:
         result = self.checkpoints.update_one(
             {"run_id": run_id, "shard": shard, "batches_fetched": batches, "fetch_done": False},
             {"$set": {"fetch_done": True, "updated_at": utcnow()}})
-        self._mark_done_if_complete(run_id, shard)
+        self._settle_status(run_id, shard)
         return result.modified_count == 1
 
-    def _mark_done_if_complete(self, run_id: str, shard: int) -> None:
+    def _settle_status(self, run_id: str, shard: int) -> None:
+        """"running" once started, "done" once complete; idempotent, so it also heals a
+        status left behind by a crash right after the counting write."""
+        where = {"run_id": run_id, "shard": shard}
+        self.checkpoints.update_one({**where, "status": "pending"}, {"$set": {"status": "running"}})
         self.checkpoints.update_one(
-            {"run_id": run_id, "shard": shard, "fetch_done": True,
+            {**where, "fetch_done": True, "status": {"$ne": "done"},
              "$expr": {"$gte": ["$batches_loaded", "$batches_fetched"]}},
             {"$set": {"status": "done"}})
 
     def complete_stage(self, run_id: str, shard: int, batch: int, stage: str,
                        rows: dict[str, int]) -> bool:
-        allowed = ROW_COUNTERS.get(stage)
-        if allowed is None or set(rows) - set(allowed):
-            raise ValueError(f"complete_stage: stage {stage!r} counts only {allowed}, got {sorted(rows)}")
-        done_set = f"{stage}_done"
-        result = self.checkpoints.update_one(
-            {"run_id": run_id, "shard": shard, done_set: {"$ne": batch}},
-            {"$addToSet": {done_set: batch},
-             "$inc": {BATCH_COUNTERS[stage]: 1, **rows},
-             "$set": {"updated_at": utcnow()}})
-        self.mark_done(task_fingerprint(stage, run_id, shard, batch), stage, run_id)
-        if result.modified_count:
-            self.checkpoints.update_one({"run_id": run_id, "shard": shard, "status": "pending"},
-                                        {"$set": {"status": "running"}})
-            self._mark_done_if_complete(run_id, shard)
+        counts = stage_counts(stage, rows)
+        done = f"{stage}_done"
+        result = self.checkpoints.update_one(  # 1. count, guarded by the batch's absence
+            {"run_id": run_id, "shard": shard, done: {"$ne": batch}},
+            {"$addToSet": {done: batch}, "$inc": counts, "$set": {"updated_at": utcnow()}})
+        self._settle_status(run_id, shard)
+        self.mark_done(task_fingerprint(stage, run_id, shard, batch), stage, run_id)  # 2. ledger
         return result.modified_count == 1
 
     def set_shard_status(self, run_id: str, shard: int, status: str,
@@ -198,61 +227,63 @@ class MongoStateStore:
             return False
 
     def count_done(self, run_id: str | None = None) -> int:
-        return self.dedup.count_documents({"run_id": run_id} if run_id else {})
+        return int(self.dedup.count_documents({"run_id": run_id} if run_id is not None else {}))
 
     # -- raw payload pointers ------------------------------------------------------------
     def get_payload(self, run_id: str, shard: int, batch: int) -> RawPayload | None:
-        return _doc(RawPayload, self.payloads.find_one({"run_id": run_id, "shard": shard, "batch": batch}))
+        return _record(RawPayload, self.payloads.find_one({"run_id": run_id, "shard": shard, "batch": batch}))
 
     def list_payloads(self, run_id: str, shard: int | None = None) -> list[RawPayload]:
         query: dict[str, Any] = {"run_id": run_id}
         if shard is not None:
             query["shard"] = shard
-        cursor = self.payloads.find(query).sort([("shard", ASCENDING), ("batch", ASCENDING)])
-        return [_doc(RawPayload, d) for d in cursor]
+        docs = self.payloads.find(query).sort([("shard", ASCENDING), ("batch", ASCENDING)])
+        return _records(RawPayload, docs)
 
     # -- errors --------------------------------------------------------------------------
     def log_error(self, error: ErrorRecord) -> None:
         self.errors.insert_one(dataclasses.asdict(error))
 
     def list_errors(self, run_id: str | None = None, *, limit: int = 100) -> list[ErrorRecord]:
-        query = {"run_id": run_id} if run_id else {}
-        cursor = self.errors.find(query).sort([("at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
-        return [_doc(ErrorRecord, d) for d in cursor]
+        query = {"run_id": run_id} if run_id is not None else {}
+        docs = self.errors.find(query).sort([("at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+        return _records(ErrorRecord, docs)
 
     # -- leases --------------------------------------------------------------------------
     def acquire_lease(self, task_key: str, owner: str, ttl: float,
                       payload_ref: str | None = None) -> Lease | None:
         now = utcnow()
-        until = now + timedelta(seconds=ttl)
-        ours = self.leases.find_one_and_update(
-            {"task_key": task_key, "taken_by": owner, "lease_until": {"$gt": now}},
-            {"$set": {"lease_until": until, "heartbeat": now}}, return_document=ReturnDocument.AFTER)
-        if ours is not None:
-            return _doc(Lease, ours)
-        free = {"task_key": task_key, "$or": [{"taken_by": None}, {"lease_until": {"$lte": now}}]}
-        current = self.leases.find_one({"task_key": task_key})
-        takeover = int(current is not None and current.get("taken_by") is not None)
-        update: dict[str, Any] = {
-            "$set": {"taken_by": owner, "lease_until": until, "heartbeat": now},
-            "$inc": {"token": 1, "retry_count": takeover}}
+        claim: dict[str, Any] = {"taken_by": owner, "lease_until": now + timedelta(seconds=ttl),
+                                 "heartbeat": now}
         if payload_ref is not None:
-            update["$set"]["payload_ref"] = payload_ref
-        else:
-            update["$setOnInsert"] = {"payload_ref": None}
-        try:
-            taken = self.leases.find_one_and_update(
-                free, update, upsert=current is None, return_document=ReturnDocument.AFTER)
-        except DuplicateKeyError:
-            return None  # another worker created it first
-        return _doc(Lease, taken)
+            claim["payload_ref"] = payload_ref
+        after = ReturnDocument.AFTER
+        # Ours and live: extend it, same token.
+        doc = self.leases.find_one_and_update(
+            {"task_key": task_key, "taken_by": owner, "lease_until": {"$gt": now}},
+            {"$set": claim}, return_document=after)
+        if doc is None:  # Expired, whoever held it: take it over, counted as a retry.
+            doc = self.leases.find_one_and_update(
+                {"task_key": task_key, "taken_by": {"$ne": None}, "lease_until": {"$lte": now}},
+                {"$set": claim, "$inc": {"token": 1, "retry_count": 1}}, return_document=after)
+        if doc is None:  # Free (released, or not there yet): take it, creating it if needed.
+            update: dict[str, Any] = {"$set": claim, "$inc": {"token": 1, "retry_count": 0}}
+            if payload_ref is None:
+                update["$setOnInsert"] = {"payload_ref": None}
+            try:
+                doc = self.leases.find_one_and_update(
+                    {"task_key": task_key, "taken_by": None}, update, upsert=True,
+                    return_document=after)
+            except DuplicateKeyError:
+                return None  # it exists and is held by someone else (or was just created)
+        return _record(Lease, doc)
 
     def renew_lease(self, task_key: str, owner: str, token: int, ttl: float) -> bool:
         now = utcnow()
         result = self.leases.update_one(
             {"task_key": task_key, "taken_by": owner, "token": token, "lease_until": {"$gt": now}},
             {"$set": {"lease_until": now + timedelta(seconds=ttl), "heartbeat": now}})
-        return result.matched_count == 1  # a renewal in the same millisecond changes nothing
+        return result.matched_count == 1  # a renewal in the same millisecond modifies nothing
 
     def release_lease(self, task_key: str, owner: str, token: int) -> bool:
         result = self.leases.update_one({"task_key": task_key, "taken_by": owner, "token": token},
@@ -260,4 +291,4 @@ class MongoStateStore:
         return result.matched_count == 1
 
     def get_lease(self, task_key: str) -> Lease | None:
-        return _doc(Lease, self.leases.find_one({"task_key": task_key}))
+        return _record(Lease, self.leases.find_one({"task_key": task_key}))

@@ -1,26 +1,36 @@
 """SQLite state store: the embedded default, safe across threads and processes.
 
 WAL journal so readers never block the writer, a 30 s busy timeout so concurrent writers
-wait instead of failing, one connection per thread (and per process after a fork), and every
-multi-row change in a `BEGIN IMMEDIATE` transaction, so record_fetch and complete_stage are
-atomic here (MongoDB gets the same guarantees from ordered single-document writes).
+wait instead of failing, synchronous=NORMAL (durable at each WAL checkpoint, fast), one
+connection per thread and per process (a forked child opens its own), and every change in a
+`BEGIN IMMEDIATE` transaction, so record_fetch and complete_stage are atomic here.
+
+complete_stage keeps the same guard as the MongoDB store: each checkpoint row carries the
+JSON list of batches already counted per stage (`clean_done`, `load_done`), so counting is
+exactly once whatever the dedup ledger holds, and both stores answer the same way.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
-from contextlib import contextmanager
-from datetime import timedelta
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
+from etl.errors import ConfigError
 from etl.state.base import (
-    BATCH_COUNTERS, ROW_COUNTERS, Checkpoint, ErrorRecord, Lease, RawPayload, RunRecord, task_fingerprint, utcnow,
+    BATCH_COUNTERS, ROW_COUNTERS, Checkpoint, ErrorRecord, Lease, RawPayload, RunRecord,
+    task_fingerprint, utcnow,
 )
 from etl.state.codec import dumps, from_ms, loads, to_ms
 from etl.urls import mask_url
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 30.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS EtlRun (
@@ -53,74 +63,155 @@ CREATE TABLE IF NOT EXISTS RawPayload (
     run_id TEXT NOT NULL, shard INTEGER NOT NULL, batch INTEGER NOT NULL, key TEXT NOT NULL,
     bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, rows INTEGER NOT NULL, cursor_start TEXT,
     cursor_end TEXT, created_at INTEGER NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS RawPayload_run_shard_batch ON RawPayload (run_id, shard, batch);
+CREATE UNIQUE INDEX IF NOT EXISTS RawPayload_run_shard_batch ON RawPayload (run_id, shard, batch)
 """
+
+#: Columns added after the first release, created on open when a file lacks them.
+_ADDED_COLUMNS = {"TaskCheckpoint": {f"{stage}_done": "TEXT NOT NULL DEFAULT '[]'"
+                                     for stage in BATCH_COUNTERS}}
 
 _CHECKPOINT_COLUMNS = ("run_id", "shard", "cursor", "status", "fetch_done", "batches_fetched",
                        "batches_cleaned", "batches_loaded", "rows_fetched", "rows_cleaned",
                        "rows_quarantined", "rows_loaded", "updated_at", "last_error")
 
+#: Status after any progress: "done" once complete, "running" once started, else unchanged.
+_SETTLE_STATUS = (
+    "UPDATE TaskCheckpoint SET status = CASE "
+    "WHEN fetch_done = 1 AND batches_loaded >= batches_fetched THEN 'done' "
+    "WHEN status = 'pending' THEN 'running' ELSE status END WHERE run_id = ? AND shard = ?")
 
-def _path_of(url: str) -> str:
-    if not url.startswith("sqlite:///"):
-        raise ValueError(f"SQLite URL must look like sqlite:///path.db, got {mask_url(url)!r}")
-    return url[len("sqlite:///"):]
+#: Connections a forked child inherited. Never closed: closing one in the child could
+#: checkpoint and delete the WAL file its parent is still using.
+_INHERITED: list[sqlite3.Connection] = []
 
 
-class SQLiteStateStore:
-    """StateStore on one SQLite file."""
+def path_of(url: str) -> str:
+    """The file path in `sqlite:///relative.db`, `sqlite:////absolute.db` or
+    `sqlite:///:memory:`."""
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    if not path:
+        raise ConfigError(f"SQLite URL must look like sqlite:///path/state.db, got {mask_url(url)!r}")
+    return path
 
-    def __init__(self, url: str) -> None:
-        self.url = mask_url(url)
-        path = _path_of(url)
-        self.path = path if path == ":memory:" else str(Path(path).resolve())
-        if path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+
+class _Connections:
+    """One connection per thread and per process; one shared, locked connection for
+    `:memory:` (every connection to `:memory:` would be a database of its own)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.memory = path == ":memory:"
+        self._lock: ContextManager[Any] = threading.RLock() if self.memory else nullcontext()
+        self._guard = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
         self._local = threading.local()
-        self._conn().executescript(SCHEMA)
+        self._opened: list[sqlite3.Connection] = []
+        self._shared: sqlite3.Connection | None = None
 
-    # -- connections -------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        if not self.memory:
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        with self._guard:
+            self._opened.append(conn)
+        return conn
+
+    def _current(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():  # forked: the parent's connections are not ours to use
+            with self._guard:
+                if self._pid != os.getpid():
+                    if not self.memory:  # a :memory: database lives on as the child's copy
+                        _INHERITED.extend(self._opened)
+                        self._reset()
+                    self._pid = os.getpid()
+        if self.memory:
+            if self._shared is None:
+                self._shared = self._open()
+            return self._shared
         conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout = 30000")
-            if self.path != ":memory:":
-                conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._local.conn, self._local.pid = conn, os.getpid()
+        if conn is None:
+            conn = self._local.conn = self._open()
         return conn
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Row | None:
-        return self._conn().execute(sql, args).fetchone()
-
-    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        return self._conn().execute(sql, args).fetchall()
+    def use(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, held alone for `:memory:`."""
+        with self._lock:
+            yield self._current()
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Close every connection this process opened; the next use opens new ones."""
+        with self._guard:
+            if self._pid == os.getpid():
+                for conn in self._opened:
+                    conn.close()
+            else:
+                _INHERITED.extend(self._opened)
+            self._reset()
 
-    # -- runs --------------------------------------------------------------------------
+
+class SQLiteStateStore:
+    """StateStore on one SQLite file (or `:memory:`, for one process)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = mask_url(url)
+        path = path_of(url)
+        if path != ":memory:":
+            resolved = Path(path).expanduser().resolve()
+            resolved.parent.mkdir(parents=True, exist_ok=True)
+            path = str(resolved)
+        self.path = path
+        self._db = _Connections(path)
+        self._create_schema()
+        log.debug("state store opened: %s", self.url)
+
+    def _create_schema(self) -> None:
+        with self._write() as conn:
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                conn.execute(statement)
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+                for name, spec in columns.items():
+                    if name not in have:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {spec}")
+
+    # -- plumbing ------------------------------------------------------------------------
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (BEGIN IMMEDIATE) so it never deadlocks on
+        an upgrade from reader to writer; rolled back on any error."""
+        with self._db.use() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Row | None:
+        with self._db.use() as conn:
+            row: sqlite3.Row | None = conn.execute(sql, args).fetchone()
+            return row
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._db.use() as conn:
+            return conn.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- runs ----------------------------------------------------------------------------
     @staticmethod
-    def _run(row: sqlite3.Row | None) -> RunRecord | None:
-        if row is None:
-            return None
+    def _run(row: sqlite3.Row) -> RunRecord:
         return RunRecord(run_id=row["run_id"], pipeline=row["pipeline"], plan=row["plan"],
                          shards=row["shards"], status=row["status"], params=loads(row["params"]),
                          created_at=from_ms(row["created_at"]), updated_at=from_ms(row["updated_at"]))
@@ -134,26 +225,27 @@ class SQLiteStateStore:
             return cur.rowcount == 1
 
     def get_run(self, run_id: str) -> RunRecord | None:
-        return self._run(self._one("SELECT * FROM EtlRun WHERE run_id = ?", (run_id,)))
+        row = self._one("SELECT * FROM EtlRun WHERE run_id = ?", (run_id,))
+        return self._run(row) if row else None
 
     def latest_run(self, pipeline: str, plan: str, *, unfinished: bool = True) -> RunRecord | None:
-        extra = " AND status != 'completed'" if unfinished else ""
-        return self._run(self._one(
-            f"SELECT * FROM EtlRun WHERE pipeline = ? AND plan = ?{extra} "
-            "ORDER BY created_at DESC, rowid DESC LIMIT 1", (pipeline, plan)))
+        extra = " AND status IN ('running', 'failed')" if unfinished else ""
+        row = self._one(f"SELECT * FROM EtlRun WHERE pipeline = ? AND plan = ?{extra} "
+                        "ORDER BY created_at DESC, rowid DESC LIMIT 1", (pipeline, plan))
+        return self._run(row) if row else None
 
     def list_runs(self, *, pipeline: str | None = None, limit: int = 50) -> list[RunRecord]:
-        where, args = ("WHERE pipeline = ?", (pipeline,)) if pipeline else ("", ())
+        where, args = ("WHERE pipeline = ?", (pipeline,)) if pipeline is not None else ("", ())
         rows = self._all(f"SELECT * FROM EtlRun {where} ORDER BY created_at DESC, rowid DESC "
                          "LIMIT ?", (*args, limit))
-        return [r for r in map(self._run, rows) if r is not None]
+        return [self._run(r) for r in rows]
 
     def set_run_status(self, run_id: str, status: str) -> None:
         with self._write() as conn:
             conn.execute("UPDATE EtlRun SET status = ?, updated_at = ? WHERE run_id = ?",
                          (status, to_ms(utcnow()), run_id))
 
-    # -- checkpoints -------------------------------------------------------------------
+    # -- checkpoints ---------------------------------------------------------------------
     @staticmethod
     def _checkpoint(row: sqlite3.Row) -> Checkpoint:
         values = {c: row[c] for c in _CHECKPOINT_COLUMNS}
@@ -173,57 +265,53 @@ class SQLiteStateStore:
         return self._checkpoint(row) if row else None
 
     def list_checkpoints(self, run_id: str | None = None) -> list[Checkpoint]:
-        where, args = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
-        return [self._checkpoint(r) for r in self._all(
-            f"SELECT * FROM TaskCheckpoint {where} ORDER BY run_id, shard", args)]
+        where, args = ("WHERE run_id = ?", (run_id,)) if run_id is not None else ("", ())
+        rows = self._all(f"SELECT * FROM TaskCheckpoint {where} ORDER BY run_id, shard", args)
+        return [self._checkpoint(r) for r in rows]
 
     def record_fetch(self, payload: RawPayload, *, exhausted: bool) -> bool:
         p = payload
         with self._write() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO RawPayload VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (p.run_id, p.shard, p.batch, p.key, p.bytes, p.sha256, p.rows,
+                (p.run_id, p.shard, p.batch, p.key, int(p.bytes), p.sha256, int(p.rows),
                  dumps(p.cursor_start), dumps(p.cursor_end), to_ms(p.created_at)))
             cur = conn.execute(
                 "UPDATE TaskCheckpoint SET cursor = ?, batches_fetched = ?, "
-                "rows_fetched = rows_fetched + ?, fetch_done = ?, updated_at = ?, "
-                "status = CASE WHEN status = 'pending' THEN 'running' ELSE status END "
+                "rows_fetched = rows_fetched + ?, fetch_done = ?, updated_at = ? "
                 "WHERE run_id = ? AND shard = ? AND batches_fetched = ?",
-                (dumps(p.cursor_end), p.batch + 1, p.rows, int(exhausted), to_ms(utcnow()),
+                (dumps(p.cursor_end), p.batch + 1, int(p.rows), int(exhausted), to_ms(utcnow()),
                  p.run_id, p.shard, p.batch))
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            conn.execute(_SETTLE_STATUS, (p.run_id, p.shard))
+            return True
 
     def finish_fetch(self, run_id: str, shard: int, batches: int) -> bool:
         with self._write() as conn:
             cur = conn.execute(
-                "UPDATE TaskCheckpoint SET fetch_done = 1, updated_at = ?, "
-                "status = CASE WHEN batches_loaded >= batches_fetched THEN 'done' ELSE status END "
+                "UPDATE TaskCheckpoint SET fetch_done = 1, updated_at = ? "
                 "WHERE run_id = ? AND shard = ? AND batches_fetched = ? AND fetch_done = 0",
                 (to_ms(utcnow()), run_id, shard, batches))
+            conn.execute(_SETTLE_STATUS, (run_id, shard))
             return cur.rowcount == 1
 
     def complete_stage(self, run_id: str, shard: int, batch: int, stage: str,
                        rows: dict[str, int]) -> bool:
-        allowed = ROW_COUNTERS.get(stage)
-        if allowed is None or set(rows) - set(allowed):
-            raise ValueError(f"complete_stage: stage {stage!r} counts only {allowed}, got {sorted(rows)}")
-        counter = BATCH_COUNTERS[stage]
-        sets = ", ".join([f"{counter} = {counter} + 1"] +
-                         [f"{name} = {name} + ?" for name in rows])
+        counts = stage_counts(stage, rows)
+        done = f"{stage}_done"
+        sets = ", ".join(f"{name} = {name} + ?" for name in counts)
         with self._write() as conn:
             cur = conn.execute(
-                "INSERT OR IGNORE INTO TaskDedup VALUES (?,?,?,?)",
-                (task_fingerprint(stage, run_id, shard, batch), stage, run_id, to_ms(utcnow())))
-            if cur.rowcount != 1:
-                return False
-            conn.execute(f"UPDATE TaskCheckpoint SET {sets}, updated_at = ? "
-                         "WHERE run_id = ? AND shard = ?",
-                         (*rows.values(), to_ms(utcnow()), run_id, shard))
-            conn.execute("UPDATE TaskCheckpoint SET status = CASE "
-                         "WHEN fetch_done = 1 AND batches_loaded >= batches_fetched THEN 'done' "
-                         "WHEN status = 'pending' THEN 'running' ELSE status END "
-                         "WHERE run_id = ? AND shard = ?", (run_id, shard))
-            return True
+                f"UPDATE TaskCheckpoint SET {sets}, {done} = json_insert({done}, '$[#]', ?), "
+                "updated_at = ? WHERE run_id = ? AND shard = ? "
+                f"AND NOT EXISTS (SELECT 1 FROM json_each({done}) WHERE value = ?)",
+                (*counts.values(), batch, to_ms(utcnow()), run_id, shard, batch))
+            conn.execute(_SETTLE_STATUS, (run_id, shard))
+            conn.execute("INSERT OR IGNORE INTO TaskDedup VALUES (?,?,?,?)",
+                         (task_fingerprint(stage, run_id, shard, batch), stage, run_id,
+                          to_ms(utcnow())))
+            return cur.rowcount == 1
 
     def set_shard_status(self, run_id: str, shard: int, status: str,
                          last_error: str | None = None) -> None:
@@ -244,30 +332,28 @@ class SQLiteStateStore:
             return cur.rowcount == 1
 
     def count_done(self, run_id: str | None = None) -> int:
-        where, args = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
+        where, args = ("WHERE run_id = ?", (run_id,)) if run_id is not None else ("", ())
         row = self._one(f"SELECT COUNT(*) FROM TaskDedup {where}", args)
         return int(row[0]) if row else 0
 
     # -- raw payload pointers ------------------------------------------------------------
     @staticmethod
-    def _payload(row: sqlite3.Row | None) -> RawPayload | None:
-        if row is None:
-            return None
+    def _payload(row: sqlite3.Row) -> RawPayload:
         return RawPayload(run_id=row["run_id"], shard=row["shard"], batch=row["batch"],
                           key=row["key"], bytes=row["bytes"], sha256=row["sha256"], rows=row["rows"],
                           cursor_start=loads(row["cursor_start"]), cursor_end=loads(row["cursor_end"]),
                           created_at=from_ms(row["created_at"]))
 
     def get_payload(self, run_id: str, shard: int, batch: int) -> RawPayload | None:
-        return self._payload(self._one(
-            "SELECT * FROM RawPayload WHERE run_id = ? AND shard = ? AND batch = ?",
-            (run_id, shard, batch)))
+        row = self._one("SELECT * FROM RawPayload WHERE run_id = ? AND shard = ? AND batch = ?",
+                        (run_id, shard, batch))
+        return self._payload(row) if row else None
 
     def list_payloads(self, run_id: str, shard: int | None = None) -> list[RawPayload]:
         where, args = ("AND shard = ?", (shard,)) if shard is not None else ("", ())
         rows = self._all(f"SELECT * FROM RawPayload WHERE run_id = ? {where} ORDER BY shard, batch",
                          (run_id, *args))
-        return [p for p in map(self._payload, rows) if p is not None]
+        return [self._payload(r) for r in rows]
 
     # -- errors --------------------------------------------------------------------------
     def log_error(self, error: ErrorRecord) -> None:
@@ -280,7 +366,7 @@ class SQLiteStateStore:
                  dumps(e.context), to_ms(e.at)))
 
     def list_errors(self, run_id: str | None = None, *, limit: int = 100) -> list[ErrorRecord]:
-        where, args = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
+        where, args = ("WHERE run_id = ?", (run_id,)) if run_id is not None else ("", ())
         rows = self._all(f"SELECT * FROM TaskErrorLog {where} ORDER BY at DESC, id DESC LIMIT ?",
                          (*args, limit))
         return [ErrorRecord(run_id=r["run_id"], stage=r["stage"], error_type=r["error_type"],
@@ -290,43 +376,43 @@ class SQLiteStateStore:
 
     # -- leases --------------------------------------------------------------------------
     @staticmethod
-    def _lease(row: sqlite3.Row | None) -> Lease | None:
-        if row is None:
-            return None
+    def _lease(row: sqlite3.Row) -> Lease:
         return Lease(task_key=row["task_key"], taken_by=row["taken_by"],
                      lease_until=from_ms(row["lease_until"]), heartbeat=from_ms(row["heartbeat"]),
                      retry_count=row["retry_count"], payload_ref=row["payload_ref"], token=row["token"])
 
     def acquire_lease(self, task_key: str, owner: str, ttl: float,
                       payload_ref: str | None = None) -> Lease | None:
-        now = utcnow()
-        until = to_ms(now + timedelta(seconds=ttl))
+        now = to_ms(utcnow())
+        until = now + int(ttl * 1000)
         with self._write() as conn:
             row = conn.execute("SELECT * FROM PendingTasks WHERE task_key = ?", (task_key,)).fetchone()
+            live = row is not None and row["taken_by"] is not None and (row["lease_until"] or 0) > now
             if row is None:
                 conn.execute("INSERT INTO PendingTasks VALUES (?,?,?,?,0,?,1)",
-                             (task_key, owner, until, to_ms(now), payload_ref))
-            elif row["taken_by"] == owner and (row["lease_until"] or 0) > to_ms(now):
-                conn.execute("UPDATE PendingTasks SET lease_until = ?, heartbeat = ? WHERE task_key = ?",
-                             (until, to_ms(now), task_key))
-            elif row["taken_by"] is None or (row["lease_until"] or 0) <= to_ms(now):
+                             (task_key, owner, until, now, payload_ref))
+            elif live and row["taken_by"] == owner:  # ours: extend, same token
+                conn.execute("UPDATE PendingTasks SET lease_until = ?, heartbeat = ?, "
+                             "payload_ref = COALESCE(?, payload_ref) WHERE task_key = ?",
+                             (until, now, payload_ref, task_key))
+            elif live:
+                return None
+            else:  # free, or expired (a takeover, counted as a retry)
                 conn.execute(
                     "UPDATE PendingTasks SET taken_by = ?, lease_until = ?, heartbeat = ?, "
                     "token = token + 1, retry_count = retry_count + ?, "
                     "payload_ref = COALESCE(?, payload_ref) WHERE task_key = ?",
-                    (owner, until, to_ms(now), int(row["taken_by"] is not None), payload_ref, task_key))
-            else:
-                return None
-            return self._lease(conn.execute("SELECT * FROM PendingTasks WHERE task_key = ?",
-                                            (task_key,)).fetchone())
+                    (owner, until, now, int(row["taken_by"] is not None), payload_ref, task_key))
+            found = conn.execute("SELECT * FROM PendingTasks WHERE task_key = ?", (task_key,)).fetchone()
+            return self._lease(found)
 
     def renew_lease(self, task_key: str, owner: str, token: int, ttl: float) -> bool:
-        now = utcnow()
+        now = to_ms(utcnow())
         with self._write() as conn:
             cur = conn.execute(
                 "UPDATE PendingTasks SET lease_until = ?, heartbeat = ? WHERE task_key = ? AND "
                 "taken_by = ? AND token = ? AND lease_until > ?",
-                (to_ms(now + timedelta(seconds=ttl)), to_ms(now), task_key, owner, token, to_ms(now)))
+                (now + int(ttl * 1000), now, task_key, owner, token, now))
             return cur.rowcount == 1
 
     def release_lease(self, task_key: str, owner: str, token: int) -> bool:
@@ -337,4 +423,14 @@ class SQLiteStateStore:
             return cur.rowcount == 1
 
     def get_lease(self, task_key: str) -> Lease | None:
-        return self._lease(self._one("SELECT * FROM PendingTasks WHERE task_key = ?", (task_key,)))
+        row = self._one("SELECT * FROM PendingTasks WHERE task_key = ?", (task_key,))
+        return self._lease(row) if row else None
+
+
+def stage_counts(stage: str, rows: dict[str, int]) -> dict[str, int]:
+    """The counters complete_stage adds to: the stage's batch counter plus its row counters.
+    An unknown stage or row counter is a bug in the caller, refused before any write."""
+    allowed = ROW_COUNTERS.get(stage)
+    if allowed is None or stage not in BATCH_COUNTERS or set(rows) - set(allowed):
+        raise ValueError(f"complete_stage: stage {stage!r} counts only {allowed}, got {sorted(rows)}")
+    return {BATCH_COUNTERS[stage]: 1, **{name: int(value) for name, value in rows.items()}}
