@@ -1,16 +1,13 @@
 """SQLite result store: the embedded default. One row per job: indexed columns for queries,
-the whole record as JSON. Status changes are read-check-write in one IMMEDIATE transaction."""
+the whole record as JSON. Status changes are read-check-write in one IMMEDIATE transaction.
+Connections are handled as for the state store (etl.sqlite_db)."""
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
-from contextlib import contextmanager
 from datetime import timedelta
-from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
+from etl.sqlite_db import Connections, open_path, write
 from etl.urls import mask_url
 from results.base import dumps, loads, summarise
 from results.errors import JobNotFound
@@ -32,37 +29,16 @@ class SQLiteResultStore:
     """ResultStore on one SQLite file (WAL, busy timeout, a connection per thread)."""
 
     def __init__(self, url: str) -> None:
-        if not url.startswith("sqlite:///"):
-            raise ValueError(f"SQLite URL must look like sqlite:///path.db, got {mask_url(url)!r}")
         self.url = mask_url(url)
-        path = url[len("sqlite:///"):]
-        self.path = path if path == ":memory:" else str(Path(path).resolve())
-        if path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._conn().executescript(SCHEMA)
+        self.path = open_path(url)
+        self._db = Connections(self.path)
+        with write(self._db) as conn:
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                conn.execute(statement)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            if self.path != ":memory:":
-                conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._db.use() as conn:
+            return conn.execute(sql, args).fetchall()
 
     @staticmethod
     def _row(job: JobResult) -> tuple[Any, ...]:
@@ -77,13 +53,13 @@ class SQLiteResultStore:
         job.expires_at = utcnow() + (ttl or DEFAULT_TTL)
         if not job.history:
             job.history = [Transition(job.status, job.created_at)]
-        with self._write() as conn:
+        with write(self._db) as conn:
             conn.execute("INSERT OR REPLACE INTO JobResult VALUES (?,?,?,?,?,?,?,?)", self._row(job))
         return job
 
     def update_status(self, job_id: str, status: str, *, note: str | None = None,
                       **fields: Any) -> JobResult:
-        with self._write() as conn:
+        with write(self._db) as conn:
             row = conn.execute("SELECT data FROM JobResult WHERE job_id = ? AND expires_at > ?",
                                (job_id, self._live())).fetchone()
             if row is None:
@@ -100,9 +76,9 @@ class SQLiteResultStore:
             return job
 
     def get(self, job_id: str) -> JobResult | None:
-        row = self._conn().execute("SELECT data FROM JobResult WHERE job_id = ? AND expires_at > ?",
-                                   (job_id, self._live())).fetchone()
-        return JobResult.from_dict(loads(row[0])) if row else None
+        rows = self._read("SELECT data FROM JobResult WHERE job_id = ? AND expires_at > ?",
+                          (job_id, self._live()))
+        return JobResult.from_dict(loads(rows[0][0])) if rows else None
 
     def get_many(self, job_ids: Iterable[str]) -> dict[str, JobResult]:
         ids = list(dict.fromkeys(job_ids))
@@ -110,7 +86,7 @@ class SQLiteResultStore:
         for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
             chunk = ids[start:start + 900]
             marks = ",".join("?" * len(chunk))
-            for (data,) in self._conn().execute(
+            for (data,) in self._read(
                     f"SELECT data FROM JobResult WHERE job_id IN ({marks}) AND expires_at > ?",
                     (*chunk, self._live())):
                 job = JobResult.from_dict(loads(data))
@@ -118,9 +94,9 @@ class SQLiteResultStore:
         return found
 
     def get_status(self, job_id: str) -> str | None:
-        row = self._conn().execute("SELECT status FROM JobResult WHERE job_id = ? AND expires_at > ?",
-                                   (job_id, self._live())).fetchone()
-        return row[0] if row else None
+        rows = self._read("SELECT status FROM JobResult WHERE job_id = ? AND expires_at > ?",
+                          (job_id, self._live()))
+        return rows[0][0] if rows else None
 
     def history(self, job_id: str) -> list[Transition]:
         job = self.get(job_id)
@@ -129,7 +105,7 @@ class SQLiteResultStore:
         return job.history
 
     def delete(self, job_id: str) -> bool:
-        with self._write() as conn:
+        with write(self._db) as conn:
             return conn.execute("DELETE FROM JobResult WHERE job_id = ?", (job_id,)).rowcount == 1
 
     def list(self, *, run_id: str | None = None, status: str | None = None,
@@ -139,22 +115,18 @@ class SQLiteResultStore:
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
-        rows = self._conn().execute(
+        rows = self._read(
             f"SELECT data FROM JobResult WHERE {' AND '.join(where)} "
             "ORDER BY created_at DESC, rowid DESC LIMIT ?", (*args, limit))
         return [JobResult.from_dict(loads(data)) for (data,) in rows]
 
     def cleanup_expired(self) -> int:
-        with self._write() as conn:
+        with write(self._db) as conn:
             return conn.execute("DELETE FROM JobResult WHERE expires_at <= ?", (self._live(),)).rowcount
 
     def stats(self) -> dict[str, Any]:
-        rows = self._conn().execute("SELECT status, queue, duration FROM JobResult WHERE expires_at > ?",
-                                    (self._live(),))
-        return summarise(rows)
+        return summarise(self._read("SELECT status, queue, duration FROM JobResult "
+                                    "WHERE expires_at > ?", (self._live(),)))
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._db.close()
