@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from etl.errors import BatchError
 from etl.files import TEMP_PREFIX, atomic_write
+from etl.mongo_client import connect, database_of
 from etl.urls import mask_url
 
 log = logging.getLogger(__name__)
@@ -145,11 +146,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _database_of(url: str) -> str:
-    rest = url.split("://", 1)[1] if "://" in url else ""
-    return (rest.split("/", 1)[1] if "/" in rest else "").split("?", 1)[0] or "etl"
-
-
 class MongoSink:
     """A MongoDB collection, written by bulk upsert on `key` (`mongodb://`, or
     `mongomock://host/db` for an in-process fake; `client=` injects one for tests)."""
@@ -160,7 +156,7 @@ class MongoSink:
             raise ValueError("MongoSink needs key= as a non-empty list of column names")
         self.url, self.collection_name = mask_url(url), collection
         self.key = [_safe_field(k) for k in key]
-        self.database = database or _database_of(url)
+        self.database = database or database_of(url)
         self.chunk = max(1, chunk)
         self._raw_url, self._client = url, client
         self._collection: Any = None
@@ -177,15 +173,7 @@ class MongoSink:
         can be imported without a server)."""
         if self._collection is None:
             if self._client is None:
-                if self._raw_url.startswith("mongomock://"):
-                    import mongomock
-
-                    self._client = mongomock.MongoClient(tz_aware=True)
-                else:
-                    import pymongo
-
-                    self._client = pymongo.MongoClient(self._raw_url, tz_aware=True,
-                                                       serverSelectionTimeoutMS=10_000)
+                self._client = connect(self._raw_url)
             coll = self._client[self.database][self.collection_name]
             coll.create_index([(k, 1) for k in self.key], unique=True, name="etl_key")
             self._collection = coll

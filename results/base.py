@@ -82,6 +82,16 @@ def loads(text: str | bytes | None) -> Any:
     return None if text is None else json.loads(text, object_hook=_hook)
 
 
+def job_history(store: ResultStore, job_id: str) -> list[Transition]:
+    """A job's transitions oldest first, read through `store.get`; JobNotFound if none."""
+    from results.errors import JobNotFound
+
+    job = store.get(job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job.history
+
+
 def summarise(jobs: Iterable[tuple[str, str, float | None]]) -> dict[str, Any]:
     """Stats from (status, queue, duration) triples."""
     by_status: dict[str, int] = {}

@@ -10,8 +10,9 @@ from typing import Any, Iterable
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 
+from etl.mongo_client import connect, database_of
 from etl.urls import mask_url
-from results.base import summarise
+from results.base import job_history, summarise
 from results.errors import InvalidTransition, JobNotFound
 from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, stamp_fields,
                             utcnow)
@@ -32,20 +33,9 @@ class MongoResultStore:
 
     def __init__(self, url: str, *, client: Any = None, database: str | None = None) -> None:
         self.url = mask_url(url)
-        if client is None:
-            if url.startswith("mongomock://"):
-                import mongomock
-
-                client = mongomock.MongoClient(tz_aware=True)
-            else:
-                import pymongo
-
-                client = pymongo.MongoClient(url, tz_aware=True, serverSelectionTimeoutMS=2000,
-                                             socketTimeoutMS=2000)
-        self.client = client
-        rest = url.split("://", 1)[1] if "://" in url else ""
-        name = database or (rest.split("/", 1)[1].split("?", 1)[0] if "/" in rest else "") or "etl"
-        self.jobs = client[name]["JobResult"]
+        # short timeouts: a result-store outage must cost a task little (see middleware)
+        self.client = client if client is not None else connect(url, timeout_ms=2000)
+        self.jobs = self.client[database or database_of(url)]["JobResult"]
         self.jobs.create_index([("job_id", ASCENDING)], unique=True)
         self.jobs.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
         self.jobs.create_index([("run_id", ASCENDING), ("created_at", DESCENDING)])
@@ -100,10 +90,7 @@ class MongoResultStore:
         return doc["status"] if doc else None
 
     def history(self, job_id: str) -> list[Transition]:
-        job = self.get(job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        return job.history
+        return job_history(self, job_id)
 
     def delete(self, job_id: str) -> bool:
         return self.jobs.delete_one({"job_id": job_id}).deleted_count == 1

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import redis
 
 from etl.urls import mask_url
-from results.base import dumps, loads, summarise
+from results.base import job_history, dumps, loads, summarise
 from results.errors import InvalidTransition, JobNotFound
 from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, stamp_fields,
                             utcnow)
@@ -205,10 +205,7 @@ class RedisResultStore:
         return value.decode() if value is not None else None
 
     def history(self, job_id: str) -> list[Transition]:
-        job = self.get(job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        return job.history
+        return job_history(self, job_id)
 
     def _queue_indexes(self) -> list[bytes]:
         return list(self.client.scan_iter(match=f"{self.prefix}:queue:*", count=1000))

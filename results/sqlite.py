@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from etl.sqlite_db import Connections, open_path, write
 from etl.urls import mask_url
-from results.base import dumps, loads, summarise
+from results.base import job_history, dumps, loads, summarise
 from results.errors import JobNotFound
 from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, stamp_fields,
                             utcnow)
@@ -99,10 +99,7 @@ class SQLiteResultStore:
         return rows[0][0] if rows else None
 
     def history(self, job_id: str) -> list[Transition]:
-        job = self.get(job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        return job.history
+        return job_history(self, job_id)
 
     def delete(self, job_id: str) -> bool:
         with write(self._db) as conn:

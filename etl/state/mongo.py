@@ -28,6 +28,7 @@ from etl.state.base import (
     utcnow,
 )
 from etl.state.sqlite import stage_counts
+from etl.mongo_client import connect, database_of
 from etl.urls import mask_url
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,6 @@ def _records(cls: type[T], docs: Any) -> list[T]:
     return [r for r in (_record(cls, d) for d in docs) if r is not None]
 
 
-def database_of(url: str) -> str:
-    """The database named by the URL's path (`mongodb://host/dbname?opts`), "etl" if none."""
-    rest = url.split("://", 1)[1] if "://" in url else ""
-    path = rest.split("/", 1)[1] if "/" in rest else ""
-    return path.split("?", 1)[0] or "etl"
-
-
 class MongoStateStore:
     """StateStore on a MongoDB database (collections named as in PRODUCT.md).
 
@@ -80,17 +74,8 @@ class MongoStateStore:
     def __init__(self, url: str, *, client: Any = None, database: str | None = None) -> None:
         self.url = mask_url(url)
         self._owns_client = client is None
-        if client is None:
-            if url.startswith("mongomock://"):
-                import mongomock
-
-                client = mongomock.MongoClient(tz_aware=True)
-            else:
-                import pymongo
-
-                client = pymongo.MongoClient(url, tz_aware=True, serverSelectionTimeoutMS=10_000)
-        self.client = client
-        self.db = client[database or database_of(url)]
+        self.client = client if client is not None else connect(url)
+        self.db = self.client[database or database_of(url)]
         self.runs = self.db["EtlRun"]
         self.checkpoints = self.db["TaskCheckpoint"]
         self.dedup = self.db["TaskDedup"]
