@@ -14,7 +14,9 @@ from pandas.api.types import infer_dtype
 
 #: What pandas calls an object column whose values are of several kinds. Anything else
 #: (all strings, all ints, ints and floats, all dicts, ...) pyarrow stores as it is.
-_MIXED = frozenset({"mixed", "mixed-integer"})
+#: Inferred kinds that may hide several Python types (dates mixed with datetimes report as
+#: "date" or "datetime"; pyarrow would truncate or refuse them).
+_MIXED = frozenset({"mixed", "mixed-integer", "date", "datetime"})
 
 
 def to_parquet_bytes(frame: pd.DataFrame | pa.Table) -> bytes:

@@ -186,6 +186,11 @@ class MongoSink:
         from pymongo import ReplaceOne
 
         columns = [_safe_field(c) for c in frame.columns]
+        if len(set(columns)) != len(columns):
+            clashes = sorted({c for c in columns if columns.count(c) > 1})
+            raise BatchError(f"run {run_id} shard {shard} batch {batch}: columns would share the "
+                             f"MongoDB field name(s) {', '.join(clashes)} once made safe "
+                             "('.' and '$' become '_'); rename them in a stage")
         missing = [k for k in self.key if k not in columns]
         if missing:
             raise BatchError(f"run {run_id} shard {shard} batch {batch}: the batch lacks the "

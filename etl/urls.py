@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]*)@")
+#: user:password@ up to the last "@" before the host: a password may hold "/" or an
+#: unencoded "@" (AWS secret keys often contain "/").
+USERINFO = re.compile(r"(?P<user>[^:/@\s]*):(?P<pw>\S*?)@(?=[^@\s/?#]+(?:[/?#\s]|$))")
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)" + USERINFO.pattern)
 _SECRET_QUERY = re.compile(
     r"(?P<k>(?:password|passwd|pwd|secret|token|access_key|secret_key|aws_secret_access_key|"
-    r"authSource_password|sig|signature)=)(?P<v>[^&\s]+)",
+    r"authSource_password|sig|signature)=|AWS_SESSION_TOKEN[:=])(?P<v>[^&,\s]+)",
     re.IGNORECASE,
 )
 

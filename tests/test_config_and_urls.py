@@ -60,6 +60,10 @@ def test_mask_url_hides_passwords_and_secret_parameters() -> None:
     text = "cannot reach mongodb://u:hunter2@h/db and redis://:pw2@r/0"
     assert "hunter2" not in mask_url(text) and "pw2" not in mask_url(text)
     assert mask_url("sqlite:///.etl/state.db") == "sqlite:///.etl/state.db"
+    # a password holding an unencoded "@" or a "/" (AWS secrets often do) is hidden whole
+    assert mask_url("mongodb://u:p@ss@host/db") == "mongodb://u:***@host/db"
+    assert mask_url("s3://AKIA:wJalr/XUtn@bucket/p") == "s3://AKIA:***@bucket/p"
+    assert "Tok3n" not in mask_url("mongodb://h/x?authMechanismProperties=AWS_SESSION_TOKEN:Tok3n")
 
 
 def test_log_records_are_masked() -> None:

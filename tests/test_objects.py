@@ -285,3 +285,15 @@ def test_embedded_run_with_objects_on_s3(tmp_path: Path, s3_endpoint: str, s3_bu
     assert list(objects.list(f"runs/{run.run_id}/raw/"))
     assert len(list(objects.list(f"runs/{run.run_id}/quarantine/"))) >= 1
     assert sum(c.rows_quarantined for c in state.list_checkpoints(run.run_id)) == 12
+
+
+# --- bugs found in review, now fixed ------------------------------------------------------
+
+
+def test_s3_url_hides_a_secret_that_contains_a_slash(s3_endpoint: str) -> None:
+    # Given a URL whose userinfo holds an AWS-style secret with a "/" in it
+    store = S3ObjectStore("s3://AKIAEXAMPLE:wJalr/XUtnFEMI@bucket/p", endpoint_url=s3_endpoint)
+    # Then no part of the key pair is shown, and bucket and prefix are the real ones
+    shown = " ".join([store.url, repr(store), store.uri("k")])
+    assert "wJalr" not in shown and "XUtnFEMI" not in shown and "AKIAEXAMPLE" not in shown
+    assert store.bucket == "bucket" and store.prefix == "p"

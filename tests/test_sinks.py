@@ -235,3 +235,38 @@ def test_stringify_mixed_leaves_storable_columns_alone() -> None:
     # And repeated column names do not confuse it
     twice = pd.concat([pd.Series([1, "a"], dtype=object, name="c")] * 2, axis=1)
     assert [str(t) for t in stringify_mixed(twice).dtypes] == ["string", "string"]
+
+
+# --- bugs found in review, now fixed ------------------------------------------------------
+
+
+def test_mongo_sink_does_not_lose_a_column_whose_safe_name_collides(mongo_sink: MongoSink) -> None:
+    # Given two columns whose safe field names are equal
+    frame = pd.DataFrame({"carrier": ["UA"], "flight": [1], "a.b": [101], "a_b": [202]})
+    # When written, Then it is refused as a permanent batch error, or both values are kept
+    try:
+        mongo_sink.write_batch(frame, run_id="r", shard=0, batch=0)
+    except (BatchError, ValueError):
+        return
+    doc = mongo_sink._coll().find_one({}, {"_id": 0})
+    assert {101, 202} <= set(doc.values())
+
+
+def test_mongo_sink_describe_hides_an_aws_session_token(mongo_client, mongo_db_name: str) -> None:  # type: ignore[no-untyped-def]
+    # Given a MongoDB URL using AWS auth with a session token in the query
+    url = ("mongodb://db/x?authMechanism=MONGODB-AWS"
+           "&authMechanismProperties=AWS_SESSION_TOKEN:SeSsIoNtOkEn123")
+    sink = MongoSink(url, collection="c", key=["id"], client=mongo_client, database=mongo_db_name)
+    # Then neither describe() nor repr() shows the token
+    assert "SeSsIoNtOkEn123" not in sink.describe() and "SeSsIoNtOkEn123" not in repr(sink)
+
+
+@pytest.mark.parametrize("values", [[date(2020, 1, 1), datetime(2020, 1, 2, 15, 30)],
+                                    [datetime(2020, 1, 2, 15, 30), date(2020, 1, 1)]],
+                         ids=["date-first", "datetime-first"])
+def test_stringify_mixed_keeps_the_time_of_a_date_datetime_mix(values: list) -> None:  # type: ignore[type-arg]
+    # Given an object column mixing dates and datetimes (as bad input rows do)
+    frame = pd.DataFrame({"c": pd.Series(values, dtype=object)})
+    # When stringified and stored, Then it can be stored and 15:30 is not lost
+    back = from_parquet_bytes(to_parquet_bytes(stringify_mixed(frame)))
+    assert any("15:30" in str(v) for v in back["c"].tolist())

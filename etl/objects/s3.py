@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from etl.errors import ObjectNotFound
 from etl.objects.base import ObjectInfo
 from etl.objects.local import check_key, check_prefix
-from etl.urls import mask_url, strip_query
+from etl.urls import USERINFO, mask_url, strip_query
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,10 @@ class S3ObjectStore:
         if not url.startswith("s3://"):
             raise ValueError(f"S3 URL must look like s3://bucket/prefix, got {mask_url(url)!r}")
         location = strip_query(url)[len("s3://"):]
+        userinfo = USERINFO.match(location)  # credentials do not belong in the URL: drop them
+        if userinfo:
+            location = location[userinfo.end():]
         bucket, _, prefix = location.partition("/")
-        bucket = bucket.rsplit("@", 1)[-1]  # credentials do not belong in the URL: drop them
         if not bucket:
             raise ValueError(f"S3 URL names no bucket: {mask_url(url)!r}")
         self.bucket = bucket
