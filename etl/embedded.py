@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing
+from multiprocessing.connection import wait
 import os
 import signal
 import threading
@@ -64,7 +65,7 @@ def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
     for stage, items in (("load", pending.load), ("clean", pending.clean), ("fetch", pending.fetch)):
         for shard, batch in items:
             actors.send_batch(ctx.run_id, shard, batch, from_stage=stage)
-    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=20)  # fast stop
     worker.start()
     done = threading.Event()
 
@@ -116,10 +117,12 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
             children.append(child)
     dead = 0
     try:
-        while any(child.is_alive() for child in children):
+        running = {child.sentinel: child for child in children}
+        while running:
             if on_progress:
                 on_progress(ctx.state.list_checkpoints(ctx.run_id))
-            time.sleep(poll)
+            for ended in wait(list(running), timeout=poll):  # wakes as soon as one exits
+                running.pop(ended)
     except BaseException:  # Ctrl-C or any failure here: stop the workers now, resume later
         for child in children:
             child.kill()
