@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Iterable, Sequence
 
@@ -52,3 +53,44 @@ def as_list(columns: str | Sequence[str]) -> list[str]:
 def show(values: Sequence[str]) -> str:
     """A list of names as Python would print it: ['a', 'b']."""
     return "[" + ", ".join(repr(v) for v in values) + "]"
+
+
+def shown(value: object, limit: int = 120) -> str:
+    """A cell as quarantine shows it: '<null>' for a null, else its text, cut at `limit`."""
+    if is_null(value):
+        return "<null>"
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def is_null(value: object) -> bool:
+    """True for None, NaN, NaT and pd.NA; False for anything else, lists and dicts included."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return bool(np.isnan(value))
+    if isinstance(value, (np.datetime64, np.timedelta64)):
+        return bool(np.isnat(value))
+    return False
+
+
+def call_repr(stage: object) -> str:
+    """repr of a dataclass stage as the call that builds it: the fields named in the class's
+    `_positional` come first, then every keyword option that differs from its default.
+    Tuples print as lists (they were given as lists)."""
+    positional: tuple[str, ...] = getattr(stage, "_positional", ())
+    parts: list[str] = []
+    for f in dataclasses.fields(stage):  # type: ignore[arg-type]
+        if not f.repr:
+            continue
+        value = getattr(stage, f.name)
+        text = show(value) if isinstance(value, tuple) else repr(value)
+        if f.name in positional:
+            parts.append(text)
+        elif f.default is not dataclasses.MISSING and value == f.default:
+            continue
+        elif f.default_factory is not dataclasses.MISSING and value == f.default_factory():
+            continue
+        else:
+            parts.append(f"{f.name}={text}")
+    return f"{type(stage).__name__}({', '.join(parts)})"

@@ -33,7 +33,10 @@ class StageResult:
 class Stage(Protocol):
     """One cleaning step. `repr(stage)` reads like the call that built it."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Short name, recorded with every row the stage rejects (STAGE_COLUMN). A class
+        attribute `name = "trim"` provides it."""
 
     def apply(self, frame: pd.DataFrame) -> StageResult:
         """Clean `frame`. Raise etl.errors.StageError for a configuration mistake (unknown
@@ -42,21 +45,33 @@ class Stage(Protocol):
 
 @dataclass
 class CleanResult:
-    """What a chain of stages made of one batch."""
+    """What a chain of stages made of one batch.
+
+    `quarantined` keeps the index labels its rows had in the input frame, and `lineage` says
+    whether those labels can be trusted: every stage kept or rejected input rows as they
+    were (no row invented, split or re-indexed). Replaying quarantined rows needs that."""
 
     clean: pd.DataFrame
     quarantined: pd.DataFrame  # original-ish rows plus REASON_COLUMN and STAGE_COLUMN
+    lineage: bool = False
 
 
 def run_stages(frame: pd.DataFrame, stages: Sequence[Stage]) -> CleanResult:
     """Apply `stages` in order; collect every stage's rejected rows into one quarantine frame."""
     rejected: list[pd.DataFrame] = []
+    lineage = frame.index.is_unique
     for stage in stages:
+        before = frame.index
         result = stage.apply(frame)
         frame = result.kept
-        if result.rejected is not None and len(result.rejected):
-            rejected.append(result.rejected.assign(**{STAGE_COLUMN: stage.name}))
-    quarantined = pd.concat(rejected, ignore_index=True) if rejected else pd.DataFrame(
+        out = result.rejected if result.rejected is not None and len(result.rejected) else None
+        if lineage:
+            labels = frame.index if out is None else frame.index.append(out.index)
+            lineage = labels.is_unique and bool(labels.isin(before).all())
+        if out is not None:
+            rejected.append(out.assign(**{STAGE_COLUMN: stage.name}))
+    quarantined = pd.concat(rejected) if rejected else pd.DataFrame(
         {REASON_COLUMN: pd.Series(dtype="string"), STAGE_COLUMN: pd.Series(dtype="string")}
     )
-    return CleanResult(clean=frame.reset_index(drop=True), quarantined=quarantined)
+    return CleanResult(clean=frame.reset_index(drop=True), quarantined=quarantined,
+                       lineage=lineage)

@@ -111,15 +111,19 @@ class NotNull:
     def _reason(self, column: str) -> str:
         return f"not-null: column '{column}' is null"
 
-    def apply(self, frame: pd.DataFrame) -> StageResult:
+    def check(self, frame: pd.DataFrame) -> np.ndarray:
+        """Per row: why it fails (naming its first null column), or None. As a rule of
+        stages.Validate."""
         require_columns(self, frame, self.columns)
-        bad = np.zeros(len(frame), dtype=bool)
         reasons = np.full(len(frame), None, dtype=object)
         for column in self.columns:
-            new = frame[column].isna().to_numpy() & ~bad  # the first null column is named
+            new = frame[column].isna().to_numpy() & (reasons == None)  # noqa: E711
             reasons[new] = self._reason(column)
-            bad |= new
-        return split(frame, bad, reasons, stage=self)
+        return reasons
+
+    def apply(self, frame: pd.DataFrame) -> StageResult:
+        reasons = self.check(frame)
+        return split(frame, reasons != None, reasons, stage=self)  # noqa: E711 - elementwise
 
 
 class DropNulls(NotNull):
