@@ -1,7 +1,8 @@
 """The `etl` command line.
 
 Errors the user can fix (bad config, missing file, unknown column...) are printed as one
-line and exit with status 2; a run that ends with failed batches exits with status 1.
+line and exit with status 2; a run that ends with failed batches exits with status 1; a
+broker or store that does not answer is one line and exit status 3.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sys
 
 import click
 
-from cli import inspect, results, run
+from cli import inspect, metrics, quarantine, queues, results, run, worker
 from etl.errors import EtlError
 from etl.logs import setup_logging
 from etl.urls import mask_url
@@ -26,11 +27,18 @@ def cli(verbose: int) -> None:
 
 cli.add_command(run.run_command)
 cli.add_command(run.describe_command)
+cli.add_command(run.backfill_command)
 cli.add_command(inspect.status_command)
 cli.add_command(inspect.checkpoints_command)
 cli.add_command(inspect.errors_command)
 cli.add_command(inspect.config_command)
 cli.add_command(results.results_group)
+cli.add_command(worker.worker_command)
+cli.add_command(worker.reconcile_command)
+cli.add_command(queues.queues_command)
+cli.add_command(queues.dlq_group)
+cli.add_command(metrics.metrics_command)
+cli.add_command(quarantine.quarantine_group)
 
 
 def main() -> None:
@@ -46,7 +54,26 @@ def main() -> None:
     except EtlError as exc:
         click.echo(f"error: {mask_url(str(exc))}", err=True)
         sys.exit(2)
+    except SERVICE_ERRORS as exc:  # a broker or store that does not answer: not a bug
+        detail = str(exc) or (repr(exc.args[0]) if exc.args else "") or "no detail"
+        click.echo(f"error: a service did not answer ({type(exc).__name__}: "
+                   f"{mask_url(detail)}); check it and run the command again", err=True)
+        sys.exit(3)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _service_errors() -> tuple[type[BaseException], ...]:
+    import pika.exceptions
+    import redis.exceptions
+    from dramatiq.errors import BrokerError
+    from pymongo.errors import ConnectionFailure
+
+    return (BrokerError, pika.exceptions.AMQPConnectionError, redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError, ConnectionFailure, ConnectionRefusedError)
+
+
+#: Outages of the services the CLI talks to; they end a command with exit status 3.
+SERVICE_ERRORS = _service_errors()
 
 
 if __name__ == "__main__":

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cli.common import err, object_store, out, result_store, settings, state_store, totals
+from etl.brokers import broker_kind
 from etl.context import RunContext
+from etl.distributed import Sender
 from etl.embedded import run_embedded
-from etl.errors import ConfigError
 from etl.pipeline import Pipeline, load_pipeline
 from etl.runs import open_run
-from etl.state import Checkpoint
+from etl.state import Checkpoint, RunRecord
+from etl.urls import mask_url
+from etl.windows import backfill_run_id
 
 pipeline_option = click.option(
     "-p", "--pipeline", "spec", metavar="MODULE:ATTR",
@@ -45,36 +50,117 @@ def _pipeline(spec: str | None, shards: int | None,
               help="Local worker processes in embedded mode (each owns a share of the shards).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="Worker threads per process in embedded mode.")
+@click.option("--wait/--no-wait", default=False,
+              help="Distributed mode: follow the run until it is done (default: print the "
+                   "run id and return once its work is enqueued).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @click.pass_context
 def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh: bool,
                 run_id: str | None, batch_size: int | None, processes: int, threads: int,
-                progress: bool) -> None:
-    """Run fetch -> clean -> load over every shard; resumes an unfinished run."""
+                wait: bool, progress: bool) -> None:
+    """Run fetch -> clean -> load over every shard; resumes an unfinished run.
+
+    With the embedded default broker (stub://) the work runs here, in local worker
+    processes. With a RabbitMQ or Redis broker it is enqueued for `etl worker`s."""
     if fresh and run_id:
         raise click.UsageError("--fresh and --run-id exclude each other")
-    conf = settings()
-    if not conf.broker_url.startswith("stub:"):
-        raise ConfigError("distributed mode (a broker URL other than stub://) is not available "
-                          "yet in this version; unset ETL_BROKER_URL to run embedded")
     chosen, pipeline = _pipeline(spec, shards, batch_size)
+    execute(ctx, pipeline, spec=chosen, fresh=fresh, run_id=run_id, processes=processes,
+            threads=threads, wait=wait, progress=progress)
+
+
+@click.command("backfill")
+@pipeline_option
+@click.option("--start", required=True, help="Window start, included (ISO date/time or number).")
+@click.option("--end", required=True, help="Window end, excluded.")
+@click.option("--shards", type=click.IntRange(min=1), help="Split the window into N shards.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Rows per batch for a new run.")
+@click.option("--processes", type=click.IntRange(min=1), default=min(os.cpu_count() or 1, 4),
+              show_default="cores, at most 4", help="Local worker processes in embedded mode.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Worker threads per process in embedded mode.")
+@click.option("--wait/--no-wait", default=False, help="Distributed mode: follow the run.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+@click.pass_context
+def backfill_command(ctx: click.Context, spec: str | None, start: str, end: str,
+                     shards: int | None, batch_size: int | None, processes: int, threads: int,
+                     wait: bool, progress: bool) -> None:
+    """Load the rows with START <= window column < END, once, whoever triggers it.
+
+    The run id derives from pipeline, shard plan and window: triggering the same window
+    again resumes its run, or does nothing if it finished. Made for cron."""
+    chosen, pipeline = _pipeline(spec, shards, batch_size)
+    windowed = pipeline.for_window(start, end)
+    window = windowed.source.window
+    run_id = backfill_run_id(pipeline.name, pipeline.shards.describe(), window)
+    execute(ctx, windowed, spec=chosen, run_id=run_id, params={"window": window.to_dict()},
+            processes=processes, threads=threads, wait=wait, progress=progress)
+
+
+def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = False,
+            run_id: str | None = None, params: dict[str, Any] | None = None,
+            processes: int = 1, threads: int = 2, wait: bool = False,
+            progress: bool = True) -> None:
+    """Open (or resume) the run and work it: here in embedded mode, on the broker otherwise."""
+    conf = settings()
+    distributed = broker_kind(conf.broker_url) != "stub"
     state = state_store(conf)
-    run, created = open_run(state, pipeline, spec=chosen, fresh=fresh, run_id=run_id)
+    run, created = open_run(state, pipeline, spec=spec, fresh=fresh, run_id=run_id, params=params)
     if created:
         err.print(f"new run [bold]{run.run_id}[/] ({run.plan}, state {state.url})")
     elif run.status == "completed":
         err.print(f"run [bold]{run.run_id}[/] is already complete over the same source data: "
                   "nothing to load (--fresh loads it again)")
+        if distributed:
+            out.print(run.run_id)
+            return
     else:
         state.set_run_status(run.run_id, "running")
         err.print(f"resuming run [bold]{run.run_id}[/] ({run.plan}, state {state.url})")
     context = RunContext.build(run, pipeline, state, object_store(conf))
     before = totals(state.list_checkpoints(run.run_id))
-    source_rows = run.params.get("source_rows")
+    with _progress(run, enabled=progress and (wait or not distributed)) as on_progress:
+        if distributed:
+            sender = Sender(conf, results=result_store(conf, required=False))
+            try:
+                sent = sender.start(context, created=created)
+                err.print(f"enqueued {len(sent.sent)} batch step(s) on {mask_url(conf.broker_url)} "
+                          f"queue {conf.queue}" + (f"; {len(sent.leased)} in progress, "
+                                                   f"{len(sent.waiting)} queued already"
+                                                   if not created else ""))
+                if not wait:
+                    out.print(run.run_id)
+                    return
+                result = sender.wait(context, on_progress=on_progress)
+                completed, elapsed, checkpoints = result.completed, result.elapsed, result.checkpoints
+            finally:
+                sender.close()
+        else:
+            outcome = run_embedded(context, processes=processes, threads=threads,
+                                   on_progress=on_progress,
+                                   results=result_store(conf, required=False))
+            completed, elapsed, checkpoints = outcome.completed, outcome.elapsed, outcome.checkpoints
+    after = totals(checkpoints)
+    after["drifted"] = sum(1 for e in state.list_errors(run.run_id, limit=100_000) if e.stage == "schema")
+    _summary(run.run_id, before, after, elapsed, completed)
+    if not completed:
+        for error in state.list_errors(run.run_id, limit=5):
+            err.print(f"[red]failed[/] {error.stage} shard {error.shard} batch {error.batch}: "
+                      f"{error.error_type}: {error.message}")
+        hint = ("see `etl errors` and `etl dlq list`; after the fix, `etl dlq retry --run "
+                f"{run.run_id}`" if distributed else "fix the cause and run the same command "
+                "again to resume (see `etl errors`)")
+        err.print(f"run {run.run_id} is not complete; {hint}")
+        ctx.exit(1)
+
+
+@contextmanager
+def _progress(run: RunRecord, *, enabled: bool) -> Iterator[Callable[[list[Checkpoint]], None]]:
+    """A progress bar of rows and shards, fed with checkpoints."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, disable=not progress,
+                  TimeElapsedColumn(), console=err, disable=not enabled,
                   transient=False) as bar:
-        rows_task = bar.add_task("rows loaded+quarantined", total=source_rows)
+        rows_task = bar.add_task("rows loaded+quarantined", total=run.params.get("source_rows"))
         shards_task = bar.add_task("shards done", total=run.shards)
 
         def on_progress(checkpoints: list[Checkpoint]) -> None:
@@ -82,17 +168,7 @@ def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh:
             bar.update(rows_task, completed=now["rows_loaded"] + now["rows_quarantined"])
             bar.update(shards_task, completed=now["shards_done"])
 
-        result = run_embedded(context, processes=processes, threads=threads,
-                              on_progress=on_progress, results=result_store(conf, required=False))
-    after = totals(result.checkpoints)
-    _summary(run.run_id, before, after, result.elapsed, result.completed)
-    if not result.completed:
-        for error in state.list_errors(run.run_id, limit=5):
-            err.print(f"[red]failed[/] {error.stage} shard {error.shard} batch {error.batch}: "
-                      f"{error.error_type}: {error.message}")
-        err.print(f"run {run.run_id} is not complete; fix the cause and run the same command "
-                  "again to resume (see `etl errors`)")
-        ctx.exit(1)
+        yield on_progress
 
 
 def _summary(run_id: str, before: dict[str, int], after: dict[str, int], elapsed: float,
@@ -107,6 +183,7 @@ def _summary(run_id: str, before: dict[str, int], after: dict[str, int], elapsed
         ("rows loaded", f"{after['rows_loaded']:,}"),
         ("rows quarantined", f"{after['rows_quarantined']:,}"),
         ("batches loaded", f"{after['batches_loaded']:,}"),
+        ("batches with schema drift", f"{after.get('drifted', 0):,}"),
         ("loaded by this invocation", f"{loaded_now:,}"),
         ("time", f"{elapsed:.2f} s"),
         ("rows/s", f"{loaded_now / elapsed:,.0f}" if elapsed > 0 else "-"),

@@ -2,7 +2,8 @@
 
 Each setting is read, first found wins, from:
   1. the environment: ETL_BROKER_URL, ETL_STATE_URL, ETL_OBJECTS_URL, ETL_RESULTS_URL,
-     ETL_PIPELINE;
+     ETL_PIPELINE, ETL_QUEUE (the Dramatiq queue the ETL actors use; give each deployment
+     sharing a broker its own);
   2. `etl.toml` in the working directory (keys at top level or under an `[etl]` table:
      broker_url, state_url, objects_url, results_url, pipeline);
   3. the `[etl]` section of `setup.cfg` in the working directory (same keys);
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,11 @@ DEFAULTS = {
     "objects_url": "file://.etl/objects",
     "results_url": "sqlite:///.etl/results.db",
     "pipeline": "",
+    "queue": "etl",
 }
+
+#: What Dramatiq accepts as a queue name.
+_QUEUE_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
 
 ENV_NAMES = {name: f"ETL_{name.upper()}" for name in DEFAULTS}
 
@@ -40,6 +46,7 @@ class Settings:
     objects_url: str
     results_url: str
     pipeline: str
+    queue: str
     sources: dict[str, str]
 
 
@@ -97,6 +104,9 @@ def load_settings(*, cwd: Path | None = None, env: dict[str, str] | None = None)
                 break
         else:
             values[name], sources[name] = DEFAULTS[name], "default"
+    if not _QUEUE_NAME.fullmatch(values["queue"]):
+        raise ConfigError(f"queue {values['queue']!r} (from {sources['queue']}) must start with a "
+                          "letter or _ and hold only letters, digits, '.', '-' and '_'")
     return Settings(**values, sources=sources)
 
 

@@ -41,6 +41,9 @@ class RunContext:
               objects: ObjectStore) -> "RunContext":
         """The context of `run`, with the plan and batch size the run was created with (a
         resumed run must cut batches exactly as before, whatever the code says now)."""
+        window = run.params.get("window")
+        if window and getattr(pipeline.source, "window", None) is None:  # a backfill run
+            pipeline = pipeline.for_window(window["start"], window["end"], column=window["column"])
         batch_size = int(run.params.get("batch_size", pipeline.batch_size))
         if batch_size != pipeline.batch_size:
             pipeline = dataclasses.replace(pipeline, batch_size=batch_size)

@@ -20,33 +20,17 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 
 from etl.actors import QUEUE, declare_actors
 from etl.context import ContextCache, RunContext
-from etl.runs import Pending, find_pending, finalize_if_complete
+from etl.runs import Pending, ProgressCallback, RunOutcome, find_pending, finalize_if_complete
 from etl.run_record import RunTracker
-from etl.state import Checkpoint
 from results.base import ResultStore
 
 log = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[list[Checkpoint]], None]
-
-
-@dataclass
-class EmbeddedResult:
-    """How an embedded run ended."""
-
-    completed: bool
-    dead_letters: int
-    elapsed: float
-    checkpoints: list[Checkpoint]
-
 
 def _only(pending: Pending, shards: set[int]) -> Pending:
     return Pending(fetch=[p for p in pending.fetch if p[0] in shards],
@@ -139,7 +123,7 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
 
 def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int = 1, poll: float = 0.2,
                  on_progress: ProgressCallback | None = None,
-                 results: ResultStore | None = None) -> EmbeddedResult:
+                 results: ResultStore | None = None) -> RunOutcome:
     """Work the run's pending batches to the end (or until only failures remain); with a
     result store, record every message and the run itself there."""
     started = time.perf_counter()
@@ -164,5 +148,5 @@ def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int = 1, poll:
         ctx.state.set_run_status(ctx.run_id, "failed")
     if tracker:
         tracker.finish(completed, checkpoints)
-    return EmbeddedResult(completed=completed, dead_letters=dead,
+    return RunOutcome(completed=completed, dead_letters=dead,
                           elapsed=time.perf_counter() - started, checkpoints=checkpoints)

@@ -9,6 +9,7 @@ writes of a batch step, where a crash is hardest to survive:
   clean.after_stage    staged object written, clean not yet counted
   load.after_sink      sink written, load not yet counted
   load.after_count     load counted, run not yet finalised
+  replay.after_sink    a replayed batch written to the sink, its load not yet counted
 
 Unset (the normal case), `crash_point` is a dictionary lookup and nothing else.
 """
@@ -21,7 +22,7 @@ import threading
 from collections import Counter
 
 POINTS = ("fetch.after_put", "fetch.after_record", "clean.after_stage", "load.after_sink",
-          "load.after_count")
+          "load.after_count", "replay.after_sink")
 
 
 def _parse(spec: str) -> dict[str, int]:

@@ -45,7 +45,9 @@ class ErrorLog(Middleware):
                     run_id=run_id, stage=stage, shard=shard, batch=batch,
                     error_type=type(exception).__name__, message=str(exception), traceback=trace,
                     context={"message_id": message.message_id, "queue": message.queue_name,
-                             "retries": message.options.get("retries", 0)}))
+                             # Retries has counted this last attempt already
+                             "attempts": message.options.get("retries", 1),
+                             "retries": max(0, message.options.get("retries", 1) - 1)}))
                 log.error("%s of run %s shard %s batch %s failed for good: %s",
                           stage, run_id, shard, batch, text)
         except Exception:  # noqa: BLE001 - never let error reporting break the worker

@@ -12,19 +12,30 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from etl.errors import ConfigError
+from etl.drift import POLICIES, normalise_kind
+from etl.errors import ConfigError, EtlError
+from etl.windows import Window
 from shards import HashShards, RangeShards, ShardPlan
 from stages import Stage
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How transient failures are retried (Dramatiq's Retries: exponential backoff with
-    jitter). Errors deriving from etl.errors.EtlError are permanent and never retried."""
+    """How failures are retried (Dramatiq's Retries: backoff min_backoff * 2**retries with
+    jitter, capped at max_backoff). An error that is an instance of `permanent` is never
+    retried and goes straight to the dead-letter queue; by default that is every error the
+    toolkit raises on purpose (EtlError: bad config, unreadable batch, failed stage), while
+    anything else (a network error, a timeout) is taken as transient."""
 
     max_retries: int = 5
     min_backoff_ms: int = 200
     max_backoff_ms: int = 30_000
+    permanent: tuple[type[BaseException], ...] = (EtlError,)
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.min_backoff_ms < 0 or self.max_backoff_ms < self.min_backoff_ms:
+            raise ConfigError(f"invalid retry policy {self}: need max_retries >= 0 and "
+                              "0 <= min_backoff_ms <= max_backoff_ms")
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,9 @@ class Pipeline:
     stages: Sequence[Stage] = field(default_factory=tuple)
     batch_size: int = 50_000
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    window_column: str | None = None  # the column `etl backfill --start/--end` windows on
+    expected_schema: dict[str, str] | None = None  # source column -> kind (etl.drift)
+    schema_drift: str = "evolve"  # what a drifted batch gets: evolve, freeze or discard
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -47,6 +61,11 @@ class Pipeline:
             raise ConfigError(f"pipeline {self.name}: batch_size must be >= 1, got {self.batch_size}")
         if not self.key:
             raise ConfigError(f"pipeline {self.name}: key must name at least one column")
+        if self.schema_drift not in POLICIES:
+            raise ConfigError(f"pipeline {self.name}: schema_drift must be one of "
+                              f"{', '.join(POLICIES)}, not {self.schema_drift!r}")
+        for kind in (self.expected_schema or {}).values():
+            normalise_kind(kind)  # an unknown type name fails here, not in the first batch
 
     def with_shards(self, count: int | None) -> "Pipeline":
         """The same pipeline with its shard plan split into `count` shards (None: unchanged)."""
@@ -63,6 +82,26 @@ class Pipeline:
             new_plan = dataclasses.replace(plan, shards=count)  # type: ignore[type-var]
         return dataclasses.replace(self, shards=new_plan)
 
+    def for_window(self, start: str, end: str, *, column: str | None = None) -> "Pipeline":
+        """The pipeline over the rows with start <= window_column < end (a backfill);
+        `column` overrides window_column (a run keeps the column it was created with)."""
+        column = column or self.window_column
+        if not column:
+            raise ConfigError(f"pipeline {self.name} has no window_column: set "
+                              "Pipeline(window_column=...) to backfill it by window")
+        if not hasattr(self.source, "windowed"):
+            raise ConfigError(f"source {self.source.describe()} cannot be read by window")
+        window = Window(column, str(start), str(end))
+        window.validate()
+        return dataclasses.replace(self.appending(), source=self.source.windowed(window))
+
+    def appending(self) -> "Pipeline":
+        """The pipeline with a sink that adds to what other runs loaded instead of replacing
+        it (a backfill window, a quarantine replay)."""
+        if not hasattr(self.sink, "for_backfill"):
+            return self
+        return dataclasses.replace(self, sink=self.sink.for_backfill())
+
     def describe(self) -> str:
         """Several lines naming every part, for `etl describe` and logs."""
         lines = [
@@ -71,6 +110,8 @@ class Pipeline:
             f"  shards:  {self.shards.describe()}",
             f"  batch:   {self.batch_size} rows",
             f"  key:     {', '.join(self.key)}",
+            *([f"  schema:  {len(self.expected_schema)} columns expected, drift policy "
+               f"{self.schema_drift}"] if self.expected_schema else []),
             "  stages:",
             *[f"    {i + 1}. {stage!r}" for i, stage in enumerate(self.stages)],
             f"  sink:    {self.sink.describe()}",

@@ -12,11 +12,11 @@ import logging
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from etl.errors import ConfigError
 from etl.pipeline import Pipeline
-from etl.state import RunRecord, StateStore, task_fingerprint
+from etl.state import Checkpoint, RunRecord, StateStore, task_fingerprint
 
 if TYPE_CHECKING:
     from etl.context import RunContext
@@ -31,13 +31,15 @@ def new_run_id(pipeline: str) -> str:
 
 
 def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = False,
-             run_id: str | None = None) -> tuple[RunRecord, bool]:
+             run_id: str | None = None,
+             params: dict[str, Any] | None = None) -> tuple[RunRecord, bool]:
     """The run to work on and whether it was created now.
 
     With `run_id`: that run (created under that name if new). With `fresh`: a new run.
     Otherwise the newest run of this pipeline and plan: resumed if unfinished, returned as
     it is (nothing to do) if completed over the same source data; a new run if there is
-    none, or if the newest completed run read a source that has changed since.
+    none, or if the newest completed run read a source that has changed since. `params`
+    are kept with a new run (a backfill's window, for one).
     """
     plan_name = pipeline.shards.describe()
     run = None
@@ -63,7 +65,7 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
         params={"pipeline_spec": spec, "plan": fitted.to_dict(),
                 "batch_size": pipeline.batch_size,
                 "source_fingerprint": pipeline.source.fingerprint(),
-                "source_rows": pipeline.source.row_count()},
+                "source_rows": pipeline.source.row_count(), **(params or {})},
     )
     if not state.create_run(run):  # someone created it meanwhile: use theirs
         existing = state.get_run(run.run_id)
@@ -78,6 +80,20 @@ def _plan_columns(pipeline: Pipeline) -> list[str]:
     plan = pipeline.shards
     columns = getattr(plan, "columns", None) or [getattr(plan, "column")]
     return [columns] if isinstance(columns, str) else list(columns)
+
+
+ProgressCallback = Callable[[list[Checkpoint]], None]
+
+
+@dataclass
+class RunOutcome:
+    """How working a run ended, here (embedded) or on a broker (distributed)."""
+
+    completed: bool
+    elapsed: float
+    checkpoints: list[Checkpoint]
+    dead_letters: int = 0
+    resent: int = 0  # lost steps the reconciler sent again (distributed)
 
 
 @dataclass

@@ -71,6 +71,11 @@ class ParquetSink:
     def describe(self) -> str:
         return f"parquet dataset {self.path} ({self.write_disposition})"
 
+    def for_backfill(self) -> "ParquetSink":
+        """The same dataset, appended to: a backfill or a replay adds rows to the dataset
+        and must not replace what other runs loaded."""
+        return ParquetSink(str(self.path), write_disposition="append")
+
     @staticmethod
     def file_name(run_id: str, shard: int, batch: int) -> str:
         """The batch's file name; ValueError for a run id that is not a plain name."""
@@ -141,8 +146,11 @@ def _plain(value: Any) -> Any:
         return datetime(value.year, value.month, value.day)  # BSON has no date-only type
     if isinstance(value, (list, tuple, np.ndarray)):
         return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, dict):  # nested keys made safe for MongoDB, as SafeMongoKeys does
+        from stages.mongo import safe_names
+
+        keys = list(value)
+        return {name: _plain(value[k]) for name, k in zip(safe_names(keys), keys)}
     return value
 
 

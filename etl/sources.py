@@ -21,7 +21,8 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from collections import OrderedDict
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ import pyarrow.parquet as pq
 
 from etl.errors import ConfigError, ObjectNotFound, SourceError
 from etl.urls import mask_url
+from etl.windows import Window
 from shards import ShardPlan
 
 log = logging.getLogger(__name__)
@@ -107,17 +109,44 @@ def _decompress(name: str, data: bytes) -> bytes:
     return data
 
 
+class ParsedCache:
+    """The last few sources parsed in this process, by content: a worker that meets a new run
+    over the same file, or that parsed it ahead (`etl worker --preload`), does not parse it
+    again. Arrow tables are immutable, so sharing them is safe."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._tables: OrderedDict[tuple[str, str, str], pa.Table] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str], parse: Callable[[], pa.Table]) -> pa.Table:
+        with self._lock:
+            if key in self._tables:
+                self._tables.move_to_end(key)
+                return self._tables[key]
+        table = parse()
+        with self._lock:
+            self._tables[key] = table
+            while len(self._tables) > self.size:
+                self._tables.popitem(last=False)
+        return table
+
+
+_parsed = ParsedCache()
+
+
 class FileSource:
     """A CSV, JSON-lines or Parquet file, local or on the object store (s3://bucket/key)."""
 
     def __init__(self, path: str, *, format: str | None = None, delimiter: str = ",",
-                 s3_endpoint_url: str | None = None) -> None:
+                 s3_endpoint_url: str | None = None, window: Window | None = None) -> None:
         self.path = str(path)
         self.format = format or _guess_format(self.path)
         if self.format not in FORMATS:
             raise ConfigError(f"unknown source format {self.format!r}; use one of {', '.join(FORMATS)}")
         self.delimiter = delimiter
         self._s3_endpoint_url = s3_endpoint_url
+        self.window = window
         self._lock = threading.Lock()
         self._loaded: tuple[str, pa.Table] | None = None  # (fingerprint, rows)
         self._orders: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -126,7 +155,13 @@ class FileSource:
         return f"FileSource({mask_url(self.path)!r}, format={self.format!r})"
 
     def describe(self) -> str:
-        return f"{self.format} file {mask_url(self.path)}"
+        text = f"{self.format} file {mask_url(self.path)}"
+        return f"{text}, rows with {self.window.describe()}" if self.window else text
+
+    def windowed(self, window: Window) -> "FileSource":
+        """The same file, restricted to the rows inside `window` (a backfill)."""
+        return FileSource(self.path, format=self.format, delimiter=self.delimiter,
+                          s3_endpoint_url=self._s3_endpoint_url, window=window)
 
     # -- reading the whole file once ---------------------------------------------------
     def _read_bytes(self) -> bytes:
@@ -164,7 +199,10 @@ class FileSource:
             if self._loaded is None:
                 data = self._read_bytes()
                 digest = hashlib.sha256(data).hexdigest()
-                table = self._parse(data)
+                table = _parsed.get((digest, self.format, self.delimiter), lambda: self._parse(data))
+                if self.window is not None:
+                    table = self.window.apply(table)
+                    digest = hashlib.sha256(f"{digest}|{self.window.describe()}".encode()).hexdigest()
                 log.info("read %s: %d rows", self.describe(), table.num_rows)
                 self._loaded = (digest, table)
             return self._loaded[1]

@@ -40,6 +40,11 @@ def report(result: Any = None, *, progress: float | None = None) -> None:
     _reported.value = (result, progress)
 
 
+def peek_report() -> tuple[Any, float | None]:
+    """What the actor of this thread reported, left in place for the ResultRecorder."""
+    return getattr(_reported, "value", (None, None))
+
+
 def _take_report() -> tuple[Any, float | None]:
     value = getattr(_reported, "value", (None, None))
     _reported.value = (None, None)
@@ -125,6 +130,15 @@ class ResultRecorder(Middleware):
         if not self._ours(message):
             return
         retries = message.options.get("retries", 0)
+        deferred = message.options.get("etl_deferred")
+        if deferred and not delay:
+            return  # a deferred message moving from the delay queue: recorded when deferred
+        if deferred:
+            self._submit("deferred", lambda: self.store.update_status(
+                message.message_id, JobStatus.RETRYING.value, note=f"deferred: {deferred}"))
+            self._submit("requeue", lambda: self.store.update_status(
+                message.message_id, JobStatus.QUEUED.value, queued_at=utcnow()))
+            return
         if retries:
             last = (message.options.get("traceback") or "").strip().splitlines()[-1:] or [""]
             error_type, _, error = last[0].partition(": ")
@@ -164,6 +178,8 @@ class ResultRecorder(Middleware):
         with self._lock:
             self._in_progress.discard(message.message_id)
         reported, progress = _take_report()
+        if exception is None and isinstance(reported, dict) and reported.get("deferred"):
+            return  # re-enqueued by the actor (lease held elsewhere): before_enqueue recorded it
         if exception is None:
             self._submit("complete", lambda: self.store.update_status(
                 message.message_id, JobStatus.COMPLETED.value, result=reported,
@@ -174,7 +190,7 @@ class ResultRecorder(Middleware):
         self._submit("failed", lambda: self.store.update_status(
             message.message_id, JobStatus.FAILED.value, note=f"{type(exception).__name__}: {exception}",
             error=str(exception), error_type=type(exception).__name__,
-            retry_count=message.options.get("retries", 0)))
+            retry_count=max(0, message.options.get("retries", 1) - 1)))  # last attempt counted
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         if self._ours(message):

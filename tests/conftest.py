@@ -124,3 +124,21 @@ def amqp_url() -> str:
     if not port_open("127.0.0.1", 5672):
         service_missing("RabbitMQ on 127.0.0.1:5672", "port does not answer")
     return url
+
+
+@pytest.fixture(scope="session")
+def reference():  # type: ignore[no-untyped-def]
+    """The demo's clean table computed with plain pandas (once per test session)."""
+    from tests.flights import reference_frame
+
+    return reference_frame()
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-untyped-def]
+    """A Cluster on RabbitMQ, or on the broker named by indirect parametrisation."""
+    from tests.cluster import Cluster, broker_url
+
+    made = Cluster(tmp_path, broker_url(getattr(request, "param", "rabbitmq")))
+    yield made
+    made.stop()

@@ -102,3 +102,18 @@ def test_config_masks_passwords(tmp_path: Path) -> None:
     assert "mongodb://etl:***@db:27017/etl" in result.stdout
     assert "hunter2" not in result.stdout + result.stderr
     assert "environment" in result.stdout
+
+
+@pytest.mark.parametrize("scheme", ["amqp://guest:s3cret@127.0.0.1:{port}/%2F", "redis://:s3cret@127.0.0.1:{port}/0"])
+def test_a_broker_that_does_not_answer_is_one_line_and_exit_status_3(tmp_path: Path, scheme: str) -> None:
+    from tests.conftest import free_port
+
+    # Given a broker URL where nothing listens
+    url = scheme.format(port=free_port())
+    # When a command needs the broker
+    for args in (["queues"], ["dlq", "list"]):
+        result = etl(tmp_path, *args, env={"ETL_BROKER_URL": url})
+        # Then it says so in one line, exit status 3, no traceback and no password
+        assert result.returncode == 3, result.stderr
+        assert "error: a service did not answer" in result.stderr
+        assert "Traceback" not in result.stderr and "s3cret" not in result.stderr

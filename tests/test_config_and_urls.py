@@ -84,3 +84,24 @@ def test_log_records_are_masked() -> None:
 def test_unknown_scheme_lists_supported_ones(opener, url: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(UnsupportedURL, match="use one of"):
         opener(url)
+
+
+def test_queue_setting_must_be_a_dramatiq_queue_name(tmp_path: Path) -> None:
+    assert load_settings(cwd=tmp_path, env={"ETL_QUEUE": "etl.orders-2"}).queue == "etl.orders-2"
+    with pytest.raises(ConfigError, match="queue 'bad queue' \\(from environment\\) must start"):
+        load_settings(cwd=tmp_path, env={"ETL_QUEUE": "bad queue"})
+
+
+def test_broker_urls_by_scheme_and_redis_options_from_the_query() -> None:
+    from etl.brokers import broker_kind, split_redis_options
+
+    assert [broker_kind(u) for u in ("stub://", "amqp://h", "amqps://h", "redis://h", "rediss://h")] == [
+        "stub", "rabbitmq", "rabbitmq", "redis", "redis"]
+    with pytest.raises(UnsupportedURL, match="unsupported broker URL 'kafka://u:\\*\\*\\*@h'"):
+        broker_kind("kafka://u:secret@h")
+    url, options = split_redis_options(
+        "redis://:pw@h:6379/2?heartbeat_timeout=5000&namespace=etl&socket_timeout=3")
+    assert url == "redis://:pw@h:6379/2?socket_timeout=3"
+    assert options == {"heartbeat_timeout": 5000, "namespace": "etl"}
+    with pytest.raises(ConfigError, match="maintenance_chance must be an integer"):
+        split_redis_options("redis://h/0?maintenance_chance=often")

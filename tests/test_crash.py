@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.pandas_baseline import KEY, clean_flights, flights_csv
+from tests.flights import assert_exactly_once, sink_frame
 
 pytestmark = pytest.mark.slow
 
@@ -28,12 +28,6 @@ COMMAND = [sys.executable, "-m", "cli.main", "run", "--shards", "20", "--batch-s
            "--no-progress"]
 #: Crash points kill the process that passes them: run single-process so that is `etl run`.
 ONE_PROCESS = ["--processes", "1", "--threads", "3"]
-
-
-@pytest.fixture(scope="module")
-def reference() -> pd.DataFrame:
-    """The clean table computed with plain pandas, no toolkit code."""
-    return clean_flights(pd.read_csv(flights_csv()))
 
 
 def _env(workdir: Path, crash_at: str = "") -> dict[str, str]:
@@ -75,20 +69,6 @@ def _kill_when(workdir: Path, predicate, *, give_up: float = 120) -> int:  # typ
     return process.returncode
 
 
-def _sink(workdir: Path) -> pd.DataFrame:
-    files = sorted((workdir / "out" / "flights").glob("*.parquet"))
-    assert files, "the sink holds no file"
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-
-
-def _assert_exactly_once(sink: pd.DataFrame, reference: pd.DataFrame) -> None:
-    assert len(sink) == len(reference)
-    assert not sink.duplicated(KEY).any(), "a key was loaded twice"
-    keys = sink[KEY].astype(str).apply(tuple, axis=1)
-    expected = reference[KEY].astype(str).apply(tuple, axis=1)
-    assert set(keys) == set(expected)
-
-
 def test_sigkill_at_every_crash_point_then_resume_loads_each_row_once(
         tmp_path: Path, reference: pd.DataFrame) -> None:
     # Given a fresh working directory and the demo pipeline
@@ -108,7 +88,7 @@ def test_sigkill_at_every_crash_point_then_resume_loads_each_row_once(
     assert final.returncode == 0, final.stderr
     assert "completed" in final.stdout
     # Then the sink holds every key of the pandas reference exactly once
-    _assert_exactly_once(_sink(tmp_path), reference)
+    assert_exactly_once(sink_frame(tmp_path), reference)
     # And rows in = rows loaded + rows quarantined
     with sqlite3.connect(tmp_path / ".etl" / "state.db") as conn:
         fetched, loaded, quarantined = conn.execute(

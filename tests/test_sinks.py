@@ -157,6 +157,17 @@ def test_mongo_sink_makes_field_names_safe_and_keeps_values(mongo_sink: MongoSin
     assert "hunter2" not in mongo_sink.describe() and "hunter2" not in repr(mongo_sink)
 
 
+def test_mongo_sink_makes_nested_keys_of_api_payloads_safe(mongo_sink: MongoSink) -> None:
+    # Given a payload column with "$" and "." in nested keys, one of them colliding
+    payload = {"$set": 1, "geo.lat": 40.6, "geo_lat": 0, "items": [{"sku.id": "a"}]}
+    frame = pd.DataFrame({"carrier": ["UA"], "flight": [1], "payload": [payload]})
+    # When loaded
+    mongo_sink.write_batch(frame, run_id="r", shard=0, batch=0)
+    doc = mongo_sink._coll().find_one({})["payload"]
+    # Then every key is safe at every depth, no value is lost, safe keys keep their names
+    assert doc == {"_set": 1, "geo_lat_2": 40.6, "geo_lat": 0, "items": [{"sku_id": "a"}]}
+
+
 def test_mongo_sink_refuses_batches_without_the_key(mongo_sink: MongoSink) -> None:
     # A batch lacking a key column would upsert every row onto one document: refused, as a
     # permanent BatchError (retrying cannot help)

@@ -102,3 +102,33 @@ def test_unknown_shard_column_names_the_columns(tmp_path: Path) -> None:
     _frame(10).to_parquet(path, index=False)
     with pytest.raises(SourceError, match="nope.*columns are: id, v"):
         FileSource(str(path)).sample(["nope"])
+
+
+def test_a_file_is_parsed_once_per_process_whatever_reads_it(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from etl import sources
+
+    # Given a fresh parse cache, and a file read by two sources (two runs, or a preload)
+    monkeypatch.setattr(sources, "_parsed", sources.ParsedCache(size=2))
+    path = tmp_path / "rows.csv"
+    path.write_text("id,v\n1,a\n2,b\n")
+    calls = []
+    original = sources.FileSource._parse
+    monkeypatch.setattr(sources.FileSource, "_parse",
+                        lambda self, data: calls.append(1) or original(self, data))
+    first, second = sources.FileSource(str(path)), sources.FileSource(str(path))
+    # When both read it, Then it is parsed once and both get the same rows
+    assert first.table().equals(second.table()) and len(calls) == 1
+    # When the file changes, Then it is parsed again (the cache is keyed by content)
+    path.write_text("id,v\n1,a\n2,b\n3,c\n")
+    assert sources.FileSource(str(path)).table().num_rows == 3 and len(calls) == 2
+    # And a window still applies to the shared parse
+    from etl.windows import Window
+
+    windowed = sources.FileSource(str(path), window=Window("id", "2", "4"))
+    assert windowed.table().column("id").to_pylist() == [2, 3] and len(calls) == 2
+    # And the cache keeps only the newest `size` files
+    for n in range(3):
+        other = tmp_path / f"o{n}.csv"
+        other.write_text(f"id\n{n}\n")
+        sources.FileSource(str(other)).table()
+    assert len(sources._parsed._tables) == 2

@@ -16,8 +16,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from etl.errors import ConfigError
-from etl.state import ErrorRecord, RawPayload, RunRecord, StateStore, open_state, task_fingerprint
+from etl.errors import ConfigError, LeaseLost
+from etl.state import ErrorRecord, Fence, RawPayload, RunRecord, StateStore, open_state, task_fingerprint
 from etl.state.base import utcnow
 from etl.state.mongo import MongoStateStore
 from etl.state.sqlite import SQLiteStateStore
@@ -449,6 +449,44 @@ def test_released_lease_is_free_for_anyone(store: StateStore) -> None:
     assert (taken.retry_count, taken.payload_ref) == (0, "ref")
     assert not store.renew_lease("t", "a", lease.token, ttl=30)
 
+
+
+def test_a_stale_owner_cannot_commit_after_a_takeover(store: StateStore) -> None:
+    # Given worker a held the lease of shard 0's fetch lane, and b took it over after it expired
+    _start_run(store)
+    stale = store.acquire_lease("fetch:r:0", "a", ttl=0.05)
+    assert stale is not None
+    time.sleep(0.1)
+    fresh = store.acquire_lease("fetch:r:0", "b", ttl=30)
+    assert fresh is not None and fresh.token > stale.token
+    old = Fence("fetch:r:0", "a", stale.token)
+    # When a tries to commit its fetch, its finish, or a stage
+    # Then each raises LeaseLost and nothing is written
+    with pytest.raises(LeaseLost):
+        store.record_fetch(_payload(0), exhausted=False, fence=old)
+    with pytest.raises(LeaseLost):
+        store.finish_fetch("r", 0, 0, fence=old)
+    with pytest.raises(LeaseLost):
+        store.complete_stage("r", 0, 0, "clean", {"rows_cleaned": 5}, fence=old)
+    checkpoint = _checkpoint(store)
+    assert (checkpoint.batches_fetched, checkpoint.fetch_done, checkpoint.batches_cleaned) == (0, False, 0)
+    assert store.get_payload("r", 0, 0) is None
+    # And the new owner commits with its own fence
+    assert store.record_fetch(_payload(0), exhausted=False, fence=Fence("fetch:r:0", "b", fresh.token))
+    assert _checkpoint(store).batches_fetched == 1
+
+
+def test_an_expired_lease_fences_even_before_a_takeover(store: StateStore) -> None:
+    # Given a's lease expired but nobody took it over yet
+    _start_run(store)
+    lease = store.acquire_lease("clean:r:0:0", "a", ttl=0.05)
+    assert lease is not None
+    time.sleep(0.1)
+    # When a commits, Then it is refused: the task may already be in someone else's hands
+    with pytest.raises(LeaseLost):
+        store.complete_stage("r", 0, 0, "clean", {"rows_cleaned": 5},
+                             fence=Fence("clean:r:0:0", "a", lease.token))
+    assert not store.is_done(task_fingerprint("clean", "r", 0, 0))
 
 # -- opening by URL --------------------------------------------------------------------------
 def test_sqlite_urls_relative_absolute_and_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ from etl.errors import UnsupportedURL
 from etl.state.base import (
     Checkpoint,
     ErrorRecord,
+    Fence,
     Lease,
     RawPayload,
     RunRecord,
@@ -34,6 +35,6 @@ def open_state(url: str) -> StateStore:
 
 
 __all__ = [
-    "Checkpoint", "ErrorRecord", "Lease", "RawPayload", "RunRecord", "StateStore",
+    "Checkpoint", "ErrorRecord", "Fence", "Lease", "RawPayload", "RunRecord", "StateStore",
     "open_state", "task_fingerprint",
 ]

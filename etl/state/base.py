@@ -129,6 +129,16 @@ class Lease:
     token: int = 0  # fencing token: grows by one each time the lease changes hands
 
 
+@dataclass(frozen=True)
+class Fence:
+    """Proof of a held lease, checked by the writes that commit a task's effect: a worker
+    whose lease expired and was taken over (its token is stale) cannot commit (fencing)."""
+
+    task_key: str
+    owner: str
+    token: int
+
+
 @runtime_checkable
 class StateStore(Protocol):
     """What the actors, the CLI and the notebooks need from the state store."""
@@ -161,18 +171,23 @@ class StateStore(Protocol):
     def list_checkpoints(self, run_id: str | None = None) -> list[Checkpoint]:
         """Ordered by (run_id, shard)."""
 
-    def record_fetch(self, payload: RawPayload, *, exhausted: bool) -> bool:
+    def record_fetch(self, payload: RawPayload, *, exhausted: bool,
+                     fence: Fence | None = None) -> bool:
         """Record a fetched batch: insert the RawPayload if absent, then advance the
         checkpoint from batch `payload.batch` to `payload.batch + 1` (cursor = cursor_end,
         rows_fetched += rows, fetch_done = exhausted, status "running" unless done) only if
-        its batches_fetched still equals payload.batch. True if this call advanced it."""
+        its batches_fetched still equals payload.batch. True if this call advanced it.
+        With a `fence`, raises LeaseLost and writes nothing unless the fence's lease is
+        still held (same owner and token, not expired); the same holds for finish_fetch
+        and complete_stage."""
 
-    def finish_fetch(self, run_id: str, shard: int, batches: int) -> bool:
+    def finish_fetch(self, run_id: str, shard: int, batches: int, *,
+                     fence: Fence | None = None) -> bool:
         """Mark the shard fully fetched after `batches` batches (no rows left), only if
         batches_fetched == batches. True if this call changed it."""
 
     def complete_stage(self, run_id: str, shard: int, batch: int, stage: str,
-                       rows: dict[str, int]) -> bool:
+                       rows: dict[str, int], *, fence: Fence | None = None) -> bool:
         """Count a batch's `stage` ("clean" or "load") as done, exactly once: adds 1 to
         batches_<stage> and each of `rows` (names from ROW_COUNTERS[stage]) to the
         checkpoint, then writes the TaskDedup entry task_fingerprint(stage, run, shard,

@@ -24,9 +24,10 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from etl.state.base import (
-    BATCH_COUNTERS, Checkpoint, ErrorRecord, Lease, RawPayload, RunRecord, task_fingerprint,
+    BATCH_COUNTERS, Checkpoint, ErrorRecord, Fence, Lease, RawPayload, RunRecord, task_fingerprint,
     utcnow,
 )
+from etl.errors import LeaseLost
 from etl.state.sqlite import stage_counts
 from etl.mongo_client import connect, database_of
 from etl.urls import mask_url
@@ -149,7 +150,22 @@ class MongoStateStore:
             [("run_id", ASCENDING), ("shard", ASCENDING)])
         return _records(Checkpoint, docs)
 
-    def record_fetch(self, payload: RawPayload, *, exhausted: bool) -> bool:
+    def _check_fence(self, fence: Fence | None) -> None:
+        """Checked just before the write: without a multi-document transaction the two are
+        not one atomic step, but every guarded write is a compare-and-set or idempotent, so a
+        commit racing a takeover cannot count or load anything twice."""
+        if fence is None:
+            return
+        held = self.leases.find_one({"task_key": fence.task_key, "taken_by": fence.owner,
+                                     "token": fence.token, "lease_until": {"$gt": utcnow()}},
+                                    {"_id": 1})
+        if held is None:
+            raise LeaseLost(f"lease {fence.task_key} is no longer held by {fence.owner} "
+                            f"(token {fence.token}): not committing")
+
+    def record_fetch(self, payload: RawPayload, *, exhausted: bool,
+                     fence: Fence | None = None) -> bool:
+        self._check_fence(fence)
         try:
             self.payloads.insert_one(dataclasses.asdict(payload))
         except DuplicateKeyError:
@@ -164,7 +180,9 @@ class MongoStateStore:
         self._settle_status(payload.run_id, payload.shard)
         return True
 
-    def finish_fetch(self, run_id: str, shard: int, batches: int) -> bool:
+    def finish_fetch(self, run_id: str, shard: int, batches: int, *,
+                     fence: Fence | None = None) -> bool:
+        self._check_fence(fence)
         result = self.checkpoints.update_one(
             {"run_id": run_id, "shard": shard, "batches_fetched": batches, "fetch_done": False},
             {"$set": {"fetch_done": True, "updated_at": utcnow()}})
@@ -182,7 +200,8 @@ class MongoStateStore:
             {"$set": {"status": "done"}})
 
     def complete_stage(self, run_id: str, shard: int, batch: int, stage: str,
-                       rows: dict[str, int]) -> bool:
+                       rows: dict[str, int], *, fence: Fence | None = None) -> bool:
+        self._check_fence(fence)
         counts = stage_counts(stage, rows)
         done = f"{stage}_done"
         result = self.checkpoints.update_one(  # 1. count, guarded by the batch's absence

@@ -17,9 +17,10 @@ import sqlite3
 from typing import Any, ContextManager
 
 from etl.state.base import (
-    BATCH_COUNTERS, ROW_COUNTERS, Checkpoint, ErrorRecord, Lease, RawPayload, RunRecord,
+    BATCH_COUNTERS, ROW_COUNTERS, Checkpoint, ErrorRecord, Fence, Lease, RawPayload, RunRecord,
     task_fingerprint, utcnow,
 )
+from etl.errors import LeaseLost
 from etl.state.codec import dumps, from_ms, loads, to_ms
 from etl.sqlite_db import Connections, open_path, write
 from etl.urls import mask_url
@@ -171,9 +172,23 @@ class SQLiteStateStore:
         rows = self._all(f"SELECT * FROM TaskCheckpoint {where} ORDER BY run_id, shard", args)
         return [self._checkpoint(r) for r in rows]
 
-    def record_fetch(self, payload: RawPayload, *, exhausted: bool) -> bool:
+    @staticmethod
+    def _check_fence(conn: sqlite3.Connection, fence: Fence | None) -> None:
+        """Inside the write transaction, so the check and the write are one atomic step."""
+        if fence is None:
+            return
+        row = conn.execute("SELECT 1 FROM PendingTasks WHERE task_key = ? AND taken_by = ? "
+                           "AND token = ? AND lease_until > ?",
+                           (fence.task_key, fence.owner, fence.token, to_ms(utcnow()))).fetchone()
+        if row is None:
+            raise LeaseLost(f"lease {fence.task_key} is no longer held by {fence.owner} "
+                            f"(token {fence.token}): not committing")
+
+    def record_fetch(self, payload: RawPayload, *, exhausted: bool,
+                     fence: Fence | None = None) -> bool:
         p = payload
         with self._write() as conn:
+            self._check_fence(conn, fence)
             conn.execute(
                 "INSERT OR IGNORE INTO RawPayload VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (p.run_id, p.shard, p.batch, p.key, int(p.bytes), p.sha256, int(p.rows),
@@ -189,8 +204,10 @@ class SQLiteStateStore:
             conn.execute(_SETTLE_STATUS, (p.run_id, p.shard))
             return True
 
-    def finish_fetch(self, run_id: str, shard: int, batches: int) -> bool:
+    def finish_fetch(self, run_id: str, shard: int, batches: int, *,
+                     fence: Fence | None = None) -> bool:
         with self._write() as conn:
+            self._check_fence(conn, fence)
             cur = conn.execute(
                 "UPDATE TaskCheckpoint SET fetch_done = 1, updated_at = ? "
                 "WHERE run_id = ? AND shard = ? AND batches_fetched = ? AND fetch_done = 0",
@@ -199,11 +216,12 @@ class SQLiteStateStore:
             return cur.rowcount == 1
 
     def complete_stage(self, run_id: str, shard: int, batch: int, stage: str,
-                       rows: dict[str, int]) -> bool:
+                       rows: dict[str, int], *, fence: Fence | None = None) -> bool:
         counts = stage_counts(stage, rows)
         done = f"{stage}_done"
         sets = ", ".join(f"{name} = {name} + ?" for name in counts)
         with self._write() as conn:
+            self._check_fence(conn, fence)
             cur = conn.execute(
                 f"UPDATE TaskCheckpoint SET {sets}, {done} = json_insert({done}, '$[#]', ?), "
                 "updated_at = ? WHERE run_id = ? AND shard = ? "

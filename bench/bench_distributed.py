@@ -1,0 +1,166 @@
+"""Benchmark: distributed mode on RabbitMQ and Redis, and the per-message cost of our actors.
+
+1. The demo pipeline (336,776 rows, 20 shards) worked by 2 `etl worker --preload demo`
+   processes (2 threads each, the source parsed while they wait for work), timed from `etl run --fresh --wait` to completion, against the hand-written pandas
+   script (bench/pandas_baseline.py) in the same run, alternating; medians and the ratio
+   (pandas time / toolkit time).
+2. No-op message throughput on each broker: N messages through a raw Dramatiq actor that does
+   nothing, vs N messages through our load actor whose batch is already loaded (lease taken
+   and released, dedup ledger read, middleware run: the toolkit's fixed cost per message),
+   both drained by one in-process Worker with 2 threads; messages/s and the ratio.
+
+    python bench/bench_distributed.py [--repeat 3] [--messages 2000] [--brokers rabbitmq,redis]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import dramatiq  # noqa: E402
+from dramatiq.middleware import Middleware  # noqa: E402
+
+from bench.bench_embedded import command  # noqa: E402
+from etl.actors import declare_actors  # noqa: E402
+from etl.brokers import open_broker  # noqa: E402
+from etl.config import load_settings  # noqa: E402
+from etl.context import ContextCache, RunContext  # noqa: E402
+from etl.embedded import run_embedded  # noqa: E402
+from etl.objects import open_objects  # noqa: E402
+from etl.pipeline import load_pipeline  # noqa: E402
+from etl.runs import open_run  # noqa: E402
+from etl.state import open_state  # noqa: E402
+
+URLS = {"rabbitmq": "amqp://guest:guest@127.0.0.1:5672/%2F", "redis": "redis://127.0.0.1:6379/0"}
+ETL = [sys.executable, "-m", "cli.main"]
+
+
+def _env(workdir: Path, url: str, queue: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    env.update(ETL_BROKER_URL=url, ETL_QUEUE=queue, ETL_DEMO_OUTPUT=str(workdir / "out"),
+               PYTHONPATH=str(ROOT))
+    return env
+
+
+def demo_on_broker(workdir: Path, url: str) -> float:
+    """Seconds from `etl run --wait` start to a completed run, 2 warm workers."""
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    env = _env(workdir, url, queue)
+    logs = [workdir / f"worker-{i}.log" for i in range(2)]
+    workers = [subprocess.Popen([*ETL, "-v", "worker", "--threads", "2", "--preload", "demo"],
+                                cwd=workdir, env=env, stdout=subprocess.DEVNULL,
+                                stderr=log.open("w")) for log in logs]
+    try:
+        deadline = time.monotonic() + 60  # until both have parsed the source
+        while time.monotonic() < deadline and not all("preloaded" in log.read_text() for log in logs):
+            time.sleep(0.05)
+        started = time.perf_counter()
+        subprocess.run([*ETL, "run", "--shards", "20", "--fresh", "--wait", "--no-progress"],
+                       cwd=workdir, env=env, check=True, capture_output=True)
+        return time.perf_counter() - started
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(timeout=60)
+
+
+class Counter(Middleware):
+    """Counts processed messages (the brokers' own join() polls too coarsely to time this)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.lock = threading.Lock()
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):  # type: ignore[no-untyped-def]
+        with self.lock:
+            self.done += 1
+
+
+def _drain(broker: dramatiq.Broker, queue: str, send: list[dramatiq.Message]) -> float:
+    counter = Counter()
+    broker.add_middleware(counter)
+    for message in send:
+        broker.enqueue(message)
+    worker = dramatiq.Worker(broker, queues={queue}, worker_threads=2)
+    started = time.perf_counter()
+    worker.start()
+    while counter.done < len(send):
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    worker.stop()
+    return elapsed
+
+
+def noop_throughput(url: str, messages: int) -> tuple[float, float]:
+    """(raw Dramatiq messages/s, our actors' messages/s) on the broker at `url`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        os.environ["ETL_DEMO_OUTPUT"] = str(work / "out")
+        state = open_state(f"sqlite:///{work}/state.db")
+        objects = open_objects(f"file://{work}/objects")
+        demo = load_pipeline("demo").with_shards(2)
+        run, _ = open_run(state, demo, spec="demo", fresh=True)
+        context = RunContext.build(run, demo, state, objects)
+        assert run_embedded(context, processes=1, threads=2).completed  # every batch loaded
+
+        queue = f"bench-{uuid.uuid4().hex[:8]}"
+
+        def noop(i: int) -> None:
+            return None
+
+        raw_broker = open_broker(url)
+        raw = dramatiq.actor(noop, broker=raw_broker, queue_name=f"{queue}-raw")
+        raw_time = _drain(raw_broker, f"{queue}-raw", [raw.message(i) for i in range(messages)])
+        raw_broker.close()
+
+        broker = open_broker(url)
+        contexts = ContextCache(load_settings())
+        contexts.register(context)
+        ours = declare_actors(broker, contexts, queue=queue)
+        ours_time = _drain(broker, queue, [ours.load.message(run.run_id, i % 2, 0)
+                                           for i in range(messages)])
+        broker.close()
+        state.close()
+        return messages / raw_time, messages / ours_time
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--brokers", default="rabbitmq,redis")
+    parser.add_argument("--parts", default="demo,noop", help="demo, noop or both")
+    args = parser.parse_args(argv)
+    baseline = [sys.executable, str(ROOT / "bench" / "pandas_baseline.py")]
+    for kind in args.brokers.split(","):
+        url = URLS[kind]
+        base, ours = [], []
+        for _ in range(args.repeat if "demo" in args.parts else 0):
+            with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+                base.append(command(baseline + [str(Path(a) / "out.parquet")], Path(a)))
+                ours.append(demo_on_broker(Path(b), url))
+        if base:
+            b, o = statistics.median(base), statistics.median(ours)
+            print(f"{kind}: demo, 2 workers x 2 threads: etl {o:.2f} s vs pandas script {b:.2f} s "
+                  f"(medians of {args.repeat}) -> ratio {b / o:.2f}x")
+        if "noop" not in args.parts:
+            continue
+        raw, mine = noop_throughput(url, args.messages)
+        print(f"{kind}: no-op messages, 1 worker x 2 threads: raw Dramatiq {raw:,.0f}/s, "
+              f"etl actors {mine:,.0f}/s -> ratio {mine / raw:.2f}x")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

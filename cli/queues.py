@@ -1,0 +1,127 @@
+"""`etl queues` and `etl dlq list|retry|purge`."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+from dramatiq import Message
+from rich.table import Table
+
+from cli.common import err, out, result_store, settings, state_store
+from etl.brokers import broker_kind, open_broker
+from etl.errors import ConfigError
+from etl.queues import Match, Queues, of_run, queues_of
+from results.middleware import ResultRecorder
+
+queue_option = click.option("--queue", "queue", help="Queue (default: the `queue` setting).")
+
+
+def _queues(queue: str | None) -> tuple[Queues, str, object]:
+    conf = settings()
+    if broker_kind(conf.broker_url) == "stub":
+        raise ConfigError("no broker configured (stub://): queues live inside `etl run`; set "
+                          "ETL_BROKER_URL to amqp://... or redis://...")
+    broker = open_broker(conf.broker_url)
+    return queues_of(broker), queue or conf.queue, broker
+
+
+def _matcher(run_id: str | None, message_ids: tuple[str, ...]) -> Match:
+    in_run = of_run(run_id) if run_id else None
+
+    def match(message: Message) -> bool:
+        if message_ids and message.message_id not in message_ids:
+            return False
+        return in_run is None or in_run(message)
+    return match
+
+
+@click.command("queues")
+@queue_option
+def queues_command(queue: str | None) -> None:
+    """Depth, delayed, dead-letter depth and consumers of the ETL queue."""
+    queues, name, broker = _queues(queue)
+    try:
+        counts = queues.counts(name)
+    finally:
+        broker.close()  # type: ignore[attr-defined]
+    table = Table(title=f"queue {name}")
+    for column in ("ready", "in flight", "delayed", "dead letters", "consumers"):
+        table.add_column(column, justify="right")
+    table.add_row(str(counts.ready), "-" if counts.in_flight is None else str(counts.in_flight),
+                  str(counts.delayed), str(counts.dead), str(counts.consumers))
+    out.print(table)
+
+
+@click.group("dlq")
+def dlq_group() -> None:
+    """Dead-lettered messages: list, re-drive after a fix, purge."""
+
+
+@dlq_group.command("list")
+@queue_option
+@click.option("--run", "run_id", help="Only this run's messages.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+def dlq_list(queue: str | None, run_id: str | None, limit: int) -> None:
+    """Dead letters, oldest first, with their last error."""
+    queues, name, broker = _queues(queue)
+    try:
+        letters = queues.dead_letters(name, limit=limit, match=of_run(run_id) if run_id else None)
+    finally:
+        broker.close()  # type: ignore[attr-defined]
+    table = Table(title=f"dead letters of {name}: {len(letters)}")
+    for column in ("message id", "actor", "run", "shard", "batch", "retries", "dead since", "error"):
+        table.add_column(column)
+    for letter in letters:
+        m = letter.message
+        args = list(m.args) + [None] * 3
+        error = (m.options.get("traceback") or "").strip().splitlines()[-1:] or [""]
+        since = (dt.datetime.fromtimestamp(letter.dead_since, dt.timezone.utc).isoformat(timespec="seconds")
+                 if letter.dead_since else "-")
+        table.add_row(m.message_id, m.actor_name, str(args[0]), str(args[1]), str(args[2]),
+                      str(m.options.get("retries", 0)), since, error[0][-400:])
+    out.print(table)
+
+
+@dlq_group.command("retry")
+@queue_option
+@click.option("--run", "run_id", help="Only this run's messages.")
+@click.option("--message-id", "message_ids", multiple=True, help="Only these messages.")
+def dlq_retry(queue: str | None, run_id: str | None, message_ids: tuple[str, ...]) -> None:
+    """Re-drive dead letters to their queue, retry counts reset (after fixing the cause)."""
+    queues, name, broker = _queues(queue)
+    results = result_store(settings(), required=False)
+    recorder = ResultRecorder(results) if results is not None else None
+    if recorder is not None:
+        broker.add_middleware(recorder)  # type: ignore[attr-defined]  # new jobs get records
+    try:
+        moved = queues.redrive(name, match=_matcher(run_id, message_ids))
+    finally:
+        if recorder is not None:
+            recorder.flush()
+        broker.close()  # type: ignore[attr-defined]
+    state = state_store(settings())
+    for message in moved:
+        if message.actor_name.startswith("etl_") and len(message.args) >= 2:
+            state.set_shard_status(message.args[0], message.args[1], "running")
+            state.set_run_status(message.args[0], "running")
+    out.print(f"re-drove {len(moved)} message(s) to {name}")
+    if not moved:
+        err.print("no dead letter matched")
+
+
+@dlq_group.command("purge")
+@queue_option
+@click.option("--run", "run_id", help="Only this run's messages.")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+def dlq_purge(queue: str | None, run_id: str | None, yes: bool) -> None:
+    """Drop dead letters for good (their work stays undone: `etl reconcile` re-sends it)."""
+    if not yes:
+        click.confirm(f"drop the dead letters of {queue or settings().queue}"
+                      + (f" for run {run_id}" if run_id else "") + "?", abort=True)
+    queues, name, broker = _queues(queue)
+    try:
+        dropped = queues.purge_dead(name, match=_matcher(run_id, ()) if run_id else None)
+    finally:
+        broker.close()  # type: ignore[attr-defined]
+    out.print(f"dropped {dropped} dead letter(s) from {name}")

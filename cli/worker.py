@@ -1,0 +1,67 @@
+"""`etl worker` and `etl reconcile`."""
+
+from __future__ import annotations
+
+import click
+
+from cli.common import err, out, settings
+from etl.brokers import broker_kind
+from etl.distributed import Sender
+from etl.errors import ConfigError
+from etl.reconcile import STALE_AFTER, reconcile
+from etl.urls import mask_url
+from etl.worker import require_broker, serve
+
+
+@click.command("worker")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (supervised: one that dies is restarted).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Worker threads per process.")
+@click.option("--queue", "queue", help="Queue to consume (default: the `queue` setting, etl).")
+@click.option("--metrics-port", type=click.IntRange(min=1, max=65535),
+              help="Serve Prometheus metrics on this port (process i of N on port + i).")
+@click.option("--preload", "preload", multiple=True, metavar="MODULE:ATTR",
+              help="Parse this pipeline's source at start, before work arrives (repeatable; "
+                   "default: the `pipeline` setting when set).")
+def worker_command(processes: int, threads: int, queue: str | None,
+                   metrics_port: int | None, preload: tuple[str, ...]) -> None:
+    """Work the ETL queue of the configured broker until SIGTERM or Ctrl-C."""
+    import dataclasses
+
+    conf = settings()
+    if queue:
+        conf = dataclasses.replace(conf, queue=queue)
+    require_broker(conf)
+    err.print(f"worker: {processes} process(es) x {threads} thread(s) on "
+              f"{mask_url(conf.broker_url)} queue {conf.queue}; state {mask_url(conf.state_url)}")
+    specs = list(preload) or ([conf.pipeline] if conf.pipeline else [])
+    serve(conf, processes=processes, threads=threads, metrics_port=metrics_port,
+          preload=specs)
+
+
+@click.command("reconcile")
+@click.argument("run_id")
+@click.option("--stale-after", type=click.FloatRange(min=0), default=STALE_AFTER,
+              show_default=True, help="Seconds a shard may sit still, with messages queued, "
+                                      "before its work counts as lost.")
+@click.option("--force", is_flag=True, help="Re-send all unfinished work no live lease covers.")
+@click.option("--dry-run", is_flag=True, help="Only show what would be sent.")
+def reconcile_command(run_id: str, stale_after: float, force: bool, dry_run: bool) -> None:
+    """Re-send the work RUN_ID is missing (no live lease, no message on its way)."""
+    conf = settings()
+    if broker_kind(conf.broker_url) == "stub":
+        raise ConfigError("etl reconcile works on a broker; in embedded mode `etl run` resumes")
+    sender = Sender(conf)
+    try:
+        context = sender.contexts.get(run_id)
+        outcome = reconcile(context, sender.actors, queues=sender.queues, queue=conf.queue,
+                            stale_after=stale_after, force=force, dry_run=dry_run)
+    finally:
+        sender.close()
+    verb = "would send" if dry_run else "sent"
+    out.print(f"run {run_id}: {verb} {len(outcome.sent)}, leased {len(outcome.leased)}, "
+              f"probably queued {len(outcome.waiting)}; queue "
+              f"{'idle' if outcome.queue_idle else 'busy'}")
+    for stage, shard, batch in outcome.sent:
+        out.print(f"  {verb} {stage} shard {shard} batch {batch}")
