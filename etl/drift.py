@@ -1,0 +1,115 @@
+"""Schema drift: a batch whose columns or types differ from what the pipeline expects.
+
+A pipeline may declare the columns its source should have, by kind
+(`Pipeline(expected_schema={"id": "integer", "name": "string", ...})`; pandas and Arrow
+dtype names are accepted too) and a policy for batches that differ:
+
+  evolve   take the batch as it is (the default);
+  freeze   fail the batch: it goes to the dead-letter queue and TaskErrorLog, nothing loads;
+  discard  drop columns the schema does not name; a missing column or a changed type still
+           fails the batch, as no dropping can fix it.
+
+Every drift is reported in TaskErrorLog (error type SchemaDrift, the differences in its
+context) and counted in the run summary, whatever the policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from pandas.api import types as pdt
+
+from etl.errors import BatchError, ConfigError
+
+POLICIES = ("evolve", "freeze", "discard")
+KINDS = ("integer", "float", "boolean", "string", "datetime", "date", "other")
+
+_ALIASES = {"int": "integer", "int64": "integer", "int32": "integer", "Int64": "integer",
+            "float64": "float", "Float64": "float", "double": "float", "bool": "boolean",
+            "str": "string", "object": "string", "timestamp": "datetime", "date32": "date"}
+
+
+def kind_of_dtype(dtype: Any) -> str:
+    """The coarse kind of a pandas dtype: what drift is judged on (int32 vs int64 is not
+    drift; int vs string is)."""
+    if pdt.is_bool_dtype(dtype):
+        return "boolean"
+    if pdt.is_integer_dtype(dtype):
+        return "integer"
+    if pdt.is_float_dtype(dtype):
+        return "float"
+    if pdt.is_datetime64_any_dtype(dtype):
+        return "datetime"
+    if pdt.is_string_dtype(dtype) or pdt.is_object_dtype(dtype):
+        return "string"
+    return "other"
+
+
+def normalise_kind(name: str) -> str:
+    """A declared type as a kind: a kind itself, or a pandas / Arrow dtype name."""
+    if name in KINDS:
+        return name
+    base = name.split("[", 1)[0]
+    if base in _ALIASES:
+        return _ALIASES[base]
+    try:
+        return kind_of_dtype(pd.api.types.pandas_dtype(name))
+    except TypeError:
+        raise ConfigError(f"unknown type {name!r} in expected_schema; use one of "
+                          f"{', '.join(KINDS)} or a pandas dtype") from None
+
+
+@dataclass
+class Drift:
+    """How a batch's columns differ from the expected schema."""
+
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    changed: dict[str, tuple[str, str]] = field(default_factory=dict)  # column: (expected, found)
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.extra or self.changed)
+
+    def describe(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append(f"missing {', '.join(self.missing)}")
+        if self.extra:
+            parts.append(f"unexpected {', '.join(self.extra)}")
+        if self.changed:
+            parts.append("changed " + ", ".join(f"{c} {want} -> {got}" for c, (want, got) in self.changed.items()))
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"missing": self.missing, "extra": self.extra,
+                "changed": {c: list(v) for c, v in self.changed.items()}}
+
+
+def compare(frame: pd.DataFrame, expected: dict[str, str], *, ignore: tuple[str, ...] = ()) -> Drift:
+    """The differences between `frame`'s columns and `expected` (column -> kind)."""
+    drift = Drift()
+    have = {c: kind_of_dtype(frame[c].dtype) for c in frame.columns if c not in ignore}
+    want = {c: normalise_kind(k) for c, k in expected.items()}
+    drift.missing = [c for c in want if c not in have]
+    drift.extra = [c for c in have if c not in want]
+    for column in want.keys() & have.keys():
+        # an all-null column has no type to speak of: not drift
+        if want[column] != have[column] and frame[column].notna().any():
+            drift.changed[column] = (want[column], have[column])
+    return drift
+
+
+def apply_policy(frame: pd.DataFrame, drift: Drift, policy: str, *, where: str) -> pd.DataFrame:
+    """The batch to clean under `policy`, or BatchError when the policy fails it."""
+    if not drift or policy == "evolve":
+        return frame
+    if policy == "freeze" or drift.missing or drift.changed:
+        raise SchemaDrift(f"{where}: schema drift ({drift.describe()}); policy {policy} "
+                          "fails the batch")
+    return frame.drop(columns=drift.extra)
+
+
+class SchemaDrift(BatchError):
+    """A batch's schema differs from the pipeline's and its drift policy does not allow it."""

@@ -1,0 +1,110 @@
+"""Schema drift: batches whose columns or types differ from the pipeline's expectation are
+reported, and evolve, freeze or discard as the pipeline says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from etl.context import RunContext
+from etl.drift import Drift, compare, kind_of_dtype, normalise_kind
+from etl.embedded import run_embedded
+from etl.errors import ConfigError
+from etl.objects import open_objects
+from etl.pipeline import Pipeline
+from etl.runs import open_run
+from etl.sinks import ParquetSink
+from etl.sources import FileSource
+from etl.state import open_state
+from shards import RangeShards
+
+EXPECTED = {"id": "integer", "name": "string", "amount": "float"}
+
+
+def test_kinds_of_dtypes_and_declared_names() -> None:
+    assert kind_of_dtype(pd.Series([1]).dtype) == "integer"
+    assert kind_of_dtype(pd.Series([1], dtype="Int32").dtype) == "integer"
+    assert kind_of_dtype(pd.Series(["a"]).dtype) == "string"
+    assert kind_of_dtype(pd.Series(pd.to_datetime(["2013-01-01"], utc=True)).dtype) == "datetime"
+    assert [normalise_kind(n) for n in ("int64", "Int64", "int64[pyarrow]", "double", "float",
+                                        "object", "bool")] == [
+        "integer", "integer", "integer", "float", "float", "string", "boolean"]
+    with pytest.raises(ConfigError, match="unknown type 'decimalish'"):
+        normalise_kind("decimalish")
+
+
+def test_compare_names_missing_extra_and_changed_columns() -> None:
+    # Given a frame with amount as text, no name, and an extra column
+    frame = pd.DataFrame({"id": [1, 2], "amount": ["1.5", "x"], "note": ["a", None]})
+    # When compared to the expectation
+    drift = compare(frame, EXPECTED)
+    # Then every difference is named
+    assert drift.missing == ["name"] and drift.extra == ["note"]
+    assert drift.changed == {"amount": ("float", "string")}
+    assert drift.describe() == "missing name; unexpected note; changed amount float -> string"
+    # And an all-null column is no drift, nor is int32 vs int64
+    same = pd.DataFrame({"id": pd.Series([1], dtype="int32"), "name": ["n"], "amount": [None]})
+    assert not compare(same, EXPECTED) and isinstance(compare(same, EXPECTED), Drift)
+
+
+def _run(tmp_path: Path, csv: str, policy: str) -> tuple[object, object]:
+    (tmp_path / "rows.csv").write_text(csv)
+    pipeline = Pipeline(name="drifty", source=FileSource(str(tmp_path / "rows.csv")),
+                        sink=ParquetSink(str(tmp_path / "out")), key=["id"],
+                        shards=RangeShards("id", 2), batch_size=2, expected_schema=EXPECTED,
+                        schema_drift=policy)
+    state = open_state(f"sqlite:///{tmp_path}/state.db")
+    run, _ = open_run(state, pipeline, spec="x:y")
+    ctx = RunContext.build(run, pipeline, state, open_objects(f"file://{tmp_path}/objects"))
+    return run_embedded(ctx, processes=1, threads=2), state
+
+
+DRIFTED = "id,name,amount,extra\n1,a,1.5,x\n2,b,2.5,y\n3,c,3.5,z\n4,d,4.5,w\n"
+
+
+def _sink(tmp_path: Path) -> pd.DataFrame:
+    return pd.concat([pd.read_parquet(f) for f in sorted((tmp_path / "out").glob("*.parquet"))],
+                     ignore_index=True)
+
+
+def test_evolve_loads_the_drifted_batches_as_they_are_and_reports_each_once(tmp_path: Path) -> None:
+    result, state = _run(tmp_path, DRIFTED, "evolve")
+    assert result.completed
+    assert list(_sink(tmp_path).columns) == ["id", "name", "amount", "extra"]
+    reports = [e for e in state.list_errors() if e.stage == "schema"]
+    batches = sum(c.batches_fetched for c in state.list_checkpoints())
+    assert batches >= 2 and len(reports) == batches  # one report per batch
+    assert reports[0].error_type == "SchemaDrift" and reports[0].context["extra"] == ["extra"]
+    assert reports[0].context["policy"] == "evolve"
+
+
+def test_discard_drops_the_extra_columns(tmp_path: Path) -> None:
+    result, state = _run(tmp_path, DRIFTED, "discard")
+    assert result.completed
+    sink = _sink(tmp_path)
+    assert list(sink.columns) == ["id", "name", "amount"] and len(sink) == 4
+
+
+def test_freeze_fails_every_drifted_batch_and_loads_nothing(tmp_path: Path) -> None:
+    result, state = _run(tmp_path, DRIFTED, "freeze")
+    batches = sum(c.batches_fetched for c in state.list_checkpoints())
+    assert not result.completed and result.dead_letters == batches
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.parquet"))
+    failures = [e for e in state.list_errors() if e.stage == "clean"]
+    assert failures and all("schema drift (unexpected extra); policy freeze" in e.message for e in failures)
+
+
+def test_discard_cannot_fix_a_changed_type(tmp_path: Path) -> None:
+    result, _ = _run(tmp_path, "id,name,amount\n1,a,one\n2,b,two\n", "discard")
+    assert not result.completed
+
+
+def test_a_bad_policy_or_type_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="schema_drift must be one of evolve, freeze, discard"):
+        Pipeline(name="p", source=None, sink=None, key=["id"], shards=RangeShards("id", 1),
+                 schema_drift="tolerate")
+    with pytest.raises(ConfigError, match="unknown type"):
+        Pipeline(name="p", source=None, sink=None, key=["id"], shards=RangeShards("id", 1),
+                 expected_schema={"id": "bigint!"})
