@@ -18,7 +18,7 @@ from etl.distributed import Sender
 from etl.embedded import run_embedded
 from etl.pipeline import Pipeline, load_pipeline
 from etl.runs import open_run
-from etl.state import Checkpoint, RunRecord
+from etl.state import Checkpoint, RunRecord, StateStore
 from etl.urls import mask_url
 from etl.windows import backfill_run_id
 
@@ -112,7 +112,13 @@ def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = 
         err.print(f"run [bold]{run.run_id}[/] is already complete over the same source data: "
                   "nothing to load (--fresh loads it again)")
         if distributed:
-            out.print(run.run_id)
+            if wait:  # a follower that arrives after the end still gets the outcome
+                checkpoints = state.list_checkpoints(run.run_id)
+                now = totals(checkpoints)
+                now["drifted"] = _drifted(state, run.run_id)
+                _summary(run.run_id, now, now, 0.0, True)
+            else:
+                out.print(run.run_id)
             return
     else:
         state.set_run_status(run.run_id, "running")
@@ -141,7 +147,7 @@ def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = 
                                    results=result_store(conf, required=False))
             completed, elapsed, checkpoints = outcome.completed, outcome.elapsed, outcome.checkpoints
     after = totals(checkpoints)
-    after["drifted"] = sum(1 for e in state.list_errors(run.run_id, limit=100_000) if e.stage == "schema")
+    after["drifted"] = _drifted(state, run.run_id)
     _summary(run.run_id, before, after, elapsed, completed)
     if not completed:
         for error in state.list_errors(run.run_id, limit=5):
@@ -152,6 +158,11 @@ def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = 
                 "again to resume (see `etl errors`)")
         err.print(f"run {run.run_id} is not complete; {hint}")
         ctx.exit(1)
+
+
+def _drifted(state: StateStore, run_id: str) -> int:
+    """How many batches of the run were reported with schema drift."""
+    return sum(1 for e in state.list_errors(run_id, limit=100_000) if e.stage == "schema")
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -307,6 +308,14 @@ def test_two_concurrent_backfills_on_the_broker_load_the_window_once(cluster: Cl
     assert [t.returncode for t in triggers] == [0, 0], outs
     assert all("completed" in out for out, _ in outs), outs
     # And the window's rows are in the sink exactly once
+    assert_exactly_once(sink_frame(cluster.workdir), _window_reference())
+    # When cron triggers the window once more after it finished
+    late = subprocess.run(args, cwd=cluster.workdir, env=cluster.env, text=True,
+                          capture_output=True, timeout=120)
+    # Then the late follower is told the run completed, and nothing was loaded again
+    assert late.returncode == 0, late.stderr
+    assert "completed" in late.stdout and "already complete" in late.stderr
+    assert re.search(r"loaded by this invocation\s*│\s*0\s", late.stdout), late.stdout
     assert_exactly_once(sink_frame(cluster.workdir), _window_reference())
 
 
