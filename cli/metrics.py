@@ -25,7 +25,7 @@ def _local_snapshot() -> str:
     conf = settings()
     broker = None if broker_kind(conf.broker_url) == "stub" else open_broker(conf.broker_url)
     registry = CollectorRegistry()
-    registry.register(StateCollector(state_store(conf), queue=conf.queue,
+    registry.register(StateCollector(state_store(conf), names=[conf.queue],
                                      queues=queues_of(broker) if broker else None))
     try:
         return generate_latest(registry).decode()

@@ -10,20 +10,39 @@ from rich.table import Table
 
 from cli.common import err, out, result_store, settings, state_store
 from etl.brokers import broker_kind, open_broker
-from etl.errors import ConfigError
+from etl.config import Settings
+from etl.errors import ConfigError, EtlError
+from etl.pipeline import load_pipeline
 from etl.queues import Match, Queues, of_run, queues_of
 from results.middleware import ResultRecorder
 
-queue_option = click.option("--queue", "queue", help="Queue (default: the `queue` setting).")
+queue_option = click.option("--queue", "queue", help="Queue (default: the queue of the --run's "
+                            "pipeline, else the `queue` setting).")
 
 
-def _queues(queue: str | None) -> tuple[Queues, str, object]:
+def _run_queue(conf: Settings, run_id: str) -> str:
+    """The queue of the run's pipeline (Pipeline.queue), or the `queue` setting."""
+    try:
+        state = state_store(conf)
+        try:
+            run = state.get_run(run_id)
+        finally:
+            state.close()
+        if run is not None and run.params.get("pipeline_spec"):
+            return load_pipeline(run.params["pipeline_spec"]).queue_or(conf.queue)
+    except EtlError as exc:
+        err.print(f"[yellow]cannot tell the queue of run {run_id} ({exc}); using {conf.queue}[/]")
+    return conf.queue
+
+
+def _queues(queue: str | None, run_id: str | None = None) -> tuple[Queues, str, object]:
     conf = settings()
     if broker_kind(conf.broker_url) == "stub":
         raise ConfigError("no broker configured (stub://): queues live inside `etl run`; set "
                           "ETL_BROKER_URL to amqp://... or redis://...")
+    name = queue or (_run_queue(conf, run_id) if run_id else conf.queue)
     broker = open_broker(conf.broker_url)
-    return queues_of(broker), queue or conf.queue, broker
+    return queues_of(broker), name, broker
 
 
 def _matcher(run_id: str | None, message_ids: tuple[str, ...]) -> Match:
@@ -37,19 +56,22 @@ def _matcher(run_id: str | None, message_ids: tuple[str, ...]) -> Match:
 
 
 @click.command("queues")
-@queue_option
-def queues_command(queue: str | None) -> None:
-    """Depth, delayed, dead-letter depth and consumers of the ETL queue."""
-    queues, name, broker = _queues(queue)
+@click.option("--queue", "names", multiple=True,
+              help="Queue to show (repeatable; default: the `queue` setting).")
+def queues_command(names: tuple[str, ...]) -> None:
+    """Depth, delayed, dead-letter depth and consumers of the ETL queue(s)."""
+    queues, default, broker = _queues(None)
     try:
-        counts = queues.counts(name)
+        counts = [queues.counts(name) for name in dict.fromkeys(names or (default,))]
     finally:
         broker.close()  # type: ignore[attr-defined]
-    table = Table(title=f"queue {name}")
+    table = Table(title="queues")
+    table.add_column("queue")
     for column in ("ready", "in flight", "delayed", "dead letters", "consumers"):
         table.add_column(column, justify="right")
-    table.add_row(str(counts.ready), "-" if counts.in_flight is None else str(counts.in_flight),
-                  str(counts.delayed), str(counts.dead), str(counts.consumers))
+    for c in counts:
+        table.add_row(c.queue, str(c.ready), "-" if c.in_flight is None else str(c.in_flight),
+                      str(c.delayed), str(c.dead), str(c.consumers))
     out.print(table)
 
 
@@ -64,7 +86,7 @@ def dlq_group() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 def dlq_list(queue: str | None, run_id: str | None, limit: int) -> None:
     """Dead letters, oldest first, with their last error."""
-    queues, name, broker = _queues(queue)
+    queues, name, broker = _queues(queue, run_id)
     try:
         letters = queues.dead_letters(name, limit=limit, match=of_run(run_id) if run_id else None)
     finally:
@@ -89,7 +111,7 @@ def dlq_list(queue: str | None, run_id: str | None, limit: int) -> None:
 @click.option("--message-id", "message_ids", multiple=True, help="Only these messages.")
 def dlq_retry(queue: str | None, run_id: str | None, message_ids: tuple[str, ...]) -> None:
     """Re-drive dead letters to their queue, retry counts reset (after fixing the cause)."""
-    queues, name, broker = _queues(queue)
+    queues, name, broker = _queues(queue, run_id)
     results = result_store(settings(), required=False)
     recorder = ResultRecorder(results) if results is not None else None
     if recorder is not None:
@@ -116,10 +138,14 @@ def dlq_retry(queue: str | None, run_id: str | None, message_ids: tuple[str, ...
 @click.option("--yes", is_flag=True, help="Do not ask.")
 def dlq_purge(queue: str | None, run_id: str | None, yes: bool) -> None:
     """Drop dead letters for good (their work stays undone: `etl reconcile` re-sends it)."""
+    queues, name, broker = _queues(queue, run_id)
     if not yes:
-        click.confirm(f"drop the dead letters of {queue or settings().queue}"
-                      + (f" for run {run_id}" if run_id else "") + "?", abort=True)
-    queues, name, broker = _queues(queue)
+        try:
+            click.confirm(f"drop the dead letters of {name}"
+                          + (f" for run {run_id}" if run_id else "") + "?", abort=True)
+        except click.Abort:
+            broker.close()  # type: ignore[attr-defined]
+            raise
     try:
         dropped = queues.purge_dead(name, match=_matcher(run_id, ()) if run_id else None)
     finally:

@@ -131,7 +131,7 @@ def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = 
             try:
                 sent = sender.start(context, created=created)
                 err.print(f"enqueued {len(sent.sent)} batch step(s) on {mask_url(conf.broker_url)} "
-                          f"queue {conf.queue}" + (f"; {len(sent.leased)} in progress, "
+                          f"queue {sender.queue_of(context)}" + (f"; {len(sent.leased)} in progress, "
                                                    f"{len(sent.waiting)} queued already"
                                                    if not created else ""))
                 if not wait:

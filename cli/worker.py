@@ -7,10 +7,11 @@ import click
 from cli.common import err, out, settings
 from etl.brokers import broker_kind
 from etl.distributed import Sender
+from etl.config import check_queue_name
 from etl.errors import ConfigError
 from etl.reconcile import STALE_AFTER, reconcile
 from etl.urls import mask_url
-from etl.worker import require_broker, serve
+from etl.worker import WorkerOptions, require_broker, serve
 
 
 @click.command("worker")
@@ -18,26 +19,28 @@ from etl.worker import require_broker, serve
               help="Worker processes (supervised: one that dies is restarted).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="Worker threads per process.")
-@click.option("--queue", "queue", help="Queue to consume (default: the `queue` setting, etl).")
+@click.option("--queue", "queues", multiple=True,
+              help="Queue to consume (repeatable; default: the `queue` setting, etl). A "
+                   "pipeline with its own Pipeline.queue is worked only where it is named.")
 @click.option("--metrics-port", type=click.IntRange(min=1, max=65535),
               help="Serve Prometheus metrics on this port (process i of N on port + i).")
 @click.option("--preload", "preload", multiple=True, metavar="MODULE:ATTR",
               help="Parse this pipeline's source at start, before work arrives (repeatable; "
                    "default: the `pipeline` setting when set).")
-def worker_command(processes: int, threads: int, queue: str | None,
+def worker_command(processes: int, threads: int, queues: tuple[str, ...],
                    metrics_port: int | None, preload: tuple[str, ...]) -> None:
-    """Work the ETL queue of the configured broker until SIGTERM or Ctrl-C."""
-    import dataclasses
-
+    """Work the ETL queue(s) of the configured broker until SIGTERM or Ctrl-C."""
     conf = settings()
-    if queue:
-        conf = dataclasses.replace(conf, queue=queue)
+    for queue in queues:
+        check_queue_name(queue, where="--queue")
     require_broker(conf)
+    options = WorkerOptions(threads=threads, queues=tuple(dict.fromkeys(queues)),
+                            metrics_port=metrics_port,
+                            preload=preload or ((conf.pipeline,) if conf.pipeline else ()))
     err.print(f"worker: {processes} process(es) x {threads} thread(s) on "
-              f"{mask_url(conf.broker_url)} queue {conf.queue}; state {mask_url(conf.state_url)}")
-    specs = list(preload) or ([conf.pipeline] if conf.pipeline else [])
-    serve(conf, processes=processes, threads=threads, metrics_port=metrics_port,
-          preload=specs)
+              f"{mask_url(conf.broker_url)} queue(s) {', '.join(options.queues_of(conf))}; "
+              f"state {mask_url(conf.state_url)}")
+    serve(conf, options, processes=processes)
 
 
 @click.command("reconcile")
@@ -55,8 +58,9 @@ def reconcile_command(run_id: str, stale_after: float, force: bool, dry_run: boo
     sender = Sender(conf)
     try:
         context = sender.contexts.get(run_id)
-        outcome = reconcile(context, sender.actors, queues=sender.queues, queue=conf.queue,
-                            stale_after=stale_after, force=force, dry_run=dry_run)
+        outcome = reconcile(context, sender.actors, queues=sender.queues,
+                            queue=sender.queue_of(context), stale_after=stale_after,
+                            force=force, dry_run=dry_run)
     finally:
         sender.close()
     verb = "would send" if dry_run else "sent"

@@ -71,16 +71,28 @@ class EtlActors:
     clean: dramatiq.Actor
     load: dramatiq.Actor
     contexts: ContextCache
+    #: Send each pipeline's messages to its own `Pipeline.queue` (False: all on the actors'
+    #: queue, as in embedded mode where one process does everything).
+    routed: bool = True
+
+    def queue_of(self, run_id: str) -> str:
+        """The queue a run's messages travel on."""
+        pipeline = self.contexts.get(run_id).pipeline
+        return pipeline.queue_or(self.fetch.queue_name) if self.routed else self.fetch.queue_name
 
     def send_batch(self, run_id: str, shard: int, batch: int, *, from_stage: str = "fetch") -> None:
-        """Enqueue the pipeline of one batch, starting at `from_stage` (resume)."""
+        """Enqueue the pipeline of one batch, starting at `from_stage` (resume). The messages
+        go to the run's queue; retries, deferrals and the next steps follow them there."""
         retry = self.contexts.get(run_id).pipeline.retry
         options = {"min_backoff": retry.min_backoff_ms, "max_backoff": retry.max_backoff_ms,
                    "max_retries": retry.max_retries}
+        broker, queue = self.fetch.broker, self.queue_of(run_id)
+        if queue not in broker.get_declared_queues():
+            broker.declare_queue(queue)
         steps = ("fetch", "clean", "load")
         messages = [getattr(self, step).message_with_options(args=(run_id, shard, batch), **options)
-                    for step in steps[steps.index(from_stage):]]
-        dramatiq.pipeline(messages, broker=self.fetch.broker).run()
+                    .copy(queue_name=queue) for step in steps[steps.index(from_stage):]]
+        dramatiq.pipeline(messages, broker=broker).run()
 
 
 def _defer(broker: dramatiq.Broker, reason: str, seconds: float) -> dict[str, Any]:
@@ -100,10 +112,12 @@ def _defer(broker: dramatiq.Broker, reason: str, seconds: float) -> dict[str, An
 
 def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
                    queue: str = QUEUE, results: ResultStore | None = None,
-                   leases: LeaseKeeper | None = None, metrics: Middleware | None = None) -> EtlActors:
-    """Declare the three actors on `broker` and add the toolkit's middleware to it (with a
-    ResultRecorder when given a result store, and `metrics` when given). Leases are taken
-    through `leases`, or a keeper made on first use from the run's state store."""
+                   leases: LeaseKeeper | None = None, metrics: Middleware | None = None,
+                   routed: bool = True) -> EtlActors:
+    """Declare the three actors on `queue` of `broker` and add the toolkit's middleware to it
+    (with a ResultRecorder when given a result store, and `metrics` when given). Leases are
+    taken through `leases`, or a keeper made on first use from the run's state store.
+    `routed`: send each run to its pipeline's own queue when it names one."""
     if not any(isinstance(m, CurrentMessage) for m in broker.middleware):
         broker.add_middleware(CurrentMessage())
     if not any(isinstance(m, ErrorLog) for m in broker.middleware):
@@ -179,6 +193,6 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
                               time_limit=TIME_LIMIT_MS, pipe_ignore=True)
 
     actors = EtlActors(fetch=declare("fetch", fetch), clean=declare("clean", clean),
-                       load=declare("load", load), contexts=contexts)
+                       load=declare("load", load), contexts=contexts, routed=routed)
     holder["actors"] = actors
     return actors

@@ -104,10 +104,16 @@ def load_settings(*, cwd: Path | None = None, env: dict[str, str] | None = None)
                 break
         else:
             values[name], sources[name] = DEFAULTS[name], "default"
-    if not _QUEUE_NAME.fullmatch(values["queue"]):
-        raise ConfigError(f"queue {values['queue']!r} (from {sources['queue']}) must start with a "
-                          "letter or _ and hold only letters, digits, '.', '-' and '_'")
+    check_queue_name(values["queue"], where=sources["queue"])
     return Settings(**values, sources=sources)
 
 
-__all__ = ["DEFAULTS", "ENV_NAMES", "Settings", "load_settings"]
+def check_queue_name(name: str, *, where: str) -> str:
+    """`name` if Dramatiq accepts it as a queue name; else a ConfigError saying where it came from."""
+    if not _QUEUE_NAME.fullmatch(name):
+        raise ConfigError(f"queue {name!r} (from {where}) must start with a letter or _ and hold "
+                          "only letters, digits, '.', '-' and '_'")
+    return name
+
+
+__all__ = ["DEFAULTS", "ENV_NAMES", "Settings", "check_queue_name", "load_settings"]

@@ -41,14 +41,18 @@ class Sender:
         self.queues.close()
         self.broker.close()
 
-    def dead_letters_of(self, run_id: str) -> int:
-        return len(self.queues.dead_letters(self.settings.queue, limit=100_000,
-                                            match=of_run(run_id)))
+    def queue_of(self, ctx: RunContext) -> str:
+        """The queue the run's messages travel on: its pipeline's, or the `queue` setting."""
+        return ctx.pipeline.queue_or(self.settings.queue)
+
+    def dead_letters_of(self, ctx: RunContext) -> int:
+        return len(self.queues.dead_letters(self.queue_of(ctx), limit=100_000,
+                                            match=of_run(ctx.run_id)))
 
     def start(self, ctx: RunContext, *, created: bool) -> Reconciled:
         """Send a new run's work, or what a resumed run is missing."""
         self.contexts.register(ctx)
-        return reconcile(ctx, self.actors, queues=self.queues, queue=self.settings.queue,
+        return reconcile(ctx, self.actors, queues=self.queues, queue=self.queue_of(ctx),
                          force=created)
 
     def wait(self, ctx: RunContext, *, poll: float = 0.25, quiet_polls: int = 3,
@@ -70,15 +74,15 @@ class Sender:
             if polls % 4:  # look at the queue and the leases once a second
                 time.sleep(poll)
                 continue
-            look = reconcile(ctx, None, queues=self.queues, queue=self.settings.queue, dry_run=True)
+            look = reconcile(ctx, None, queues=self.queues, queue=self.queue_of(ctx), dry_run=True)
             quiet = quiet + 1 if look.queue_idle and not look.leased else 0
             if quiet >= quiet_polls:
-                dead = self.dead_letters_of(ctx.run_id)
+                dead = self.dead_letters_of(ctx)
                 if dead or any(c.status == "failed" and not c.complete for c in checkpoints):
                     return RunOutcome(False, time.monotonic() - started, checkpoints,
                                       dead_letters=dead, resent=resent)
                 again = reconcile(ctx, self.actors, queues=self.queues,
-                                  queue=self.settings.queue, force=True)
+                                  queue=self.queue_of(ctx), force=True)
                 resent += len(again.sent)
                 log.warning("run %s went quiet unfinished: re-sent %d lost step(s)",
                             ctx.run_id, len(again.sent))

@@ -45,7 +45,7 @@ def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
     broker.emit_after("process_boot")
     contexts = ContextCache()
     contexts.register(ctx)
-    actors = declare_actors(broker, contexts, results=results)
+    actors = declare_actors(broker, contexts, results=results, routed=False)
     for stage, items in (("load", pending.load), ("clean", pending.clean), ("fetch", pending.fetch)):
         for shard, batch in items:
             actors.send_batch(ctx.run_id, shard, batch, from_stage=stage)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import dramatiq
 from dramatiq.middleware import Middleware
@@ -87,23 +87,23 @@ class Metrics(Middleware):
 class StateCollector(Collector):
     """Gauges read when scraped: queue depths, and progress of the unfinished runs."""
 
-    def __init__(self, state: Any, *, queues: Any = None, queue: str = "etl",
+    def __init__(self, state: Any, *, queues: Any = None, names: Sequence[str] = ("etl",),
                  max_runs: int = 20) -> None:
-        self.state, self.queues, self.queue, self.max_runs = state, queues, queue, max_runs
+        self.state, self.queues, self.names, self.max_runs = state, queues, tuple(names), max_runs
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         messages = GaugeMetricFamily("etl_queue_messages", "Messages in the queue",
                                      labels=["queue", "state"])
         consumers = GaugeMetricFamily("etl_queue_consumers", "Consumers of the queue",
                                       labels=["queue"])
-        if self.queues is not None:
+        for queue in self.names if self.queues is not None else ():
             try:
-                counts = self.queues.counts(self.queue)
-                for name in ("ready", "delayed", "dead"):
-                    messages.add_metric([self.queue, name], getattr(counts, name))
-                consumers.add_metric([self.queue], counts.consumers)
+                counts = self.queues.counts(queue)
+                for state in ("ready", "delayed", "dead"):
+                    messages.add_metric([queue, state], getattr(counts, state))
+                consumers.add_metric([queue], counts.consumers)
             except Exception as exc:  # noqa: BLE001 - a broker outage must not break a scrape
-                log.warning("metrics: cannot read queue %s: %s", self.queue, exc)
+                log.warning("metrics: cannot read queue %s: %s", queue, exc)
         yield messages
         yield consumers
         shards = GaugeMetricFamily("etl_run_shards", "Shards of a run", labels=["run", "pipeline", "state"])

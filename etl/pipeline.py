@@ -12,6 +12,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from etl.config import check_queue_name
 from etl.drift import POLICIES, normalise_kind
 from etl.errors import ConfigError, EtlError
 from etl.windows import Window
@@ -53,6 +54,9 @@ class Pipeline:
     window_column: str | None = None  # the column `etl backfill --start/--end` windows on
     expected_schema: dict[str, str] | None = None  # source column -> kind (etl.drift)
     schema_drift: str = "evolve"  # what a drifted batch gets: evolve, freeze or discard
+    #: The broker queue of this pipeline's messages, so workers can be dedicated to it
+    #: (`etl worker --queue`); None: the `queue` setting. Embedded mode ignores it.
+    queue: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -64,6 +68,8 @@ class Pipeline:
         if self.schema_drift not in POLICIES:
             raise ConfigError(f"pipeline {self.name}: schema_drift must be one of "
                               f"{', '.join(POLICIES)}, not {self.schema_drift!r}")
+        if self.queue is not None:
+            check_queue_name(self.queue, where=f"pipeline {self.name}")
         for kind in (self.expected_schema or {}).values():
             normalise_kind(kind)  # an unknown type name fails here, not in the first batch
 
@@ -102,6 +108,10 @@ class Pipeline:
             return self
         return dataclasses.replace(self, sink=self.sink.for_backfill())
 
+    def queue_or(self, default: str) -> str:
+        """The queue this pipeline's messages go to on a broker whose default is `default`."""
+        return self.queue or default
+
     def describe(self) -> str:
         """Several lines naming every part, for `etl describe` and logs."""
         lines = [
@@ -110,6 +120,7 @@ class Pipeline:
             f"  shards:  {self.shards.describe()}",
             f"  batch:   {self.batch_size} rows",
             f"  key:     {', '.join(self.key)}",
+            *([f"  queue:   {self.queue}"] if self.queue else []),
             *([f"  schema:  {len(self.expected_schema)} columns expected, drift policy "
                f"{self.schema_drift}"] if self.expected_schema else []),
             "  stages:",

@@ -3,7 +3,9 @@
 A worker needs no pipeline argument: a message names its run, and the run names its
 pipeline (etl.context), so one worker serves every pipeline whose code it can import.
 
-One process runs a Dramatiq Worker with `threads` threads. With several processes, this
+One process runs a Dramatiq Worker with `threads` threads on the queues it is given
+(default: the `queue` setting); a pipeline with its own `Pipeline.queue` is worked only by
+workers started with `--queue` naming it, so heavy or urgent pipelines can get their own. With several processes, this
 process supervises: it forks them (each opens its own broker connection after the fork),
 restarts one that dies (after a pause, so a crash loop does not spin), and on SIGTERM or
 SIGINT stops them all gracefully: a worker finishes the messages it is working on, and
@@ -12,6 +14,7 @@ the broker redelivers the ones it had prefetched.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -33,6 +36,7 @@ from etl.metrics import Metrics, StateCollector
 from etl.queues import queues_of
 from etl.state import StateStore, open_state
 from etl.urls import mask_url
+from results import open_results_or_none
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +46,22 @@ RESTART_DELAY = 1.0
 REDIS_POLL_MS = 100
 
 
-def _results(settings: Settings):  # type: ignore[no-untyped-def]
-    from results import open_results
+@dataclasses.dataclass(frozen=True)
+class WorkerOptions:
+    """How each worker process runs: its threads, the queues it consumes (empty: the `queue`
+    setting), its metrics port (process i of N serves on port + i) and the pipelines whose
+    sources it parses at start."""
 
-    try:
-        return open_results(settings.results_url)
-    except Exception as exc:  # noqa: BLE001 - work goes on without recording results
-        log.warning("result store %s unavailable (%s); not recording results",
-                    mask_url(settings.results_url), exc)
-        return None
+    threads: int = 2
+    queues: tuple[str, ...] = ()
+    metrics_port: int | None = None
+    preload: tuple[str, ...] = ()
+
+    def queues_of(self, settings: Settings) -> tuple[str, ...]:
+        return self.queues or (settings.queue,)
 
 
-def _preload(specs: list[str]) -> None:
+def _preload(specs: tuple[str, ...]) -> None:
     """Import these pipelines and parse their sources now, while the worker waits for work:
     the first batch of a run then does not wait for the parse (etl.sources.ParsedCache)."""
     for spec in specs:
@@ -76,30 +84,34 @@ def require_broker(settings: Settings) -> str:
     return kind
 
 
-def run_worker(settings: Settings, *, threads: int, stop: threading.Event,
-               metrics_port: int | None = None, preload: list[str] | None = None) -> None:
-    """Run one Dramatiq worker in this process until `stop` is set; with `metrics_port`,
-    serve Prometheus metrics on it; `preload` pipelines have their sources parsed at start."""
+def run_worker(settings: Settings, options: WorkerOptions, *, stop: threading.Event) -> None:
+    """Run one Dramatiq worker in this process until `stop` is set."""
     kind = require_broker(settings)
+    queues = options.queues_of(settings)
     broker = open_broker(settings.broker_url)
     contexts = ContextCache(settings)
     state = open_state(settings.state_url)
     leases = LeaseKeeper(state, ttl=lease_ttl())
-    metrics = _serve_metrics(settings, broker, state, contexts, metrics_port) if metrics_port else None
-    declare_actors(broker, contexts, queue=settings.queue, results=_results(settings),
-                   leases=leases, metrics=metrics)
+    metrics = (_serve_metrics(broker, state, contexts, options.metrics_port, queues)
+               if options.metrics_port else None)
+    declare_actors(broker, contexts, queue=settings.queue, leases=leases, metrics=metrics,
+                   results=open_results_or_none(settings.results_url))
+    for queue in queues:  # the actors live on the `queue` setting; pipelines may use others
+        if queue not in broker.get_declared_queues():
+            broker.declare_queue(queue)
     broker.emit_after("process_boot")
-    if preload:
-        threading.Thread(target=_preload, args=(preload,), name="etl-preload", daemon=True).start()
+    if options.preload:
+        threading.Thread(target=_preload, args=(options.preload,), name="etl-preload",
+                         daemon=True).start()
     # Redis: Dramatiq's consumer sleeps up to worker_timeout between polls while its prefetch
     # is full, so a short timeout keeps threads from idling between short batches.
-    worker = dramatiq.Worker(broker, queues={settings.queue}, worker_threads=threads,
+    worker = dramatiq.Worker(broker, queues=set(queues), worker_threads=options.threads,
                              worker_timeout=REDIS_POLL_MS if kind == "redis" else 1000)
     if kind == "rabbitmq":
-        worker.queue_prefetch = threads  # no delivery waits unacked behind a long batch
+        worker.queue_prefetch = options.threads  # no delivery waits unacked behind a long batch
     worker.start()
-    log.info("worker %d: %d threads on queue %s of %s", os.getpid(), threads, settings.queue,
-             mask_url(settings.broker_url))
+    log.info("worker %d: %d threads on queue(s) %s of %s", os.getpid(), options.threads,
+             ", ".join(queues), mask_url(settings.broker_url))
     try:
         stop.wait()
     finally:
@@ -110,58 +122,53 @@ def run_worker(settings: Settings, *, threads: int, stop: threading.Event,
         state.close()
 
 
-def _serve_metrics(settings: Settings, broker: dramatiq.Broker, state: StateStore,
-                   contexts: ContextCache, port: int) -> Metrics:
+def _serve_metrics(broker: dramatiq.Broker, state: StateStore, contexts: ContextCache,
+                   port: int, queues: tuple[str, ...]) -> Metrics:
     from prometheus_client import REGISTRY, start_http_server
 
     metrics = Metrics(contexts)
-    REGISTRY.register(StateCollector(state, queues=queues_of(broker), queue=settings.queue))
+    REGISTRY.register(StateCollector(state, queues=queues_of(broker), names=queues))
     start_http_server(port)
     log.info("worker %d: metrics on http://0.0.0.0:%d/metrics", os.getpid(), port)
     return metrics
 
 
-def _child(settings: Settings, threads: int, metrics_port: int | None,
-           preload: list[str] | None) -> None:
+def _child(settings: Settings, options: WorkerOptions) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        run_worker(settings, threads=threads, stop=stop, metrics_port=metrics_port,
-                   preload=preload)
+        run_worker(settings, options, stop=stop)
     finally:
         logging.shutdown()
 
 
-def serve(settings: Settings, *, processes: int, threads: int,
-          metrics_port: int | None = None, preload: list[str] | None = None) -> None:
-    """Run `processes` worker processes until SIGTERM/SIGINT; restart any that dies. With
-    `metrics_port`, worker process i serves Prometheus metrics on metrics_port + i."""
+def serve(settings: Settings, options: WorkerOptions, *, processes: int = 1) -> None:
+    """Run `processes` worker processes until SIGTERM/SIGINT; restart any that dies."""
     require_broker(settings)  # before any process is forked
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         if processes == 1:
-            run_worker(settings, threads=threads, stop=stop, metrics_port=metrics_port,
-                       preload=preload)
+            run_worker(settings, options, stop=stop)
             return
-        if preload:
-            _preload(preload)  # here, before the fork: every process shares the parsed tables
-        _supervise(settings, processes=processes, threads=threads, stop=stop,
-                   metrics_port=metrics_port, preload=None)
+        if options.preload:
+            _preload(options.preload)  # before the fork: every process shares the parsed tables
+        _supervise(settings, dataclasses.replace(options, preload=()), processes=processes,
+                   stop=stop)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _supervise(settings: Settings, *, processes: int, threads: int, stop: threading.Event,
-               metrics_port: int | None, preload: list[str] | None) -> None:
+def _supervise(settings: Settings, options: WorkerOptions, *, processes: int,
+               stop: threading.Event) -> None:
     fork = multiprocessing.get_context("fork")
 
     def start(index: int) -> multiprocessing.Process:
-        port = metrics_port + index if metrics_port else None
-        child = fork.Process(target=_child, args=(settings, threads, port, preload),
-                             name=f"etl-worker-{index}")
+        port = options.metrics_port + index if options.metrics_port else None
+        child = fork.Process(target=_child, name=f"etl-worker-{index}",
+                             args=(settings, dataclasses.replace(options, metrics_port=port)))
         child.start()
         return child
 

@@ -45,9 +45,9 @@ class Cluster:
         return subprocess.run([*ETL, *args], cwd=self.workdir, env=self.env, text=True,
                               capture_output=True, timeout=timeout)
 
-    def start_worker(self, *, threads: int = 2) -> subprocess.Popen[str]:
+    def start_worker(self, *args: str, threads: int = 2) -> subprocess.Popen[str]:
         log = open(self.workdir / f"worker-{len(self.workers)}.log", "w")
-        worker = subprocess.Popen([*ETL, "worker", "--threads", str(threads)], cwd=self.workdir,
+        worker = subprocess.Popen([*ETL, "worker", "--threads", str(threads), *args], cwd=self.workdir,
                                   env=self.env, text=True, stdout=log, stderr=subprocess.STDOUT)
         self.workers.append(worker)
         return worker

@@ -105,3 +105,19 @@ def test_broker_urls_by_scheme_and_redis_options_from_the_query() -> None:
     assert options == {"heartbeat_timeout": 5000, "namespace": "etl"}
     with pytest.raises(ConfigError, match="maintenance_chance must be an integer"):
         split_redis_options("redis://h/0?maintenance_chance=often")
+
+
+def test_a_pipeline_queue_must_be_a_dramatiq_queue_name() -> None:
+    import dataclasses
+
+    from etl.demo import pipeline as demo
+
+    base = demo() if callable(demo) else demo
+    # Given the demo pipeline routed to a queue of its own
+    routed = dataclasses.replace(base, queue="etl.flights-urgent")
+    # Then its messages go there, and `etl describe` says so
+    assert routed.queue_or("etl") == "etl.flights-urgent" and base.queue_or("etl") == "etl"
+    assert "queue:   etl.flights-urgent" in routed.describe()
+    # And a name Dramatiq would refuse fails when the pipeline is built, naming the pipeline
+    with pytest.raises(ConfigError, match="queue 'urgent flights' \\(from pipeline flights\\)"):
+        dataclasses.replace(base, queue="urgent flights")

@@ -160,7 +160,8 @@ def test_poison_batch_is_dead_lettered_after_retries_and_redriven_after_the_fix(
     assert depth.returncode == 0, depth.stderr
     row = [line for line in depth.stdout.splitlines() if line.startswith("│")][0]
     cells = [cell.strip() for cell in row.strip("│").split("│")]
-    assert cells[0] == "0" and cells[3] == "1" and int(cells[4]) >= 1  # ready, dead, consumers
+    assert cells[0] == cluster.env["ETL_QUEUE"]
+    assert cells[1] == "0" and cells[4] == "1" and int(cells[5]) >= 1  # ready, dead, consumers
     # in TaskErrorLog with its traceback and retry count, while the other shards finished
     errors = cluster.etl("errors", "--traceback")
     assert "poisoned row 4242" in errors.stdout and "Traceback" in errors.stdout
@@ -188,6 +189,63 @@ def test_poison_batch_is_dead_lettered_after_retries_and_redriven_after_the_fix(
     records = json.loads(cluster.etl("results", "list", "--run", run_id, "--json", "--limit", "500").stdout)
     cleans = [r for r in records if r["function"] == "etl_clean" and r["args"][1:] == [1, 1]]
     assert sorted(r["status"] for r in cleans) == ["completed", "failed"], cleans
+
+
+QUEUED_PIPELINE = '''
+import os
+from pathlib import Path
+
+from etl import FileSource, ParquetSink, Pipeline
+from shards import RangeShards
+
+HERE = Path(__file__).parent
+
+
+def pipeline(queue=None):
+    name = "urgent" if queue else "plain"
+    return Pipeline(name=name, source=FileSource(str(HERE / "rows.csv")),
+                    sink=ParquetSink(str(HERE / "out" / name)), key=["id"],
+                    shards=RangeShards("id", 4), batch_size=1000, queue=queue)
+
+
+def urgent():
+    return pipeline(os.environ["ETL_QUEUE"] + "-urgent")
+'''
+
+
+@pytest.mark.parametrize("cluster", ["rabbitmq", "redis"], indirect=True)
+def test_a_pipeline_with_its_own_queue_is_worked_only_where_that_queue_is_named(
+        cluster: Cluster) -> None:
+    # Given a pipeline whose messages go to a queue of its own, and a worker on the default queue
+    work = cluster.workdir
+    pd.DataFrame({"id": range(10_000)}).to_csv(work / "rows.csv", index=False)
+    (work / "queued.py").write_text(QUEUED_PIPELINE)
+    default, urgent = cluster.env["ETL_QUEUE"], cluster.env["ETL_QUEUE"] + "-urgent"
+    cluster.start_worker()
+    # When the urgent run is sent, and a plain run after it is followed to its end
+    sent = cluster.etl("run", "-p", "queued:urgent", "--fresh", "--no-progress")
+    assert sent.returncode == 0 and f"queue {urgent}" in sent.stderr, sent.stderr
+    urgent_run = sent.stdout.strip().splitlines()[-1]
+    plain = cluster.etl("run", "-p", "queued:pipeline", "--fresh", "--wait", "--no-progress")
+    assert plain.returncode == 0 and "completed" in plain.stdout, plain.stderr
+    # Then the default worker did the plain run but left the urgent one on its own queue
+    assert not cluster.complete(urgent_run)
+    assert not (work / "out" / "urgent").exists()
+    depth = cluster.etl("queues", "--queue", default, "--queue", urgent)
+    assert depth.returncode == 0, depth.stderr
+    rows = {cells[0]: cells[1:] for cells in (
+        [c.strip() for c in line.strip("│").split("│")]
+        for line in depth.stdout.splitlines() if line.startswith("│"))}
+    assert rows[default][0] == "0" and rows[urgent][0] == "4", depth.stdout  # ready
+    # When a worker for the urgent queue joins
+    cluster.start_worker("--queue", urgent)
+    final = cluster.etl("run", "--run-id", urgent_run, "-p", "queued:urgent", "--wait",
+                        "--no-progress", timeout=300)
+    # Then the urgent run completes, every row once, and its dead letters are looked up there
+    assert final.returncode == 0 and "completed" in final.stdout, final.stderr
+    loaded = pd.concat([pd.read_parquet(f) for f in (work / "out" / "urgent").glob("*.parquet")])
+    assert sorted(loaded["id"]) == list(range(10_000))
+    assert f"dead letters of {urgent}: 0" in cluster.etl("dlq", "list", "--run", urgent_run).stdout
 
 
 def test_reconcile_resends_exactly_the_lost_work(cluster: Cluster, reference: pd.DataFrame) -> None:
