@@ -39,19 +39,18 @@ def object_store(conf: Settings) -> ObjectStore:
 
 def result_store(conf: Settings, *, required: bool = True) -> "ResultStore | None":
     """The result store; when not `required` (a run), a store that cannot be opened is a
-    warning and the run goes on without recording results."""
-    from results import open_results
+    logged warning and the run goes on without recording results."""
+    from results import open_results, open_results_or_none
 
+    if not required:
+        return open_results_or_none(conf.results_url)
     try:
         return open_results(conf.results_url)
     except EtlError:
         raise
-    except Exception as exc:  # noqa: BLE001 - an outage at start-up
-        if required:
-            raise EtlError(f"cannot open the result store {mask_url(conf.results_url)}: {exc}") from exc
-        err.print(f"[yellow]warning[/]: result store {mask_url(conf.results_url)} unavailable "
-                  f"({type(exc).__name__}); running without recording results")
-        return None
+    except Exception as exc:  # noqa: BLE001 - an outage
+        raise EtlError(f"cannot open the result store {mask_url(conf.results_url)}: "
+                       f"{mask_url(str(exc))}") from exc
 
 
 def to_json(value: Any) -> str:

@@ -5,7 +5,10 @@ Open one by URL: `sqlite:///path` (embedded default), `redis://` / `rediss://`, 
 
 from __future__ import annotations
 
-from etl.errors import UnsupportedURL
+import logging
+
+from etl.errors import EtlError, UnsupportedURL
+from etl.urls import mask_url
 from results.base import ResultStore
 from results.errors import InvalidTransition, JobNotFound, ResultNotFound
 from results.models import FINISHED, JobResult, JobStatus, Transition
@@ -32,5 +35,22 @@ def open_results(url: str) -> ResultStore:
                          f"use one of: {SCHEMES}")
 
 
+def open_results_or_none(url: str) -> ResultStore | None:
+    """The result store for `url`, or None when it does not answer: recording results must
+    never stop a run or a worker, so an outage at start-up is a logged warning and the work
+    goes on unrecorded. A malformed URL is still an error: that is a mistake to fix, not an
+    outage to ride out."""
+    try:
+        return open_results(url)
+    except EtlError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any driver's connection error
+        logging.getLogger(__name__).warning(
+            "result store %s unavailable (%s: %s); going on without recording results",
+            mask_url(url), type(exc).__name__, mask_url(str(exc)))
+        return None
+
+
 __all__ = ["FINISHED", "InvalidTransition", "JobNotFound", "JobResult", "JobStatus",
-           "ResultNotFound", "ResultStore", "Transition", "open_results"]
+           "ResultNotFound", "ResultStore", "Transition", "open_results",
+           "open_results_or_none"]

@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from etl.urls import mask_url
+
 
 def etl(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
@@ -117,3 +119,39 @@ def test_a_broker_that_does_not_answer_is_one_line_and_exit_status_3(tmp_path: P
         assert result.returncode == 3, result.stderr
         assert "error: a service did not answer" in result.stderr
         assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
+
+
+def test_worker_refuses_a_queue_name_dramatiq_would_refuse(tmp_path: Path) -> None:
+    # Given a broker URL, and a queue name with a space
+    result = etl(tmp_path, "worker", "--queue", "etl", "--queue", "bad queue",
+                 env={"ETL_BROKER_URL": "redis://127.0.0.1:1/0"})
+    # Then the worker does not start: one clear line naming the option, no traceback
+    assert result.returncode != 0
+    assert "queue 'bad queue' (from --queue) must start" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("url,warning", [
+    ("redis://:s3cret@127.0.0.1:{port}/0", "the task goes on"),  # opens lazily, writes fail
+    ("sqlite:////proc/etl-{port}/results.db", "going on without recording results"),  # cannot open
+])
+def test_a_result_store_that_does_not_answer_leaves_the_run_unrecorded_not_failed(
+        tmp_path: Path, url: str, warning: str) -> None:
+    from tests.conftest import free_port
+
+    # Given a user's pipeline, and a result store that cannot be reached
+    _orders(tmp_path)
+    _user_pipeline(tmp_path)
+    url = url.format(port=free_port())
+    # When the pipeline is run
+    result = etl(tmp_path, "run", "-p", "mypipes:orders", "--no-progress",
+                 env={"ETL_RESULTS_URL": url})
+    # Then it completes, with warnings naming the store, any password masked
+    assert result.returncode == 0, result.stderr
+    assert "completed" in result.stdout
+    assert f"result store {mask_url(url)}" in result.stderr and warning in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
+    # But asking the result store itself is a one-line error
+    asked = etl(tmp_path, "results", "stats", env={"ETL_RESULTS_URL": url})
+    assert asked.returncode in (2, 3) and "Traceback" not in asked.stderr, asked.stderr
+    assert "s3cret" not in asked.stderr
