@@ -24,20 +24,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import posixpath
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from etl.config import Settings, load_settings
+from etl.config import load_settings
 from etl.errors import BatchError, ConfigError, EtlError, ObjectNotFound
+from etl.inspect_tables import (ERROR_COLUMNS, LEDGER_STAGES, PAYLOAD_COLUMNS, RUN_COLUMNS,
+                                SHARD_COLUMNS, TASK_COLUMNS, share_done, table_of)
 from etl.keys import quarantine_key
 from etl.objects import ObjectStore, open_objects
 from etl.parquet import from_parquet_bytes
-from etl.sqlite_db import path_of
-from etl.state import Checkpoint, RawPayload, RunRecord, StateStore, open_state, task_fingerprint
+from etl.project import (Backend, anchored, configured_backends, find_project_dir,
+                         require_sqlite_file)
+from etl.state import RawPayload, RunRecord, StateStore, open_state, task_fingerprint
 from etl.urls import mask_url
 
 if TYPE_CHECKING:
@@ -45,107 +47,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Stages that write a TaskDedup entry per batch, in pipeline order.
-LEDGER_STAGES = ("fetch", "clean", "load")
-
-#: Columns of `Inspector.shards`, in order (also the columns of an empty frame).
-SHARD_COLUMNS = [
-    "shard", "status", "cursor", "fetch_done", "batches_fetched", "batches_cleaned",
-    "batches_loaded", "rows_fetched", "rows_cleaned", "rows_quarantined", "rows_loaded",
-    "share_done", "updated_at", "last_error",
-]
-PAYLOAD_COLUMNS = ["shard", "batch", "rows", "bytes", "sha256", "cursor_start", "cursor_end",
-                   "key", "created_at"]
-ERROR_COLUMNS = ["at", "run_id", "stage", "shard", "batch", "error_type", "message",
-                 "traceback", "context"]
-RUN_COLUMNS = ["run_id", "pipeline", "plan", "shards", "status", "batch_size", "source_rows",
-               "created_at", "updated_at"]
-TASK_COLUMNS = ["job_id", "function", "stage", "status", "shard", "batch", "result", "error",
-                "error_type", "retry_count", "worker_id", "duration", "created_at",
-                "completed_at"]
-
 
 class PayloadMismatch(BatchError):
     """A raw payload's bytes do not match the sha256 (or size) its RawPayload pointer
     recorded: the object was overwritten or corrupted after the batch was fetched."""
-
-
-def find_project_dir(start: str | Path | None = None) -> Path:
-    """The directory whose settings apply: `start` (default: the current directory) or the
-    nearest parent holding `etl.toml` or a `.etl/` state directory, else `start` itself.
-
-    Jupyter starts a kernel in the notebook's own directory (`notebooks/`), while `etl run`
-    was run from the project root: looking upwards finds the root's settings and state.
-    """
-    here = Path(start if start is not None else Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "etl.toml").is_file() or (folder / ".etl").is_dir():
-            return folder
-    return here
-
-
-def _anchored(url: str, base: Path, *, plain_path_ok: bool = False) -> str:
-    """`url` with a relative SQLite or local-file path made absolute against `base`, so the
-    stores open what `etl` run in `base` opened, whatever the current directory is."""
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
-        if path and path != ":memory:" and not Path(path).expanduser().is_absolute():
-            return f"sqlite:///{base / path}"
-        return url
-    if url.startswith("file://") or (plain_path_ok and "://" not in url):
-        path = url[len("file://"):] if url.startswith("file://") else url
-        if not Path(path or ".").expanduser().is_absolute():
-            return f"file://{base / path}"
-    return url
-
-
-def _require_sqlite_file(url: str, what: str, hint: str) -> None:
-    """A SQLite store that does not exist would be created empty by opening it: refuse."""
-    if url.startswith("sqlite:") and path_of(url) != ":memory:" \
-            and not Path(path_of(url)).expanduser().is_file():
-        raise ConfigError(f"no {what} at {mask_url(url)}: {hint}")
-
-
-#: Column dtypes that pandas would guess wrongly: cursors and results keep their own Python
-#: values (an int cursor next to None must not turn into a float), optional ints stay ints.
-_DTYPES = {"cursor": object, "cursor_start": object, "cursor_end": object, "result": object,
-           "context": object, "shard": "Int64", "batch": "Int64"}
-
-
-def _frame(rows: Iterable[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
-    """A DataFrame of `rows` with exactly `columns`, also when there are no rows."""
-    records = list(rows)
-    return pd.DataFrame({name: pd.Series([r.get(name) for r in records], dtype=_DTYPES.get(name))
-                         for name in columns}, columns=columns)
-
-
-def share_done(checkpoint: Checkpoint, expected_rows: float | None) -> float:
-    """Estimated share (0..1) of a shard's work that is loaded.
-
-    1.0 once the shard is complete. While it is fetched to the end, the share of its fetched
-    batches that are loaded. Before that, the loaded share of fetched batches times the
-    share of the shard fetched so far, estimated from `expected_rows` (the run's source rows
-    over its shards: hash and fitted range plans split rows about evenly); NaN when that is
-    unknown. An estimate for a progress bar, never used to decide anything.
-    """
-    if checkpoint.complete:
-        return 1.0
-    fetched = checkpoint.batches_fetched
-    loaded = checkpoint.batches_loaded / fetched if fetched else 0.0
-    if checkpoint.fetch_done:
-        return loaded if fetched else 1.0
-    if not expected_rows:
-        return float("nan")
-    return min(loaded * min(checkpoint.rows_fetched / expected_rows, 1.0), 0.99)
-
-
-@dataclass
-class Backend:
-    """One configured store, for display: its setting, masked URL and where it came from."""
-
-    setting: str
-    url: str
-    source: str
 
 
 class Inspector:
@@ -177,10 +82,10 @@ class Inspector:
         """Open the stores at these URLs (relative SQLite / file paths are taken from
         `base`, default the current directory). The result store opens on first use."""
         root = Path(base).resolve() if base is not None else Path.cwd()
-        state_url = _anchored(state_url, root)
-        objects_url = _anchored(objects_url, root, plain_path_ok=True)
-        results_url = _anchored(results_url, root) if results_url else None
-        _require_sqlite_file(state_url, "state store",
+        state_url = anchored(state_url, root)
+        objects_url = anchored(objects_url, root, plain_path_ok=True)
+        results_url = anchored(results_url, root) if results_url else None
+        require_sqlite_file(state_url, "state store",
                              "run `etl run` there first, or point ETL_STATE_URL (or "
                              "state_url in etl.toml) at the run's state")
         return cls(open_state(state_url), open_objects(objects_url), results_url=results_url)
@@ -202,7 +107,7 @@ class Inspector:
             root = Path.cwd().resolve()
         conf = load_settings(cwd=root)
         inspector = cls.from_urls(conf.state_url, conf.objects_url, conf.results_url, base=root)
-        inspector._backends = _backends(conf)
+        inspector._backends = configured_backends(conf)
         return inspector
 
     def close(self) -> None:
@@ -224,7 +129,7 @@ class Inspector:
 
     def backends(self) -> pd.DataFrame:
         """The stores in use, URLs with passwords masked, and where each setting came from."""
-        return _frame(({"setting": b.setting, "url": b.url, "from": b.source}
+        return table_of(({"setting": b.setting, "url": b.url, "from": b.source}
                        for b in self._backends), ["setting", "url", "from"])
 
     # -- runs ----------------------------------------------------------------------------
@@ -242,7 +147,7 @@ class Inspector:
 
     def runs(self, *, pipeline: str | None = None, limit: int = 50) -> pd.DataFrame:
         """Runs newest first: id, pipeline, shard plan, status, batch size, source rows."""
-        return _frame(({"run_id": r.run_id, "pipeline": r.pipeline, "plan": r.plan,
+        return table_of(({"run_id": r.run_id, "pipeline": r.pipeline, "plan": r.plan,
                         "shards": r.shards, "status": r.status,
                         "batch_size": r.params.get("batch_size"),
                         "source_rows": r.params.get("source_rows"),
@@ -276,7 +181,7 @@ class Inspector:
         checkpoints = self.state.list_checkpoints(run.run_id)
         source_rows = run.params.get("source_rows")
         expected = source_rows / run.shards if source_rows and run.shards else None
-        return _frame(({"shard": c.shard, "status": "done" if c.complete else c.status,
+        return table_of(({"shard": c.shard, "status": "done" if c.complete else c.status,
                         "cursor": c.cursor, "fetch_done": c.fetch_done,
                         "batches_fetched": c.batches_fetched,
                         "batches_cleaned": c.batches_cleaned,
@@ -303,14 +208,14 @@ class Inspector:
             for stage in LEDGER_STAGES:
                 row[stage] = self.state.is_done(task_fingerprint(stage, run.run_id, p.shard, p.batch))
             rows.append(row)
-        return _frame(rows, ["shard", "batch", *LEDGER_STAGES])
+        return table_of(rows, ["shard", "batch", *LEDGER_STAGES])
 
     # -- raw payloads ----------------------------------------------------------------------
     def payloads(self, run_id: str | None = None, shard: int | None = None) -> pd.DataFrame:
         """RawPayload pointers of the run (or of one shard), by shard and batch: rows, bytes,
         sha256, the cursor range the batch covers and its object key."""
         run = self.run(run_id)
-        return _frame(({"shard": p.shard, "batch": p.batch, "rows": p.rows, "bytes": p.bytes,
+        return table_of(({"shard": p.shard, "batch": p.batch, "rows": p.rows, "bytes": p.bytes,
                         "sha256": p.sha256, "cursor_start": p.cursor_start,
                         "cursor_end": p.cursor_end, "key": p.key, "created_at": p.created_at}
                        for p in self.state.list_payloads(run.run_id, _shard(shard))),
@@ -369,7 +274,7 @@ class Inspector:
             if limit is not None and count >= limit:
                 break
         if not frames:
-            return _frame([], ["shard", "batch", "_reason", "_stage"])
+            return table_of([], ["shard", "batch", "_reason", "_stage"])
         result = pd.concat(frames, ignore_index=True)
         return result.head(limit) if limit is not None else result
 
@@ -378,7 +283,7 @@ class Inspector:
         """TaskErrorLog entries of the run, newest first: stage, shard, batch, error type and
         message, traceback and context (URLs in messages and tracebacks masked)."""
         run = self.run(run_id)
-        return _frame(({"at": e.at, "run_id": e.run_id, "stage": e.stage, "shard": e.shard,
+        return table_of(({"at": e.at, "run_id": e.run_id, "stage": e.stage, "shard": e.shard,
                         "batch": e.batch, "error_type": e.error_type,
                         "message": mask_url(e.message), "traceback": mask_url(e.traceback),
                         "context": e.context}
@@ -390,7 +295,7 @@ class Inspector:
         if self._results is None:
             if not self._results_url:
                 raise ConfigError("no result store configured (results_url)")
-            _require_sqlite_file(self._results_url, "result store",
+            require_sqlite_file(self._results_url, "result store",
                                  "the run recorded no task results there")
             from results import open_results
 
@@ -429,16 +334,11 @@ class Inspector:
                          "error_type": job.error_type, "retry_count": job.retry_count,
                          "worker_id": job.worker_id, "duration": job.duration,
                          "created_at": job.created_at, "completed_at": job.completed_at})
-        return _frame(rows, TASK_COLUMNS)
+        return table_of(rows, TASK_COLUMNS)
 
 
 def _shard(shard: int | None) -> int | None:
     return None if shard is None else int(shard)
 
 
-def _backends(conf: Settings) -> list[Backend]:
-    return [Backend(name, mask_url(getattr(conf, name)), conf.sources[name])
-            for name in ("state_url", "objects_url", "results_url")]
-
-
-__all__ = ["Inspector", "PayloadMismatch", "find_project_dir", "share_done"]
+__all__ = ["LEDGER_STAGES", "Inspector", "PayloadMismatch", "find_project_dir", "share_done"]
