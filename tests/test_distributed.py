@@ -221,6 +221,7 @@ def test_a_pipeline_with_its_own_queue_is_worked_only_where_that_queue_is_named(
     pd.DataFrame({"id": range(10_000)}).to_csv(work / "rows.csv", index=False)
     (work / "queued.py").write_text(QUEUED_PIPELINE)
     default, urgent = cluster.env["ETL_QUEUE"], cluster.env["ETL_QUEUE"] + "-urgent"
+    cluster.queues.append(urgent)
     cluster.start_worker()
     # When the urgent run is sent, and a plain run after it is followed to its end
     sent = cluster.etl("run", "-p", "queued:urgent", "--fresh", "--no-progress")
