@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pandas.api import types as pdt
 
@@ -95,10 +96,29 @@ def compare(frame: pd.DataFrame, expected: dict[str, str], *, ignore: tuple[str,
     drift.missing = [c for c in want if c not in have]
     drift.extra = [c for c in have if c not in want]
     for column in want.keys() & have.keys():
-        # an all-null column has no type to speak of: not drift
-        if want[column] != have[column] and frame[column].notna().any():
+        if not fits(want[column], have[column], frame[column]):
             drift.changed[column] = (want[column], have[column])
     return drift
+
+
+def fits(want: str, have: str, values: pd.Series) -> bool:
+    """Whether a column of kind `have` holds values of kind `want`, allowing for how pandas
+    stores a batch: an integer column with a null arrives as float64 and a boolean one as
+    object, and a whole-number float column may parse as integers. An all-null column has
+    no type to speak of. Only a real change of kind (text in a number column, numbers with
+    fractions in an integer one) is drift."""
+    if want == have:
+        return True
+    present = values.dropna()
+    if present.empty:
+        return True
+    if want == "float" and have == "integer":
+        return True  # widening: every integer is a float
+    if want == "integer" and have == "float":
+        return bool((present == present.round()).all())
+    if want == "boolean" and have == "string":
+        return all(isinstance(v, (bool, np.bool_)) for v in present)
+    return False
 
 
 def apply_policy(frame: pd.DataFrame, drift: Drift, policy: str, *, where: str) -> pd.DataFrame:

@@ -49,11 +49,38 @@ def test_compare_names_missing_extra_and_changed_columns() -> None:
     assert not compare(same, EXPECTED) and isinstance(compare(same, EXPECTED), Drift)
 
 
-def _run(tmp_path: Path, csv: str, policy: str) -> tuple[object, object]:
+def test_how_pandas_stores_nulls_and_whole_numbers_is_not_drift() -> None:
+    # Given batches as they arrive from Parquet: an integer column with a null (float64), a
+    # boolean column with a null (object), and whole-number floats parsed as integers
+    expected = {"n": "integer", "flag": "boolean", "price": "float"}
+    batch = pd.DataFrame({"n": [1.0, None], "flag": [True, None], "price": [3, 4]})
+    # Then none of them is drift
+    assert not compare(batch, expected), compare(batch, expected).describe()
+    # But fractions in an integer column, or text in a boolean one, are
+    real = pd.DataFrame({"n": [1.5, None], "flag": ["yes", None], "price": [3, 4]})
+    assert compare(real, expected).changed == {"n": ("integer", "float"),
+                                               "flag": ("boolean", "string")}
+
+
+def test_nulls_in_integer_and_boolean_columns_pass_a_frozen_schema(tmp_path: Path) -> None:
+    # Given a frozen schema with integer and boolean columns, and a file where one batch has a
+    # null quantity (Parquet -> float64) and the other a null flag (-> object)
+    csv = "id,qty,ok\n1,5,true\n2,,false\n3,7,\n4,8,true\n"
+    # When it is run
+    result, state = _run(tmp_path, csv, "freeze",
+                         expected={"id": "integer", "qty": "integer", "ok": "boolean"})
+    # Then no batch is drift: the run completes with every row loaded
+    assert result.completed
+    assert [e for e in state.list_errors() if e.stage == "schema"] == []
+    assert sorted(_sink(tmp_path)["id"]) == [1, 2, 3, 4]
+
+
+def _run(tmp_path: Path, csv: str, policy: str, *,
+         expected: dict[str, str] = EXPECTED) -> tuple[object, object]:
     (tmp_path / "rows.csv").write_text(csv)
     pipeline = Pipeline(name="drifty", source=FileSource(str(tmp_path / "rows.csv")),
                         sink=ParquetSink(str(tmp_path / "out")), key=["id"],
-                        shards=RangeShards("id", 2), batch_size=2, expected_schema=EXPECTED,
+                        shards=RangeShards("id", 2), batch_size=2, expected_schema=expected,
                         schema_drift=policy)
     state = open_state(f"sqlite:///{tmp_path}/state.db")
     run, _ = open_run(state, pipeline, spec="x:y")
