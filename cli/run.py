@@ -15,6 +15,7 @@ from cli.common import err, object_store, out, result_store, settings, state_sto
 from etl.brokers import broker_kind
 from etl.context import RunContext
 from etl.distributed import Sender
+from etl.drift import compare_kinds
 from etl.embedded import run_embedded
 from etl.pipeline import Pipeline, load_pipeline
 from etl.runs import open_run
@@ -53,11 +54,14 @@ def _pipeline(spec: str | None, shards: int | None,
 @click.option("--wait/--no-wait", default=False,
               help="Distributed mode: follow the run until it is done (default: print the "
                    "run id and return once its work is enqueued).")
+@click.option("--accept-schema", is_flag=True,
+              help="A new run takes the source's columns as they are now, instead of "
+                   "expecting those of the pipeline's last completed run.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @click.pass_context
 def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh: bool,
                 run_id: str | None, batch_size: int | None, processes: int, threads: int,
-                wait: bool, progress: bool) -> None:
+                wait: bool, accept_schema: bool, progress: bool) -> None:
     """Run fetch -> clean -> load over every shard; resumes an unfinished run.
 
     With the embedded default broker (stub://) the work runs here, in local worker
@@ -66,7 +70,7 @@ def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh:
         raise click.UsageError("--fresh and --run-id exclude each other")
     chosen, pipeline = _pipeline(spec, shards, batch_size)
     execute(ctx, pipeline, spec=chosen, fresh=fresh, run_id=run_id, processes=processes,
-            threads=threads, wait=wait, progress=progress)
+            threads=threads, wait=wait, accept_schema=accept_schema, progress=progress)
 
 
 @click.command("backfill")
@@ -80,11 +84,14 @@ def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh:
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="Worker threads per process in embedded mode.")
 @click.option("--wait/--no-wait", default=False, help="Distributed mode: follow the run.")
+@click.option("--accept-schema", is_flag=True,
+              help="A new run takes the source's columns as they are now, instead of "
+                   "expecting those of the pipeline's last completed run.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @click.pass_context
 def backfill_command(ctx: click.Context, spec: str | None, start: str, end: str,
                      shards: int | None, batch_size: int | None, processes: int, threads: int,
-                     wait: bool, progress: bool) -> None:
+                     wait: bool, accept_schema: bool, progress: bool) -> None:
     """Load the rows with START <= window column < END, once, whoever triggers it.
 
     The run id derives from pipeline, shard plan and window: triggering the same window
@@ -94,20 +101,23 @@ def backfill_command(ctx: click.Context, spec: str | None, start: str, end: str,
     window = windowed.source.window
     run_id = backfill_run_id(pipeline.name, pipeline.shards.describe(), window)
     execute(ctx, windowed, spec=chosen, run_id=run_id, params={"window": window.to_dict()},
-            processes=processes, threads=threads, wait=wait, progress=progress)
+            processes=processes, threads=threads, wait=wait, accept_schema=accept_schema,
+            progress=progress)
 
 
 def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = False,
             run_id: str | None = None, params: dict[str, Any] | None = None,
             processes: int = 1, threads: int = 2, wait: bool = False,
-            progress: bool = True) -> None:
+            accept_schema: bool = False, progress: bool = True) -> None:
     """Open (or resume) the run and work it: here in embedded mode, on the broker otherwise."""
     conf = settings()
     distributed = broker_kind(conf.broker_url) != "stub"
     state = state_store(conf)
-    run, created = open_run(state, pipeline, spec=spec, fresh=fresh, run_id=run_id, params=params)
+    run, created = open_run(state, pipeline, spec=spec, fresh=fresh, run_id=run_id, params=params,
+                            accept_schema=accept_schema)
     if created:
         err.print(f"new run [bold]{run.run_id}[/] ({run.plan}, state {state.url})")
+        _warn_schema_change(run, pipeline)
     elif run.status == "completed":
         err.print(f"run [bold]{run.run_id}[/] is already complete over the same source data: "
                   "nothing to load (--fresh loads it again)")
@@ -158,6 +168,19 @@ def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = 
                 "again to resume (see `etl errors`)")
         err.print(f"run {run.run_id} is not complete; {hint}")
         ctx.exit(1)
+
+
+def _warn_schema_change(run: RunRecord, pipeline: Pipeline) -> None:
+    """Say up front when the source's columns differ from those of the run it learned its
+    schema from: every batch will be reported, and under `freeze` none will load."""
+    learned, now = run.params.get("expected_schema"), run.params.get("source_schema")
+    if not learned or not now:
+        return
+    drift = compare_kinds(now, learned)
+    if drift:
+        err.print(f"[yellow]schema changed[/] since run {run.params.get('schema_from')}: "
+                  f"{drift.describe()}; policy {pipeline.schema_drift} (--accept-schema takes "
+                  "the source as it is now)")
 
 
 def _drifted(state: StateStore, run_id: str) -> int:

@@ -174,8 +174,9 @@ def quarantine_bytes(quarantined: pd.DataFrame) -> bytes:
 
 def _check_schema(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame,
                   key: str) -> pd.DataFrame:
-    """Report a drifted batch once (TaskErrorLog, stage "schema") and apply the policy."""
-    expected = ctx.pipeline.expected_schema
+    """Report a drifted batch once (TaskErrorLog, stage "schema") and apply the policy. The
+    expectation is the pipeline's declared schema, else the one the run learned (etl.drift)."""
+    expected = ctx.pipeline.expected_schema or ctx.run.params.get("expected_schema")
     if not expected:
         return frame
     drift = compare(frame, expected)
@@ -186,7 +187,10 @@ def _check_schema(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame,
         ctx.state.log_error(ErrorRecord(
             run_id=ctx.run_id, stage="schema", error_type="SchemaDrift", shard=shard,
             batch=batch, message=drift.describe(),
-            context={"policy": ctx.pipeline.schema_drift, "object": key, **drift.to_dict()}))
+            context={"policy": ctx.pipeline.schema_drift, "object": key,
+                     "expected_from": ("pipeline" if ctx.pipeline.expected_schema
+                                       else f"run {ctx.run.params.get('schema_from')}"),
+                     **drift.to_dict()}))
         ctx.state.mark_done(noted, "drift", ctx.run_id)
         log.warning("%s: schema drift (%s), policy %s", _where(ctx, shard, batch), drift.describe(),
                     ctx.pipeline.schema_drift)

@@ -9,17 +9,24 @@ dtype names are accepted too) and a policy for batches that differ:
   discard  drop columns the schema does not name; a missing column or a changed type still
            fails the batch, as no dropping can fix it.
 
+A pipeline that declares nothing is held to what its source looked like last time: each
+new run records its source's columns and kinds, and takes those of the newest completed run
+of the same pipeline as its expectation (`etl run --accept-schema` starts from the source as
+it is now). A feed that gained, lost or retyped a column is then reported on its first run.
+
 Every drift is reported in TaskErrorLog (error type SchemaDrift, the differences in its
 context) and counted in the run summary, whatever the policy.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pandas.api import types as pdt
 
 from etl.errors import BatchError, ConfigError
@@ -46,6 +53,33 @@ def kind_of_dtype(dtype: Any) -> str:
     if pdt.is_string_dtype(dtype) or pdt.is_object_dtype(dtype):
         return "string"
     return "other"
+
+
+def kind_of_arrow(dtype: pa.DataType) -> str:
+    """The kind of an Arrow type, as `kind_of_dtype` would judge the pandas column it becomes
+    (a null-free one: nulls are allowed for by `fits`)."""
+    if pa.types.is_boolean(dtype):
+        return "boolean"
+    if pa.types.is_integer(dtype):
+        return "integer"
+    if pa.types.is_floating(dtype) or pa.types.is_decimal(dtype):
+        return "float"
+    if pa.types.is_timestamp(dtype):
+        return "datetime"
+    if pa.types.is_date(dtype):
+        return "date"
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return "string"
+    return "other"  # decimals, nested and all-null columns: not judged
+
+
+def source_schema(source: Any) -> dict[str, str] | None:
+    """A source's columns and kinds, when it can tell them (a file source, once parsed)."""
+    table = getattr(source, "table", None)
+    if not callable(table):
+        return None
+    return {field.name: kind_of_arrow(field.type) for field in table().schema
+            if not field.name.startswith("_")}
 
 
 def normalise_kind(name: str) -> str:
@@ -101,13 +135,24 @@ def compare(frame: pd.DataFrame, expected: dict[str, str], *, ignore: tuple[str,
     return drift
 
 
+def compare_kinds(have: dict[str, str], want: dict[str, str]) -> Drift:
+    """The differences between two schemas (column -> kind), such as a source's now and at
+    its last run."""
+    drift = Drift(missing=[c for c in want if c not in have],
+                  extra=[c for c in have if c not in want])
+    drift.changed = {c: (want[c], have[c]) for c in want if c in have and want[c] != have[c]
+                     and "other" not in (want[c], have[c])
+                     and {want[c], have[c]} != {"integer", "float"}}
+    return drift
+
+
 def fits(want: str, have: str, values: pd.Series) -> bool:
     """Whether a column of kind `have` holds values of kind `want`, allowing for how pandas
     stores a batch: an integer column with a null arrives as float64 and a boolean one as
     object, and a whole-number float column may parse as integers. An all-null column has
     no type to speak of. Only a real change of kind (text in a number column, numbers with
     fractions in an integer one) is drift."""
-    if want == have:
+    if want == have or want == "other":
         return True
     present = values.dropna()
     if present.empty:
@@ -118,6 +163,8 @@ def fits(want: str, have: str, values: pd.Series) -> bool:
         return bool((present == present.round()).all())
     if want == "boolean" and have == "string":
         return all(isinstance(v, (bool, np.bool_)) for v in present)
+    if want == "date" and have == "string":  # Arrow dates arrive as datetime.date objects
+        return all(isinstance(v, dt.date) and not isinstance(v, dt.datetime) for v in present)
     return False
 
 

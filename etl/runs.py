@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
+from etl.drift import source_schema
 from etl.errors import ConfigError
 from etl.pipeline import Pipeline
 from etl.state import Checkpoint, RunRecord, StateStore, task_fingerprint
@@ -31,15 +32,17 @@ def new_run_id(pipeline: str) -> str:
 
 
 def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = False,
-             run_id: str | None = None,
-             params: dict[str, Any] | None = None) -> tuple[RunRecord, bool]:
+             run_id: str | None = None, params: dict[str, Any] | None = None,
+             accept_schema: bool = False) -> tuple[RunRecord, bool]:
     """The run to work on and whether it was created now.
 
     With `run_id`: that run (created under that name if new). With `fresh`: a new run.
     Otherwise the newest run of this pipeline and plan: resumed if unfinished, returned as
     it is (nothing to do) if completed over the same source data; a new run if there is
     none, or if the newest completed run read a source that has changed since. `params`
-    are kept with a new run (a backfill's window, for one).
+    are kept with a new run (a backfill's window, for one). A new run records its source's
+    schema and, unless the pipeline declares one or `accept_schema`, expects the schema of
+    the pipeline's newest completed run (etl.drift).
     """
     plan_name = pipeline.shards.describe()
     run = None
@@ -65,7 +68,8 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
         params={"pipeline_spec": spec, "plan": fitted.to_dict(),
                 "batch_size": pipeline.batch_size,
                 "source_fingerprint": pipeline.source.fingerprint(),
-                "source_rows": pipeline.source.row_count(), **(params or {})},
+                "source_rows": pipeline.source.row_count(),
+                **_schemas(state, pipeline, accept=accept_schema), **(params or {})},
     )
     if not state.create_run(run):  # someone created it meanwhile: use theirs
         existing = state.get_run(run.run_id)
@@ -74,6 +78,23 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
     state.init_checkpoints(run.run_id, run.shards)
     log.info("created run %s (%s, %d shards)", run.run_id, plan_name, run.shards)
     return run, True
+
+
+def _schemas(state: StateStore, pipeline: Pipeline, *, accept: bool) -> dict[str, Any]:
+    """The source's schema for a new run's record, and the expectation learned from the
+    newest completed run that recorded one (unless the pipeline declares its own)."""
+    schema = source_schema(pipeline.source)
+    if schema is None:
+        return {}
+    found: dict[str, Any] = {"source_schema": schema}
+    if pipeline.expected_schema or accept:
+        return found
+    for earlier in state.list_runs(pipeline=pipeline.name, limit=50):
+        if earlier.status == "completed" and earlier.params.get("source_schema"):
+            found["expected_schema"] = earlier.params["source_schema"]
+            found["schema_from"] = earlier.run_id
+            break
+    return found
 
 
 def _plan_columns(pipeline: Pipeline) -> list[str]:

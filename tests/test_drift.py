@@ -3,6 +3,7 @@ reported, and evolve, freeze or discard as the pipeline says."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -135,3 +136,75 @@ def test_a_bad_policy_or_type_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown type"):
         Pipeline(name="p", source=None, sink=None, key=["id"], shards=RangeShards("id", 1),
                  expected_schema={"id": "bigint!"})
+
+
+LEARNING = '''
+import os
+import os
+from pathlib import Path
+
+from etl import FileSource, ParquetSink, Pipeline
+from shards import RangeShards
+
+HERE = Path(__file__).parent
+
+
+def pipeline():
+    return Pipeline(name="feed", source=FileSource(str(HERE / "feed.csv")),
+                    sink=ParquetSink(str(HERE / "out" / "feed")), key=["id"],
+                    shards=RangeShards("id", 2), batch_size=50,
+                    schema_drift=os.environ.get("DRIFT_POLICY", "evolve"))
+'''
+
+
+def _feed(workdir: Path, *, extra: bool = False, text_amount: bool = False) -> None:
+    header = "id,name,amount" + (",extra" if extra else "")
+    rows = [f"{i},n{i},{'unknown' if text_amount and i == 7 else i * 1.5}" + (",x" if extra else "")
+            for i in range(200)]
+    (workdir / "feed.csv").write_text("\n".join([header, *rows]) + "\n")
+
+
+def test_a_pipeline_without_a_schema_is_held_to_its_last_completed_run(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from etl.state import open_state
+
+    def etl(*args: str, policy: str = "evolve") -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+        env.update(PYTHONPATH=os.pathsep.join([str(tmp_path), os.getcwd()]), DRIFT_POLICY=policy)
+        return subprocess.run([sys.executable, "-m", "cli.main", *args, "-p", "learning:pipeline",
+                               "--no-progress"], cwd=tmp_path, env=env, text=True,
+                              capture_output=True, timeout=120)
+
+    (tmp_path / "learning.py").write_text(LEARNING)
+    # Given a feed loaded once as it was
+    _feed(tmp_path)
+    first = etl("run")
+    assert first.returncode == 0 and "schema changed" not in first.stderr, first.stderr
+    first_id = first.stderr.split("new run ", 1)[1].split()[0]
+    # When it comes back with a new column and text in a number column
+    _feed(tmp_path, extra=True, text_amount=True)
+    second = etl("run")
+    # Then the new run says so before it starts, loads (evolve), and reports each batch
+    assert second.returncode == 0, second.stderr
+    assert (f"schema changed since run {first_id}: unexpected extra; changed amount float -> "
+            "string; policy evolve") in " ".join(second.stderr.split())
+    state = open_state(f"sqlite:///{tmp_path}/.etl/state.db")
+    reports = [e for e in state.list_errors() if e.stage == "schema"]
+    assert reports and all(e.context["expected_from"] == f"run {first_id}" for e in reports)
+    assert all("extra" in e.context["extra"] for e in reports)
+    # When the feed keeps its new shape (other rows), now under a frozen pipeline
+    _feed(tmp_path, extra=True, text_amount=True)
+    (tmp_path / "feed.csv").write_text((tmp_path / "feed.csv").read_text() + "200,n200,1,x\n")
+    frozen = etl("run", policy="freeze")
+    # Then the run, held to the last completed run's schema (which evolved), has nothing to fail
+    assert frozen.returncode == 0 and "schema changed" not in frozen.stderr, frozen.stderr
+    # But a feed that drops the column again fails under freeze, and loads nothing
+    _feed(tmp_path)
+    failed = etl("run", policy="freeze")
+    assert failed.returncode == 1 and "missing extra" in " ".join(failed.stderr.split())
+    # Until the new shape is accepted
+    accepted = etl("run", "--fresh", "--accept-schema", policy="freeze")
+    assert accepted.returncode == 0 and "schema changed" not in accepted.stderr, accepted.stderr
+    state.close()
