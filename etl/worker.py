@@ -5,11 +5,11 @@ pipeline (etl.context), so one worker serves every pipeline whose code it can im
 
 One process runs a Dramatiq Worker with `threads` threads on the queues it is given
 (default: the `queue` setting); a pipeline with its own `Pipeline.queue` is worked only by
-workers started with `--queue` naming it, so heavy or urgent pipelines can get their own. With several processes, this
-process supervises: it forks them (each opens its own broker connection after the fork),
-restarts one that dies (after a pause, so a crash loop does not spin), and on SIGTERM or
-SIGINT stops them all gracefully: a worker finishes the messages it is working on, and
-the broker redelivers the ones it had prefetched.
+workers started with `--queue` naming it, so heavy or urgent pipelines can get their own.
+With several processes, this process supervises: it forks them (each opens its own broker
+connection after the fork), restarts one that dies (after a pause, so a crash loop does not
+spin), and on SIGTERM or SIGINT stops them all gracefully: a worker finishes the messages it
+is working on, and the broker redelivers the ones it had prefetched.
 """
 
 from __future__ import annotations
