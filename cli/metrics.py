@@ -48,7 +48,8 @@ def _scrape(url: str) -> str:
                    "Without it: queue and run gauges read from the configured stores.")
 @click.option("--raw", is_flag=True, help="Print the Prometheus text format as it is.")
 def metrics_command(urls: tuple[str, ...], raw: bool) -> None:
-    """A snapshot of the metrics: counters, gauges, and batch latency p50/p95 per stage."""
+    """A snapshot of the metrics: counters, gauges, and per stage the batch latency p50/p95
+    and the rows per second of busy time (rows through the stage / time in its batches)."""
     texts = [_scrape(url) for url in urls] if urls else [_local_snapshot()]
     if raw:
         for text in texts:
@@ -56,12 +57,19 @@ def metrics_command(urls: tuple[str, ...], raw: bool) -> None:
         return
     values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
     buckets: dict[tuple[str, ...], dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    busy: dict[tuple[str, str], float] = defaultdict(float)  # seconds in batches
+    rows: dict[tuple[str, str], float] = defaultdict(float)  # rows through the stage
     for text in texts:
         for family in text_string_to_metric_families(text):
             if not family.name.startswith("etl_"):
                 continue
             for sample in family.samples:
                 labels = dict(sample.labels)
+                where = (labels.get("pipeline", ""), labels.get("stage", ""))
+                if sample.name == "etl_batch_seconds_sum":
+                    busy[where] += sample.value
+                elif sample.name == "etl_rows_total":
+                    rows[where] += sample.value
                 if sample.name.endswith("_bucket"):
                     bound = float(labels.pop("le"))
                     buckets[(labels.get("pipeline", ""), labels.get("stage", ""))][bound] += sample.value
@@ -78,11 +86,13 @@ def metrics_command(urls: tuple[str, ...], raw: bool) -> None:
     out.print(table)
     if buckets:
         latency = Table(title="batch latency (s)")
-        for column in ("pipeline", "stage", "count", "p50", "p95"):
+        for column in ("pipeline", "stage", "count", "p50", "p95", "rows", "rows/s busy"):
             latency.add_column(column, justify="right" if column not in ("pipeline", "stage") else "left")
         for (pipeline, stage), by_bound in sorted(buckets.items()):
             points = sorted(by_bound.items())
             p50, p95 = quantile(points, 0.5), quantile(points, 0.95)
+            moved, seconds = rows.get((pipeline, stage), 0.0), busy.get((pipeline, stage), 0.0)
             latency.add_row(pipeline, stage, f"{points[-1][1]:,.0f}",
-                            "-" if p50 is None else f"{p50:.3f}", "-" if p95 is None else f"{p95:.3f}")
+                            "-" if p50 is None else f"{p50:.3f}", "-" if p95 is None else f"{p95:.3f}",
+                            f"{moved:,.0f}", f"{moved / seconds:,.0f}" if seconds > 0 else "-")
         out.print(latency)

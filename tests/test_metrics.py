@@ -25,6 +25,42 @@ def test_quantile_interpolates_inside_the_bucket_like_histogram_quantile() -> No
     assert quantile([(0.1, 0.0), (float("inf"), 0.0)], 0.5) is None
 
 
+def test_etl_metrics_shows_rows_per_second_of_busy_time_per_stage(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+    from etl.metrics import LATENCY_BUCKETS
+
+    # Given an endpoint where fetch moved 1,000 rows in 4 batches of 0.5 s, and clean 900
+    # cleaned + 100 quarantined rows in 4 batches of 0.25 s
+    registry = CollectorRegistry()
+    rows = Counter("etl_rows", "rows", ["pipeline", "stage", "kind"], registry=registry)
+    latency = Histogram("etl_batch_seconds", "latency", ["pipeline", "stage"],
+                        buckets=LATENCY_BUCKETS, registry=registry)
+    rows.labels("orders", "fetch", "fetched").inc(1000)
+    rows.labels("orders", "clean", "cleaned").inc(900)
+    rows.labels("orders", "clean", "quarantined").inc(100)
+    for _ in range(4):
+        latency.labels("orders", "fetch").observe(0.5)
+        latency.labels("orders", "clean").observe(0.25)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        # When `etl metrics` scrapes it
+        shown = subprocess.run([*ETL, "metrics", "--scrape", f"http://127.0.0.1:{port}/metrics"],
+                               cwd=tmp_path, text=True, capture_output=True, timeout=60)
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    # Then each stage's row shows its rows and rows per busy second: 1,000/2 s and 1,000/1 s
+    assert shown.returncode == 0, shown.stderr
+    lines = {cells[1]: cells for cells in (
+        [c.strip() for c in line.strip("│").split("│")]
+        for line in shown.stdout.splitlines() if line.startswith("│") and "orders" in line)
+        if len(cells) == 7}
+    assert lines["fetch"][2] == "4" and lines["fetch"][5:] == ["1,000", "500"], shown.stdout
+    assert lines["clean"][2] == "4" and lines["clean"][5:] == ["1,000", "1,000"], shown.stdout
+
+
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
         text = response.read().decode()
