@@ -53,6 +53,23 @@ def _env(workdir: Path, url: str, queue: str) -> dict[str, str]:
     return env
 
 
+def drop_queues(url: str, names: list[str]) -> None:
+    """Delete the bench's queues (with their delay and dead-letter queues): RabbitMQ keeps
+    durable queues forever, Redis keeps dead letters for days."""
+    from dramatiq.common import dq_name, xq_name
+
+    broker = open_broker(url)
+    try:
+        for name in names:
+            if url.startswith("amqp"):
+                for queue in (name, dq_name(name), xq_name(name)):
+                    broker.channel.queue_delete(queue)  # type: ignore[attr-defined]
+            else:
+                broker.flush(name)
+    finally:
+        broker.close()
+
+
 def demo_on_broker(workdir: Path, url: str) -> float:
     """Seconds from `etl run --wait` start to a completed run, 2 warm workers."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"
@@ -74,6 +91,7 @@ def demo_on_broker(workdir: Path, url: str) -> float:
             worker.terminate()
         for worker in workers:
             worker.wait(timeout=60)
+        drop_queues(url, [queue])
 
 
 class Counter(Middleware):
@@ -133,6 +151,7 @@ def noop_throughput(url: str, messages: int) -> tuple[float, float]:
                                            for i in range(messages)])
         broker.close()
         state.close()
+        drop_queues(url, [queue, f"{queue}-raw"])
         return messages / raw_time, messages / ours_time
 
 
