@@ -16,6 +16,9 @@ from etl.pipeline import load_pipeline
 from etl.queues import Match, Queues, of_run, queues_of
 from results.middleware import ResultRecorder
 
+#: How many of the newest runs `etl queues` looks at for pipelines with queues of their own.
+RECENT_RUNS = 50
+
 queue_option = click.option("--queue", "queue", help="Queue (default: the queue of the --run's "
                             "pipeline, else the `queue` setting).")
 
@@ -55,14 +58,37 @@ def _matcher(run_id: str | None, message_ids: tuple[str, ...]) -> Match:
     return match
 
 
+def _queues_in_use(conf: Settings) -> list[str]:
+    """The `queue` setting and the queues named by the pipelines of the newest runs."""
+    names = [conf.queue]
+    try:
+        state = state_store(conf)
+        try:
+            runs = state.list_runs(limit=RECENT_RUNS)
+        finally:
+            state.close()
+    except Exception as exc:  # noqa: BLE001 - the broker's counts are still worth showing
+        err.print(f"[yellow]cannot list runs ({type(exc).__name__}); showing {conf.queue} only[/]")
+        return names
+    for spec in dict.fromkeys(r.params.get("pipeline_spec") for r in runs):
+        try:
+            queue = load_pipeline(spec).queue if spec else None
+        except EtlError:
+            continue  # a pipeline this machine cannot import: its queue is unknown here
+        if queue:
+            names.append(queue)
+    return list(dict.fromkeys(names))
+
+
 @click.command("queues")
 @click.option("--queue", "names", multiple=True,
-              help="Queue to show (repeatable; default: the `queue` setting).")
+              help="Queue to show (repeatable; default: the `queue` setting and the queues "
+                   "of the pipelines of the newest runs).")
 def queues_command(names: tuple[str, ...]) -> None:
     """Depth, delayed, dead-letter depth and consumers of the ETL queue(s)."""
-    queues, default, broker = _queues(None)
+    queues, _, broker = _queues(None)
     try:
-        counts = [queues.counts(name) for name in dict.fromkeys(names or (default,))]
+        counts = [queues.counts(name) for name in dict.fromkeys(names or _queues_in_use(settings()))]
     finally:
         broker.close()  # type: ignore[attr-defined]
     table = Table(title="queues")

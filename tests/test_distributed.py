@@ -238,6 +238,8 @@ def test_a_pipeline_with_its_own_queue_is_worked_only_where_that_queue_is_named(
         [c.strip() for c in line.strip("│").split("│")]
         for line in depth.stdout.splitlines() if line.startswith("│"))}
     assert rows[default][0] == "0" and rows[urgent][0] == "4", depth.stdout  # ready
+    # And `etl queues` alone finds the urgent queue through the runs' pipelines
+    assert all(f"│ {name} " in cluster.etl("queues").stdout for name in (default, urgent))
     # When a worker for the urgent queue joins
     cluster.start_worker("--queue", urgent)
     final = cluster.etl("run", "--run-id", urgent_run, "-p", "queued:urgent", "--wait",
