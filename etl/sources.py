@@ -21,7 +21,7 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -281,7 +281,7 @@ def _parse_jsonl(raw: bytes) -> pa.Table:
         return pajson.read_json(io.BytesIO(raw))
     except pa.ArrowInvalid:
         pass  # some line is broken: parse line by line, keep the broken ones
-    records: list[dict[str, Any]] = []
+    records: list[tuple[int, dict[str, Any]]] = []
     bad: list[str] = []
     for number, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
@@ -292,11 +292,69 @@ def _parse_jsonl(raw: bytes) -> pa.Table:
             bad.append(f"line {number}: invalid JSON ({exc}): {line[:500].decode(errors='replace')}")
             continue
         if isinstance(value, dict):
-            records.append(value)
+            records.append((number, value))
         else:
             bad.append(f"line {number}: expected a JSON object, got {type(value).__name__}")
-    frame = pd.DataFrame.from_records(records)
-    return _with_bad_rows(pa.Table.from_pandas(frame, preserve_index=False), bad)
+    records = _agreeing_kinds(records, bad)
+    frame = pd.DataFrame.from_records([record for _, record in records])
+    return _with_bad_rows(_arrow_or_json_text(frame), bad)
+
+
+def _json_kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _agreeing_kinds(records: list[tuple[int, dict[str, Any]]],
+                    bad: list[str]) -> list[tuple[int, dict[str, Any]]]:
+    """Records whose fields have the kind most lines give them (an API that sends a list in
+    one line and a string in another). The others go to `bad` with the field and both
+    kinds: quarantined with their reason, not failing the whole source."""
+    kinds: dict[str, Counter[str]] = {}
+    for _, record in records:
+        for field, value in record.items():
+            kind = _json_kind(value)
+            if kind is not None:
+                kinds.setdefault(field, Counter())[kind] += 1
+    usual = {field: seen.most_common(1)[0][0] for field, seen in kinds.items() if len(seen) > 1}
+    if not usual:
+        return records
+    kept = []
+    for number, record in records:
+        odd = next(((f, k) for f in usual if (k := _json_kind(record.get(f))) not in (None, usual[f])),
+                   None)
+        if odd is None:
+            kept.append((number, record))
+        else:
+            bad.append(f"line {number}: field {odd[0]!r} is a {odd[1]} where other lines have a "
+                       f"{usual[odd[0]]}")
+    return kept
+
+
+def _json_text(value: Any) -> str | None:
+    missing = value is None or (isinstance(value, float) and value != value)  # None or NaN
+    return None if missing else json.dumps(value)
+
+
+def _arrow_or_json_text(frame: pd.DataFrame) -> pa.Table:
+    """`frame` as Arrow; a column Arrow cannot type (lists of mixed items, say) is kept as
+    JSON text instead of failing the source."""
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    for column in frame.columns:
+        try:
+            pa.array(frame[column], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            log.warning("jsonl column %r holds values of mixed types: kept as JSON text", column)
+            frame[column] = frame[column].map(_json_text)
+    return pa.Table.from_pandas(frame, preserve_index=False)
 
 
 def _with_bad_rows(table: pa.Table, bad: list[str]) -> pa.Table:

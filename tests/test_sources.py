@@ -64,6 +64,28 @@ def test_broken_json_lines_become_error_rows(tmp_path: Path) -> None:
     assert any("expected a JSON object" in r for r in reasons)
 
 
+def test_a_json_field_of_another_kind_than_in_other_lines_quarantines_only_its_line(
+        tmp_path: Path) -> None:
+    # Given an API feed where "items" is a list in most lines but a string in line 3, and
+    # "tags" holds lists of mixed items
+    lines = [{"id": 1, "items": ["a"], "tags": [1, "x"]}, {"id": 2, "items": ["b", "c"]},
+             {"id": 3, "items": "oops"}, {"id": 4, "items": None, "tags": ["y"]}]
+    path = tmp_path / "feed.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    # When it is read
+    frame = FileSource(str(path)).frame()
+    # Then the source is read: line 3 is an error row naming the field and both kinds
+    assert len(frame) == 4
+    good = frame[frame[SOURCE_ERROR_COLUMN].isna()]
+    assert sorted(good["id"].astype(int)) == [1, 2, 4]
+    assert frame[SOURCE_ERROR_COLUMN].dropna().tolist() == [
+        "line 3: field 'items' is a string where other lines have a list"]
+    # And lists keep their items, while a column Arrow cannot type is kept as JSON text
+    by_id = good.set_index(good["id"].astype(int))
+    assert list(by_id.loc[2, "items"]) == ["b", "c"]
+    assert by_id.loc[1, "tags"] == '[1, "x"]' and by_id.loc[4, "tags"] == '["y"]'
+
+
 @pytest.mark.parametrize("plan", [HashShards(["id"], 7), RangeShards("id", 5)])
 def test_batches_follow_the_cursor_and_cover_each_shard_once(tmp_path: Path, plan) -> None:  # type: ignore[no-untyped-def]
     # Given a source and a fitted plan
