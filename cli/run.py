@@ -205,6 +205,14 @@ def _progress(run: RunRecord, *, enabled: bool) -> Iterator[Callable[[list[Check
         yield on_progress
 
 
+def _added(now: dict[str, int], completed: bool) -> int:
+    """Rows a row-adding stage (Explode) made beyond those fetched, so that a finished run
+    still adds up: rows in + rows added = rows loaded + rows quarantined."""
+    if not completed:
+        return 0
+    return max(0, now["rows_cleaned"] + now["rows_quarantined"] - now["rows_fetched"])
+
+
 def _summary(run_id: str, before: dict[str, int], after: dict[str, int], elapsed: float,
              completed: bool) -> None:
     loaded_now = after["rows_loaded"] - before["rows_loaded"]
@@ -216,6 +224,7 @@ def _summary(run_id: str, before: dict[str, int], after: dict[str, int], elapsed
         ("rows in (fetched)", f"{after['rows_fetched']:,}"),
         ("rows loaded", f"{after['rows_loaded']:,}"),
         ("rows quarantined", f"{after['rows_quarantined']:,}"),
+        *([("rows added by stages", f"{added:,}")] if (added := _added(after, completed)) else []),
         ("batches loaded", f"{after['batches_loaded']:,}"),
         ("batches with schema drift", f"{after.get('drifted', 0):,}"),
         ("loaded by this invocation", f"{loaded_now:,}"),

@@ -155,3 +155,31 @@ def test_a_result_store_that_does_not_answer_leaves_the_run_unrecorded_not_faile
     asked = etl(tmp_path, "results", "stats", env={"ETL_RESULTS_URL": url})
     assert asked.returncode in (2, 3) and "Traceback" not in asked.stderr, asked.stderr
     assert "s3cret" not in asked.stderr
+
+
+def test_a_run_with_a_row_adding_stage_still_adds_up(tmp_path: Path) -> None:
+    # Given API-like orders whose items explode into one row each, one order without a list
+    lines = [json.dumps({"order_id": i, "items": [f"sku{j}" for j in range(i % 3 + 1)]})
+             for i in range(30)] + [json.dumps({"order_id": 30, "items": "not-a-list"})]
+    (tmp_path / "orders.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "exploding.py").write_text(textwrap.dedent("""
+        from etl import FileSource, ParquetSink, Pipeline
+        from shards import HashShards
+        from stages import Explode
+
+        orders = Pipeline(name="items", source=FileSource("orders.jsonl"),
+                          stages=[Explode("items", position="line")],
+                          sink=ParquetSink("out/items"), key=["order_id", "line"],
+                          shards=HashShards(["order_id"], 3), batch_size=7)
+    """))
+    # When it is run
+    result = etl(tmp_path, "run", "-p", "exploding:orders", "--no-progress")
+    # Then 31 rows in + 30 added = 60 loaded + 1 quarantined, and the summary says so
+    assert result.returncode == 0, result.stderr
+    shown = {cells[0]: cells[1] for cells in (
+        [c.strip() for c in line.strip("│").split("│")]
+        for line in result.stdout.splitlines() if line.startswith("│"))}
+    assert (shown["rows in (fetched)"], shown["rows loaded"], shown["rows quarantined"],
+            shown["rows added by stages"]) == ("31", "60", "1", "30")
+    loaded = pd.concat(pd.read_parquet(p) for p in (tmp_path / "out" / "items").glob("*.parquet"))
+    assert len(loaded) == 60 and not loaded.duplicated(["order_id", "line"]).any()
