@@ -1,11 +1,12 @@
 """dramatiq-etl: crash-safe, exactly-once batch ETL pipelines on Dramatiq.
 
-The names a pipeline module needs: Pipeline and RetryPolicy, the file source, the sinks.
+The names a pipeline module needs: Pipeline and RetryPolicy, the file and SQL sources, the sinks.
 Stages live in `stages`, shard plans in `shards`.
 """
 
 from etl.pipeline import Pipeline, RetryPolicy
 from etl.sinks import MongoSink, ParquetSink
 from etl.sources import FileSource
+from etl.sql_source import SqlSource
 
-__all__ = ["FileSource", "MongoSink", "ParquetSink", "Pipeline", "RetryPolicy"]
+__all__ = ["FileSource", "MongoSink", "ParquetSink", "Pipeline", "RetryPolicy", "SqlSource"]

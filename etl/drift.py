@@ -74,7 +74,10 @@ def kind_of_arrow(dtype: pa.DataType) -> str:
 
 
 def source_schema(source: Any) -> dict[str, str] | None:
-    """A source's columns and kinds, when it can tell them (a file source, once parsed)."""
+    """A source's columns and kinds, when it can tell them (a file source once parsed, a
+    table from its declared types)."""
+    if callable(getattr(source, "schema_kinds", None)):
+        return dict(source.schema_kinds())
     table = getattr(source, "table", None)
     if not callable(table):
         return None

@@ -61,6 +61,8 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
             raise ConfigError(f"the source changed since run {run.run_id} started "
                               f"({pipeline.source.describe()}); start a new run with --fresh")
         log.info("source changed since completed run %s: starting a new run", run.run_id)
+    if callable(check := getattr(pipeline.source, "check_plan", None)):
+        check(pipeline.shards)  # a source that cannot split this way says so before a run exists
     fitted = pipeline.shards.fit(pipeline.source.sample(_plan_columns(pipeline)))
     run = RunRecord(
         run_id=run_id or new_run_id(pipeline.name), pipeline=pipeline.name, plan=plan_name,
