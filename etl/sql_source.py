@@ -13,16 +13,19 @@ checked when the run opens; a table without one is a clear error, as are hash sh
 
 The fingerprint is the table's row count, MIN and MAX of the key: a table that grew or lost
 rows is new data (a new run), while updates in place are not noticed (give such tables an
-updated-at column and backfill by window instead).
+updated-at column and backfill by window instead: `etl backfill` adds `start <= column <
+end` to every query of its run).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import os
 import threading
+from datetime import date, datetime, timezone
 from typing import Any
 
 import pandas as pd
@@ -31,6 +34,7 @@ import pyarrow as pa
 from etl.errors import ConfigError, SourceError
 from etl.sources import Batch
 from etl.urls import mask_url
+from etl.windows import Window
 from shards import RangeShards, ShardPlan
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,7 @@ class SqlSource:
         self._engines: dict[int, Any] = {}  # per process: a forked child opens its own
         self._table: Any = None
         self._checked = False
+        self.window: Window | None = None  # a backfill's rows only (etl backfill)
 
     def __repr__(self) -> str:
         return f"SqlSource({mask_url(self.url)!r}, table={self.qualified!r}, key={self.key!r})"
@@ -56,7 +61,26 @@ class SqlSource:
         return f"{self.schema}.{self.table_name}" if self.schema else self.table_name
 
     def describe(self) -> str:
-        return f"sql table {self.qualified} at {mask_url(self.url)} by {self.key}"
+        window = f" where {self.window.describe()}" if self.window else ""
+        return f"sql table {self.qualified} at {mask_url(self.url)} by {self.key}{window}"
+
+    def windowed(self, window: Window) -> "SqlSource":
+        """The same table limited to start <= window.column < end, in every query."""
+        windowed = copy.copy(self)
+        windowed.window = window
+        return windowed
+
+    def _where(self) -> list[Any]:
+        """The window's condition (none without a window), bounds in the column's type."""
+        if self.window is None:
+            return []
+        table = self._sa_table()
+        if self.window.column not in table.c:
+            raise SourceError(f"{self.describe()}: window column {self.window.column} is not "
+                              f"in the table; columns are: {', '.join(c.name for c in table.c)}")
+        column = table.c[self.window.column]
+        low, high = (_bound(text, column) for text in (self.window.start, self.window.end))
+        return [column >= low, column < high]
 
     # -- connection and table ------------------------------------------------------------
     def _engine(self) -> Any:
@@ -104,11 +128,14 @@ class SqlSource:
         names = self.columns or [c.name for c in table.columns]
         return [table.c[name] for name in dict.fromkeys([self.key, *names])]
 
-    def _scalar_row(self, *expressions: Any) -> tuple[Any, ...]:
+    def _scalar_row(self, *expressions: Any, windowed: bool = True) -> tuple[Any, ...]:
         import sqlalchemy as sa
 
+        query = sa.select(*expressions).select_from(self._sa_table())
+        if windowed:
+            query = query.where(*self._where())
         with self._engine().connect() as conn:
-            return tuple(conn.execute(sa.select(*expressions).select_from(self._sa_table())).one())
+            return tuple(conn.execute(query).one())
 
     def _check_key(self) -> None:
         """Keyset pagination skips or repeats rows unless the key is unique and not null."""
@@ -129,7 +156,8 @@ class SqlSource:
         if [self.key] not in unique:
             raise ConfigError(f"{self.describe()}: key {self.key!r} must be the primary key or "
                               "have a unique index (batches page through it)")
-        nulls = self._scalar_row(sa.func.count())[0] - self._scalar_row(sa.func.count(key))[0]
+        nulls = self._scalar_row(sa.func.count(), windowed=False)[0] \
+            - self._scalar_row(sa.func.count(key), windowed=False)[0]
         if nulls:
             raise SourceError(f"{self.describe()}: {nulls} row(s) have a null {self.key}; "
                               "they could not be paged and would be lost")
@@ -198,7 +226,7 @@ class SqlSource:
 
         low, high = self._shard_range(plan, shard)
         key = self._key_column()
-        where = [key >= low] if low is not None else []
+        where = self._where() + ([key >= low] if low is not None else [])
         where += [key < high] if high is not None else []
         where += [key > int(after)] if after is not None else []
         query = (sa.select(*self._selected()).where(*where).order_by(key).limit(limit + 1))
@@ -216,6 +244,31 @@ class SqlSource:
             pa.table({name: pa.array([], type=pa.null()) for name in names})
         end = int(page[-1][0]) if page else after
         return Batch(table=table, cursor_start=after, cursor_end=end, exhausted=len(rows) <= limit)
+
+
+def _bound(text: str, column: Any) -> Any:
+    """A window bound as written (ISO date or time, or a number) in `column`'s type; a naive
+    time is UTC for a time-zone-aware column."""
+    import sqlalchemy as sa
+
+    try:
+        if isinstance(column.type, sa.DateTime):
+            moment = datetime.fromisoformat(text)
+            if getattr(column.type, "timezone", False) and moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            return moment
+        if isinstance(column.type, sa.Date):
+            return date.fromisoformat(text[:10])
+        if isinstance(column.type, sa.Integer):
+            return int(text) if text.lstrip("-").isdigit() else float(text)
+        if isinstance(column.type, sa.Numeric):
+            return float(text)
+    except ValueError as exc:
+        raise ConfigError(f"window bound {text!r} does not fit column {column.name} "
+                          f"({column.type}): {exc}") from None
+    if isinstance(column.type, sa.String):
+        return text
+    raise ConfigError(f"cannot window on column {column.name} of type {column.type}")
 
 
 __all__ = ["SqlSource"]

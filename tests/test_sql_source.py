@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +29,11 @@ DATABASES = {
 ROWS = 30_000
 
 
+def placed(i: int) -> datetime:
+    """Row i was placed i minutes after the start of 2026 (naive UTC)."""
+    return datetime(2026, 1, 1) + timedelta(minutes=i)
+
+
 class Table:
     """A table of its own in a real database, dropped after the test."""
 
@@ -38,13 +44,13 @@ class Table:
         self.table = sa.Table(self.name, self.meta,
                               sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
                               sa.Column("name", sa.String(40)), sa.Column("amount", sa.Float),
-                              sa.Column("ok", sa.Boolean))
+                              sa.Column("ok", sa.Boolean), sa.Column("placed", sa.DateTime))
         self.meta.create_all(self.engine)
 
     def insert(self, ids: range | list[int]) -> None:
         with self.engine.begin() as conn:
             conn.execute(self.table.insert(), [{"id": i, "name": f"n{i}", "amount": i * 0.5,
-                                                "ok": i % 2 == 0} for i in ids])
+                                                "ok": i % 2 == 0, "placed": placed(i)} for i in ids])
 
     def frame(self) -> pd.DataFrame:
         with self.engine.connect() as conn:
@@ -75,7 +81,7 @@ def _pipeline(workdir: Path, table: Table, *, shards: str = 'RangeShards("id", 6
 
         pipeline = Pipeline(name="fromsql", key=["{key}"], batch_size=2_000, shards={shards},
                             source=SqlSource("{table.url}", table="{table.name}", key="{key}"),
-                            sink=ParquetSink("out/fromsql"))
+                            sink=ParquetSink("out/fromsql"), window_column="placed")
     """))
 
 
@@ -125,6 +131,25 @@ def test_a_table_loads_exactly_once_through_kills_and_a_new_run_sees_new_rows(
     # And running it once more loads nothing
     idle = etl(tmp_path, "run", "-p", "frompg:pipeline")
     assert idle.returncode == 0 and "already complete" in idle.stderr, idle.stderr
+
+
+def test_backfills_by_window_load_each_window_once(tmp_path: Path, table: Table) -> None:
+    # Given a table of orders placed a minute apart (even ids), backfilled by day
+    table.insert(range(0, 2 * ROWS, 2))
+    _pipeline(tmp_path, table)
+    day = ["backfill", "-p", "frompg:pipeline", "--start", "2026-01-02", "--end", "2026-01-03"]
+    # When one day and then the next two are backfilled, and the first day is triggered again
+    first = etl(tmp_path, *day)
+    second = etl(tmp_path, "backfill", "-p", "frompg:pipeline", "--start", "2026-01-03T00:00",
+                 "--end", "2026-01-05T00:00")
+    again = etl(tmp_path, *day)
+    # Then each window's rows are loaded, once, and the repeated trigger loads nothing
+    assert first.returncode == second.returncode == again.returncode == 0, again.stderr
+    assert "already complete" in again.stderr
+    sink = _sink(tmp_path)
+    expected = [i for i in range(0, 2 * ROWS, 2) if 1440 <= i < 4 * 1440]
+    assert sorted(sink["id"]) == expected and len(expected) == 2160
+    assert (sink["placed"] >= datetime(2026, 1, 2)).all() and (sink["placed"] < datetime(2026, 1, 5)).all()
 
 
 @pytest.mark.parametrize("change,message", [
