@@ -208,3 +208,18 @@ def test_the_ranges_pushed_down_to_sql_are_the_shards_a_file_source_would_assign
         holders = [i for i, (lo, hi) in enumerate(ranges)
                    if (lo is None or key >= lo) and (hi is None or key < hi)]
         assert holders == [int(shard)]
+
+
+def test_workers_on_a_broker_page_a_table_each_process_with_its_own_connections(
+        table: Table, cluster) -> None:  # type: ignore[no-untyped-def]
+    # Given a table, and two `etl worker` processes on RabbitMQ sharing the state store
+    table.insert(range(0, 2 * ROWS, 2))
+    _pipeline(cluster.workdir, table)
+    cluster.start_worker()
+    cluster.start_worker()
+    # When the run is sent and followed to its end
+    result = cluster.etl("run", "-p", "frompg:pipeline", "--fresh", "--wait", "--no-progress")
+    # Then every row of the table is in the sink once
+    assert result.returncode == 0 and "completed" in result.stdout, result.stderr
+    sink = _sink(cluster.workdir)
+    assert len(sink) == ROWS and sorted(sink["id"]) == list(range(0, 2 * ROWS, 2))
