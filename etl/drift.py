@@ -55,22 +55,18 @@ def kind_of_dtype(dtype: Any) -> str:
     return "other"
 
 
+#: Arrow type tests and the kind of the pandas column each becomes; anything else (decimals,
+#: which arrive as Decimal objects, nested and all-null columns) is "other": not judged.
+_ARROW_KINDS = ((pa.types.is_boolean, "boolean"), (pa.types.is_integer, "integer"),
+                (pa.types.is_floating, "float"), (pa.types.is_timestamp, "datetime"),
+                (pa.types.is_date, "date"), (pa.types.is_string, "string"),
+                (pa.types.is_large_string, "string"))
+
+
 def kind_of_arrow(dtype: pa.DataType) -> str:
     """The kind of an Arrow type, as `kind_of_dtype` would judge the pandas column it becomes
     (a null-free one: nulls are allowed for by `fits`)."""
-    if pa.types.is_boolean(dtype):
-        return "boolean"
-    if pa.types.is_integer(dtype):
-        return "integer"
-    if pa.types.is_floating(dtype) or pa.types.is_decimal(dtype):
-        return "float"
-    if pa.types.is_timestamp(dtype):
-        return "datetime"
-    if pa.types.is_date(dtype):
-        return "date"
-    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
-        return "string"
-    return "other"  # decimals, nested and all-null columns: not judged
+    return next((kind for test, kind in _ARROW_KINDS if test(dtype)), "other")
 
 
 def source_schema(source: Any) -> dict[str, str] | None:

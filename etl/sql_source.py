@@ -147,13 +147,11 @@ class SqlSource:
         if not isinstance(key.type, sa.Integer):
             raise ConfigError(f"{self.describe()}: key {self.key!r} is {key.type}, not an "
                               "integer column")
-        inspector = sa.inspect(self._engine())
-        unique = [list(c) for c in (
-            [inspector.get_pk_constraint(self.table_name, schema=self.schema).get("constrained_columns")]
-            + [u["column_names"] for u in inspector.get_unique_constraints(self.table_name, schema=self.schema)]
-            + [i["column_names"] for i in inspector.get_indexes(self.table_name, schema=self.schema)
-               if i.get("unique")]) if c]
-        if [self.key] not in unique:
+        inspector, where = sa.inspect(self._engine()), (self.table_name, self.schema)
+        unique = [inspector.get_pk_constraint(*where).get("constrained_columns")]
+        unique += [u["column_names"] for u in inspector.get_unique_constraints(*where)]
+        unique += [i["column_names"] for i in inspector.get_indexes(*where) if i.get("unique")]
+        if [self.key] not in [list(columns or []) for columns in unique]:
             raise ConfigError(f"{self.describe()}: key {self.key!r} must be the primary key or "
                               "have a unique index (batches page through it)")
         nulls = self._scalar_row(sa.func.count(), windowed=False)[0] \
