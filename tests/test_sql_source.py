@@ -223,3 +223,29 @@ def test_workers_on_a_broker_page_a_table_each_process_with_its_own_connections(
     assert result.returncode == 0 and "completed" in result.stdout, result.stderr
     sink = _sink(cluster.workdir)
     assert len(sink) == ROWS and sorted(sink["id"]) == list(range(0, 2 * ROWS, 2))
+
+
+def test_a_source_can_name_its_schema_and_columns(tmp_path: Path, table: Table) -> None:
+    from etl.sql_source import SqlSource
+    from shards import RangeShards
+
+    # Given a table, read through its schema-qualified name and two of its columns
+    table.insert(range(50))
+    schema = "public" if table.url.startswith("postgresql") else "test"
+    source = SqlSource(table.url, table=table.name, key="id", schema=schema,
+                       columns=["name", "amount"])
+    plan = RangeShards("id", 2).fit(source.sample(["id"]))
+    # When both shards are read to their end in batches of 10
+    seen = []
+    for shard in range(2):
+        after, exhausted = None, False
+        while not exhausted:
+            batch = source.read_batch(plan, shard, after=after, limit=10)
+            seen.append(batch.table.to_pandas())
+            after, exhausted = batch.cursor_end, batch.exhausted
+    # Then every row comes once, with the key and just those columns, and the kinds are known
+    rows = pd.concat(seen, ignore_index=True)
+    assert list(rows.columns) == ["id", "name", "amount"]
+    assert sorted(rows["id"]) == list(range(50))
+    assert source.schema_kinds() == {"id": "integer", "name": "string", "amount": "float"}
+    assert source.describe().startswith(f"sql table {schema}.{table.name} at ")
