@@ -92,6 +92,8 @@ class SqlSource:
         with self._lock:
             engine = self._engines.get(os.getpid())
             if engine is None:
+                for inherited in self._engines.values():  # a forked child: the parent's pool
+                    inherited.dispose(close=False)  # is left alone, not closed under it
                 try:
                     engine = sa.create_engine(self.url, pool_pre_ping=True)
                 except Exception as exc:  # noqa: BLE001 - unknown dialect, missing driver
