@@ -13,12 +13,13 @@ from rich.table import Table
 
 from cli.common import err, object_store, out, result_store, settings, state_store, totals
 from etl.brokers import broker_kind
+from etl.config import Settings
 from etl.context import RunContext
 from etl.distributed import Sender
 from etl.drift import compare_kinds
 from etl.embedded import run_embedded
 from etl.pipeline import Pipeline, load_pipeline
-from etl.runs import open_run
+from etl.runs import RunOutcome, open_run
 from etl.state import Checkpoint, RunRecord, StateStore
 from etl.urls import mask_url
 from etl.windows import backfill_run_id
@@ -115,51 +116,38 @@ def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = 
     state = state_store(conf)
     run, created = open_run(state, pipeline, spec=spec, fresh=fresh, run_id=run_id, params=params,
                             accept_schema=accept_schema)
+    finished = not created and run.status == "completed"
     if created:
         err.print(f"new run [bold]{run.run_id}[/] ({run.plan}, state {state.url})")
         _warn_schema_change(run, pipeline)
-    elif run.status == "completed":
+    elif finished:
         err.print(f"run [bold]{run.run_id}[/] is already complete over the same source data: "
                   "nothing to load (--fresh loads it again)")
-        if distributed:
-            if wait:  # a follower that arrives after the end still gets the outcome
-                checkpoints = state.list_checkpoints(run.run_id)
-                now = totals(checkpoints)
-                now["drifted"] = _drifted(state, run.run_id)
-                _summary(run.run_id, now, now, 0.0, True)
-            else:
-                out.print(run.run_id)
+        if distributed and not wait:
+            out.print(run.run_id)
             return
     else:
         state.set_run_status(run.run_id, "running")
         err.print(f"resuming run [bold]{run.run_id}[/] ({run.plan}, state {state.url})")
-    context = RunContext.build(run, pipeline, state, object_store(conf))
-    before = totals(state.list_checkpoints(run.run_id))
-    with _progress(run, enabled=progress and (wait or not distributed)) as on_progress:
-        if distributed:
-            sender = Sender(conf, results=result_store(conf, required=False))
-            try:
-                sent = sender.start(context, created=created)
-                err.print(f"enqueued {len(sent.sent)} batch step(s) on {mask_url(conf.broker_url)} "
-                          f"queue {sender.queue_of(context)}" + (f"; {len(sent.leased)} in progress, "
-                                                   f"{len(sent.waiting)} queued already"
-                                                   if not created else ""))
-                if not wait:
-                    out.print(run.run_id)
-                    return
-                result = sender.wait(context, on_progress=on_progress)
-                completed, elapsed, checkpoints = result.completed, result.elapsed, result.checkpoints
-            finally:
-                sender.close()
-        else:
-            outcome = run_embedded(context, processes=processes, threads=threads,
-                                   on_progress=on_progress,
-                                   results=result_store(conf, required=False))
-            completed, elapsed, checkpoints = outcome.completed, outcome.elapsed, outcome.checkpoints
-    after = totals(checkpoints)
+    checkpoints = state.list_checkpoints(run.run_id)
+    before = totals(checkpoints)
+    if finished and distributed:  # a follower that arrives after the end gets the outcome
+        outcome: RunOutcome | None = RunOutcome(True, 0.0, checkpoints)
+    else:
+        context = RunContext.build(run, pipeline, state, object_store(conf))
+        with _progress(run, enabled=progress and (wait or not distributed)) as on_progress:
+            outcome = (_on_broker(conf, context, created=created, wait=wait, on_progress=on_progress)
+                       if distributed else
+                       run_embedded(context, processes=processes, threads=threads,
+                                    on_progress=on_progress,
+                                    results=result_store(conf, required=False)))
+    if outcome is None:  # enqueued, not followed
+        out.print(run.run_id)
+        return
+    after = totals(outcome.checkpoints)
     after["drifted"] = _drifted(state, run.run_id)
-    _summary(run.run_id, before, after, elapsed, completed)
-    if not completed:
+    _summary(run.run_id, before, after, outcome.elapsed, outcome.completed)
+    if not outcome.completed:
         for error in state.list_errors(run.run_id, limit=5):
             err.print(f"[red]failed[/] {error.stage} shard {error.shard} batch {error.batch}: "
                       f"{error.error_type}: {error.message}")
@@ -168,6 +156,21 @@ def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = 
                 "again to resume (see `etl errors`)")
         err.print(f"run {run.run_id} is not complete; {hint}")
         ctx.exit(1)
+
+
+def _on_broker(conf: Settings, context: RunContext, *, created: bool, wait: bool,
+               on_progress: Callable[[list[Checkpoint]], None]) -> RunOutcome | None:
+    """Send the run's missing work to the broker; follow it to its end when `wait`."""
+    sender = Sender(conf, results=result_store(conf, required=False))
+    try:
+        sent = sender.start(context, created=created)
+        err.print(f"enqueued {len(sent.sent)} batch step(s) on {mask_url(conf.broker_url)} "
+                  f"queue {sender.queue_of(context)}"
+                  + ("" if created else f"; {len(sent.leased)} in progress, "
+                                        f"{len(sent.waiting)} queued already"))
+        return sender.wait(context, on_progress=on_progress) if wait else None
+    finally:
+        sender.close()
 
 
 def _warn_schema_change(run: RunRecord, pipeline: Pipeline) -> None:
