@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -122,27 +122,26 @@ class Drift:
 
 
 def compare(frame: pd.DataFrame, expected: dict[str, str], *, ignore: tuple[str, ...] = ()) -> Drift:
-    """The differences between `frame`'s columns and `expected` (column -> kind)."""
-    drift = Drift()
+    """The differences between `frame`'s columns and `expected` (column -> kind), a kind
+    judged on the column's values too (`fits`)."""
     have = {c: kind_of_dtype(frame[c].dtype) for c in frame.columns if c not in ignore}
     want = {c: normalise_kind(k) for c, k in expected.items()}
-    drift.missing = [c for c in want if c not in have]
-    drift.extra = [c for c in have if c not in want]
-    for column in want.keys() & have.keys():
-        if not fits(want[column], have[column], frame[column]):
-            drift.changed[column] = (want[column], have[column])
-    return drift
+    return compare_kinds(have, want, agree=lambda column, w, h: fits(w, h, frame[column]))
 
 
-def compare_kinds(have: dict[str, str], want: dict[str, str]) -> Drift:
+def _same_kind(column: str, want: str, have: str) -> bool:
+    """Kinds that agree without looking at values: equal, not judged, or integer/float."""
+    return want == have or "other" in (want, have) or {want, have} == {"integer", "float"}
+
+
+def compare_kinds(have: dict[str, str], want: dict[str, str], *,
+                  agree: Callable[[str, str, str], bool] = _same_kind) -> Drift:
     """The differences between two schemas (column -> kind), such as a source's now and at
-    its last run."""
-    drift = Drift(missing=[c for c in want if c not in have],
-                  extra=[c for c in have if c not in want])
-    drift.changed = {c: (want[c], have[c]) for c in want if c in have and want[c] != have[c]
-                     and "other" not in (want[c], have[c])
-                     and {want[c], have[c]} != {"integer", "float"}}
-    return drift
+    its last run; `agree(column, wanted, found)` says whether a column kept its kind."""
+    return Drift(missing=[c for c in want if c not in have],
+                 extra=[c for c in have if c not in want],
+                 changed={c: (want[c], have[c]) for c in want
+                          if c in have and not agree(c, want[c], have[c])})
 
 
 def fits(want: str, have: str, values: pd.Series) -> bool:
