@@ -28,7 +28,7 @@ from etl.context import ContextCache
 from etl.errors import EtlError, LeaseLost
 from etl.leases import LeaseBusy, LeaseKeeper, task_key
 from etl.middleware import ErrorLog
-from etl.pipeline import RetryPolicy
+from etl.pipeline import Pipeline, RetryPolicy
 from etl.runs import finalize_if_complete
 from etl.state import task_fingerprint
 from results.base import ResultStore
@@ -75,9 +75,8 @@ class EtlActors:
     #: queue, as in embedded mode where one process does everything).
     routed: bool = True
 
-    def queue_of(self, run_id: str) -> str:
-        """The queue a run's messages travel on."""
-        pipeline = self.contexts.get(run_id).pipeline
+    def queue_for(self, pipeline: Pipeline) -> str:
+        """The queue a pipeline's messages travel on."""
         return pipeline.queue_or(self.fetch.queue_name) if self.routed else self.fetch.queue_name
 
     def send_batch(self, run_id: str, shard: int, batch: int, *, from_stage: str = "fetch") -> None:
@@ -86,7 +85,7 @@ class EtlActors:
         retry = self.contexts.get(run_id).pipeline.retry
         options = {"min_backoff": retry.min_backoff_ms, "max_backoff": retry.max_backoff_ms,
                    "max_retries": retry.max_retries}
-        broker, queue = self.fetch.broker, self.queue_of(run_id)
+        broker, queue = self.fetch.broker, self.queue_for(self.contexts.get(run_id).pipeline)
         if queue not in broker.get_declared_queues():
             broker.declare_queue(queue)
         steps = ("fetch", "clean", "load")

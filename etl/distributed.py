@@ -43,7 +43,7 @@ class Sender:
 
     def queue_of(self, ctx: RunContext) -> str:
         """The queue the run's messages travel on: its pipeline's, or the `queue` setting."""
-        return ctx.pipeline.queue_or(self.settings.queue)
+        return self.actors.queue_for(ctx.pipeline)
 
     def dead_letters_of(self, ctx: RunContext) -> int:
         return len(self.queues.dead_letters(self.queue_of(ctx), limit=100_000,
