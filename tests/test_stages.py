@@ -15,6 +15,7 @@ from stages import (Cast, Dedupe, Derive, DeriveTimestamp, DropColumns, DropNull
                     Filter, Lower, NotNull, ParseTimestamp, Rename, Select, SnakeCaseColumns,
                     Stage, Trim, Upper, run_stages)
 from stages.base import REASON_COLUMN, STAGE_COLUMN
+from tests.stage_checks import check_stage
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -60,26 +61,6 @@ REJECTING: list[Stage] = [
 ]
 
 
-def _check(stage: Stage, frame: pd.DataFrame) -> None:
-    """The stage invariants: every input row is either kept or rejected, never both, never
-    neither; rejected rows are input rows with their original values plus a reason; the input
-    is untouched; the same input gives the same output."""
-    tagged = frame.assign(_pos=np.arange(len(frame)))  # stages carry unknown columns along
-    before = tagged.copy()
-    result, again = stage.apply(tagged), stage.apply(tagged)
-    kept = result.kept["_pos"].tolist()
-    rejected = [] if result.rejected is None else result.rejected["_pos"].tolist()
-    assert sorted(kept + rejected) == list(range(len(frame))), stage
-    assert kept == sorted(kept)  # kept rows stay in input order
-    assert REASON_COLUMN not in result.kept.columns
-    if rejected:
-        assert result.rejected[REASON_COLUMN].notna().all()
-        pd.testing.assert_frame_equal(result.rejected.drop(columns=[REASON_COLUMN]),
-                                      tagged.iloc[rejected])
-    pd.testing.assert_frame_equal(tagged, before)  # the input is not mutated
-    pd.testing.assert_frame_equal(result.kept, again.kept)  # pure
-
-
 @SETTINGS
 @given(frame=frames())
 def test_no_stage_loses_or_invents_rows(frame: pd.DataFrame) -> None:
@@ -87,7 +68,7 @@ def test_no_stage_loses_or_invents_rows(frame: pd.DataFrame) -> None:
     for stage in REJECTING:
         # Then kept + rejected == input, rejects carry their original values and a reason,
         # the input is untouched and a second run gives the same result
-        _check(stage, frame)
+        check_stage(stage, frame)
 
 
 @SETTINGS

@@ -25,6 +25,7 @@ from stages import (AllowedValues, CastSchema, ConvertTimezone, Dedupe, Explode,
                     NotNull, ParseDate, ParseNumber, ParseTimestamp, Range, Regex, Rename,
                     SafeMongoKeys, Select, Stage, Unique, Validate, canonical_json, run_stages)
 from stages.base import REASON_COLUMN, STAGE_COLUMN
+from tests.stage_checks import check_stage, same
 from stages.mongo import safe_names
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -96,39 +97,6 @@ CONSERVING: list[Stage] = [
 ]
 
 
-def _same(left: pd.DataFrame | None, right: pd.DataFrame | None) -> None:
-    """Equal frames, cell by cell (object cells may hold lists, dicts or arrays)."""
-    assert (left is None) == (right is None)
-    if left is None or right is None:
-        return
-    assert list(left.columns) == list(right.columns)
-    assert list(left.dtypes) == list(right.dtypes)
-    assert list(left.index) == list(right.index)
-    for position in range(left.shape[1]):
-        assert [repr(v) for v in left.iloc[:, position].tolist()] == \
-            [repr(v) for v in right.iloc[:, position].tolist()]
-
-
-def _check(stage: Stage, frame: pd.DataFrame) -> None:
-    """Each input row is kept or rejected, once; rejects are input rows as they came, with a
-    reason; the input is not changed; a second run gives an equal result."""
-    tagged = frame.assign(_pos=np.arange(len(frame)))
-    before = tagged.copy()
-    result, again = stage.apply(tagged), stage.apply(tagged)
-    kept = result.kept["_pos"].tolist()
-    rejected = [] if result.rejected is None else result.rejected["_pos"].tolist()
-    assert len(kept) + len(rejected) == len(frame), stage
-    assert sorted(kept + rejected) == list(range(len(frame))), stage
-    assert kept == sorted(kept), stage
-    assert REASON_COLUMN not in result.kept.columns
-    if rejected:
-        assert result.rejected[REASON_COLUMN].notna().all()
-        _same(result.rejected.drop(columns=[REASON_COLUMN]), tagged.iloc[rejected])
-    _same(tagged, before)
-    _same(result.kept, again.kept)
-    _same(result.rejected, again.rejected)
-
-
 @SETTINGS
 @given(frame=frames())
 def test_every_stage_conserves_rows_and_is_deterministic(frame: pd.DataFrame) -> None:
@@ -136,7 +104,7 @@ def test_every_stage_conserves_rows_and_is_deterministic(frame: pd.DataFrame) ->
     for stage in CONSERVING:
         # Then kept + rejected == input, rejects are untouched input rows with a reason,
         # the input is not mutated and both runs agree
-        _check(stage, frame)
+        check_stage(stage, frame)
 
 
 @SETTINGS
@@ -159,7 +127,7 @@ def test_explode_accounts_for_every_row(frame: pd.DataFrame, empty: str) -> None
         assert result.kept["_pos"].tolist().count(pos) == expected
         assert (pos in rejected) == (expected == 0)
     assert result.kept["_pos"].tolist() == sorted(result.kept["_pos"])
-    _same(result.kept, again.kept)
+    same(result.kept, again.kept)
 
 
 #: Stages that can follow each other in any order: each reads columns the others leave alone
