@@ -39,6 +39,7 @@ from etl.context import ContextCache, RunContext  # noqa: E402
 from etl.embedded import run_embedded  # noqa: E402
 from etl.objects import open_objects  # noqa: E402
 from etl.pipeline import load_pipeline  # noqa: E402
+from etl.queues import queues_of  # noqa: E402
 from etl.runs import open_run  # noqa: E402
 from etl.state import open_state  # noqa: E402
 
@@ -54,19 +55,14 @@ def _env(workdir: Path, url: str, queue: str) -> dict[str, str]:
 
 
 def drop_queues(url: str, names: list[str]) -> None:
-    """Delete the bench's queues (with their delay and dead-letter queues): RabbitMQ keeps
-    durable queues forever, Redis keeps dead letters for days."""
-    from dramatiq.common import dq_name, xq_name
-
+    """Delete the bench's queues with their delay and dead-letter queues."""
     broker = open_broker(url)
+    queues = queues_of(broker)
     try:
         for name in names:
-            if url.startswith("amqp"):
-                for queue in (name, dq_name(name), xq_name(name)):
-                    broker.channel.queue_delete(queue)  # type: ignore[attr-defined]
-            else:
-                broker.flush(name)
+            queues.delete(name)
     finally:
+        queues.close()
         broker.close()
 
 

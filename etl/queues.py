@@ -80,6 +80,11 @@ class Queues:
     def close(self) -> None:
         """Let go of connections of our own."""
 
+    def delete(self, queue: str) -> None:
+        """Drop `queue` with its delay and dead-letter queues and all they hold (a retired
+        pipeline's queue, a test's or a benchmark's)."""
+        raise NotImplementedError
+
     def _each_dead(self, queue: str, limit: int | None) -> Iterator[tuple[DeadLetter, Removal]]:
         """Each dead letter once (the first `limit` when given), with the call that removes
         it from the dead-letter queue; what is not removed stays."""
@@ -165,6 +170,14 @@ class RabbitmqQueues(Queues):
             self._connection.close()
         self._connection = self._counting = None
 
+    def delete(self, queue: str) -> None:
+        channel = self._channel()
+        try:
+            for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
+                channel.queue_delete(queue=name)
+        finally:
+            channel.connection.close()
+
     def counts(self, queue: str) -> QueueCounts:
         ready, consumers = self._depth(queue)
         delayed, _ = self._depth(f"{queue}.DQ")
@@ -207,6 +220,10 @@ class RedisQueues(Queues):
         ready, stored, delayed, dead, workers = pipe.execute()
         return QueueCounts(queue, ready=ready, delayed=delayed, dead=dead, consumers=workers,
                            in_flight=max(0, stored - ready))
+
+    def delete(self, queue: str) -> None:
+        self.broker.flush(queue)  # the queue and its delay queue
+        self.purge_dead(queue)
 
     def _each_dead(self, queue: str, limit: int | None) -> Iterator[tuple[DeadLetter, Removal]]:
         key = f"{self.ns}:{queue}.XQ"

@@ -40,7 +40,7 @@ class Cluster:
                         ETL_LEASE_TTL="3", ETL_DEMO_OUTPUT=str(workdir / "out" / "flights"),
                         PYTHONPATH=os.pathsep.join([str(workdir), os.getcwd()]))
         self.workers: list[subprocess.Popen[str]] = []
-        #: Queues this cluster's runs used, deleted from RabbitMQ when it stops.
+        #: Queues this cluster's runs used, deleted from the broker when it stops.
         self.queues = [self.env["ETL_QUEUE"]]
 
     def etl(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -59,22 +59,22 @@ class Cluster:
             if worker.poll() is None:
                 worker.kill()
             worker.wait(timeout=30)
-        if self.env["ETL_BROKER_URL"].startswith("amqp"):
-            self._delete_rabbitmq_queues()
+        self._delete_queues()
 
-    def _delete_rabbitmq_queues(self) -> None:
-        """RabbitMQ keeps durable queues forever: drop this test's (with delay and dead-letter
-        queues) so runs of the suite do not pile them up; Redis drops an empty list itself."""
-        import pika
+    def _delete_queues(self) -> None:
+        """Drop this test's queues: RabbitMQ keeps durable queues forever and Redis keeps dead
+        letters for days, so runs of the suite would pile them up."""
+        from etl.brokers import open_broker
+        from etl.queues import queues_of
 
-        connection = pika.BlockingConnection(pika.URLParameters(self.env["ETL_BROKER_URL"]))
+        broker = open_broker(self.env["ETL_BROKER_URL"])
+        queues = queues_of(broker)
         try:
-            channel = connection.channel()
             for queue in self.queues:
-                for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
-                    channel.queue_delete(queue=name)
+                queues.delete(queue)
         finally:
-            connection.close()
+            queues.close()
+            broker.close()
 
     def enqueue(self, *args: str) -> str:
         result = self.etl("run", "--fresh", "--no-progress", *args)

@@ -315,6 +315,28 @@ def test_worker_supervisor_restarts_a_killed_process_and_stops_on_sigterm(cluste
 
 
 @pytest.mark.parametrize("cluster", ["rabbitmq", "redis"], indirect=True)
+def test_a_deleted_queue_holds_nothing_any_more(cluster: Cluster) -> None:
+    from etl.brokers import open_broker
+    from etl.queues import queues_of
+
+    # Given a run enqueued with no worker: its first batches wait on the queue
+    cluster.enqueue("--shards", "4", "--batch-size", "100000")
+    broker = open_broker(cluster.env["ETL_BROKER_URL"])
+    queues = queues_of(broker)
+    try:
+        queue = cluster.env["ETL_QUEUE"]
+        assert queues.counts(queue).ready == 4
+        # When the queue is deleted
+        queues.delete(queue)
+        # Then it holds nothing: no ready, delayed or dead messages
+        counts = queues.counts(queue)
+        assert (counts.ready, counts.delayed, counts.dead) == (0, 0, 0)
+    finally:
+        queues.close()
+        broker.close()
+
+
+@pytest.mark.parametrize("cluster", ["rabbitmq", "redis"], indirect=True)
 def test_dlq_purge_drops_only_the_matching_dead_letters(cluster: Cluster) -> None:
     import dramatiq
 
