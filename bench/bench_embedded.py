@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.pandas_baseline import clean_flights  # noqa: E402
-from etl.context import RunContext  # noqa: E402
+from etl.runtime.context import RunContext  # noqa: E402
 from etl.demo import flights_csv, pipeline  # noqa: E402
-from etl.embedded import run_embedded  # noqa: E402
-from etl.objects import open_objects  # noqa: E402
-from etl.runs import open_run  # noqa: E402
-from etl.state import open_state  # noqa: E402
+from etl.runtime.embedded import run_embedded  # noqa: E402
+from etl.stores.objects import open_objects  # noqa: E402
+from etl.runtime.runs import open_run  # noqa: E402
+from etl.stores.state import open_state  # noqa: E402
 
 
 def pandas_in_process(workdir: Path) -> float:
@@ -92,8 +92,8 @@ def fmt(values: list[float]) -> str:
 
 def profile_steps(workdir: Path, *, shards: int) -> None:
     """One sequential pass over every batch, timing each part (no threads, no broker)."""
-    import etl.batches as steps
-    import etl.parquet as parquet
+    import etl.runtime.batches as steps
+    import etl.core.parquet as parquet
     import stages
 
     spent: collections.Counter[str] = collections.Counter()

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from etl.config import Settings, load_settings
-from etl.errors import EtlError
-from etl.urls import mask_url
-from etl.objects import ObjectStore, open_objects
-from etl.state import Checkpoint, StateStore, open_state
+from etl.core.config import Settings, load_settings
+from etl.core.errors import EtlError
+from etl.core.urls import mask_url
+from etl.stores.objects import ObjectStore, open_objects
+from etl.stores.state import Checkpoint, StateStore, open_state
 
 if TYPE_CHECKING:
     from results import ResultStore

@@ -6,9 +6,9 @@ import click
 from rich.table import Table
 
 from cli.common import out, settings, shard_status, state_store, to_json, totals
-from etl.config import ENV_NAMES
-from etl.errors import ConfigError
-from etl.urls import mask_url
+from etl.core.config import ENV_NAMES
+from etl.core.errors import ConfigError
+from etl.core.urls import mask_url
 
 
 @click.command("status")

@@ -12,9 +12,9 @@ import sys
 import click
 
 from cli import inspect, metrics, quarantine, queues, results, run, worker
-from etl.errors import EtlError
-from etl.logs import setup_logging
-from etl.urls import mask_url
+from etl.core.errors import EtlError
+from etl.core.logs import setup_logging
+from etl.core.urls import mask_url
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

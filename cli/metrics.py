@@ -13,11 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
 from cli.common import out, settings, state_store
-from etl.brokers import broker_kind, open_broker
-from etl.errors import EtlError
-from etl.metrics import StateCollector, quantile
-from etl.queues import queues_of
-from etl.urls import mask_url
+from etl.brokers.open import broker_kind, open_broker
+from etl.core.errors import EtlError
+from etl.runtime.metrics import StateCollector, quantile
+from etl.brokers.queues import queues_of
+from etl.core.urls import mask_url
 
 
 def _local_snapshot() -> str:

@@ -7,11 +7,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from cli.common import err, object_store, out, settings, state_store, to_json
-from etl.context import RunContext
-from etl.errors import ConfigError
+from etl.runtime.context import RunContext
+from etl.core.errors import ConfigError
 from etl.inspect import Inspector
 from etl.pipeline import load_pipeline
-from etl.replay import NOT_REPLAYED, open_replay, replay
+from etl.runtime.replay import NOT_REPLAYED, open_replay, replay
 
 
 @click.group("quarantine")

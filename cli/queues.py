@@ -9,11 +9,11 @@ from dramatiq import Message
 from rich.table import Table
 
 from cli.common import err, out, result_store, settings, state_store
-from etl.brokers import broker_kind, open_broker
-from etl.config import Settings
-from etl.errors import ConfigError, EtlError
+from etl.brokers.open import broker_kind, open_broker
+from etl.core.config import Settings
+from etl.core.errors import ConfigError, EtlError
 from etl.pipeline import load_pipeline
-from etl.queues import Match, Queues, of_run, queues_of
+from etl.brokers.queues import Match, Queues, of_run, queues_of
 from results.middleware import ResultRecorder
 
 #: How many of the newest runs `etl queues` looks at for pipelines with queues of their own.

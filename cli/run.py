@@ -12,17 +12,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.common import err, object_store, out, result_store, settings, state_store, totals
-from etl.brokers import broker_kind
-from etl.config import Settings
-from etl.context import RunContext
-from etl.distributed import Sender
+from etl.brokers.open import broker_kind
+from etl.core.config import Settings
+from etl.runtime.context import RunContext
+from etl.runtime.distributed import Sender
 from etl.drift import compare_kinds
-from etl.embedded import run_embedded
+from etl.runtime.embedded import run_embedded
 from etl.pipeline import Pipeline, load_pipeline
-from etl.runs import RunOutcome, open_run
-from etl.state import Checkpoint, RunRecord, StateStore
-from etl.urls import mask_url
-from etl.windows import backfill_run_id
+from etl.runtime.runs import RunOutcome, open_run
+from etl.stores.state import Checkpoint, RunRecord, StateStore
+from etl.core.urls import mask_url
+from etl.sources.windows import backfill_run_id
 
 pipeline_option = click.option(
     "-p", "--pipeline", "spec", metavar="MODULE:ATTR",

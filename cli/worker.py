@@ -5,13 +5,13 @@ from __future__ import annotations
 import click
 
 from cli.common import err, out, settings
-from etl.brokers import broker_kind
-from etl.distributed import Sender
-from etl.config import check_queue_name
-from etl.errors import ConfigError
-from etl.reconcile import STALE_AFTER, reconcile
-from etl.urls import mask_url
-from etl.worker import WorkerOptions, require_broker, serve
+from etl.brokers.open import broker_kind
+from etl.runtime.distributed import Sender
+from etl.core.config import check_queue_name
+from etl.core.errors import ConfigError
+from etl.runtime.reconcile import STALE_AFTER, reconcile
+from etl.core.urls import mask_url
+from etl.runtime.worker import WorkerOptions, require_broker, serve
 
 
 @click.command("worker")

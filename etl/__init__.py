@@ -5,8 +5,8 @@ Stages live in `stages`, shard plans in `shards`.
 """
 
 from etl.pipeline import Pipeline, RetryPolicy
-from etl.sinks import MongoSink, ParquetSink
-from etl.sources import FileSource
-from etl.sql_source import SqlSource
+from etl.sinks.files import MongoSink, ParquetSink
+from etl.sources.files import FileSource
+from etl.sources.sql import SqlSource
 
 __all__ = ["FileSource", "MongoSink", "ParquetSink", "Pipeline", "RetryPolicy", "SqlSource"]

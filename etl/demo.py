@@ -11,10 +11,10 @@ import importlib.util
 import os
 from pathlib import Path
 
-from etl.errors import ConfigError
+from etl.core.errors import ConfigError
 from etl.pipeline import Pipeline
-from etl.sinks import ParquetSink
-from etl.sources import FileSource
+from etl.sinks.files import ParquetSink
+from etl.sources.files import FileSource
 from shards import HashShards
 from stages import Cast, Dedupe, DeriveTimestamp, DropRows, SnakeCaseColumns, Trim, Upper
 

@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 from pandas.api import types as pdt
 
-from etl.errors import BatchError, ConfigError
+from etl.core.errors import BatchError, ConfigError
 
 POLICIES = ("evolve", "freeze", "discard")
 KINDS = ("integer", "float", "boolean", "string", "datetime", "date", "other")

@@ -12,10 +12,10 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from etl.config import check_queue_name
+from etl.core.config import check_queue_name
 from etl.drift import POLICIES, normalise_kind
-from etl.errors import ConfigError, EtlError
-from etl.windows import Window
+from etl.core.errors import ConfigError, EtlError
+from etl.sources.windows import Window
 from shards import HashShards, RangeShards, ShardPlan
 from stages import Stage
 
@@ -44,8 +44,8 @@ class Pipeline:
     """What to move, how to clean it, where to put it, and how to split the work."""
 
     name: str
-    source: Any  # etl.sources.Source
-    sink: Any  # etl.sinks.Sink
+    source: Any  # etl.sources.files.Source
+    sink: Any  # etl.sinks.files.Sink
     key: Sequence[str]
     shards: ShardPlan
     stages: Sequence[Stage] = field(default_factory=tuple)

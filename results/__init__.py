@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 
-from etl.errors import EtlError, UnsupportedURL
-from etl.urls import mask_url
+from etl.core.errors import EtlError, UnsupportedURL
+from etl.core.urls import mask_url
 from results.base import ResultStore
 from results.errors import InvalidTransition, JobNotFound, ResultNotFound
 from results.models import FINISHED, JobResult, JobStatus, Transition

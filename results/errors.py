@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from etl.errors import EtlError
+from etl.core.errors import EtlError
 
 
 class JobNotFound(EtlError):

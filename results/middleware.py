@@ -26,7 +26,7 @@ from typing import Any, Callable
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from etl.errors import EtlError
+from etl.core.errors import EtlError
 from results.base import ResultStore
 from results.models import JobResult, JobStatus, Transition, utcnow
 

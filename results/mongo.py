@@ -10,8 +10,8 @@ from typing import Any, Iterable
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 
-from etl.mongo_client import connect, database_of
-from etl.urls import mask_url
+from etl.stores.mongo_client import connect, database_of
+from etl.core.urls import mask_url
 from results.base import job_history, summarise
 from results.errors import InvalidTransition, JobNotFound
 from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, stamp_fields,

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 import redis
 
-from etl.urls import mask_url
+from etl.core.urls import mask_url
 from results.base import job_history, dumps, loads, summarise
 from results.errors import InvalidTransition, JobNotFound
 from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, stamp_fields,

@@ -1,14 +1,14 @@
 """SQLite result store: the embedded default. One row per job: indexed columns for queries,
 the whole record as JSON. Status changes are read-check-write in one IMMEDIATE transaction.
-Connections are handled as for the state store (etl.sqlite_db)."""
+Connections are handled as for the state store (etl.stores.sqlite_db)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any, Iterable
 
-from etl.sqlite_db import Connections, open_path, write
-from etl.urls import mask_url
+from etl.stores.sqlite_db import Connections, open_path, write
+from etl.core.urls import mask_url
 from results.base import job_history, dumps, loads, summarise
 from results.errors import JobNotFound
 from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, stamp_fields,

@@ -39,7 +39,7 @@ class Stage(Protocol):
         attribute `name = "trim"` provides it."""
 
     def apply(self, frame: pd.DataFrame) -> StageResult:
-        """Clean `frame`. Raise etl.errors.StageError for a configuration mistake (unknown
+        """Clean `frame`. Raise etl.core.errors.StageError for a configuration mistake (unknown
         column...), never for a bad row: bad rows are rejected with a reason."""
 
 

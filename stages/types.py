@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import pandas_dtype
 
-from etl.errors import StageError
+from etl.core.errors import StageError
 from stages._util import require_columns, split
 from stages.base import StageResult
 

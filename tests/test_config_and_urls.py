@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from etl.config import DEFAULTS, load_settings
-from etl.errors import ConfigError, UnsupportedURL
-from etl.logs import MaskSecrets
-from etl.objects import open_objects
-from etl.state import open_state
-from etl.urls import mask_url
+from etl.core.config import DEFAULTS, load_settings
+from etl.core.errors import ConfigError, UnsupportedURL
+from etl.core.logs import MaskSecrets
+from etl.stores.objects import open_objects
+from etl.stores.state import open_state
+from etl.core.urls import mask_url
 
 
 def test_defaults_need_no_services(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_queue_setting_must_be_a_dramatiq_queue_name(tmp_path: Path) -> None:
 
 
 def test_broker_urls_by_scheme_and_redis_options_from_the_query() -> None:
-    from etl.brokers import broker_kind, split_redis_options
+    from etl.brokers.open import broker_kind, split_redis_options
 
     assert [broker_kind(u) for u in ("stub://", "amqp://h", "amqps://h", "redis://h", "rediss://h")] == [
         "stub", "rabbitmq", "rabbitmq", "redis", "redis"]

@@ -9,16 +9,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from etl.context import RunContext
+from etl.runtime.context import RunContext
 from etl.drift import Drift, compare, kind_of_dtype, normalise_kind
-from etl.embedded import run_embedded
-from etl.errors import ConfigError
-from etl.objects import open_objects
+from etl.runtime.embedded import run_embedded
+from etl.core.errors import ConfigError
+from etl.stores.objects import open_objects
 from etl.pipeline import Pipeline
-from etl.runs import open_run
-from etl.sinks import ParquetSink
-from etl.sources import FileSource
-from etl.state import open_state
+from etl.runtime.runs import open_run
+from etl.sinks.files import ParquetSink
+from etl.sources.files import FileSource
+from etl.stores.state import open_state
 from shards import RangeShards
 
 EXPECTED = {"id": "integer", "name": "string", "amount": "float"}
@@ -168,7 +168,7 @@ def test_a_pipeline_without_a_schema_is_held_to_its_last_completed_run(tmp_path:
     import subprocess
     import sys
 
-    from etl.state import open_state
+    from etl.stores.state import open_state
 
     def etl(*args: str, policy: str = "evolve") -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}

@@ -9,15 +9,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from etl.actors import declare_actors
-from etl.context import ContextCache, RunContext
-from etl.embedded import run_embedded
-from etl.objects import open_objects
+from etl.runtime.actors import declare_actors
+from etl.runtime.context import ContextCache, RunContext
+from etl.runtime.embedded import run_embedded
+from etl.stores.objects import open_objects
 from etl.pipeline import Pipeline, RetryPolicy
-from etl.runs import find_pending, open_run
-from etl.sinks import ParquetSink
-from etl.sources import FileSource
-from etl.state import open_state
+from etl.runtime.runs import find_pending, open_run
+from etl.sinks.files import ParquetSink
+from etl.sources.files import FileSource
+from etl.stores.state import open_state
 from shards import HashShards, RangeShards
 from stages import StageResult
 from stages.base import REASON_COLUMN
@@ -177,7 +177,7 @@ def test_transient_failure_is_retried_and_succeeds(tmp_path: Path) -> None:
 
 def test_embedded_run_on_the_mongo_state_store(tmp_path: Path, mongo_client, mongo_db_name: str) -> None:  # type: ignore[no-untyped-def]
     # Given the MongoDB state store (mongomock, or a real server with ETL_TEST_MONGO_URL)
-    from etl.state.mongo import MongoStateStore
+    from etl.stores.state.mongo import MongoStateStore
 
     state = MongoStateStore("mongodb://unused/x", client=mongo_client, database=mongo_db_name)
     pipeline = _pipeline(tmp_path)

@@ -11,16 +11,16 @@ import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
 
-from etl.actors import declare_actors
-from etl.context import ContextCache, RunContext
-from etl.errors import LeaseLost
-from etl.leases import LeaseBusy, LeaseKeeper, fetch_key, step_key, task_key
-from etl.objects import open_objects
+from etl.runtime.actors import declare_actors
+from etl.runtime.context import ContextCache, RunContext
+from etl.core.errors import LeaseLost
+from etl.runtime.leases import LeaseBusy, LeaseKeeper, fetch_key, step_key, task_key
+from etl.stores.objects import open_objects
 from etl.pipeline import Pipeline
-from etl.runs import find_pending, open_run
-from etl.sinks import ParquetSink
-from etl.sources import FileSource
-from etl.state import open_state, task_fingerprint
+from etl.runtime.runs import find_pending, open_run
+from etl.sinks.files import ParquetSink
+from etl.sources.files import FileSource
+from etl.stores.state import open_state, task_fingerprint
 from shards import RangeShards
 
 
@@ -84,7 +84,7 @@ def test_the_heartbeat_keeps_a_lease_alive_past_its_ttl(state) -> None:  # type:
 
 def test_a_stalled_owner_is_taken_over_and_cannot_commit(state) -> None:  # type: ignore[no-untyped-def]
     # Given a run, and owner a holding shard 0's fetch lane with no heartbeat (stalled)
-    from etl.state import RunRecord
+    from etl.stores.state import RunRecord
 
     state.create_run(RunRecord(run_id="r", pipeline="p", plan="x", shards=1))
     state.init_checkpoints("r", 1)

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from etl.metrics import quantile
+from etl.runtime.metrics import quantile
 from tests.conftest import free_port
 from tests.cluster import ETL, Cluster
 
@@ -28,7 +28,7 @@ def test_quantile_interpolates_inside_the_bucket_like_histogram_quantile() -> No
 def test_etl_metrics_shows_rows_per_second_of_busy_time_per_stage(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-    from etl.metrics import LATENCY_BUCKETS
+    from etl.runtime.metrics import LATENCY_BUCKETS
 
     # Given an endpoint where fetch moved 1,000 rows in 4 batches of 0.5 s, and clean 900
     # cleaned + 100 quarantined rows in 4 batches of 0.25 s

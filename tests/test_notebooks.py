@@ -23,12 +23,12 @@ import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
-from etl.errors import BatchError, ConfigError, EtlError
+from etl.core.errors import BatchError, ConfigError, EtlError
 from etl.inspect import Inspector, PayloadMismatch, find_project_dir, share_done
-from etl.keys import raw_key
-from etl.objects import open_objects
-from etl.parquet import to_parquet_bytes
-from etl.state import Checkpoint, ErrorRecord, RawPayload, RunRecord, open_state
+from etl.core.names import raw_key
+from etl.stores.objects import open_objects
+from etl.core.parquet import to_parquet_bytes
+from etl.stores.state import Checkpoint, ErrorRecord, RawPayload, RunRecord, open_state
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from etl.errors import ObjectNotFound, UnsupportedURL
-from etl.objects import ObjectStore, open_objects
-from etl.objects.local import LocalObjectStore
-from etl.objects.s3 import S3ObjectStore
+from etl.core.errors import ObjectNotFound, UnsupportedURL
+from etl.stores.objects import ObjectStore, open_objects
+from etl.stores.objects.local import LocalObjectStore
+from etl.stores.objects.s3 import S3ObjectStore
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -234,7 +234,7 @@ def test_s3_endpoint_from_environment(s3_endpoint: str, s3_bucket: str,
 
 def test_s3_url_never_shows_credentials(s3_endpoint: str, caplog: pytest.LogCaptureFixture) -> None:
     # Given credentials someone put in the URL
-    caplog.set_level("DEBUG", logger="etl.objects.s3")
+    caplog.set_level("DEBUG", logger="etl.stores.objects.s3")
     store = S3ObjectStore("s3://AKIA:hunter2@bucket/p?aws_secret_access_key=zzz",
                           endpoint_url=s3_endpoint)
     # Then neither the URL, the repr, the URIs nor the log show them
@@ -254,13 +254,13 @@ def test_embedded_run_with_objects_on_s3(tmp_path: Path, s3_endpoint: str, s3_bu
     # Given a pipeline whose raw, staged and quarantine objects live on S3 (moto over HTTP)
     import pandas as pd
 
-    from etl.context import RunContext
-    from etl.embedded import run_embedded
+    from etl.runtime.context import RunContext
+    from etl.runtime.embedded import run_embedded
     from etl.pipeline import Pipeline
-    from etl.runs import open_run
-    from etl.sinks import ParquetSink
-    from etl.sources import FileSource
-    from etl.state import open_state
+    from etl.runtime.runs import open_run
+    from etl.sinks.files import ParquetSink
+    from etl.sources.files import FileSource
+    from etl.stores.state import open_state
     from shards import HashShards
     from stages import Cast
 

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from etl.errors import UnsupportedURL
+from etl.core.errors import UnsupportedURL
 from results import InvalidTransition, JobNotFound, JobResult, ResultStore, open_results
 from results.client import Job, JobFailed, ResultClient
 from results.errors import ResultNotFound

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from etl.embedded import run_embedded
+from etl.runtime.embedded import run_embedded
 from results import open_results
 from results.models import JobResult
 from tests.conftest import free_port, port_open

@@ -12,9 +12,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from etl.errors import BatchError
-from etl.parquet import from_parquet_bytes, stringify_mixed, to_parquet_bytes
-from etl.sinks import MongoSink, ParquetSink, Sink
+from etl.core.errors import BatchError
+from etl.core.parquet import from_parquet_bytes, stringify_mixed, to_parquet_bytes
+from etl.sinks.files import MongoSink, ParquetSink, Sink
 
 
 def _batch(start: int, n: int = 5) -> pd.DataFrame:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from etl.errors import SourceError
-from etl.sources import SOURCE_ERROR_COLUMN, FileSource
+from etl.core.errors import SourceError
+from etl.sources.files import SOURCE_ERROR_COLUMN, FileSource
 from shards import HashShards, RangeShards
 
 
@@ -127,7 +127,7 @@ def test_unknown_shard_column_names_the_columns(tmp_path: Path) -> None:
 
 
 def test_a_file_is_parsed_once_per_process_whatever_reads_it(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from etl import sources
+    from etl.sources import files as sources
 
     # Given a fresh parse cache, and a file read by two sources (two runs, or a preload)
     monkeypatch.setattr(sources, "_parsed", sources.ParsedCache(size=2))
@@ -144,7 +144,7 @@ def test_a_file_is_parsed_once_per_process_whatever_reads_it(tmp_path: Path, mon
     path.write_text("id,v\n1,a\n2,b\n3,c\n")
     assert sources.FileSource(str(path)).table().num_rows == 3 and len(calls) == 2
     # And a window still applies to the shared parse
-    from etl.windows import Window
+    from etl.sources.windows import Window
 
     windowed = sources.FileSource(str(path), window=Window("id", "2", "4"))
     assert windowed.table().column("id").to_pylist() == [2, 3] and len(calls) == 2

@@ -195,7 +195,7 @@ def test_a_key_that_is_not_unique_is_refused(tmp_path: Path, table: Table) -> No
        keys=st.lists(st.integers(-2 * 10**12, 2 * 10**12), min_size=1, max_size=50))
 def test_the_ranges_pushed_down_to_sql_are_the_shards_a_file_source_would_assign(
         low: int, width: int, shards: int, keys: list[int]) -> None:
-    from etl.sql_source import SqlSource
+    from etl.sources.sql import SqlSource
     from shards import RangeShards
 
     # Given a range plan fitted on a key's MIN and MAX, and keys inside and outside that range
@@ -226,7 +226,7 @@ def test_workers_on_a_broker_page_a_table_each_process_with_its_own_connections(
 
 
 def test_a_source_can_name_its_schema_and_columns(tmp_path: Path, table: Table) -> None:
-    from etl.sql_source import SqlSource
+    from etl.sources.sql import SqlSource
     from shards import RangeShards
 
     # Given a table, read through its schema-qualified name and two of its columns

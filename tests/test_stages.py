@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etl.errors import StageError
+from etl.core.errors import StageError
 from stages import (Cast, Dedupe, Derive, DeriveTimestamp, DropColumns, DropNulls, DropRows,
                     Filter, Lower, NotNull, ParseTimestamp, Rename, Select, SnakeCaseColumns,
                     Stage, Trim, Upper, run_stages)

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from etl.errors import StageError
-from etl.parquet import from_parquet_bytes, to_parquet_bytes
+from etl.core.errors import StageError
+from etl.core.parquet import from_parquet_bytes, to_parquet_bytes
 from stages import (AllowedValues, CastSchema, ConvertTimezone, Dedupe, Explode, FillNulls,
                     Fingerprint, Flatten, Lower, MapValues, NormalizeUnicode, NormalizeWhitespace,
                     NotNull, ParseDate, ParseNumber, ParseTimestamp, Range, Regex, Rename,
@@ -729,7 +729,7 @@ def test_safe_mongo_keys_leaves_no_unsafe_key_at_any_depth(docs: list[dict[str, 
 
 def test_safe_mongo_keys_output_loads_through_the_mongo_sink(  # type: ignore[no-untyped-def]
         mongo_client, mongo_db_name: str) -> None:
-    from etl.sinks import MongoSink
+    from etl.sinks.files import MongoSink
 
     # Given an API payload column whose keys MongoDB would read as operators and paths
     frame = pd.DataFrame({"order.id": [1, 2], "doc": [{"$set": {"x.y": 1}, "tags": ["a"]},

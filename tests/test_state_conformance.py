@@ -16,11 +16,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from etl.errors import ConfigError, LeaseLost
-from etl.state import ErrorRecord, Fence, RawPayload, RunRecord, StateStore, open_state, task_fingerprint
-from etl.state.base import utcnow
-from etl.state.mongo import MongoStateStore
-from etl.state.sqlite import SQLiteStateStore
+from etl.core.errors import ConfigError, LeaseLost
+from etl.stores.state import ErrorRecord, Fence, RawPayload, RunRecord, StateStore, open_state, task_fingerprint
+from etl.stores.state.base import utcnow
+from etl.stores.state.mongo import MongoStateStore
+from etl.stores.state.sqlite import SQLiteStateStore
 
 PLAN = "hash(k)/2"
 

@@ -1,0 +1,119 @@
+"""Settings: which backends to use and which pipeline to run.
+
+Each setting is read, first found wins, from:
+  1. the environment: ETL_BROKER_URL, ETL_STATE_URL, ETL_OBJECTS_URL, ETL_RESULTS_URL,
+     ETL_PIPELINE, ETL_QUEUE (the Dramatiq queue the ETL actors use; give each deployment
+     sharing a broker its own);
+  2. `etl.toml` in the working directory (keys at top level or under an `[etl]` table:
+     broker_url, state_url, objects_url, results_url, pipeline);
+  3. the `[etl]` section of `setup.cfg` in the working directory (same keys);
+  4. the embedded defaults below, which need no services at all.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from etl.core.errors import ConfigError
+
+#: Embedded defaults: everything in-process or on local disk under .etl/.
+DEFAULTS = {
+    "broker_url": "stub://",
+    "state_url": "sqlite:///.etl/state.db",
+    "objects_url": "file://.etl/objects",
+    "results_url": "sqlite:///.etl/results.db",
+    "pipeline": "",
+    "queue": "etl",
+}
+
+#: What Dramatiq accepts as a queue name.
+_QUEUE_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
+
+ENV_NAMES = {name: f"ETL_{name.upper()}" for name in DEFAULTS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; `sources` says where each value came from (for `etl config`)."""
+
+    broker_url: str
+    state_url: str
+    objects_url: str
+    results_url: str
+    pipeline: str
+    queue: str
+    sources: dict[str, str]
+
+
+def _read_toml(path: Path) -> dict[str, str]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    table = data.get("etl", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [etl] must be a table")
+    return _known(table, str(path))
+
+
+def _read_setup_cfg(path: Path) -> dict[str, str]:
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(path, encoding="utf-8")
+    except (OSError, UnicodeDecodeError, configparser.Error) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    if not parser.has_section("etl"):
+        return {}
+    return _known(dict(parser.items("etl")), f"{path} [etl]")
+
+
+def _known(table: dict[str, object], where: str) -> dict[str, str]:
+    unknown = sorted(set(table) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(DEFAULTS)}")
+    for key, value in table.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string, not {type(value).__name__}")
+    return dict(table)  # type: ignore[arg-type]
+
+
+def load_settings(*, cwd: Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Resolve every setting from the environment, etl.toml, setup.cfg and the defaults."""
+    cwd = cwd or Path.cwd()
+    env = os.environ if env is None else env
+    layers: list[tuple[str, dict[str, str]]] = [
+        ("environment", {k: env[v] for k, v in ENV_NAMES.items() if env.get(v)}),
+    ]
+    if (cwd / "etl.toml").is_file():
+        layers.append(("etl.toml", _read_toml(cwd / "etl.toml")))
+    if (cwd / "setup.cfg").is_file():
+        layers.append(("setup.cfg", _read_setup_cfg(cwd / "setup.cfg")))
+    layers.append(("default", DEFAULTS))
+    values: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    for name in DEFAULTS:
+        for where, layer in layers:
+            if layer.get(name):
+                values[name], sources[name] = layer[name], where
+                break
+        else:
+            values[name], sources[name] = DEFAULTS[name], "default"
+    check_queue_name(values["queue"], where=sources["queue"])
+    return Settings(**values, sources=sources)
+
+
+def check_queue_name(name: str, *, where: str) -> str:
+    """`name` if Dramatiq accepts it as a queue name; else a ConfigError saying where it came from."""
+    if not _QUEUE_NAME.fullmatch(name):
+        raise ConfigError(f"queue {name!r} (from {where}) must start with a letter or _ and hold "
+                          "only letters, digits, '.', '-' and '_'")
+    return name
+
+
+__all__ = ["DEFAULTS", "ENV_NAMES", "Settings", "check_queue_name", "load_settings"]

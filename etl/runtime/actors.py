@@ -1,0 +1,197 @@
+"""The Dramatiq actors: fetch -> clean -> load, one message per batch step.
+
+Messages carry (run_id, shard, batch) only, never data (claim check). Each batch travels as
+a Dramatiq pipeline of three messages (results are not piped on: each step finds its input
+through the state store); fetch, once its batch is recorded, starts the pipeline of the
+shard's next batch. Actors are declared on a given broker by `declare_actors`, so the same
+code serves the in-process StubBroker of `etl run` and RabbitMQ or Redis under `etl worker`.
+
+Every step holds the lease of its task (etl.runtime.leases) while it works and commits through that
+lease's fence. A message whose task is leased by another live worker, or whose lease was
+lost before the commit, is deferred: re-enqueued with a delay, never dropped, never run
+alongside its twin. Retries follow the pipeline's RetryPolicy (Dramatiq's Retries, through
+`retry_when`); exhausted or permanent failures go to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage, Middleware, Retries
+
+from etl.runtime import batches
+from etl.runtime.context import ContextCache
+from etl.core.errors import EtlError, LeaseLost
+from etl.runtime.leases import LeaseBusy, LeaseKeeper, task_key
+from etl.runtime.middleware import ErrorLog
+from etl.pipeline import Pipeline, RetryPolicy
+from etl.runtime.runs import finalize_if_complete
+from etl.stores.state import task_fingerprint
+from results.base import ResultStore
+from results.middleware import ResultRecorder, report
+
+log = logging.getLogger(__name__)
+
+QUEUE = "etl"
+
+#: Worker priority: finish what is in flight before starting more (lower runs first).
+PRIORITY = {"load": 0, "clean": 10, "fetch": 20}
+
+#: Longest a batch step may run (Dramatiq's TimeLimit). Below RabbitMQ's default consumer
+#: timeout (30 min) with room to spare, so a slow batch fails and is retried instead of
+#: having the broker close the channel under every message the worker holds.
+TIME_LIMIT_MS = 10 * 60 * 1000
+
+_DONE = {"clean": "cleaned", "load": "loaded"}
+_RETRY_ATTR = "_etl_retry"  # (permanent, max_retries) set on an exception by the actor
+
+
+def classify(exc: BaseException, policy: RetryPolicy) -> None:
+    """Mark `exc` with the pipeline's verdict, read back by `should_retry`."""
+    setattr(exc, _RETRY_ATTR, (isinstance(exc, policy.permanent), policy.max_retries))
+
+
+def should_retry(retries: int, exc: BaseException) -> bool:
+    """Dramatiq's `retry_when`: retry unless permanent or out of retries. An exception raised
+    before the run's policy was known is permanent if it is one of ours (EtlError)."""
+    permanent, max_retries = getattr(exc, _RETRY_ATTR, (isinstance(exc, EtlError),
+                                                        RetryPolicy().max_retries))
+    return not permanent and retries < max_retries
+
+
+@dataclass
+class EtlActors:
+    """The actors declared on one broker, and the way to start a batch."""
+
+    fetch: dramatiq.Actor
+    clean: dramatiq.Actor
+    load: dramatiq.Actor
+    contexts: ContextCache
+    #: Send each pipeline's messages to its own `Pipeline.queue` (False: all on the actors'
+    #: queue, as in embedded mode where one process does everything).
+    routed: bool = True
+
+    def queue_for(self, pipeline: Pipeline) -> str:
+        """The queue a pipeline's messages travel on."""
+        return pipeline.queue_or(self.fetch.queue_name) if self.routed else self.fetch.queue_name
+
+    def send_batch(self, run_id: str, shard: int, batch: int, *, from_stage: str = "fetch") -> None:
+        """Enqueue the pipeline of one batch, starting at `from_stage` (resume). The messages
+        go to the run's queue; retries, deferrals and the next steps follow them there."""
+        retry = self.contexts.get(run_id).pipeline.retry
+        options = {"min_backoff": retry.min_backoff_ms, "max_backoff": retry.max_backoff_ms,
+                   "max_retries": retry.max_retries}
+        broker, queue = self.fetch.broker, self.queue_for(self.contexts.get(run_id).pipeline)
+        if queue not in broker.get_declared_queues():
+            broker.declare_queue(queue)
+        steps = ("fetch", "clean", "load")
+        messages = [getattr(self, step).message_with_options(args=(run_id, shard, batch), **options)
+                    .copy(queue_name=queue) for step in steps[steps.index(from_stage):]]
+        dramatiq.pipeline(messages, broker=broker).run()
+
+
+def _defer(broker: dramatiq.Broker, reason: str, seconds: float) -> dict[str, Any]:
+    """Re-enqueue the current message after `seconds` (plus jitter); this delivery then ends
+    without piping on, since the copy carries the rest of the pipeline."""
+    proxy = CurrentMessage.get_current_message()
+    if proxy is None:
+        raise RuntimeError("deferring needs the CurrentMessage middleware")
+    delay_ms = int(max(0.2, seconds) * 1000 * random.uniform(1.0, 1.25))
+    message = getattr(proxy, "_message", proxy)
+    copy = message.copy(options={"etl_deferred": reason})
+    broker.enqueue(copy, delay=delay_ms)
+    proxy.options.pop("pipe_target", None)
+    log.info("%s %s deferred %.1f s: %s", message.actor_name, message.args, delay_ms / 1000, reason)
+    return {"deferred": reason}
+
+
+def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
+                   queue: str = QUEUE, results: ResultStore | None = None,
+                   leases: LeaseKeeper | None = None, metrics: Middleware | None = None,
+                   routed: bool = True) -> EtlActors:
+    """Declare the three actors on `queue` of `broker` and add the toolkit's middleware to it
+    (with a ResultRecorder when given a result store, and `metrics` when given). Leases are
+    taken through `leases`, or a keeper made on first use from the run's state store.
+    `routed`: send each run to its pipeline's own queue when it names one."""
+    if not any(isinstance(m, CurrentMessage) for m in broker.middleware):
+        broker.add_middleware(CurrentMessage())
+    if not any(isinstance(m, ErrorLog) for m in broker.middleware):
+        broker.add_middleware(ErrorLog(contexts), before=Retries)
+    if results is not None and not any(isinstance(m, ResultRecorder) for m in broker.middleware):
+        broker.add_middleware(ResultRecorder(results), before=Retries)
+    if metrics is not None and metrics not in broker.middleware:
+        broker.add_middleware(metrics, before=Retries)  # its after-hook: after Retries, before the recorder
+    holder: dict[str, Any] = {"leases": leases}
+
+    def keeper(state: Any) -> LeaseKeeper:
+        if holder["leases"] is None:
+            holder["leases"] = LeaseKeeper(state)
+        return holder["leases"]
+
+    def leased(stage: str, work: Callable[..., dict[str, Any]]) -> Callable[[str, int, int], Any]:
+        def actor(run_id: str, shard: int, batch: int) -> None:
+            proxy = CurrentMessage.get_current_message()
+            if proxy is not None:
+                proxy.options.pop("etl_deferred", None)
+            ctx = contexts.get(run_id)
+            if stage != "fetch" and ctx.state.is_done(task_fingerprint(stage, run_id, shard, batch)):
+                report({"skipped": f"already {_DONE[stage]} (dedup)"})
+                return  # a duplicate: settled without touching the lease
+            try:
+                with keeper(ctx.state).hold(task_key(stage, run_id, shard, batch)) as fence:
+                    result = work(ctx, shard, batch, fence)
+            except LeaseBusy as busy:
+                # the holder usually finishes long before its lease would expire: look again soon
+                wait = min(busy.seconds_left, max(1.0, keeper(ctx.state).ttl / 10))
+                report(_defer(broker, f"lease held by {busy.holder}", wait))
+                return
+            except LeaseLost as lost:
+                report(_defer(broker, str(lost), keeper(ctx.state).ttl / 3))
+                return
+            except BaseException as exc:
+                classify(exc, ctx.pipeline.retry)
+                raise
+            after = result.pop("_after", None)
+            if after is not None:
+                after()  # work done after the lease is released (send the next batch)
+            report(result, progress=result.pop("_progress", None))
+
+        actor.__name__ = f"etl_{stage}"
+        return actor
+
+    def fetch(ctx: Any, shard: int, batch: int, fence: Any) -> dict[str, Any]:
+        outcome = batches.fetch(ctx, shard, batch, fence=fence)
+        payload = outcome.payload
+        result: dict[str, Any] = ({"rows": payload.rows, "key": payload.key,
+                                   "more": outcome.fetch_next}
+                                  if payload else {"rows": 0, "skipped": "nothing left to fetch"})
+        if outcome.fetch_next:
+            result["_after"] = lambda: holder["actors"].send_batch(ctx.run_id, shard, batch + 1)
+        result["_progress"] = outcome.shard_progress
+        return result
+
+    def clean(ctx: Any, shard: int, batch: int, fence: Any) -> dict[str, Any]:
+        counts = batches.clean(ctx, shard, batch, fence=fence)
+        if counts is None:
+            return {"skipped": "already cleaned (dedup)"}
+        return {"rows": counts[0], "quarantined": counts[1]}
+
+    def load(ctx: Any, shard: int, batch: int, fence: Any) -> dict[str, Any]:
+        rows = batches.load(ctx, shard, batch, fence=fence)
+        if rows is not None:
+            finalize_if_complete(ctx, shard=shard)
+        return {"rows": rows} if rows is not None else {"skipped": "already loaded (dedup)"}
+
+    def declare(stage: str, work: Callable[..., dict[str, Any]]) -> dramatiq.Actor:
+        return dramatiq.actor(leased(stage, work), broker=broker, queue_name=queue,
+                              priority=PRIORITY[stage], retry_when=should_retry,
+                              time_limit=TIME_LIMIT_MS, pipe_ignore=True)
+
+    actors = EtlActors(fetch=declare("fetch", fetch), clean=declare("clean", clean),
+                       load=declare("load", load), contexts=contexts, routed=routed)
+    holder["actors"] = actors
+    return actors

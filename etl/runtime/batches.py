@@ -1,0 +1,220 @@
+"""The three batch steps, fetch -> clean -> load, as plain functions of a RunContext.
+
+The Dramatiq actors (etl.runtime.actors) are thin wrappers around these, so the logic can be tested
+and reasoned about without a broker. Every step is idempotent: it checks the dedup ledger
+first, writes under deterministic keys, and records completion through the state store's
+exactly-once methods, so a redelivered or repeated message changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from etl.runtime.context import RunContext
+from etl.core.errors import BatchError, ObjectNotFound
+from etl.core.faults import crash_point
+from etl.runtime.framecache import frames
+from etl.core.names import quarantine_key, raw_key, staged_key
+from etl.core.parquet import from_parquet_bytes, stringify_mixed, to_parquet_bytes
+from etl.sources.files import SOURCE_ERROR_COLUMN
+from etl.drift import apply_policy, compare
+from etl.stores.state import ErrorRecord, Fence, RawPayload, task_fingerprint
+from stages import run_stages
+from stages.base import REASON_COLUMN, STAGE_COLUMN
+
+log = logging.getLogger(__name__)
+
+#: Quarantined rows keep their ordinal in the raw payload here (null when unknown).
+ROW_COLUMN = "_row"
+#: Added to ordinals to make index labels while stages run: a stage that re-indexes its
+#: output (0..n-1) then cannot pass for one that kept row identity.
+ROW_OFFSET = 1 << 40
+
+
+@dataclass
+class FetchOutcome:
+    """What a fetch did: the batch's pointer (None when the shard had no rows left) and
+    whether the next batch of the shard should be fetched."""
+
+    payload: RawPayload | None
+    fetch_next: bool
+    shard_progress: float | None = None  # share of the shard fetched so far, when known
+
+
+def _where(ctx: RunContext, shard: int, batch: int, key: str | None = None) -> str:
+    text = f"run {ctx.run_id} shard {shard} batch {batch}"
+    return f"{text} (object {ctx.objects.uri(key)})" if key else text
+
+
+def fetch(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None) -> FetchOutcome:
+    """Read batch `batch` of `shard` from the source into the object store."""
+    state = ctx.state
+    checkpoint = state.get_checkpoint(ctx.run_id, shard)
+    if checkpoint is None:
+        raise BatchError(f"{_where(ctx, shard, batch)}: no checkpoint; was the run created?")
+    if checkpoint.batches_fetched > batch:  # done before (redelivery): hand on the pointer
+        payload = state.get_payload(ctx.run_id, shard, batch)
+        more = (not checkpoint.fetch_done) and checkpoint.batches_fetched == batch + 1
+        return FetchOutcome(payload, fetch_next=more)
+    if checkpoint.fetch_done or checkpoint.batches_fetched < batch:
+        log.debug("%s: stale fetch message ignored", _where(ctx, shard, batch))
+        return FetchOutcome(None, fetch_next=False)
+    found = ctx.pipeline.source.read_batch(ctx.plan, shard, after=checkpoint.cursor,
+                                           limit=ctx.pipeline.batch_size)
+    rows = found.table.num_rows
+    if not rows:
+        state.finish_fetch(ctx.run_id, shard, batch, fence=fence)
+        return FetchOutcome(None, fetch_next=False)
+    key = raw_key(ctx.run_id, shard, batch)
+    info = ctx.objects.put_bytes(key, to_parquet_bytes(found.table))
+    frames.put(key, info.sha256, found.table)
+    crash_point("fetch.after_put")
+    payload = RawPayload(run_id=ctx.run_id, shard=shard, batch=batch, key=key, bytes=info.bytes,
+                         sha256=info.sha256, rows=rows,
+                         cursor_start=found.cursor_start, cursor_end=found.cursor_end)
+    state.record_fetch(payload, exhausted=found.exhausted, fence=fence)
+    state.mark_done(task_fingerprint("fetch", ctx.run_id, shard, batch), "fetch", ctx.run_id)
+    crash_point("fetch.after_record")
+    return FetchOutcome(payload, fetch_next=not found.exhausted, shard_progress=found.shard_progress)
+
+
+def _read_bytes(ctx: RunContext, shard: int, batch: int, key: str) -> bytes:
+    try:
+        return ctx.objects.get_bytes(key)
+    except ObjectNotFound:
+        raise BatchError(f"{_where(ctx, shard, batch, key)}: object is missing") from None
+
+
+def read_frame(ctx: RunContext, shard: int, batch: int, key: str, *,
+                sha256: str | None = None) -> pd.DataFrame:
+    if sha256 is not None and (cached := frames.pop(key, sha256)) is not None:
+        return cached.to_pandas()
+    data = _read_bytes(ctx, shard, batch, key)
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise BatchError(f"{_where(ctx, shard, batch, key)}: content does not match its "
+                         "recorded sha256 (corrupt or overwritten)")
+    try:
+        return from_parquet_bytes(data)
+    except Exception as exc:  # noqa: BLE001 - any decoding failure means a malformed batch
+        raise BatchError(f"{_where(ctx, shard, batch, key)}: cannot read batch: {exc}") from exc
+
+
+def clean(ctx: RunContext, shard: int, batch: int, *,
+          fence: Fence | None = None) -> tuple[int, int] | None:
+    """Apply the pipeline's stages to a fetched batch; stage clean rows and quarantine bad
+    ones. Returns (clean rows, quarantined rows), or None when there was nothing to do."""
+    state = ctx.state
+    if state.is_done(task_fingerprint("clean", ctx.run_id, shard, batch)):
+        return None
+    payload = state.get_payload(ctx.run_id, shard, batch)
+    if payload is None:  # not fetched (shard empty, or a stale message): whoever fetches
+        log.debug("%s: nothing fetched, clean skipped", _where(ctx, shard, batch))
+        return None      # this batch sends its own clean
+    frame = read_frame(ctx, shard, batch, payload.key, sha256=payload.sha256)
+    clean_rows, quarantined = clean_frame(ctx, shard, batch, frame, key=payload.key)
+    try:
+        staged = to_parquet_bytes(clean_rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise BatchError(f"{_where(ctx, shard, batch, payload.key)}: the cleaned batch cannot be "
+                         f"written as Parquet ({exc}); a column mixes types: end the stages with "
+                         "CastSchema to give it one") from exc
+    ctx.objects.put_bytes(staged_key(ctx.run_id, shard, batch), staged)
+    if len(quarantined):
+        ctx.objects.put_bytes(quarantine_key(ctx.run_id, shard, batch), quarantine_bytes(quarantined))
+    crash_point("clean.after_stage")
+    state.complete_stage(ctx.run_id, shard, batch, "clean",
+                         {"rows_cleaned": len(clean_rows), "rows_quarantined": len(quarantined)},
+                         fence=fence)
+    return len(clean_rows), len(quarantined)
+
+
+def clean_frame(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame, *, key: str,
+                rows: Sequence[int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Clean rows of a raw payload: (clean rows, quarantined rows). `rows` are their
+    ordinals in the payload (default: all of it, in order); each quarantined row keeps its
+    ordinal in ROW_COLUMN when the stages kept row identity, so it can be replayed."""
+    ordinals = np.arange(len(frame)) if rows is None else np.asarray(rows, dtype=np.int64)
+    frame = frame.set_axis(pd.Index(ordinals + ROW_OFFSET))
+    unparseable = pd.DataFrame()
+    if SOURCE_ERROR_COLUMN in frame.columns:
+        broken = frame[SOURCE_ERROR_COLUMN].notna()
+        unparseable = frame.loc[broken, [SOURCE_ERROR_COLUMN]].rename(
+            columns={SOURCE_ERROR_COLUMN: REASON_COLUMN}).assign(**{STAGE_COLUMN: "source"})
+        frame = frame.loc[~broken].drop(columns=[SOURCE_ERROR_COLUMN])
+    frame = _check_schema(ctx, shard, batch, frame, key)
+    try:
+        result = run_stages(frame, ctx.pipeline.stages)
+    except Exception as exc:  # noqa: BLE001 - named for the batch; retried per the policy
+        raise BatchError(f"{_where(ctx, shard, batch, key)}: {exc}") from exc
+    staged_out = result.quarantined
+    staged_out[ROW_COLUMN] = (pd.array(staged_out.index - ROW_OFFSET, dtype="Int64")
+                              if result.lineage else pd.array([None] * len(staged_out), dtype="Int64"))
+    if len(unparseable):
+        unparseable[ROW_COLUMN] = pd.array(unparseable.index - ROW_OFFSET, dtype="Int64")
+        staged_out = pd.concat([unparseable, staged_out])
+    return result.clean, staged_out.reset_index(drop=True)
+
+
+def quarantine_bytes(quarantined: pd.DataFrame) -> bytes:
+    """Quarantined rows as Parquet: every value as text (rows rejected for a bad value hold
+    values of mixed kinds), ROW_COLUMN kept as an integer."""
+    rows = quarantined[ROW_COLUMN] if ROW_COLUMN in quarantined.columns else None
+    text = stringify_mixed(quarantined.drop(columns=[ROW_COLUMN], errors="ignore").astype("string"))
+    if rows is not None:
+        text[ROW_COLUMN] = rows.astype("Int64").to_numpy()
+    return to_parquet_bytes(text)
+
+
+def _check_schema(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame,
+                  key: str) -> pd.DataFrame:
+    """Report a drifted batch once (TaskErrorLog, stage "schema") and apply the policy. The
+    expectation is the pipeline's declared schema, else the one the run learned (etl.drift)."""
+    expected = ctx.pipeline.expected_schema or ctx.run.params.get("expected_schema")
+    if not expected:
+        return frame
+    drift = compare(frame, expected)
+    if not drift:
+        return frame
+    noted = task_fingerprint("drift", ctx.run_id, shard, batch)
+    if not ctx.state.is_done(noted):
+        ctx.state.log_error(ErrorRecord(
+            run_id=ctx.run_id, stage="schema", error_type="SchemaDrift", shard=shard,
+            batch=batch, message=drift.describe(),
+            context={"policy": ctx.pipeline.schema_drift, "object": key,
+                     "expected_from": ("pipeline" if ctx.pipeline.expected_schema
+                                       else f"run {ctx.run.params.get('schema_from')}"),
+                     **drift.to_dict()}))
+        ctx.state.mark_done(noted, "drift", ctx.run_id)
+        log.warning("%s: schema drift (%s), policy %s", _where(ctx, shard, batch), drift.describe(),
+                    ctx.pipeline.schema_drift)
+    return apply_policy(frame, drift, ctx.pipeline.schema_drift, where=_where(ctx, shard, batch, key))
+
+
+def load(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None) -> int | None:
+    """Write a cleaned batch to the sink (idempotently). Returns rows written, or None when
+    there was nothing to do."""
+    state = ctx.state
+    if state.is_done(task_fingerprint("load", ctx.run_id, shard, batch)):
+        return None
+    if not state.is_done(task_fingerprint("clean", ctx.run_id, shard, batch)):
+        log.debug("%s: not cleaned, load skipped", _where(ctx, shard, batch))
+        return None  # the clean of this batch, when it happens, sends its own load
+    key = staged_key(ctx.run_id, shard, batch)
+    sink = ctx.pipeline.sink
+    if hasattr(sink, "write_parquet"):  # a Parquet sink takes the staged file as it is
+        written = sink.write_parquet(_read_bytes(ctx, shard, batch, key), run_id=ctx.run_id,
+                                     shard=shard, batch=batch)
+    else:
+        frame = read_frame(ctx, shard, batch, key)
+        written = sink.write_batch(frame, run_id=ctx.run_id, shard=shard, batch=batch)
+    crash_point("load.after_sink")
+    state.complete_stage(ctx.run_id, shard, batch, "load", {"rows_loaded": written}, fence=fence)
+    crash_point("load.after_count")
+    return written

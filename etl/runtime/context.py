@@ -1,0 +1,90 @@
+"""Everything a batch step needs for one run: pipeline, fitted shard plan, stores.
+
+Workers rebuild a run's context from the state store alone (the run records which pipeline
+spec and which fitted plan it uses), so any process on any machine can work on any run.
+Contexts are cached per process: opening stores and importing pipelines happens once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from dataclasses import dataclass
+
+from etl.core.config import Settings, load_settings
+from etl.core.errors import ConfigError
+from etl.stores.objects import ObjectStore, open_objects
+from etl.pipeline import Pipeline, load_pipeline
+from etl.stores.state import RunRecord, StateStore, open_state
+from shards import ShardPlan, plan_from_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunContext:
+    """A run and the objects its batch steps use."""
+
+    run: RunRecord
+    pipeline: Pipeline
+    plan: ShardPlan
+    state: StateStore
+    objects: ObjectStore
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @classmethod
+    def build(cls, run: RunRecord, pipeline: Pipeline, state: StateStore,
+              objects: ObjectStore) -> "RunContext":
+        """The context of `run`, with the plan and batch size the run was created with (a
+        resumed run must cut batches exactly as before, whatever the code says now)."""
+        window = run.params.get("window")
+        if window and getattr(pipeline.source, "window", None) is None:  # a backfill run
+            pipeline = pipeline.for_window(window["start"], window["end"], column=window["column"])
+        batch_size = int(run.params.get("batch_size", pipeline.batch_size))
+        if batch_size != pipeline.batch_size:
+            pipeline = dataclasses.replace(pipeline, batch_size=batch_size)
+        return cls(run, pipeline, plan_from_dict(run.params["plan"]), state, objects)
+
+
+class ContextCache:
+    """Per-process cache of RunContexts, built from settings when not registered."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._contexts: dict[str, RunContext] = {}
+        self._state: StateStore | None = None
+        self._objects: ObjectStore | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
+
+    def register(self, context: RunContext) -> None:
+        """Use this context for its run (the embedded runner already has one built)."""
+        with self._lock:
+            self._contexts[context.run_id] = context
+
+    def get(self, run_id: str) -> RunContext:
+        with self._lock:
+            context = self._contexts.get(run_id)
+            if context is not None:
+                return context
+            if self._state is None:
+                self._state = open_state(self.settings.state_url)
+                self._objects = open_objects(self.settings.objects_url)
+            run = self._state.get_run(run_id)
+            if run is None:
+                raise ConfigError(f"run {run_id!r} not found in {self._state.url}")
+            assert self._objects is not None
+            context = RunContext.build(run, load_pipeline(run.params["pipeline_spec"]),
+                                       self._state, self._objects)
+            self._contexts[run_id] = context
+            log.info("worker context for run %s: %s", run_id, context.plan.describe())
+            return context

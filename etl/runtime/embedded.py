@@ -1,0 +1,152 @@
+"""Embedded mode: run a pipeline on this machine with Dramatiq's StubBroker, no services.
+
+The same actors as distributed mode. Each local worker process has an in-memory broker and
+worker threads, and owns a disjoint set of shards (shard % processes), so processes never
+contend for the same shard and pandas work uses every core despite the GIL. Processes are
+forked after the source is parsed and indexed, so they share it instead of re-reading it.
+
+After a crash nothing of an in-memory broker survives; what survives is the state store,
+and `find_pending` turns it back into exactly the messages still needed. That is how
+`etl run` resumes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+from multiprocessing.connection import wait
+import os
+import signal
+import threading
+import time
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+
+from etl.runtime.actors import QUEUE, declare_actors
+from etl.runtime.context import ContextCache, RunContext
+from etl.runtime.runs import Pending, ProgressCallback, RunOutcome, find_pending, finalize_if_complete
+from etl.runtime.run_record import RunTracker
+from results.base import ResultStore
+
+log = logging.getLogger(__name__)
+
+def _only(pending: Pending, shards: set[int]) -> Pending:
+    return Pending(fetch=[p for p in pending.fetch if p[0] in shards],
+                   clean=[p for p in pending.clean if p[0] in shards],
+                   load=[p for p in pending.load if p[0] in shards])
+
+
+def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
+          on_progress: ProgressCallback | None, results: ResultStore | None) -> int:
+    """Run `pending` on an in-memory broker until its queue drains; dead letters left."""
+    broker = StubBroker()
+    broker.emit_after("process_boot")
+    contexts = ContextCache()
+    contexts.register(ctx)
+    actors = declare_actors(broker, contexts, results=results, routed=False)
+    for stage, items in (("load", pending.load), ("clean", pending.clean), ("fetch", pending.fetch)):
+        for shard, batch in items:
+            actors.send_batch(ctx.run_id, shard, batch, from_stage=stage)
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=20)  # fast stop
+    worker.start()
+    done = threading.Event()
+
+    def wait_for_queue() -> None:
+        try:
+            broker.join(QUEUE, fail_fast=False)
+        finally:
+            done.set()
+
+    threading.Thread(target=wait_for_queue, name="etl-join", daemon=True).start()
+    try:
+        while not done.wait(poll):
+            if on_progress:
+                on_progress(ctx.state.list_checkpoints(ctx.run_id))
+    finally:
+        worker.stop()
+        broker.close()
+    return len(broker.dead_letters_by_queue.get(QUEUE, []))
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies, so a killed
+    `etl run` leaves no orphan worker behind."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        log.debug("PR_SET_PDEATHSIG not available; orphaned workers finish their queue")
+
+
+def _child(ctx: RunContext, pending: Pending, threads: int, results: ResultStore | None) -> None:
+    _die_with_parent()
+    dead = _work(ctx, pending, threads=threads, poll=0.5, on_progress=None, results=results)
+    logging.shutdown()
+    os._exit(min(dead, 125))
+
+
+def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, threads: int,
+                       poll: float, on_progress: ProgressCallback | None,
+                       results: ResultStore | None) -> int:
+    ctx.pipeline.source.prepare(ctx.plan)  # parse and index once, shared by every fork
+    fork = multiprocessing.get_context("fork")
+    children = []
+    for index in range(processes):
+        part = _only(pending, {s for s in range(ctx.plan.shards) if s % processes == index})
+        if part.total:
+            child = fork.Process(target=_child, args=(ctx, part, threads, results),
+                                 name=f"etl-worker-{index}")
+            child.start()
+            children.append(child)
+    dead = 0
+    try:
+        running = {child.sentinel: child for child in children}
+        while running:
+            if on_progress:
+                on_progress(ctx.state.list_checkpoints(ctx.run_id))
+            for ended in wait(list(running), timeout=poll):  # wakes as soon as one exits
+                running.pop(ended)
+    except BaseException:  # Ctrl-C or any failure here: stop the workers now, resume later
+        for child in children:
+            child.kill()
+        raise
+    finally:
+        for child in children:
+            child.join()
+            if child.exitcode and child.exitcode > 0:
+                dead += child.exitcode
+            elif child.exitcode:
+                log.error("%s died with signal %d", child.name, -child.exitcode)
+    return dead
+
+
+def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int = 1, poll: float = 0.2,
+                 on_progress: ProgressCallback | None = None,
+                 results: ResultStore | None = None) -> RunOutcome:
+    """Work the run's pending batches to the end (or until only failures remain); with a
+    result store, record every message and the run itself there."""
+    started = time.perf_counter()
+    tracker = RunTracker(results, ctx) if results is not None else None
+    if tracker:
+        on_progress = tracker.wrap(on_progress)
+    pending = find_pending(ctx.state, ctx.run_id)
+    log.info("run %s: %d fetch, %d clean, %d load pipelines to start", ctx.run_id,
+             len(pending.fetch), len(pending.clean), len(pending.load))
+    processes = max(1, min(processes, len({s for s, _ in pending.fetch + pending.clean + pending.load})))
+    if processes == 1:
+        dead = _work(ctx, pending, threads=threads, poll=poll, on_progress=on_progress,
+                     results=results)
+    else:
+        dead = _work_in_processes(ctx, pending, processes=processes, threads=threads, poll=poll,
+                                  on_progress=on_progress, results=results)
+    checkpoints = ctx.state.list_checkpoints(ctx.run_id)
+    if on_progress:
+        on_progress(checkpoints)
+    completed = finalize_if_complete(ctx)
+    if not completed:
+        ctx.state.set_run_status(ctx.run_id, "failed")
+    if tracker:
+        tracker.finish(completed, checkpoints)
+    return RunOutcome(completed=completed, dead_letters=dead,
+                          elapsed=time.perf_counter() - started, checkpoints=checkpoints)

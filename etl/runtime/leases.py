@@ -1,0 +1,131 @@
+"""Leases: one owner at a time per task, kept alive by a heartbeat, fenced on commit.
+
+Every fetch, clean and load takes the PendingTasks lease of its task before doing anything:
+a shard's fetch lane (`fetch:<run>:<shard>`, so one owner at a time walks a shard's cursor)
+or one batch's step (`clean:<run>:<shard>:<batch>`, `load:...`). A heartbeat thread per
+process renews the leases its threads hold; a worker that dies stops renewing and its
+leases expire after the TTL, when the redelivered message of another worker takes over
+(with a larger fencing token). The commit of a task's effect passes the lease as a Fence,
+so an owner that stalled past its lease cannot commit after the takeover.
+
+Settings, read here:
+  ETL_LEASE_TTL  seconds a lease lives without a heartbeat (default 30). The heartbeat
+                 renews every TTL/3. Clocks of the machines must agree to well under a TTL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+from etl.core.errors import ConfigError, EtlError
+from etl.stores.state import Fence, StateStore
+from etl.stores.state.base import utcnow
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL = 30.0
+
+
+class LeaseBusy(EtlError):
+    """Another live owner holds the lease of this task; the message is deferred."""
+
+    def __init__(self, task_key: str, holder: str | None, seconds_left: float) -> None:
+        self.task_key, self.holder, self.seconds_left = task_key, holder, seconds_left
+        super().__init__(f"task {task_key} is leased by {holder} for {seconds_left:.1f} s more")
+
+
+def lease_ttl() -> float:
+    raw = os.environ.get("ETL_LEASE_TTL", "")
+    try:
+        ttl = float(raw) if raw else DEFAULT_TTL
+    except ValueError:
+        raise ConfigError(f"ETL_LEASE_TTL must be a number of seconds, got {raw!r}") from None
+    if ttl <= 0:
+        raise ConfigError(f"ETL_LEASE_TTL must be > 0, got {raw!r}")
+    return ttl
+
+
+def fetch_key(run_id: str, shard: int) -> str:
+    return f"fetch:{run_id}:{shard}"
+
+
+def step_key(stage: str, run_id: str, shard: int, batch: int) -> str:
+    return f"{stage}:{run_id}:{shard}:{batch}"
+
+
+def task_key(stage: str, run_id: str, shard: int, batch: int) -> str:
+    """The lease key of a message: the shard's fetch lane, or one batch's clean/load."""
+    return fetch_key(run_id, shard) if stage == "fetch" else step_key(stage, run_id, shard, batch)
+
+
+class LeaseKeeper:
+    """Takes, renews and releases the leases of one process's worker threads."""
+
+    def __init__(self, state: StateStore, *, ttl: float | None = None) -> None:
+        self.state = state
+        self.ttl = ttl if ttl is not None else lease_ttl()
+        self.process = f"{socket.gethostname()}:{os.getpid()}"
+        self._held: dict[str, Fence] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def owner(self) -> str:
+        """Owner id of the calling thread: host, process and thread."""
+        return f"{self.process}:{threading.get_ident()}"
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[Fence]:
+        """Hold the lease of `key` for the duration of the block; raise LeaseBusy when another
+        live owner has it. The yielded Fence goes to the commit that ends the task."""
+        owner = self.owner()
+        lease = self.state.acquire_lease(key, owner, self.ttl)
+        if lease is None:
+            current = self.state.get_lease(key)
+            left = self.ttl
+            holder = None
+            if current is not None and current.lease_until is not None:
+                left = max(0.0, (current.lease_until - utcnow()).total_seconds())
+                holder = current.taken_by
+            raise LeaseBusy(key, holder, left)
+        fence = Fence(key, owner, lease.token)
+        with self._lock:
+            self._held[key] = fence
+            self._ensure_heartbeat()
+        try:
+            yield fence
+        finally:
+            with self._lock:
+                self._held.pop(key, None)
+            try:
+                self.state.release_lease(key, owner, lease.token)
+            except Exception:  # noqa: BLE001 - an unreleased lease just expires
+                log.warning("could not release lease %s; it expires in %.0f s", key, self.ttl,
+                            exc_info=True)
+
+    def _ensure_heartbeat(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._beat, name="etl-lease-heartbeat",
+                                            daemon=True)
+            self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._wake.wait(self.ttl / 3):
+            with self._lock:
+                held = list(self._held.values())
+            for fence in held:
+                try:
+                    if not self.state.renew_lease(fence.task_key, fence.owner, fence.token,
+                                                  self.ttl):
+                        log.warning("lease %s was lost (expired and taken over?); the task "
+                                    "will not commit", fence.task_key)
+                except Exception:  # noqa: BLE001 - keep beating; the lease may still live
+                    log.warning("heartbeat of lease %s failed", fence.task_key, exc_info=True)
+
+    def close(self) -> None:
+        self._wake.set()

@@ -1,0 +1,54 @@
+"""Dramatiq middleware of the toolkit.
+
+ErrorLog writes each failure of an ETL message to the state store: the shard's last_error on
+every failed attempt, and, once Dramatiq gives up on the message (retries exhausted, or an
+error marked permanent), a TaskErrorLog entry with traceback and context and the shard marked
+failed. It sits before Retries in the middleware list, so its after-hook runs after Retries
+has decided whether the message is retried or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback as tb
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+from etl.runtime.context import ContextCache
+from etl.stores.state import ErrorRecord
+
+log = logging.getLogger(__name__)
+
+
+class ErrorLog(Middleware):
+    """Record failures of fetch/clean/load messages in TaskErrorLog and TaskCheckpoint."""
+
+    def __init__(self, contexts: ContextCache) -> None:
+        self.contexts = contexts
+
+    def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
+                              result: Any = None, exception: BaseException | None = None) -> None:
+        if exception is None or not message.actor_name.startswith("etl_"):
+            return
+        run_id, shard, batch = message.args[:3]
+        stage = message.actor_name.removeprefix("etl_")
+        text = f"{type(exception).__name__}: {exception}"
+        try:
+            state = self.contexts.get(run_id).state
+            final = bool(getattr(message, "failed", False))
+            state.set_shard_status(run_id, shard, "failed" if final else "running", last_error=text)
+            if final:
+                trace = "".join(tb.format_exception(type(exception), exception, exception.__traceback__))
+                state.log_error(ErrorRecord(
+                    run_id=run_id, stage=stage, shard=shard, batch=batch,
+                    error_type=type(exception).__name__, message=str(exception), traceback=trace,
+                    context={"message_id": message.message_id, "queue": message.queue_name,
+                             # Retries has counted this last attempt already
+                             "attempts": message.options.get("retries", 1),
+                             "retries": max(0, message.options.get("retries", 1) - 1)}))
+                log.error("%s of run %s shard %s batch %s failed for good: %s",
+                          stage, run_id, shard, batch, text)
+        except Exception:  # noqa: BLE001 - never let error reporting break the worker
+            log.exception("could not record the failure of message %s", message.message_id)

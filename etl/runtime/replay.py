@@ -1,0 +1,155 @@
+"""Re-driving quarantined rows after a fix, exactly once.
+
+A replay is a run of its own, `<run>-replay<g>`: generation 1 takes the rows the original
+run quarantined, generation g+1 the rows generation g quarantined again. Each quarantined
+row names its place in the raw payload (ROW_COLUMN), so the replay cleans the row as it was
+fetched, with the pipeline as it is now (fixed), and loads what passes under the replay's
+own run id. Per batch it records a pointer, counts clean and load exactly once through the
+state store and writes the sink idempotently, like any run: killed at any point, running
+the same command again finishes it, and a finished generation is never loaded twice.
+
+Rows rejected as duplicates (by a stage named "dedupe") and lines the source parser could not
+read (stage "source") are not replayed unless asked for by `stages`: the first copy of a
+duplicate is loaded already, and an unreadable line reads no better the second time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import pandas as pd
+
+from etl.runtime.batches import ROW_COLUMN, clean_frame, quarantine_bytes, read_frame
+from etl.runtime.context import RunContext
+from etl.core.errors import ConfigError, ObjectNotFound
+from etl.core.faults import crash_point
+from etl.core.names import quarantine_key
+from etl.core.parquet import from_parquet_bytes
+from etl.stores.state import RawPayload, RunRecord, StateStore, task_fingerprint
+from stages.base import STAGE_COLUMN
+
+log = logging.getLogger(__name__)
+
+NOT_REPLAYED = ("dedupe", "source")
+
+
+@dataclass
+class ReplayResult:
+    run_id: str
+    generation: int
+    rows_replayed: int = 0
+    rows_loaded: int = 0
+    rows_quarantined: int = 0
+    rows_skipped: int = 0  # quarantined rows left out (stage filter, or no known raw row)
+    batches_done_before: int = 0
+
+
+def replay_run_id(original: str, generation: int) -> str:
+    return f"{original}-replay{generation}"
+
+
+def _next_generation(state: StateStore, original: RunRecord) -> tuple[int, str]:
+    """The generation to work on (an unfinished one first) and the run it replays from."""
+    generation = 1
+    while (run := state.get_run(replay_run_id(original.run_id, generation))) is not None:
+        if run.status != "completed":
+            return generation, run.params["replay_of"]
+        generation += 1
+    source = replay_run_id(original.run_id, generation - 1) if generation > 1 else original.run_id
+    return generation, source
+
+
+def open_replay(state: StateStore, original: RunRecord, *, spec: str,
+                stages: Sequence[str] | None) -> RunRecord:
+    """The replay run to work on, created if needed."""
+    if original.params.get("replay_of"):
+        raise ConfigError(f"{original.run_id} is a replay; replay its original run instead")
+    if original.status != "completed":
+        raise ConfigError(f"run {original.run_id} is not complete; finish it before replaying "
+                          "its quarantine")
+    generation, source = _next_generation(state, original)
+    run_id = replay_run_id(original.run_id, generation)
+    run = state.get_run(run_id)
+    if run is None:
+        params = {**original.params, "pipeline_spec": spec, "replay_of": source,
+                  "original_run": original.run_id, "generation": generation,
+                  "replay_stages": list(stages) if stages else None}
+        params.pop("source_fingerprint", None)
+        run = RunRecord(run_id=run_id, pipeline=original.pipeline,
+                        plan=f"replay of {original.plan}", shards=original.shards, params=params)
+        if not state.create_run(run):
+            run = state.get_run(run_id) or run
+        state.init_checkpoints(run_id, run.shards)
+    return run
+
+
+def _wanted(stages: Sequence[str] | None) -> Callable[[str], bool]:
+    if stages:
+        chosen = set(stages)
+        return lambda name: name in chosen
+    return lambda name: name not in NOT_REPLAYED
+
+
+def replay(ctx: RunContext, original: RunRecord, *,
+           on_batch: Callable[[int, int], None] | None = None) -> ReplayResult:
+    """Work the replay run of `ctx` (made by open_replay) to its end."""
+    run = ctx.run
+    state, objects = ctx.state, ctx.objects
+    wanted = _wanted(run.params.get("replay_stages"))
+    result = ReplayResult(run.run_id, int(run.params["generation"]))
+    pointers = state.list_payloads(original.run_id)
+    for index, pointer in enumerate(pointers):
+        shard, batch = pointer.shard, pointer.batch
+        if on_batch:
+            on_batch(index, len(pointers))
+        if state.is_done(task_fingerprint("load", run.run_id, shard, batch)):
+            result.batches_done_before += 1
+            continue
+        source_key = quarantine_key(run.params["replay_of"], shard, batch)
+        try:
+            rejected = from_parquet_bytes(objects.get_bytes(source_key))
+        except ObjectNotFound:
+            rejected = None
+        rows: list[int] = []
+        if rejected is not None and len(rejected):
+            chosen = rejected[rejected[STAGE_COLUMN].map(wanted)]
+            known = (chosen[ROW_COLUMN].notna() if ROW_COLUMN in chosen.columns
+                     else pd.Series(False, index=chosen.index))  # quarantined before rows were kept
+            rows = sorted(int(r) for r in chosen.loc[known, ROW_COLUMN])
+            result.rows_skipped += len(rejected) - len(rows)
+        digest = hashlib.sha256(repr(rows).encode()).hexdigest()
+        state.record_fetch(RawPayload(run_id=run.run_id, shard=shard, batch=batch, key=source_key,
+                                      bytes=0, sha256=digest, rows=len(rows), cursor_start=None,
+                                      cursor_end=None), exhausted=False)
+        clean, quarantined = (_clean(ctx, original, shard, batch, rows) if rows else (None, None))
+        if quarantined is not None and len(quarantined):
+            objects.put_bytes(quarantine_key(run.run_id, shard, batch), quarantine_bytes(quarantined))
+        cleaned = 0 if clean is None else len(clean)
+        again = 0 if quarantined is None else len(quarantined)
+        state.complete_stage(run.run_id, shard, batch, "clean",
+                             {"rows_cleaned": cleaned, "rows_quarantined": again})
+        written = 0
+        if cleaned:
+            written = ctx.pipeline.sink.write_batch(clean, run_id=run.run_id, shard=shard, batch=batch)
+        crash_point("replay.after_sink")
+        state.complete_stage(run.run_id, shard, batch, "load", {"rows_loaded": written})
+        result.rows_replayed += len(rows)
+        result.rows_loaded += written
+        result.rows_quarantined += again
+    for checkpoint in state.list_checkpoints(run.run_id):
+        state.finish_fetch(run.run_id, checkpoint.shard, checkpoint.batches_fetched)
+    state.set_run_status(run.run_id, "completed")
+    return result
+
+
+def _clean(ctx: RunContext, original: RunRecord, shard: int, batch: int, rows: list[int]):  # type: ignore[no-untyped-def]
+    pointer = ctx.state.get_payload(original.run_id, shard, batch)
+    assert pointer is not None
+    raw = read_frame(ctx, shard, batch, pointer.key, sha256=pointer.sha256)
+    return clean_frame(ctx, shard, batch, raw.iloc[rows], key=pointer.key, rows=rows)
+
+
+__all__ = ["ReplayResult", "open_replay", "replay", "replay_run_id"]

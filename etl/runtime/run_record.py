@@ -1,0 +1,70 @@
+"""The run itself as a task in the result store: job id = run id, function "etl.run",
+progress = rows settled (loaded or quarantined) / rows in the source, updated at most once a
+second, then completed or failed. Writes are guarded like the middleware's: a result-store
+outage never stops a run."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Callable
+
+from results.base import ResultStore
+from results.models import JobResult, JobStatus, Transition, utcnow
+
+if TYPE_CHECKING:
+    from etl.runtime.context import RunContext
+    from etl.stores.state import Checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class RunTracker:
+    """Keeps the run's record in the result store up to date."""
+
+    def __init__(self, store: ResultStore, ctx: "RunContext", *, every: float = 1.0) -> None:
+        self.store, self.ctx, self.every = store, ctx, every
+        self.total = ctx.run.params.get("source_rows") or 0
+        self._last = 0.0
+        now = utcnow()
+        self.job = JobResult(
+            job_id=ctx.run_id, function="etl.run", status=JobStatus.IN_PROGRESS.value,
+            queue="etl", run_id=ctx.run_id, args=[ctx.run.pipeline, ctx.run.plan],
+            stage="run", created_at=now, queued_at=now, started_at=now,
+            history=[Transition(JobStatus.PENDING.value, now), Transition(JobStatus.QUEUED.value, now),
+                     Transition(JobStatus.IN_PROGRESS.value, now)])
+        self._write(lambda: self.store.store(self.job))
+
+    def _write(self, call: Callable[[], object]) -> None:
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - the result store is never worth a failed run
+            log.warning("result store %s: run record not written (%s: %s)", self.store.url,
+                        type(exc).__name__, exc)
+
+    def _progress(self, checkpoints: list["Checkpoint"]) -> float:
+        settled = sum(c.rows_loaded + c.rows_quarantined for c in checkpoints)
+        return min(1.0, settled / self.total) if self.total else 0.0
+
+    def wrap(self, inner: Callable[[list["Checkpoint"]], None] | None) -> Callable[[list["Checkpoint"]], None]:
+        def on_progress(checkpoints: list["Checkpoint"]) -> None:
+            if inner:
+                inner(checkpoints)
+            if time.monotonic() - self._last >= self.every:
+                self._last = time.monotonic()
+                self.job.progress = self._progress(checkpoints)
+                self._write(lambda: self.store.store(self.job))
+        return on_progress
+
+    def finish(self, completed: bool, checkpoints: list["Checkpoint"]) -> None:
+        loaded = sum(c.rows_loaded for c in checkpoints)
+        quarantined = sum(c.rows_quarantined for c in checkpoints)
+        if completed:
+            self._write(lambda: self.store.update_status(
+                self.ctx.run_id, JobStatus.COMPLETED.value, progress=1.0,
+                result={"rows_loaded": loaded, "rows_quarantined": quarantined}))
+        else:
+            failed = sum(not c.complete for c in checkpoints)
+            self._write(lambda: self.store.update_status(
+                self.ctx.run_id, JobStatus.FAILED.value, progress=self._progress(checkpoints),
+                error=f"{failed} shard(s) not complete", error_type="RunIncomplete"))

@@ -1,0 +1,174 @@
+"""Runs: create or resume one, find what is left to do, and close it when all is loaded.
+
+A run is (pipeline, shard plan, run id). `etl run` resumes the newest unfinished run of the
+same pipeline and plan unless told --fresh or --run-id. A new run fits the shard plan on the
+source once and stores the fitted plan and the source's fingerprint, so every resume, on
+any machine, splits and reads the source exactly the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable
+
+from etl.drift import source_schema
+from etl.core.errors import ConfigError
+from etl.pipeline import Pipeline
+from etl.stores.state import Checkpoint, RunRecord, StateStore, task_fingerprint
+
+if TYPE_CHECKING:
+    from etl.runtime.context import RunContext
+
+log = logging.getLogger(__name__)
+
+
+def new_run_id(pipeline: str) -> str:
+    """Sortable, unique: pipeline name, UTC time, random suffix."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{pipeline}-{stamp}-{secrets.token_hex(3)}"
+
+
+def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = False,
+             run_id: str | None = None, params: dict[str, Any] | None = None,
+             accept_schema: bool = False) -> tuple[RunRecord, bool]:
+    """The run to work on and whether it was created now.
+
+    With `run_id`: that run (created under that name if new). With `fresh`: a new run.
+    Otherwise the newest run of this pipeline and plan: resumed if unfinished, returned as
+    it is (nothing to do) if completed over the same source data; a new run if there is
+    none, or if the newest completed run read a source that has changed since. `params`
+    are kept with a new run (a backfill's window, for one). A new run records its source's
+    schema and, unless the pipeline declares one or `accept_schema`, expects the schema of
+    the pipeline's newest completed run (etl.drift).
+    """
+    plan_name = pipeline.shards.describe()
+    run = None
+    if run_id:
+        run = state.get_run(run_id)
+        if run is not None and (run.pipeline != pipeline.name or run.plan != plan_name):
+            raise ConfigError(f"run {run_id} belongs to pipeline {run.pipeline} with plan "
+                              f"{run.plan}, not {pipeline.name} with {plan_name}")
+    elif not fresh:
+        run = state.latest_run(pipeline.name, plan_name, unfinished=False)
+    if run is not None:
+        recorded = run.params.get("source_fingerprint")
+        if recorded in (None, pipeline.source.fingerprint()):
+            return run, False
+        if run.status != "completed" or run_id:
+            raise ConfigError(f"the source changed since run {run.run_id} started "
+                              f"({pipeline.source.describe()}); start a new run with --fresh")
+        log.info("source changed since completed run %s: starting a new run", run.run_id)
+    if callable(check := getattr(pipeline.source, "check_plan", None)):
+        check(pipeline.shards)  # a source that cannot split this way says so before a run exists
+    fitted = pipeline.shards.fit(pipeline.source.sample(_plan_columns(pipeline)))
+    run = RunRecord(
+        run_id=run_id or new_run_id(pipeline.name), pipeline=pipeline.name, plan=plan_name,
+        shards=fitted.shards,
+        params={"pipeline_spec": spec, "plan": fitted.to_dict(),
+                "batch_size": pipeline.batch_size,
+                "source_fingerprint": pipeline.source.fingerprint(),
+                "source_rows": pipeline.source.row_count(),
+                **_schemas(state, pipeline, accept=accept_schema), **(params or {})},
+    )
+    if not state.create_run(run):  # someone created it meanwhile: use theirs
+        existing = state.get_run(run.run_id)
+        assert existing is not None
+        run = existing
+    state.init_checkpoints(run.run_id, run.shards)
+    log.info("created run %s (%s, %d shards)", run.run_id, plan_name, run.shards)
+    return run, True
+
+
+def _schemas(state: StateStore, pipeline: Pipeline, *, accept: bool) -> dict[str, Any]:
+    """The source's schema for a new run's record, and the expectation learned from the
+    newest completed run that recorded one (unless the pipeline declares its own)."""
+    schema = source_schema(pipeline.source)
+    if schema is None:
+        return {}
+    found: dict[str, Any] = {"source_schema": schema}
+    if pipeline.expected_schema or accept:
+        return found
+    for earlier in state.list_runs(pipeline=pipeline.name, limit=50):
+        if earlier.status == "completed" and earlier.params.get("source_schema"):
+            found["expected_schema"] = earlier.params["source_schema"]
+            found["schema_from"] = earlier.run_id
+            break
+    return found
+
+
+def _plan_columns(pipeline: Pipeline) -> list[str]:
+    plan = pipeline.shards
+    columns = getattr(plan, "columns", None) or [getattr(plan, "column")]
+    return [columns] if isinstance(columns, str) else list(columns)
+
+
+ProgressCallback = Callable[[list[Checkpoint]], None]
+
+
+@dataclass
+class RunOutcome:
+    """How working a run ended, here (embedded) or on a broker (distributed)."""
+
+    completed: bool
+    elapsed: float
+    checkpoints: list[Checkpoint]
+    dead_letters: int = 0
+    resent: int = 0  # lost steps the reconciler sent again (distributed)
+
+
+@dataclass
+class Pending:
+    """What a run still needs: batch pipelines to start, by stage."""
+
+    fetch: list[tuple[int, int]] = field(default_factory=list)  # (shard, next batch)
+    clean: list[tuple[int, int]] = field(default_factory=list)  # fetched, not cleaned
+    load: list[tuple[int, int]] = field(default_factory=list)  # cleaned, not loaded
+
+    @property
+    def total(self) -> int:
+        return len(self.fetch) + len(self.clean) + len(self.load)
+
+
+def find_pending(state: StateStore, run_id: str) -> Pending:
+    """Compare checkpoints, payload pointers and the dedup ledger to find unfinished work."""
+    pending = Pending()
+    for checkpoint in state.list_checkpoints(run_id):
+        if checkpoint.complete:
+            continue
+        if not checkpoint.fetch_done:
+            pending.fetch.append((checkpoint.shard, checkpoint.batches_fetched))
+        for batch in range(checkpoint.batches_fetched):
+            if state.is_done(task_fingerprint("load", run_id, checkpoint.shard, batch)):
+                continue
+            if state.is_done(task_fingerprint("clean", run_id, checkpoint.shard, batch)):
+                pending.load.append((checkpoint.shard, batch))
+            else:
+                pending.clean.append((checkpoint.shard, batch))
+    return pending
+
+
+def run_complete(state: StateStore, run_id: str) -> bool:
+    return all(c.complete for c in state.list_checkpoints(run_id))
+
+
+def finalize_if_complete(ctx: "RunContext", *, shard: int | None = None) -> bool:
+    """Mark the run completed and let the sink finish it, once every shard is loaded.
+
+    Cheap to call after every load: it looks at the whole run only when `shard` is done.
+    """
+    state = ctx.state
+    if shard is not None:
+        checkpoint = state.get_checkpoint(ctx.run_id, shard)
+        if checkpoint is None or not checkpoint.complete:
+            return False
+    if not run_complete(state, ctx.run_id):
+        return False
+    ctx.pipeline.sink.finish_run(ctx.run_id)
+    run = state.get_run(ctx.run_id)
+    if run is not None and run.status != "completed":
+        state.set_run_status(ctx.run_id, "completed")
+        log.info("run %s completed", ctx.run_id)
+    return True

@@ -1,0 +1,193 @@
+"""`etl worker`: Dramatiq workers for every pipeline, on the configured RabbitMQ or Redis.
+
+A worker needs no pipeline argument: a message names its run, and the run names its
+pipeline (etl.runtime.context), so one worker serves every pipeline whose code it can import.
+
+One process runs a Dramatiq Worker with `threads` threads on the queues it is given
+(default: the `queue` setting); a pipeline with its own `Pipeline.queue` is worked only by
+workers started with `--queue` naming it, so heavy or urgent pipelines can get their own.
+With several processes, this process supervises: it forks them (each opens its own broker
+connection after the fork), restarts one that dies (after a pause, so a crash loop does not
+spin), and on SIGTERM or SIGINT stops them all gracefully: a worker finishes the messages it
+is working on, and the broker redelivers the ones it had prefetched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from multiprocessing.connection import wait
+
+import dramatiq
+
+from etl.runtime.actors import declare_actors
+from etl.brokers.open import broker_kind, open_broker
+from etl.core.config import Settings
+from etl.runtime.context import ContextCache
+from etl.core.errors import ConfigError
+from etl.runtime.leases import LeaseKeeper, lease_ttl
+from etl.pipeline import load_pipeline
+from etl.runtime.metrics import Metrics, StateCollector
+from etl.brokers.queues import queues_of
+from etl.stores.state import StateStore, open_state
+from etl.core.urls import mask_url
+from results import open_results_or_none
+
+log = logging.getLogger(__name__)
+
+#: Pause before restarting a worker process that died.
+RESTART_DELAY = 1.0
+#: Longest pause of a Redis worker's consumer between polls of a busy queue (ms).
+REDIS_POLL_MS = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerOptions:
+    """How each worker process runs: its threads, the queues it consumes (empty: the `queue`
+    setting), its metrics port (process i of N serves on port + i) and the pipelines whose
+    sources it parses at start."""
+
+    threads: int = 2
+    queues: tuple[str, ...] = ()
+    metrics_port: int | None = None
+    preload: tuple[str, ...] = ()
+
+    def queues_of(self, settings: Settings) -> tuple[str, ...]:
+        return self.queues or (settings.queue,)
+
+
+def _preload(specs: tuple[str, ...]) -> None:
+    """Import these pipelines and parse their sources now, while the worker waits for work:
+    the first batch of a run then does not wait for the parse (etl.sources.files.ParsedCache)."""
+    for spec in specs:
+        started = time.perf_counter()
+        try:
+            source = load_pipeline(spec).source
+            if hasattr(source, "table"):
+                source.table()
+            log.info("preloaded %s in %.2f s", spec, time.perf_counter() - started)
+        except Exception as exc:  # noqa: BLE001 - a worker serves other pipelines too
+            log.warning("could not preload pipeline %s: %s", spec, exc)
+
+
+def require_broker(settings: Settings) -> str:
+    """The kind of the configured broker; a clear error for the in-process stub://."""
+    kind = broker_kind(settings.broker_url)
+    if kind == "stub":
+        raise ConfigError("etl worker needs a broker: set ETL_BROKER_URL to amqp://... or "
+                          "redis://... (with the embedded stub://, `etl run` does the work)")
+    return kind
+
+
+def run_worker(settings: Settings, options: WorkerOptions, *, stop: threading.Event) -> None:
+    """Run one Dramatiq worker in this process until `stop` is set."""
+    kind = require_broker(settings)
+    queues = options.queues_of(settings)
+    broker = open_broker(settings.broker_url)
+    contexts = ContextCache(settings)
+    state = open_state(settings.state_url)
+    leases = LeaseKeeper(state, ttl=lease_ttl())
+    metrics = (_serve_metrics(broker, state, contexts, options.metrics_port, queues)
+               if options.metrics_port else None)
+    declare_actors(broker, contexts, queue=settings.queue, leases=leases, metrics=metrics,
+                   results=open_results_or_none(settings.results_url))
+    for queue in queues:  # the actors live on the `queue` setting; pipelines may use others
+        if queue not in broker.get_declared_queues():
+            broker.declare_queue(queue)
+    broker.emit_after("process_boot")
+    if options.preload:
+        threading.Thread(target=_preload, args=(options.preload,), name="etl-preload",
+                         daemon=True).start()
+    # Redis: Dramatiq's consumer sleeps up to worker_timeout between polls while its prefetch
+    # is full, so a short timeout keeps threads from idling between short batches.
+    worker = dramatiq.Worker(broker, queues=set(queues), worker_threads=options.threads,
+                             worker_timeout=REDIS_POLL_MS if kind == "redis" else 1000)
+    if kind == "rabbitmq":
+        worker.queue_prefetch = options.threads  # no delivery waits unacked behind a long batch
+    worker.start()
+    log.info("worker %d: %d threads on queue(s) %s of %s", os.getpid(), options.threads,
+             ", ".join(queues), mask_url(settings.broker_url))
+    try:
+        stop.wait()
+    finally:
+        log.info("worker %d stopping", os.getpid())
+        worker.stop()
+        leases.close()
+        broker.close()
+        state.close()
+
+
+def _serve_metrics(broker: dramatiq.Broker, state: StateStore, contexts: ContextCache,
+                   port: int, queues: tuple[str, ...]) -> Metrics:
+    from prometheus_client import REGISTRY, start_http_server
+
+    metrics = Metrics(contexts)
+    REGISTRY.register(StateCollector(state, queues=queues_of(broker), names=queues))
+    start_http_server(port)
+    log.info("worker %d: metrics on http://0.0.0.0:%d/metrics", os.getpid(), port)
+    return metrics
+
+
+def _child(settings: Settings, options: WorkerOptions) -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        run_worker(settings, options, stop=stop)
+    finally:
+        logging.shutdown()
+
+
+def serve(settings: Settings, options: WorkerOptions, *, processes: int = 1) -> None:
+    """Run `processes` worker processes until SIGTERM/SIGINT; restart any that dies."""
+    require_broker(settings)  # before any process is forked
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if processes == 1:
+            run_worker(settings, options, stop=stop)
+            return
+        if options.preload:
+            _preload(options.preload)  # before the fork: every process shares the parsed tables
+        _supervise(settings, dataclasses.replace(options, preload=()), processes=processes,
+                   stop=stop)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _supervise(settings: Settings, options: WorkerOptions, *, processes: int,
+               stop: threading.Event) -> None:
+    fork = multiprocessing.get_context("fork")
+
+    def start(index: int) -> multiprocessing.Process:
+        port = options.metrics_port + index if options.metrics_port else None
+        child = fork.Process(target=_child, name=f"etl-worker-{index}",
+                             args=(settings, dataclasses.replace(options, metrics_port=port)))
+        child.start()
+        return child
+
+    children = {index: start(index) for index in range(processes)}
+    try:
+        while not stop.is_set():
+            ended = wait([c.sentinel for c in children.values()], timeout=0.5)
+            for index, child in list(children.items()):
+                if child.sentinel in ended and not stop.is_set():
+                    child.join()
+                    log.error("%s (pid %d) exited with %s; restarting it", child.name, child.pid,
+                              child.exitcode)
+                    time.sleep(RESTART_DELAY)
+                    children[index] = start(index)
+    finally:
+        for child in children.values():
+            if child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        for child in children.values():
+            child.join(timeout=30)
+            if child.is_alive():
+                child.kill()

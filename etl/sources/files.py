@@ -1,0 +1,366 @@
+"""Sources: where rows come from, read one shard batch at a time.
+
+A file source (CSV, JSON lines or Parquet; plain, .gz or single-member .zip; on local disk or
+the object store) is parsed once per process and cached, so the many small batch reads of a
+run cost a slice each instead of a parse each. Within a shard, rows are read in file order and
+the cursor is the file position (row ordinal) of the last row read: stable for as long as the
+file is unchanged, which `fingerprint` (a content hash) lets a resumed run check.
+
+Lines that cannot be parsed at all are not dropped: they become rows whose only value is
+SOURCE_ERROR_COLUMN (line number, problem, text), and cleaning sends them to quarantine.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import logging
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from collections import Counter, OrderedDict
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from etl.core.errors import ConfigError, ObjectNotFound, SourceError
+from etl.core.urls import mask_url
+from etl.sources.windows import Window
+from shards import ShardPlan
+
+log = logging.getLogger(__name__)
+
+#: Column holding why a source line could not be parsed; such rows are quarantined.
+SOURCE_ERROR_COLUMN = "_source_error"
+
+FORMATS = ("csv", "jsonl", "parquet")
+
+
+@dataclass
+class Batch:
+    """Rows of one shard after `cursor_start`, up to the batch size, in cursor order.
+
+    Rows are an Arrow table: it is what Parquet is written from, and slicing it costs no
+    pandas work. `frame` converts on first use."""
+
+    table: pa.Table
+    cursor_start: Any
+    cursor_end: Any
+    exhausted: bool  # True when no row of the shard comes after cursor_end
+    shard_progress: float | None = None  # share of the shard's rows read up to cursor_end
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return self.table.to_pandas()
+
+
+class Source(Protocol):
+    """What a pipeline reads from."""
+
+    def describe(self) -> str: ...
+
+    def fingerprint(self) -> str:
+        """Identity of the data as it is now; a resumed run refuses a changed source."""
+
+    def row_count(self) -> int | None:
+        """Rows in the whole source, when known cheaply (for progress), else None."""
+
+    def sample(self, columns: list[str]) -> pd.DataFrame:
+        """The given columns of every row, to fit shard plans (range bounds)."""
+
+    def prepare(self, plan: ShardPlan) -> None:
+        """Load and index what the batches of `plan` need (before worker processes fork)."""
+
+    def read_batch(self, plan: ShardPlan, shard: int, *, after: Any, limit: int) -> Batch: ...
+
+
+def _guess_format(name: str) -> str:
+    lower = name.lower()
+    for suffix in (".gz", ".zip"):
+        if lower.endswith(suffix):
+            lower = lower[: -len(suffix)]
+    if lower.endswith((".csv", ".tsv", ".txt")):
+        return "csv"
+    if lower.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if lower.endswith((".parquet", ".pq")):
+        return "parquet"
+    raise ConfigError(f"cannot tell the format of {name!r}; pass format= one of {', '.join(FORMATS)}")
+
+
+def _decompress(name: str, data: bytes) -> bytes:
+    lower = name.lower()
+    if lower.endswith(".gz"):
+        return gzip.decompress(data)
+    if lower.endswith(".zip"):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = [m for m in archive.namelist() if not m.endswith("/")]
+            if len(members) != 1:
+                raise SourceError(f"{name}: a zip source must hold exactly one file, found {len(members)}")
+            return archive.read(members[0])
+    return data
+
+
+class ParsedCache:
+    """The last few sources parsed in this process, by content: a worker that meets a new run
+    over the same file, or that parsed it ahead (`etl worker --preload`), does not parse it
+    again. Arrow tables are immutable, so sharing them is safe."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._tables: OrderedDict[tuple[str, str, str], pa.Table] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str], parse: Callable[[], pa.Table]) -> pa.Table:
+        with self._lock:
+            if key in self._tables:
+                self._tables.move_to_end(key)
+                return self._tables[key]
+        table = parse()
+        with self._lock:
+            self._tables[key] = table
+            while len(self._tables) > self.size:
+                self._tables.popitem(last=False)
+        return table
+
+
+_parsed = ParsedCache()
+
+
+class FileSource:
+    """A CSV, JSON-lines or Parquet file, local or on the object store (s3://bucket/key)."""
+
+    def __init__(self, path: str, *, format: str | None = None, delimiter: str = ",",
+                 s3_endpoint_url: str | None = None, window: Window | None = None) -> None:
+        self.path = str(path)
+        self.format = format or _guess_format(self.path)
+        if self.format not in FORMATS:
+            raise ConfigError(f"unknown source format {self.format!r}; use one of {', '.join(FORMATS)}")
+        self.delimiter = delimiter
+        self._s3_endpoint_url = s3_endpoint_url
+        self.window = window
+        self._lock = threading.Lock()
+        self._loaded: tuple[str, pa.Table] | None = None  # (fingerprint, rows)
+        self._orders: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __repr__(self) -> str:
+        return f"FileSource({mask_url(self.path)!r}, format={self.format!r})"
+
+    def describe(self) -> str:
+        text = f"{self.format} file {mask_url(self.path)}"
+        return f"{text}, rows with {self.window.describe()}" if self.window else text
+
+    def windowed(self, window: Window) -> "FileSource":
+        """The same file, restricted to the rows inside `window` (a backfill)."""
+        return FileSource(self.path, format=self.format, delimiter=self.delimiter,
+                          s3_endpoint_url=self._s3_endpoint_url, window=window)
+
+    # -- reading the whole file once ---------------------------------------------------
+    def _read_bytes(self) -> bytes:
+        if self.path.startswith("s3://"):
+            from etl.stores.objects import open_objects
+
+            bucket, _, key = self.path[len("s3://"):].partition("/")
+            store = open_objects(f"s3://{bucket}", endpoint_url=self._s3_endpoint_url)
+            try:
+                return store.get_bytes(key)
+            except ObjectNotFound:
+                raise SourceError(f"source file not found: {mask_url(self.path)}") from None
+        local = Path(self.path[len("file://"):] if self.path.startswith("file://") else self.path)
+        try:
+            return local.read_bytes()
+        except FileNotFoundError:
+            raise SourceError(f"source file not found: {local}") from None
+        except OSError as exc:
+            raise SourceError(f"cannot read source file {local}: {exc}") from exc
+
+    def _parse(self, data: bytes) -> pa.Table:
+        raw = _decompress(self.path, data) if self.format != "parquet" else data
+        try:
+            if self.format == "csv":
+                return _parse_csv(raw, delimiter=self.delimiter)
+            if self.format == "jsonl":
+                return _parse_jsonl(raw)
+            return pq.read_table(io.BytesIO(raw))
+        except (pa.ArrowInvalid, OSError, ValueError) as exc:
+            raise SourceError(f"cannot parse {self.format} source {mask_url(self.path)}: {exc}") from exc
+
+    def table(self) -> pa.Table:
+        """The whole source as an Arrow table (parsed once per process, then cached)."""
+        with self._lock:
+            if self._loaded is None:
+                data = self._read_bytes()
+                digest = hashlib.sha256(data).hexdigest()
+                table = _parsed.get((digest, self.format, self.delimiter), lambda: self._parse(data))
+                if self.window is not None:
+                    table = self.window.apply(table)
+                    digest = hashlib.sha256(f"{digest}|{self.window.describe()}".encode()).hexdigest()
+                log.info("read %s: %d rows", self.describe(), table.num_rows)
+                self._loaded = (digest, table)
+            return self._loaded[1]
+
+    def frame(self) -> pd.DataFrame:
+        """The whole source as a DataFrame."""
+        return self.table().to_pandas()
+
+    def fingerprint(self) -> str:
+        self.table()
+        assert self._loaded is not None
+        return self._loaded[0]
+
+    def row_count(self) -> int | None:
+        return self.table().num_rows
+
+    def sample(self, columns: list[str]) -> pd.DataFrame:
+        table = self.table()
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise SourceError(f"shard column(s) {', '.join(missing)} not in {self.describe()}; "
+                              f"columns are: {', '.join(table.column_names)}")
+        return table.select(columns).to_pandas()
+
+    # -- batches -----------------------------------------------------------------------
+    def _shard_rows(self, plan: ShardPlan) -> tuple[np.ndarray, np.ndarray]:
+        """Row ordinals grouped by shard, and where each shard's group starts."""
+        key = json.dumps(plan.to_dict(), sort_keys=True, default=str)
+        with self._lock:
+            cached = self._orders.get(key)
+        if cached is not None:
+            return cached
+        keys = self.sample(list(getattr(plan, "columns", None) or []) or
+                           self.table().column_names)
+        assigned = np.asarray(plan.assign(keys), dtype=np.int64)
+        order = np.argsort(assigned, kind="stable")  # file order within each shard
+        starts = np.searchsorted(assigned[order], np.arange(plan.shards + 1), side="left")
+        with self._lock:
+            self._orders[key] = (order, starts)
+        return order, starts
+
+    def prepare(self, plan: ShardPlan) -> None:
+        self._shard_rows(plan)
+
+    def read_batch(self, plan: ShardPlan, shard: int, *, after: Any, limit: int) -> Batch:
+        if not 0 <= shard < plan.shards:
+            raise SourceError(f"shard {shard} out of range 0..{plan.shards - 1}")
+        order, starts = self._shard_rows(plan)
+        rows = order[starts[shard]:starts[shard + 1]]
+        begin = 0 if after is None else int(np.searchsorted(rows, int(after), side="right"))
+        picked = rows[begin:begin + limit]
+        table = self.table().take(pa.array(picked, type=pa.int64()))
+        end = int(picked[-1]) if len(picked) else after
+        return Batch(table=table, cursor_start=after, cursor_end=end,
+                     exhausted=begin + len(picked) >= len(rows),
+                     shard_progress=(begin + len(picked)) / len(rows) if len(rows) else 1.0)
+
+
+def _parse_csv(raw: bytes, *, delimiter: str) -> pa.Table:
+    bad: list[str] = []
+
+    def keep_bad_line(row: pacsv.InvalidRow) -> str:
+        bad.append(f"line {row.number}: expected {row.expected_columns} fields, "
+                   f"got {row.actual_columns}: {row.text[:500]}")
+        return "skip"
+
+    table = pacsv.read_csv(
+        io.BytesIO(raw),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=keep_bad_line),
+    )
+    return _with_bad_rows(table, bad)
+
+
+def _parse_jsonl(raw: bytes) -> pa.Table:
+    try:
+        return pajson.read_json(io.BytesIO(raw))
+    except pa.ArrowInvalid:
+        pass  # some line is broken: parse line by line, keep the broken ones
+    records: list[tuple[int, dict[str, Any]]] = []
+    bad: list[str] = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            bad.append(f"line {number}: invalid JSON ({exc}): {line[:500].decode(errors='replace')}")
+            continue
+        if isinstance(value, dict):
+            records.append((number, value))
+        else:
+            bad.append(f"line {number}: expected a JSON object, got {type(value).__name__}")
+    records = _agreeing_kinds(records, bad)
+    frame = pd.DataFrame.from_records([record for _, record in records])
+    return _with_bad_rows(_arrow_or_json_text(frame), bad)
+
+
+def _json_kind(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _agreeing_kinds(records: list[tuple[int, dict[str, Any]]],
+                    bad: list[str]) -> list[tuple[int, dict[str, Any]]]:
+    """Records whose fields have the kind most lines give them (an API that sends a list in
+    one line and a string in another). The others go to `bad` with the field and both
+    kinds: quarantined with their reason, not failing the whole source."""
+    kinds: dict[str, Counter[str]] = {}
+    for _, record in records:
+        for field, value in record.items():
+            kind = _json_kind(value)
+            if kind is not None:
+                kinds.setdefault(field, Counter())[kind] += 1
+    usual = {field: seen.most_common(1)[0][0] for field, seen in kinds.items() if len(seen) > 1}
+    if not usual:
+        return records
+    kept = []
+    for number, record in records:
+        odd = next(((f, k) for f in usual if (k := _json_kind(record.get(f))) not in (None, usual[f])),
+                   None)
+        if odd is None:
+            kept.append((number, record))
+        else:
+            bad.append(f"line {number}: field {odd[0]!r} is a {odd[1]} where other lines have a "
+                       f"{usual[odd[0]]}")
+    return kept
+
+
+def _json_text(value: Any) -> str | None:
+    missing = value is None or (isinstance(value, float) and value != value)  # None or NaN
+    return None if missing else json.dumps(value)
+
+
+def _arrow_or_json_text(frame: pd.DataFrame) -> pa.Table:
+    """`frame` as Arrow; a column Arrow cannot type (lists of mixed items, say) is kept as
+    JSON text instead of failing the source."""
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        pass
+    for column in frame.columns:
+        try:
+            pa.array(frame[column], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            log.warning("jsonl column %r holds values of mixed types: kept as JSON text", column)
+            frame[column] = frame[column].map(_json_text)
+    return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _with_bad_rows(table: pa.Table, bad: list[str]) -> pa.Table:
+    """Append one row per unparseable line, carrying only SOURCE_ERROR_COLUMN."""
+    if not bad:
+        return table
+    log.warning("%d source line(s) could not be parsed; they will be quarantined", len(bad))
+    errors = pa.table({SOURCE_ERROR_COLUMN: pa.array(bad, type=pa.string())})
+    return pa.concat_tables([table, errors], promote_options="default")

@@ -1,0 +1,40 @@
+"""State store: open one by URL (`sqlite:///path` or `mongodb://...`)."""
+
+from __future__ import annotations
+
+from etl.core.errors import UnsupportedURL
+from etl.stores.state.base import (
+    Checkpoint,
+    ErrorRecord,
+    Fence,
+    Lease,
+    RawPayload,
+    RunRecord,
+    StateStore,
+    task_fingerprint,
+)
+
+SCHEMES = ("sqlite", "mongodb", "mongodb+srv", "mongomock")
+
+
+def open_state(url: str) -> StateStore:
+    """The state store for `url`; an unknown scheme is a clear error naming the ones we know."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "sqlite":
+        from etl.stores.state.sqlite import SQLiteStateStore
+
+        return SQLiteStateStore(url)
+    if scheme in ("mongodb", "mongodb+srv", "mongomock"):
+        from etl.stores.state.mongo import MongoStateStore
+
+        return MongoStateStore(url)
+    raise UnsupportedURL(
+        f"unsupported state store URL scheme {scheme or '(none)'!r}; use one of: "
+        "sqlite:///path/state.db, mongodb://host/db"
+    )
+
+
+__all__ = [
+    "Checkpoint", "ErrorRecord", "Fence", "Lease", "RawPayload", "RunRecord", "StateStore",
+    "open_state", "task_fingerprint",
+]
