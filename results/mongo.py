@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 
-from etl.stores.mongo_client import connect, database_of
+from etl.core.mongo_client import connect, database_of
 from etl.core.urls import mask_url
 from results.base import job_history, summarise
 from results.errors import InvalidTransition, JobNotFound

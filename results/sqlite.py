@@ -1,13 +1,13 @@
 """SQLite result store: the embedded default. One row per job: indexed columns for queries,
 the whole record as JSON. Status changes are read-check-write in one IMMEDIATE transaction.
-Connections are handled as for the state store (etl.stores.sqlite_db)."""
+Connections are handled as for the state store (etl.core.sqlite_db)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any, Iterable
 
-from etl.stores.sqlite_db import Connections, open_path, write
+from etl.core.sqlite_db import Connections, open_path, write
 from etl.core.urls import mask_url
 from results.base import job_history, dumps, loads, summarise
 from results.errors import JobNotFound

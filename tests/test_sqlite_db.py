@@ -6,7 +6,7 @@ import multiprocessing
 from pathlib import Path
 from typing import Any
 
-from etl.stores.sqlite_db import Connections
+from etl.core.sqlite_db import Connections
 
 
 def _open_and_write(path: str, barrier: Any, results: Any) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from etl.core.config import Settings
 from etl.core.errors import ConfigError
-from etl.stores.sqlite_db import path_of
+from etl.core.sqlite_db import path_of
 from etl.core.urls import mask_url
 
 

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from etl.core.errors import BatchError
 from etl.core.files import TEMP_PREFIX, atomic_write
-from etl.stores.mongo_client import connect, database_of
+from etl.core.mongo_client import connect, database_of
 from etl.core.urls import mask_url
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from etl.stores.state.base import (
 )
 from etl.core.errors import LeaseLost
 from etl.stores.state.sqlite import stage_counts
-from etl.stores.mongo_client import connect, database_of
+from etl.core.mongo_client import connect, database_of
 from etl.core.urls import mask_url
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from etl.stores.state.base import (
 )
 from etl.core.errors import LeaseLost
 from etl.stores.state.codec import dumps, from_ms, loads, to_ms
-from etl.stores.sqlite_db import Connections, open_path, write
+from etl.core.sqlite_db import Connections, open_path, write
 from etl.core.urls import mask_url
 
 log = logging.getLogger(__name__)
