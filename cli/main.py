@@ -12,7 +12,7 @@ import sys
 import click
 
 from cli import inspect, metrics, quarantine, queues, results, run, worker
-from etl.core.errors import EtlError
+from etl.core.errors import USER_ERRORS
 from etl.core.logs import setup_logging
 from etl.core.urls import mask_url
 
@@ -51,7 +51,7 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except EtlError as exc:
+    except USER_ERRORS as exc:
         click.echo(f"error: {mask_url(str(exc))}", err=True)
         sys.exit(2)
     except SERVICE_ERRORS as exc:  # a broker or store that does not answer: not a bug

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from etl.core.config import check_queue_name
 from etl.drift import POLICIES, normalise_kind
-from etl.core.errors import ConfigError, EtlError
+from etl.core.errors import USER_ERRORS, ConfigError
 from etl.sources.windows import Window
 from shards import HashShards, RangeShards, ShardPlan
 from stages import Stage
@@ -25,13 +25,13 @@ class RetryPolicy:
     """How failures are retried (Dramatiq's Retries: backoff min_backoff * 2**retries with
     jitter, capped at max_backoff). An error that is an instance of `permanent` is never
     retried and goes straight to the dead-letter queue; by default that is every error the
-    toolkit raises on purpose (EtlError: bad config, unreadable batch, failed stage), while
+    toolkit raises on purpose (USER_ERRORS: bad config, unreadable batch, failed stage), while
     anything else (a network error, a timeout) is taken as transient."""
 
     max_retries: int = 5
     min_backoff_ms: int = 200
     max_backoff_ms: int = 30_000
-    permanent: tuple[type[BaseException], ...] = (EtlError,)
+    permanent: tuple[type[BaseException], ...] = USER_ERRORS
 
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.min_backoff_ms < 0 or self.max_backoff_ms < self.min_backoff_ms:

@@ -1,27 +1,71 @@
 """Cleaning stages: small, pure DataFrame -> DataFrame steps that reject bad rows with a
-reason instead of losing them."""
+reason instead of losing them.
 
-from stages.base import REASON_COLUMN, STAGE_COLUMN, CleanResult, Stage, StageResult, run_stages
-from stages.columns import DropColumns, Rename, Select, SnakeCaseColumns
-from stages.dates import ConvertTimezone, ParseDate
-from stages.fingerprint import Fingerprint, canonical_json
-from stages.mongo import SafeMongoKeys
-from stages.nested import Explode, Flatten
-from stages.numbers import ParseNumber
-from stages.rows import Dedupe, Derive, DropNulls, DropRows, Filter, NotNull
-from stages.rules import AllowedValues, Range, Regex, Rule, Unique
-from stages.schema import CastSchema
-from stages.text import Lower, NormalizeUnicode, NormalizeWhitespace, Trim, Upper
-from stages.timestamps import DeriveTimestamp, ParseTimestamp
-from stages.types import Cast
-from stages.validate import Validate
-from stages.values import FillNulls, MapValues
+Names load on first use (PEP 562), so `import stages` costs nothing until a stage is built.
+"""
 
-__all__ = [
-    "AllowedValues", "Cast", "CastSchema", "CleanResult", "ConvertTimezone", "Dedupe", "Derive",
-    "DeriveTimestamp", "DropColumns", "DropNulls", "DropRows", "Explode", "FillNulls", "Filter",
-    "Fingerprint", "Flatten", "Lower", "MapValues", "NormalizeUnicode", "NormalizeWhitespace",
-    "NotNull", "ParseDate", "ParseNumber", "ParseTimestamp", "REASON_COLUMN", "Range", "Regex",
-    "Rename", "Rule", "STAGE_COLUMN", "SafeMongoKeys", "Select", "SnakeCaseColumns", "Stage",
-    "StageResult", "Trim", "Unique", "Upper", "Validate", "canonical_json", "run_stages",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> the module that defines it
+_HOMES = {
+    "AllowedValues": "stages.rules",
+    "canonical_json": "stages.fingerprint",
+    "Cast": "stages.types",
+    "CastSchema": "stages.schema",
+    "CleanResult": "stages.base",
+    "ConvertTimezone": "stages.dates",
+    "Dedupe": "stages.rows",
+    "Derive": "stages.rows",
+    "DeriveTimestamp": "stages.timestamps",
+    "DropColumns": "stages.columns",
+    "DropNulls": "stages.rows",
+    "DropRows": "stages.rows",
+    "Explode": "stages.nested",
+    "FillNulls": "stages.values",
+    "Filter": "stages.rows",
+    "Fingerprint": "stages.fingerprint",
+    "Flatten": "stages.nested",
+    "Lower": "stages.text",
+    "MapValues": "stages.values",
+    "NormalizeUnicode": "stages.text",
+    "NormalizeWhitespace": "stages.text",
+    "NotNull": "stages.rows",
+    "ParseDate": "stages.dates",
+    "ParseNumber": "stages.numbers",
+    "ParseTimestamp": "stages.timestamps",
+    "Range": "stages.rules",
+    "REASON_COLUMN": "stages.base",
+    "Regex": "stages.rules",
+    "Rename": "stages.columns",
+    "Rule": "stages.rules",
+    "run_stages": "stages.base",
+    "SafeMongoKeys": "stages.mongo",
+    "Select": "stages.columns",
+    "SnakeCaseColumns": "stages.columns",
+    "Stage": "stages.base",
+    "STAGE_COLUMN": "stages.base",
+    "StageResult": "stages.base",
+    "Trim": "stages.text",
+    "Unique": "stages.rules",
+    "Upper": "stages.text",
+    "Validate": "stages.validate",
+    "StageError": "stages.errors",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

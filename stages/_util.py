@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from etl.core.errors import StageError
+from stages.errors import StageError
 from stages.base import REASON_COLUMN, StageResult
 
 log = logging.getLogger("stages")

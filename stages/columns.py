@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from etl.core.errors import StageError
+from stages.errors import StageError
 from stages._util import as_list, require_columns, show
 from stages.base import StageResult
 

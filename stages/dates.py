@@ -10,7 +10,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import pandas as pd
 
-from etl.core.errors import StageError
+from stages.errors import StageError
 from stages._util import as_list, call_repr, require_columns, shown, split
 from stages.base import StageResult
 from stages.timestamps import check_zone

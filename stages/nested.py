@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Iterator, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from etl.core.errors import StageError
+from stages.errors import StageError
 from stages._util import call_repr, is_null, require_columns, shown, split
 from stages.base import StageResult
 

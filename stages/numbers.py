@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import pandas as pd
 
-from etl.core.errors import StageError
+from stages.errors import StageError
 from stages._util import call_repr, is_null, require_columns, shown, split
 from stages.base import StageResult
 from stages.types import convert, failed

@@ -10,7 +10,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 import pandas as pd
 
-from etl.core.errors import StageError
+from stages.errors import StageError
 from stages._util import as_list, require_columns, show, split
 from stages.base import StageResult
 

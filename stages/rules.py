@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from etl.core.errors import StageError
+from stages.errors import StageError
 from stages._util import as_list, call_repr, is_null, require_columns, shown, split
 from stages.base import StageResult
 from stages.types import _numbers

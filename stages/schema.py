@@ -12,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 from pandas.api.types import pandas_dtype
 
-from etl.core.errors import StageError
+from stages.errors import StageError
 from stages._util import call_repr, require_columns, shown, split
 from stages.base import StageResult
 from stages.types import convert, failed

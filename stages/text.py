@@ -9,7 +9,7 @@ from typing import Callable, Literal, Sequence
 
 import pandas as pd
 
-from etl.core.errors import StageError
+from stages.errors import StageError
 from stages._util import as_list, require_columns, show
 from stages.base import StageResult
 

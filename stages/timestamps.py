@@ -9,7 +9,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 import pandas as pd
 
-from etl.core.errors import StageError
+from stages.errors import StageError
 from stages._util import require_columns, split
 from stages.base import StageResult
 from stages.types import _numbers, to_unit

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import pandas_dtype
 
-from etl.core.errors import StageError
+from stages.errors import StageError
 from stages._util import require_columns, split
 from stages.base import StageResult
 
@@ -151,14 +151,3 @@ class Cast:
                                 f"{self.schema[column]}" for value in shown]
             converted[column] = result
         return split(frame.assign(**converted), bad, reasons, original=frame, stage=self)
-
-
-_MOVED = {"Ambiguous", "DeriveTimestamp", "ParseTimestamp", "check_zone", "localize"}
-
-
-def __getattr__(name: str) -> Any:
-    """`from stages.types import ParseTimestamp` keeps working after the move."""
-    if name in _MOVED:
-        from stages import timestamps
-        return getattr(timestamps, name)
-    raise AttributeError(f"module 'stages.types' has no attribute {name!r}")

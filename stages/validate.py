@@ -10,7 +10,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import pandas as pd
 
-from etl.core.errors import StageError
+from stages.errors import StageError
 from stages._util import call_repr, split
 from stages.base import StageResult
 from stages.rules import Rule

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal, Mapping
 import numpy as np
 import pandas as pd
 
-from etl.core.errors import StageError
+from stages.errors import StageError
 from stages._util import call_repr, is_null, require_columns, shown, split
 from stages.base import StageResult
 

@@ -7,6 +7,8 @@ a transient failure, and is retried or logged with its traceback.
 
 from __future__ import annotations
 
+from stages.errors import StageError
+
 
 class EtlError(Exception):
     """Base class of every error the toolkit raises deliberately."""
@@ -22,10 +24,6 @@ class UnsupportedURL(ConfigError):
 
 class SourceError(EtlError):
     """The source cannot be read (missing file, bad format, unknown column)."""
-
-
-class StageError(EtlError):
-    """A cleaning stage was configured wrongly (for example, an unknown column)."""
 
 
 class BatchError(EtlError):
@@ -46,3 +44,8 @@ class ObjectNotFound(EtlError):
 
 class LeaseLost(EtlError):
     """The worker no longer holds the lease of the task it was working on (fencing)."""
+
+
+#: Every error raised on purpose with a message for the person running the job: printed as
+#: one line, never retried. `stages` stands alone and has its own StageError.
+USER_ERRORS: tuple[type[Exception], ...] = (EtlError, StageError)

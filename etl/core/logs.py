@@ -19,15 +19,15 @@ class MaskSecrets(logging.Filter):
 
 
 class ExpectedErrors(logging.Filter):
-    """Drop the traceback from a record about one of our own errors (EtlError): its message
+    """Drop the traceback from a record about one of our own errors (USER_ERRORS): its message
     is written for the person running the job, and the full traceback is kept in
     TaskErrorLog (`etl errors --traceback`). Unexpected errors keep theirs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from etl.core.errors import EtlError
+        from etl.core.errors import USER_ERRORS
 
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, EtlError):
+        if isinstance(exc, USER_ERRORS):
             record.msg = f"{record.getMessage()} {type(exc).__name__}: {exc}"
             record.args, record.exc_info, record.exc_text = None, None, None
         return True

@@ -25,7 +25,7 @@ from dramatiq.middleware import CurrentMessage, Middleware, Retries
 
 from etl.runtime import batches
 from etl.runtime.context import ContextCache
-from etl.core.errors import EtlError, LeaseLost
+from etl.core.errors import USER_ERRORS, LeaseLost
 from etl.runtime.leases import LeaseBusy, LeaseKeeper, task_key
 from etl.runtime.middleware import ErrorLog
 from etl.pipeline import Pipeline, RetryPolicy
@@ -57,8 +57,8 @@ def classify(exc: BaseException, policy: RetryPolicy) -> None:
 
 def should_retry(retries: int, exc: BaseException) -> bool:
     """Dramatiq's `retry_when`: retry unless permanent or out of retries. An exception raised
-    before the run's policy was known is permanent if it is one of ours (EtlError)."""
-    permanent, max_retries = getattr(exc, _RETRY_ATTR, (isinstance(exc, EtlError),
+    before the run's policy was known is permanent if it is one of ours (USER_ERRORS)."""
+    permanent, max_retries = getattr(exc, _RETRY_ATTR, (isinstance(exc, USER_ERRORS),
                                                         RetryPolicy().max_retries))
     return not permanent and retries < max_retries
 
