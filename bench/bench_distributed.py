@@ -33,13 +33,12 @@ from dramatiq.middleware import Middleware  # noqa: E402
 
 from bench.bench_embedded import command  # noqa: E402
 from etl.runtime.actors import declare_actors  # noqa: E402
-from etl.brokers.open import open_broker  # noqa: E402
+from etl.brokers import open_broker, queues_of  # noqa: E402
 from etl.core.config import load_settings  # noqa: E402
 from etl.runtime.context import ContextCache, RunContext  # noqa: E402
 from etl.runtime.embedded import run_embedded  # noqa: E402
 from etl.stores.objects import open_objects  # noqa: E402
 from etl.pipeline import load_pipeline  # noqa: E402
-from etl.brokers.queues import queues_of  # noqa: E402
 from etl.runtime.runs import open_run  # noqa: E402
 from etl.stores.state import open_state  # noqa: E402
 

@@ -63,13 +63,12 @@ def main() -> None:
 
 
 def _service_errors() -> tuple[type[BaseException], ...]:
-    import pika.exceptions
-    import redis.exceptions
     from dramatiq.errors import BrokerError
     from pymongo.errors import ConnectionFailure
 
-    return (BrokerError, pika.exceptions.AMQPConnectionError, redis.exceptions.ConnectionError,
-            redis.exceptions.TimeoutError, ConnectionFailure, ConnectionRefusedError)
+    from etl.brokers import outage_errors
+
+    return (BrokerError, *outage_errors(), ConnectionFailure, ConnectionRefusedError)
 
 
 #: Outages of the services the CLI talks to; they end a command with exit status 3.

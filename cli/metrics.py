@@ -13,17 +13,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.table import Table
 
 from cli.common import out, settings, state_store
-from etl.brokers.open import broker_kind, open_broker
+from etl.brokers import is_embedded, open_broker, queues_of
 from etl.core.errors import EtlError
 from etl.runtime.metrics import StateCollector, quantile
-from etl.brokers.queues import queues_of
 from etl.core.urls import mask_url
 
 
 def _local_snapshot() -> str:
     """The scrape-time gauges (queues, runs), read here from the configured stores."""
     conf = settings()
-    broker = None if broker_kind(conf.broker_url) == "stub" else open_broker(conf.broker_url)
+    broker = None if is_embedded(conf.broker_url) else open_broker(conf.broker_url)
     registry = CollectorRegistry()
     registry.register(StateCollector(state_store(conf), names=[conf.queue],
                                      queues=queues_of(broker) if broker else None))

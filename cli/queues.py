@@ -9,11 +9,11 @@ from dramatiq import Message
 from rich.table import Table
 
 from cli.common import err, out, result_store, settings, state_store
-from etl.brokers.open import broker_kind, open_broker
+from etl.brokers import is_embedded, open_broker, queues_of
 from etl.core.config import Settings
 from etl.core.errors import ConfigError, EtlError
 from etl.pipeline import load_pipeline
-from etl.brokers.queues import Match, Queues, of_run, queues_of
+from etl.brokers.base import Match, Queues, of_run
 from results.middleware import ResultRecorder
 
 #: How many of the newest runs `etl queues` looks at for pipelines with queues of their own.
@@ -40,7 +40,7 @@ def _run_queue(conf: Settings, run_id: str) -> str:
 
 def _queues(queue: str | None, run_id: str | None = None) -> tuple[Queues, str, object]:
     conf = settings()
-    if broker_kind(conf.broker_url) == "stub":
+    if is_embedded(conf.broker_url):
         raise ConfigError("no broker configured (stub://): queues live inside `etl run`; set "
                           "ETL_BROKER_URL to amqp://... or redis://...")
     name = queue or (_run_queue(conf, run_id) if run_id else conf.queue)

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.common import err, object_store, out, result_store, settings, state_store, totals
-from etl.brokers.open import broker_kind
+from etl.brokers import is_embedded
 from etl.core.config import Settings
 from etl.runtime.context import RunContext
 from etl.runtime.distributed import Sender
@@ -112,7 +112,7 @@ def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = 
             accept_schema: bool = False, progress: bool = True) -> None:
     """Open (or resume) the run and work it: here in embedded mode, on the broker otherwise."""
     conf = settings()
-    distributed = broker_kind(conf.broker_url) != "stub"
+    distributed = not is_embedded(conf.broker_url)
     state = state_store(conf)
     run, created = open_run(state, pipeline, spec=spec, fresh=fresh, run_id=run_id, params=params,
                             accept_schema=accept_schema)

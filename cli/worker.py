@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cli.common import err, out, settings
-from etl.brokers.open import broker_kind
+from etl.brokers import is_embedded
 from etl.runtime.distributed import Sender
 from etl.core.config import check_queue_name
 from etl.core.errors import ConfigError
@@ -53,7 +53,7 @@ def worker_command(processes: int, threads: int, queues: tuple[str, ...],
 def reconcile_command(run_id: str, stale_after: float, force: bool, dry_run: bool) -> None:
     """Re-send the work RUN_ID is missing (no live lease, no message on its way)."""
     conf = settings()
-    if broker_kind(conf.broker_url) == "stub":
+    if is_embedded(conf.broker_url):
         raise ConfigError("etl reconcile works on a broker; in embedded mode `etl run` resumes")
     sender = Sender(conf)
     try:

@@ -64,8 +64,7 @@ class Cluster:
     def _delete_queues(self) -> None:
         """Drop this test's queues: RabbitMQ keeps durable queues forever and Redis keeps dead
         letters for days, so runs of the suite would pile them up."""
-        from etl.brokers.open import open_broker
-        from etl.brokers.queues import queues_of
+        from etl.brokers import open_broker, queues_of
 
         broker = open_broker(self.env["ETL_BROKER_URL"])
         queues = queues_of(broker)

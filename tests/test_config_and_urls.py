@@ -93,7 +93,8 @@ def test_queue_setting_must_be_a_dramatiq_queue_name(tmp_path: Path) -> None:
 
 
 def test_broker_urls_by_scheme_and_redis_options_from_the_query() -> None:
-    from etl.brokers.open import broker_kind, split_redis_options
+    from etl.brokers import broker_kind
+    from etl.brokers.redis import split_redis_options
 
     assert [broker_kind(u) for u in ("stub://", "amqp://h", "amqps://h", "redis://h", "rediss://h")] == [
         "stub", "rabbitmq", "rabbitmq", "redis", "redis"]

@@ -316,8 +316,7 @@ def test_worker_supervisor_restarts_a_killed_process_and_stops_on_sigterm(cluste
 
 @pytest.mark.parametrize("cluster", ["rabbitmq", "redis"], indirect=True)
 def test_a_deleted_queue_holds_nothing_any_more(cluster: Cluster) -> None:
-    from etl.brokers.open import open_broker
-    from etl.brokers.queues import queues_of
+    from etl.brokers import open_broker, queues_of
 
     # Given a run enqueued with no worker: its first batches wait on the queue
     cluster.enqueue("--shards", "4", "--batch-size", "100000")
@@ -340,8 +339,7 @@ def test_a_deleted_queue_holds_nothing_any_more(cluster: Cluster) -> None:
 def test_dlq_purge_drops_only_the_matching_dead_letters(cluster: Cluster) -> None:
     import dramatiq
 
-    from etl.brokers.open import open_broker
-    from etl.brokers.queues import queues_of
+    from etl.brokers import open_broker, queues_of
 
     # Given two dead letters of two runs in the cluster's queue
     queue = cluster.env["ETL_QUEUE"]

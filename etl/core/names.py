@@ -21,3 +21,24 @@ def staged_key(run_id: str, shard: int, batch: int) -> str:
 def quarantine_key(run_id: str, shard: int, batch: int) -> str:
     """Rows of a batch that failed cleaning, each with its reason."""
     return _batch_path(run_id, "quarantine", shard, batch)
+
+
+# Queues: Dramatiq's names for a queue's delay queue and dead-letter queue (both brokers).
+
+DELAY_SUFFIX = ".DQ"
+DEAD_LETTER_SUFFIX = ".XQ"
+
+
+def delay_queue(queue: str) -> str:
+    """Where Dramatiq keeps the delayed (eta, retry back-off) messages of `queue`."""
+    return f"{queue}{DELAY_SUFFIX}"
+
+
+def dead_letter_queue(queue: str) -> str:
+    """Where Dramatiq keeps the dead letters of `queue`."""
+    return f"{queue}{DEAD_LETTER_SUFFIX}"
+
+
+def queue_of_delayed(queue: str) -> str:
+    """The queue a delayed message goes back to (`queue` itself when not a delay queue)."""
+    return queue.removesuffix(DELAY_SUFFIX)

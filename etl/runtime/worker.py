@@ -26,14 +26,13 @@ from multiprocessing.connection import wait
 import dramatiq
 
 from etl.runtime.actors import declare_actors
-from etl.brokers.open import broker_kind, open_broker
+from etl.brokers import broker_module, is_embedded, open_broker, queues_of
 from etl.core.config import Settings
 from etl.runtime.context import ContextCache
 from etl.core.errors import ConfigError
 from etl.runtime.leases import LeaseKeeper, lease_ttl
 from etl.pipeline import load_pipeline
 from etl.runtime.metrics import Metrics, StateCollector
-from etl.brokers.queues import queues_of
 from etl.stores.state import StateStore, open_state
 from etl.core.urls import mask_url
 from results import open_results_or_none
@@ -42,8 +41,6 @@ log = logging.getLogger(__name__)
 
 #: Pause before restarting a worker process that died.
 RESTART_DELAY = 1.0
-#: Longest pause of a Redis worker's consumer between polls of a busy queue (ms).
-REDIS_POLL_MS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,18 +72,16 @@ def _preload(specs: tuple[str, ...]) -> None:
             log.warning("could not preload pipeline %s: %s", spec, exc)
 
 
-def require_broker(settings: Settings) -> str:
-    """The kind of the configured broker; a clear error for the in-process stub://."""
-    kind = broker_kind(settings.broker_url)
-    if kind == "stub":
+def require_broker(settings: Settings) -> None:
+    """A clear error for the in-process stub://: there is nothing for a worker to consume."""
+    if is_embedded(settings.broker_url):
         raise ConfigError("etl worker needs a broker: set ETL_BROKER_URL to amqp://... or "
                           "redis://... (with the embedded stub://, `etl run` does the work)")
-    return kind
 
 
 def run_worker(settings: Settings, options: WorkerOptions, *, stop: threading.Event) -> None:
     """Run one Dramatiq worker in this process until `stop` is set."""
-    kind = require_broker(settings)
+    require_broker(settings)
     queues = options.queues_of(settings)
     broker = open_broker(settings.broker_url)
     contexts = ContextCache(settings)
@@ -103,12 +98,8 @@ def run_worker(settings: Settings, options: WorkerOptions, *, stop: threading.Ev
     if options.preload:
         threading.Thread(target=_preload, args=(options.preload,), name="etl-preload",
                          daemon=True).start()
-    # Redis: Dramatiq's consumer sleeps up to worker_timeout between polls while its prefetch
-    # is full, so a short timeout keeps threads from idling between short batches.
-    worker = dramatiq.Worker(broker, queues=set(queues), worker_threads=options.threads,
-                             worker_timeout=REDIS_POLL_MS if kind == "redis" else 1000)
-    if kind == "rabbitmq":
-        worker.queue_prefetch = options.threads  # no delivery waits unacked behind a long batch
+    worker = broker_module(settings.broker_url).new_worker(broker, queues=set(queues),
+                                                           threads=options.threads)
     worker.start()
     log.info("worker %d: %d threads on queue(s) %s of %s", os.getpid(), options.threads,
              ", ".join(queues), mask_url(settings.broker_url))
