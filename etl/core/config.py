@@ -8,6 +8,16 @@ Each setting is read, first found wins, from:
      broker_url, state_url, objects_url, results_url, pipeline);
   3. the `[etl]` section of `setup.cfg` in the working directory (same keys);
   4. the embedded defaults below, which need no services at all.
+
+Settings of particular parts, resolved the same way and documented where they are read:
+  lease_ttl        ETL_LEASE_TTL, seconds a task's lease lives without a heartbeat
+                   (etl.runtime.leases)
+  s3_endpoint_url  ETL_S3_ENDPOINT_URL, the S3-compatible endpoint of s3:// object stores
+                   (etl.stores.objects.s3)
+  demo_output      ETL_DEMO_OUTPUT, where the built-in demo writes its dataset (etl.demo)
+  crash_at         ETL_CRASH_AT, crash points for chaos tests (etl.core.faults): from the
+                   environment only, read at import, so forked children and worker
+                   processes see it as their parent does
 """
 
 from __future__ import annotations
@@ -29,7 +39,14 @@ DEFAULTS = {
     "results_url": "sqlite:///.etl/results.db",
     "pipeline": "",
     "queue": "etl",
+    "lease_ttl": "30",
+    "s3_endpoint_url": "",
+    "demo_output": "out/flights",
+    "crash_at": "",
 }
+
+#: Settings taken from the environment only, never from etl.toml or setup.cfg.
+ENVIRONMENT_ONLY = ("crash_at",)
 
 #: What Dramatiq accepts as a queue name.
 _QUEUE_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9._-]*")
@@ -47,6 +64,10 @@ class Settings:
     results_url: str
     pipeline: str
     queue: str
+    lease_ttl: str
+    s3_endpoint_url: str
+    demo_output: str
+    crash_at: str
     sources: dict[str, str]
 
 
@@ -77,6 +98,10 @@ def _known(table: dict[str, object], where: str) -> dict[str, str]:
     if unknown:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; "
                           f"known: {', '.join(DEFAULTS)}")
+    for key in ENVIRONMENT_ONLY:
+        if key in table:
+            raise ConfigError(f"{where}: {key} is read from the environment only "
+                              f"({ENV_NAMES[key]})")
     for key, value in table.items():
         if not isinstance(value, str):
             raise ConfigError(f"{where}: {key} must be a string, not {type(value).__name__}")
@@ -108,6 +133,13 @@ def load_settings(*, cwd: Path | None = None, env: dict[str, str] | None = None)
     return Settings(**values, sources=sources)
 
 
+def environment_setting(name: str, *, env: dict[str, str] | None = None) -> str:
+    """One setting from the environment, or its default: for what is read where no Settings
+    is at hand and before any file may be read (ETL_CRASH_AT, at import)."""
+    env = os.environ if env is None else env
+    return env.get(ENV_NAMES[name]) or DEFAULTS[name]
+
+
 def check_queue_name(name: str, *, where: str) -> str:
     """`name` if Dramatiq accepts it as a queue name; else a ConfigError saying where it came from."""
     if not _QUEUE_NAME.fullmatch(name):
@@ -116,4 +148,5 @@ def check_queue_name(name: str, *, where: str) -> str:
     return name
 
 
-__all__ = ["DEFAULTS", "ENV_NAMES", "Settings", "check_queue_name", "load_settings"]
+__all__ = ["DEFAULTS", "ENVIRONMENT_ONLY", "ENV_NAMES", "Settings", "check_queue_name",
+           "environment_setting", "load_settings"]

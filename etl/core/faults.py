@@ -11,7 +11,10 @@ writes of a batch step, where a crash is hardest to survive:
   load.after_count     load counted, run not yet finalised
   replay.after_sink    a replayed batch written to the sink, its load not yet counted
 
-Unset (the normal case), `crash_point` is a dictionary lookup and nothing else.
+ETL_CRASH_AT is the `crash_at` setting (etl.core.config), taken from the environment only
+and read once, at import: a forked child keeps its parent's plan, a worker process started
+with ETL_CRASH_AT in its environment reads it. Unset (the normal case), `crash_point` is a
+dictionary lookup and nothing else.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import os
 import signal
 import threading
 from collections import Counter
+
+from etl.core.config import environment_setting
 
 POINTS = ("fetch.after_put", "fetch.after_record", "clean.after_stage", "load.after_sink",
           "load.after_count", "replay.after_sink")
@@ -35,7 +40,7 @@ def _parse(spec: str) -> dict[str, int]:
     return plan
 
 
-_PLAN = _parse(os.environ.get("ETL_CRASH_AT", ""))
+_PLAN = _parse(environment_setting("crash_at"))
 _SEEN: Counter[str] = Counter()
 _LOCK = threading.Lock()
 

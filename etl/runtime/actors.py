@@ -26,7 +26,7 @@ from dramatiq.middleware import CurrentMessage, Middleware, Retries
 from etl.runtime import batches
 from etl.runtime.context import ContextCache
 from etl.core.errors import USER_ERRORS, LeaseLost
-from etl.runtime.leases import LeaseBusy, LeaseKeeper, task_key
+from etl.runtime.leases import LeaseBusy, LeaseKeeper, lease_ttl, task_key
 from etl.runtime.middleware import ErrorLog
 from etl.pipeline import Pipeline, RetryPolicy
 from etl.runtime.runs import finalize_if_complete
@@ -129,7 +129,7 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
 
     def keeper(state: Any) -> LeaseKeeper:
         if holder["leases"] is None:
-            holder["leases"] = LeaseKeeper(state)
+            holder["leases"] = LeaseKeeper(state, ttl=lease_ttl(contexts.settings))
         return holder["leases"]
 
     def leased(stage: str, work: Callable[..., dict[str, Any]]) -> Callable[[str, int, int], Any]:

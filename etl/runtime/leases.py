@@ -8,9 +8,10 @@ leases expire after the TTL, when the redelivered message of another worker take
 (with a larger fencing token). The commit of a task's effect passes the lease as a Fence,
 so an owner that stalled past its lease cannot commit after the takeover.
 
-Settings, read here:
-  ETL_LEASE_TTL  seconds a lease lives without a heartbeat (default 30). The heartbeat
-                 renews every TTL/3. Clocks of the machines must agree to well under a TTL.
+Settings, read here (etl.core.config):
+  lease_ttl  ETL_LEASE_TTL: seconds a lease lives without a heartbeat (default 30). The
+             heartbeat renews every TTL/3. Clocks of the machines must agree to well under
+             a TTL.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from etl.core.config import DEFAULTS, Settings, load_settings
 from etl.core.errors import ConfigError, EtlError
 from etl.stores.state import Fence, StateStore
 from etl.stores.state.base import utcnow
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TTL = 30.0
+DEFAULT_TTL = float(DEFAULTS["lease_ttl"])
 
 
 class LeaseBusy(EtlError):
@@ -39,8 +41,9 @@ class LeaseBusy(EtlError):
         super().__init__(f"task {task_key} is leased by {holder} for {seconds_left:.1f} s more")
 
 
-def lease_ttl() -> float:
-    raw = os.environ.get("ETL_LEASE_TTL", "")
+def lease_ttl(settings: Settings | None = None) -> float:
+    """The `lease_ttl` setting in seconds (of `settings`, else as load_settings resolves it)."""
+    raw = (settings or load_settings()).lease_ttl
     try:
         ttl = float(raw) if raw else DEFAULT_TTL
     except ValueError:

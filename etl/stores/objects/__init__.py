@@ -7,8 +7,8 @@ from etl.stores.objects.base import ObjectInfo, ObjectStore
 
 
 def open_objects(url: str, **options: object) -> ObjectStore:
-    """The object store for `url`. `s3://` accepts `endpoint_url=` (MinIO, moto, ...), also
-    read from the environment variable ETL_S3_ENDPOINT_URL."""
+    """The object store for `url`. `s3://` accepts `endpoint_url=` (MinIO, moto, ...), by
+    default the `s3_endpoint_url` setting (ETL_S3_ENDPOINT_URL)."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("", "file"):
         from etl.stores.objects.local import LocalObjectStore

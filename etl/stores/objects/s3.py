@@ -1,10 +1,11 @@
 """S3 object store (boto3), for production: `s3://bucket/prefix`.
 
 S3 puts are atomic, so no temporary objects are needed. The endpoint can be overridden for
-MinIO, Ceph, moto and others (argument, or ETL_S3_ENDPOINT_URL); region and credentials come
-from the usual AWS chain (environment, config files, instance roles), never from the URL,
-and the URL kept for messages and logs is rebuilt from bucket and prefix only, so a secret
-someone put in it is never shown. Transient errors (throttling, 5xx, connection resets) are
+MinIO, Ceph, moto and others (argument, else the `s3_endpoint_url` setting,
+ETL_S3_ENDPOINT_URL; etl.core.config); region and credentials come from the usual AWS chain
+(environment, config files, instance roles), never from the URL, and the URL kept for
+messages and logs is rebuilt from bucket and prefix only, so a secret someone put in it is
+never shown. Transient errors (throttling, 5xx, connection resets) are
 retried by botocore's "standard" retry mode.
 """
 
@@ -12,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from typing import Any, Iterator
 
+from etl.core.config import load_settings
 from etl.core.errors import ObjectNotFound
 from etl.stores.objects.base import ObjectInfo
 from etl.stores.objects.local import check_key, check_prefix
@@ -46,7 +47,7 @@ class S3ObjectStore:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-        self.endpoint_url = endpoint_url or os.environ.get("ETL_S3_ENDPOINT_URL") or None
+        self.endpoint_url = endpoint_url or load_settings().s3_endpoint_url or None
         if client is None:
             import boto3
             from botocore.config import Config
