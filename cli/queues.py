@@ -12,6 +12,7 @@ from cli.common import err, out, result_store, settings, state_store
 from etl.brokers import is_embedded, open_broker, queues_of
 from etl.core.config import Settings
 from etl.core.errors import ConfigError, EtlError
+from etl.core.names import stage_of_actor
 from etl.pipeline import load_pipeline
 from etl.brokers.base import Match, Queues, of_run
 from results.middleware import ResultRecorder
@@ -150,7 +151,7 @@ def dlq_retry(queue: str | None, run_id: str | None, message_ids: tuple[str, ...
         broker.close()  # type: ignore[attr-defined]
     state = state_store(settings())
     for message in moved:
-        if message.actor_name.startswith("etl_") and len(message.args) >= 2:
+        if stage_of_actor(message.actor_name) is not None and len(message.args) >= 2:
             state.set_shard_status(message.args[0], message.args[1], "running")
             state.set_run_status(message.args[0], "running")
     out.print(f"re-drove {len(moved)} message(s) to {name}")

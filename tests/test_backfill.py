@@ -18,7 +18,8 @@ import pytest
 
 from bench.pandas_baseline import KEY, clean_flights, flights_csv
 from etl.core.errors import ConfigError, SourceError
-from etl.sources.windows import Window, backfill_run_id
+from etl.core.names import backfill_run_id
+from etl.sources.windows import Window
 from tests.flights import assert_exactly_once, sink_frame
 
 START, END = "2013-02-01", "2013-05-01"

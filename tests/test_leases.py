@@ -14,11 +14,12 @@ from dramatiq.brokers.stub import StubBroker
 from etl.runtime.actors import declare_actors
 from etl.runtime.context import ContextCache, RunContext
 from etl.core.errors import LeaseLost
-from etl.runtime.leases import LeaseBusy, LeaseKeeper, fetch_key, step_key, task_key
+from etl.core.names import fetch_key, step_key, task_key
+from etl.runtime.leases import LeaseBusy, LeaseKeeper
 from etl.stores.objects import open_objects
 from etl.pipeline import Pipeline
 from etl.runtime.runs import find_pending, open_run
-from etl.sinks.files import ParquetSink
+from etl.sinks.parquet import ParquetSink
 from etl.sources.files import FileSource
 from etl.stores.state import open_state, task_fingerprint
 from shards import RangeShards

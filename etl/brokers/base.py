@@ -20,11 +20,11 @@ from typing import Callable, Iterator
 import dramatiq
 from dramatiq import Message
 
-from etl.core.names import queue_of_delayed
+from etl.core.names import DEFERRED_OPTION, queue_of_delayed
 
 #: Options that belong to a delivery, not to the message: dropped when re-driving it.
 _DELIVERY_OPTIONS = ("retries", "traceback", "eta", "requeue_timestamp", "redis_message_id",
-                     "etl_deferred")
+                     DEFERRED_OPTION)
 
 
 @dataclass

@@ -39,7 +39,8 @@ from etl.stores.objects import ObjectStore, open_objects
 from etl.core.parquet import from_parquet_bytes
 from etl.inspect.project import (Backend, anchored, configured_backends, find_project_dir,
                          require_sqlite_file)
-from etl.stores.state import RawPayload, RunRecord, StateStore, open_state, task_fingerprint
+from etl.core.names import task_fingerprint
+from etl.stores.state import RawPayload, RunRecord, StateStore, open_state
 from etl.core.urls import mask_url
 
 if TYPE_CHECKING:

@@ -26,11 +26,11 @@ from dramatiq.middleware import CurrentMessage, Middleware, Retries
 from etl.runtime import batches
 from etl.runtime.context import ContextCache
 from etl.core.errors import USER_ERRORS, LeaseLost
-from etl.runtime.leases import LeaseBusy, LeaseKeeper, lease_ttl, task_key
+from etl.core.names import DEFERRED_OPTION, actor_name, task_fingerprint, task_key
+from etl.runtime.leases import LeaseBusy, LeaseKeeper, lease_ttl
 from etl.runtime.middleware import ErrorLog
 from etl.pipeline import Pipeline, RetryPolicy
 from etl.runtime.runs import finalize_if_complete
-from etl.stores.state import task_fingerprint
 from results.base import ResultStore
 from results.middleware import ResultRecorder, report
 
@@ -102,7 +102,7 @@ def _defer(broker: dramatiq.Broker, reason: str, seconds: float) -> dict[str, An
         raise RuntimeError("deferring needs the CurrentMessage middleware")
     delay_ms = int(max(0.2, seconds) * 1000 * random.uniform(1.0, 1.25))
     message = getattr(proxy, "_message", proxy)
-    copy = message.copy(options={"etl_deferred": reason})
+    copy = message.copy(options={DEFERRED_OPTION: reason})
     broker.enqueue(copy, delay=delay_ms)
     proxy.options.pop("pipe_target", None)
     log.info("%s %s deferred %.1f s: %s", message.actor_name, message.args, delay_ms / 1000, reason)
@@ -136,7 +136,7 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
         def actor(run_id: str, shard: int, batch: int) -> None:
             proxy = CurrentMessage.get_current_message()
             if proxy is not None:
-                proxy.options.pop("etl_deferred", None)
+                proxy.options.pop(DEFERRED_OPTION, None)
             ctx = contexts.get(run_id)
             if stage != "fetch" and ctx.state.is_done(task_fingerprint(stage, run_id, shard, batch)):
                 report({"skipped": f"already {_DONE[stage]} (dedup)"})
@@ -160,7 +160,7 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
                 after()  # work done after the lease is released (send the next batch)
             report(result, progress=result.pop("_progress", None))
 
-        actor.__name__ = f"etl_{stage}"
+        actor.__name__ = actor_name(stage)
         return actor
 
     def fetch(ctx: Any, shard: int, batch: int, fence: Any) -> dict[str, Any]:

@@ -53,19 +53,6 @@ def lease_ttl(settings: Settings | None = None) -> float:
     return ttl
 
 
-def fetch_key(run_id: str, shard: int) -> str:
-    return f"fetch:{run_id}:{shard}"
-
-
-def step_key(stage: str, run_id: str, shard: int, batch: int) -> str:
-    return f"{stage}:{run_id}:{shard}:{batch}"
-
-
-def task_key(stage: str, run_id: str, shard: int, batch: int) -> str:
-    """The lease key of a message: the shard's fetch lane, or one batch's clean/load."""
-    return fetch_key(run_id, shard) if stage == "fetch" else step_key(stage, run_id, shard, batch)
-
-
 class LeaseKeeper:
     """Takes, renews and releases the leases of one process's worker threads."""
 

@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from etl.core.names import stage_of_actor
 from etl.runtime.context import ContextCache
 from results.middleware import peek_report
 
@@ -64,9 +65,9 @@ class Metrics(Middleware):
 
     def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
-        if not message.actor_name.startswith("etl_"):
+        stage = stage_of_actor(message.actor_name)
+        if stage is None:
             return
-        stage = message.actor_name.removeprefix("etl_")
         pipeline = self._pipeline(message)
         started = getattr(self._started, "at", None)
         if started is not None:

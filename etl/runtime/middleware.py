@@ -16,6 +16,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
+from etl.core.names import stage_of_actor
 from etl.runtime.context import ContextCache
 from etl.stores.state import ErrorRecord
 
@@ -30,10 +31,10 @@ class ErrorLog(Middleware):
 
     def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
-        if exception is None or not message.actor_name.startswith("etl_"):
+        stage = stage_of_actor(message.actor_name)
+        if exception is None or stage is None:
             return
         run_id, shard, batch = message.args[:3]
-        stage = message.actor_name.removeprefix("etl_")
         text = f"{type(exception).__name__}: {exception}"
         try:
             state = self.contexts.get(run_id).state

@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from etl.runtime.actors import EtlActors
 from etl.runtime.context import RunContext
-from etl.runtime.leases import task_key
+from etl.core.names import task_key
 from etl.brokers.base import Queues
 from etl.runtime.runs import find_pending
 from etl.stores.state.base import utcnow

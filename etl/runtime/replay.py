@@ -26,9 +26,9 @@ from etl.runtime.batches import ROW_COLUMN, clean_frame, quarantine_bytes, read_
 from etl.runtime.context import RunContext
 from etl.core.errors import ConfigError, ObjectNotFound
 from etl.core.faults import crash_point
-from etl.core.names import quarantine_key
+from etl.core.names import quarantine_key, replay_run_id, task_fingerprint
 from etl.core.parquet import from_parquet_bytes
-from etl.stores.state import RawPayload, RunRecord, StateStore, task_fingerprint
+from etl.stores.state import RawPayload, RunRecord, StateStore
 from stages.base import STAGE_COLUMN
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,6 @@ class ReplayResult:
     rows_quarantined: int = 0
     rows_skipped: int = 0  # quarantined rows left out (stage filter, or no known raw row)
     batches_done_before: int = 0
-
-
-def replay_run_id(original: str, generation: int) -> str:
-    return f"{original}-replay{generation}"
 
 
 def _next_generation(state: StateStore, original: RunRecord) -> tuple[int, str]:
@@ -152,4 +148,4 @@ def _clean(ctx: RunContext, original: RunRecord, shard: int, batch: int, rows: l
     return clean_frame(ctx, shard, batch, raw.iloc[rows], key=pointer.key, rows=rows)
 
 
-__all__ = ["ReplayResult", "open_replay", "replay", "replay_run_id"]
+__all__ = ["ReplayResult", "open_replay", "replay"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from etl.core.errors import UnsupportedURL
+from etl.core.names import task_fingerprint  # re-exported: the stores' callers use it
 from etl.stores.state.base import (
     Checkpoint,
     ErrorRecord,
@@ -11,7 +12,6 @@ from etl.stores.state.base import (
     RawPayload,
     RunRecord,
     StateStore,
-    task_fingerprint,
 )
 
 SCHEMES = ("sqlite", "mongodb", "mongodb+srv", "mongomock")

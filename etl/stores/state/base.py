@@ -12,7 +12,6 @@ TaskErrorLog, RawPayload, plus EtlRun for the runs themselves.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
@@ -34,12 +33,6 @@ def utcnow() -> datetime:
     """Now, timezone-aware UTC, truncated to milliseconds (what MongoDB keeps)."""
     now = datetime.now(timezone.utc)
     return now.replace(microsecond=(now.microsecond // 1000) * 1000)
-
-
-def task_fingerprint(stage: str, run_id: str, shard: int, batch: int) -> str:
-    """The deterministic identity of one unit of work, the key of TaskDedup."""
-    raw = f"{stage}\x1f{run_id}\x1f{shard}\x1f{batch}"
-    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 @dataclass

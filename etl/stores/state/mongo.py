@@ -24,10 +24,11 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from etl.stores.state.base import (
-    BATCH_COUNTERS, Checkpoint, ErrorRecord, Fence, Lease, RawPayload, RunRecord, task_fingerprint,
+    BATCH_COUNTERS, Checkpoint, ErrorRecord, Fence, Lease, RawPayload, RunRecord,
     utcnow,
 )
 from etl.core.errors import LeaseLost
+from etl.core.names import task_fingerprint
 from etl.stores.state.sqlite import stage_counts
 from etl.core.mongo_client import connect, database_of
 from etl.core.urls import mask_url

@@ -18,9 +18,10 @@ from typing import Any, ContextManager
 
 from etl.stores.state.base import (
     BATCH_COUNTERS, ROW_COUNTERS, Checkpoint, ErrorRecord, Fence, Lease, RawPayload, RunRecord,
-    task_fingerprint, utcnow,
+    utcnow,
 )
 from etl.core.errors import LeaseLost
+from etl.core.names import task_fingerprint
 from etl.stores.state.codec import dumps, from_ms, loads, to_ms
 from etl.core.sqlite_db import Connections, open_path, write
 from etl.core.urls import mask_url
