@@ -13,6 +13,7 @@ from etl.brokers import is_embedded, open_broker, queues_of
 from etl.core.config import Settings
 from etl.core.errors import ConfigError, EtlError
 from etl.core.names import stage_of_actor
+from etl.core.statuses import RunStatus, ShardStatus
 from etl.pipeline import load_pipeline
 from etl.brokers.base import Match, Queues, of_run
 from results.middleware import ResultRecorder
@@ -152,8 +153,8 @@ def dlq_retry(queue: str | None, run_id: str | None, message_ids: tuple[str, ...
     state = state_store(settings())
     for message in moved:
         if stage_of_actor(message.actor_name) is not None and len(message.args) >= 2:
-            state.set_shard_status(message.args[0], message.args[1], "running")
-            state.set_run_status(message.args[0], "running")
+            state.set_shard_status(message.args[0], message.args[1], ShardStatus.RUNNING)
+            state.set_run_status(message.args[0], RunStatus.RUNNING)
     out.print(f"re-drove {len(moved)} message(s) to {name}")
     if not moved:
         err.print("no dead letter matched")

@@ -40,6 +40,7 @@ from etl.core.parquet import from_parquet_bytes
 from etl.inspect.project import (Backend, anchored, configured_backends, find_project_dir,
                          require_sqlite_file)
 from etl.core.names import task_fingerprint
+from etl.core.statuses import ShardStatus
 from etl.stores.state import RawPayload, RunRecord, StateStore, open_state
 from etl.core.urls import mask_url
 
@@ -169,7 +170,7 @@ class Inspector:
         result.update({name: sum(getattr(c, name) for c in checkpoints) for name in counters})
         result["shards"] = len(checkpoints)
         result["shards_done"] = sum(c.complete for c in checkpoints)
-        result["shards_failed"] = sum(c.status == "failed" and not c.complete for c in checkpoints)
+        result["shards_failed"] = sum(c.status == ShardStatus.FAILED and not c.complete for c in checkpoints)
         result["dedup_entries"] = self.state.count_done(run.run_id)
         return result
 
@@ -182,7 +183,7 @@ class Inspector:
         checkpoints = self.state.list_checkpoints(run.run_id)
         source_rows = run.params.get("source_rows")
         expected = source_rows / run.shards if source_rows and run.shards else None
-        return table_of(({"shard": c.shard, "status": "done" if c.complete else c.status,
+        return table_of(({"shard": c.shard, "status": ShardStatus.DONE if c.complete else c.status,
                         "cursor": c.cursor, "fetch_done": c.fetch_done,
                         "batches_fetched": c.batches_fetched,
                         "batches_cleaned": c.batches_cleaned,

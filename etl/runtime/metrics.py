@@ -29,6 +29,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from etl.core.names import stage_of_actor
+from etl.core.statuses import RunStatus, ShardStatus
 from etl.runtime.context import ContextCache
 from results.middleware import peek_report
 
@@ -114,11 +115,11 @@ class StateCollector(Collector):
                                       labels=["run", "pipeline"])
         try:
             for run in self.state.list_runs(limit=self.max_runs):
-                if run.status == "completed":
+                if run.status == RunStatus.COMPLETED:
                     continue
                 checkpoints = self.state.list_checkpoints(run.run_id)
                 labels = [run.run_id, run.pipeline]
-                shards.add_metric(labels + ["done"], sum(c.complete for c in checkpoints))
+                shards.add_metric(labels + [ShardStatus.DONE], sum(c.complete for c in checkpoints))
                 shards.add_metric(labels + ["total"], len(checkpoints))
                 fetched = sum(c.rows_fetched for c in checkpoints)
                 settled = sum(c.rows_loaded + c.rows_quarantined for c in checkpoints)

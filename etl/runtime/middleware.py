@@ -17,6 +17,7 @@ import dramatiq
 from dramatiq.middleware import Middleware
 
 from etl.core.names import stage_of_actor
+from etl.core.statuses import ShardStatus
 from etl.runtime.context import ContextCache
 from etl.stores.state import ErrorRecord
 
@@ -39,7 +40,8 @@ class ErrorLog(Middleware):
         try:
             state = self.contexts.get(run_id).state
             final = bool(getattr(message, "failed", False))
-            state.set_shard_status(run_id, shard, "failed" if final else "running", last_error=text)
+            state.set_shard_status(run_id, shard, ShardStatus.FAILED if final else ShardStatus.RUNNING,
+                                   last_error=text)
             if final:
                 trace = "".join(tb.format_exception(type(exception), exception, exception.__traceback__))
                 state.log_error(ErrorRecord(

@@ -28,6 +28,7 @@ from etl.core.errors import ConfigError, ObjectNotFound
 from etl.core.faults import crash_point
 from etl.core.names import quarantine_key, replay_run_id, task_fingerprint
 from etl.core.parquet import from_parquet_bytes
+from etl.core.statuses import RunStatus
 from etl.stores.state import RawPayload, RunRecord, StateStore
 from stages.base import STAGE_COLUMN
 
@@ -51,7 +52,7 @@ def _next_generation(state: StateStore, original: RunRecord) -> tuple[int, str]:
     """The generation to work on (an unfinished one first) and the run it replays from."""
     generation = 1
     while (run := state.get_run(replay_run_id(original.run_id, generation))) is not None:
-        if run.status != "completed":
+        if run.status != RunStatus.COMPLETED:
             return generation, run.params["replay_of"]
         generation += 1
     source = replay_run_id(original.run_id, generation - 1) if generation > 1 else original.run_id
@@ -63,7 +64,7 @@ def open_replay(state: StateStore, original: RunRecord, *, spec: str,
     """The replay run to work on, created if needed."""
     if original.params.get("replay_of"):
         raise ConfigError(f"{original.run_id} is a replay; replay its original run instead")
-    if original.status != "completed":
+    if original.status != RunStatus.COMPLETED:
         raise ConfigError(f"run {original.run_id} is not complete; finish it before replaying "
                           "its quarantine")
     generation, source = _next_generation(state, original)
@@ -137,7 +138,7 @@ def replay(ctx: RunContext, original: RunRecord, *,
         result.rows_quarantined += again
     for checkpoint in state.list_checkpoints(run.run_id):
         state.finish_fetch(run.run_id, checkpoint.shard, checkpoint.batches_fetched)
-    state.set_run_status(run.run_id, "completed")
+    state.set_run_status(run.run_id, RunStatus.COMPLETED)
     return result
 
 

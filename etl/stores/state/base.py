@@ -6,7 +6,8 @@ Every write here is idempotent: a message redelivered after a crash calls the sa
 with the same arguments, and the store ends in the same state as if it had been called once.
 That, with deterministic object keys and upserting sinks, is what makes effects exactly once.
 
-Collection / table names follow PRODUCT.md: TaskCheckpoint, TaskDedup, PendingTasks,
+Collection / table names are part of the product (notebooks, dashboards and operators
+query them by name): TaskCheckpoint, TaskDedup, PendingTasks,
 TaskErrorLog, RawPayload, plus EtlRun for the runs themselves.
 """
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
+
+from etl.core.statuses import RunStatus, ShardStatus
 
 #: Stages whose completion is counted per batch in TaskCheckpoint, and their counter.
 BATCH_COUNTERS = {"clean": "batches_cleaned", "load": "batches_loaded"}
@@ -25,8 +28,8 @@ ROW_COUNTERS = {
     "load": ("rows_loaded",),
 }
 
-RUN_STATUSES = ("running", "completed", "failed")
-SHARD_STATUSES = ("pending", "running", "done", "failed")
+RUN_STATUSES = tuple(RunStatus)
+SHARD_STATUSES = tuple(ShardStatus)
 
 
 def utcnow() -> datetime:
@@ -43,7 +46,7 @@ class RunRecord:
     pipeline: str
     plan: str  # shard plan fingerprint, e.g. "hash(flight_id)/20"
     shards: int
-    status: str = "running"
+    status: str = RunStatus.RUNNING
     params: dict[str, Any] = field(default_factory=dict)  # JSON-able: batch size, window...
     created_at: datetime = field(default_factory=utcnow)
     updated_at: datetime = field(default_factory=utcnow)
@@ -60,7 +63,7 @@ class Checkpoint:
     run_id: str
     shard: int
     cursor: Any = None
-    status: str = "pending"
+    status: str = ShardStatus.PENDING
     fetch_done: bool = False
     batches_fetched: int = 0
     batches_cleaned: int = 0

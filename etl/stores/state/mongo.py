@@ -29,6 +29,7 @@ from etl.stores.state.base import (
 )
 from etl.core.errors import LeaseLost
 from etl.core.names import task_fingerprint
+from etl.core.statuses import RunStatus, ShardStatus
 from etl.stores.state.sqlite import stage_counts
 from etl.core.mongo_client import connect, database_of
 from etl.core.urls import mask_url
@@ -66,7 +67,7 @@ def _records(cls: type[T], docs: Any) -> list[T]:
 
 
 class MongoStateStore:
-    """StateStore on a MongoDB database (collections named as in PRODUCT.md).
+    """StateStore on a MongoDB database (collections named as in etl.stores.state.base).
 
     `mongodb://` and `mongodb+srv://` URLs connect with pymongo; `mongomock://any/dbname`
     uses an in-process mongomock client (tests, notebooks). `client=` injects a client
@@ -118,7 +119,7 @@ class MongoStateStore:
     def latest_run(self, pipeline: str, plan: str, *, unfinished: bool = True) -> RunRecord | None:
         query: dict[str, Any] = {"pipeline": pipeline, "plan": plan}
         if unfinished:
-            query["status"] = {"$in": ["running", "failed"]}
+            query["status"] = {"$in": [RunStatus.RUNNING, RunStatus.FAILED]}
         found = self._runs_where(query, limit=1)
         return found[0] if found else None
 
@@ -194,11 +195,12 @@ class MongoStateStore:
         """"running" once started, "done" once complete; idempotent, so it also heals a
         status left behind by a crash right after the counting write."""
         where = {"run_id": run_id, "shard": shard}
-        self.checkpoints.update_one({**where, "status": "pending"}, {"$set": {"status": "running"}})
+        self.checkpoints.update_one({**where, "status": ShardStatus.PENDING},
+                                    {"$set": {"status": ShardStatus.RUNNING}})
         self.checkpoints.update_one(
-            {**where, "fetch_done": True, "status": {"$ne": "done"},
+            {**where, "fetch_done": True, "status": {"$ne": ShardStatus.DONE},
              "$expr": {"$gte": ["$batches_loaded", "$batches_fetched"]}},
-            {"$set": {"status": "done"}})
+            {"$set": {"status": ShardStatus.DONE}})
 
     def complete_stage(self, run_id: str, shard: int, batch: int, stage: str,
                        rows: dict[str, int], *, fence: Fence | None = None) -> bool:

@@ -22,6 +22,7 @@ from etl.stores.state.base import (
 )
 from etl.core.errors import LeaseLost
 from etl.core.names import task_fingerprint
+from etl.core.statuses import RunStatus, ShardStatus
 from etl.stores.state.codec import dumps, from_ms, loads, to_ms
 from etl.core.sqlite_db import Connections, open_path, write
 from etl.core.urls import mask_url
@@ -74,8 +75,9 @@ _CHECKPOINT_COLUMNS = ("run_id", "shard", "cursor", "status", "fetch_done", "bat
 #: Status after any progress: "done" once complete, "running" once started, else unchanged.
 _SETTLE_STATUS = (
     "UPDATE TaskCheckpoint SET status = CASE "
-    "WHEN fetch_done = 1 AND batches_loaded >= batches_fetched THEN 'done' "
-    "WHEN status = 'pending' THEN 'running' ELSE status END WHERE run_id = ? AND shard = ?")
+    f"WHEN fetch_done = 1 AND batches_loaded >= batches_fetched THEN '{ShardStatus.DONE}' "
+    f"WHEN status = '{ShardStatus.PENDING}' THEN '{ShardStatus.RUNNING}' ELSE status END "
+    "WHERE run_id = ? AND shard = ?")
 
 class SQLiteStateStore:
     """StateStore on one SQLite file (or `:memory:`, for one process)."""
@@ -133,7 +135,7 @@ class SQLiteStateStore:
         return self._run(row) if row else None
 
     def latest_run(self, pipeline: str, plan: str, *, unfinished: bool = True) -> RunRecord | None:
-        extra = " AND status IN ('running', 'failed')" if unfinished else ""
+        extra = f" AND status IN ('{RunStatus.RUNNING}', '{RunStatus.FAILED}')" if unfinished else ""
         row = self._one(f"SELECT * FROM EtlRun WHERE pipeline = ? AND plan = ?{extra} "
                         "ORDER BY created_at DESC, rowid DESC LIMIT 1", (pipeline, plan))
         return self._run(row) if row else None
@@ -162,7 +164,8 @@ class SQLiteStateStore:
         with self._write() as conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO TaskCheckpoint (run_id, shard, cursor, status, updated_at) "
-                "VALUES (?, ?, 'null', 'pending', ?)", [(run_id, s, now) for s in range(shards)])
+                f"VALUES (?, ?, 'null', '{ShardStatus.PENDING}', ?)",
+                [(run_id, s, now) for s in range(shards)])
 
     def get_checkpoint(self, run_id: str, shard: int) -> Checkpoint | None:
         row = self._one("SELECT * FROM TaskCheckpoint WHERE run_id = ? AND shard = ?", (run_id, shard))
