@@ -1,12 +1,50 @@
 """dramatiq-etl: crash-safe, exactly-once batch ETL pipelines on Dramatiq.
 
-The names a pipeline module needs: Pipeline and RetryPolicy, the file and SQL sources, the sinks.
-Stages live in `stages`, shard plans in `shards`.
+The names a pipeline module needs: Pipeline and RetryPolicy, the file and SQL sources, the
+sinks; and the runner, `etl.run(pipeline, ...) -> RunOutcome`, to run one from Python.
+Stages live in `stages`, shard plans in `shards`. The names are imported lazily (PEP 562), so
+`import etl` (or any etl.core module) does not import pandas, pyarrow or a database driver
+until one of them is used.
 """
 
-from etl.pipeline import Pipeline, RetryPolicy
-from etl.sinks.files import MongoSink, ParquetSink
-from etl.sources.files import FileSource
-from etl.sources.sql import SqlSource
+from __future__ import annotations
 
-__all__ = ["FileSource", "MongoSink", "ParquetSink", "Pipeline", "RetryPolicy", "SqlSource"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from etl.pipeline import Pipeline, RetryPolicy
+    from etl.runner import RunOutcome, replay, run
+    from etl.sinks.mongo import MongoSink
+    from etl.sinks.parquet import ParquetSink
+    from etl.sources.files import FileSource
+    from etl.sources.sql import SqlSource
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "Pipeline": "etl.pipeline",
+    "RetryPolicy": "etl.pipeline",
+    "FileSource": "etl.sources.files",
+    "SqlSource": "etl.sources.sql",
+    "ParquetSink": "etl.sinks.parquet",
+    "MongoSink": "etl.sinks.mongo",
+    "run": "etl.runner",
+    "replay": "etl.runner",
+    "RunOutcome": "etl.runner",
+}
+
+__all__ = ["FileSource", "MongoSink", "ParquetSink", "Pipeline", "RetryPolicy", "RunOutcome",
+           "SqlSource", "replay", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

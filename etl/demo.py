@@ -13,7 +13,7 @@ from pathlib import Path
 
 from etl.core.errors import ConfigError
 from etl.pipeline import Pipeline
-from etl.sinks.files import ParquetSink
+from etl.sinks.parquet import ParquetSink
 from etl.sources.files import FileSource
 from shards import HashShards
 from stages import Cast, Dedupe, DeriveTimestamp, DropRows, SnakeCaseColumns, Trim, Upper

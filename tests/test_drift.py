@@ -16,7 +16,7 @@ from etl.core.errors import ConfigError
 from etl.stores.objects import open_objects
 from etl.pipeline import Pipeline
 from etl.runtime.runs import open_run
-from etl.sinks.files import ParquetSink
+from etl.sinks.parquet import ParquetSink
 from etl.sources.files import FileSource
 from etl.stores.state import open_state
 from shards import RangeShards

@@ -15,7 +15,7 @@ from etl.runtime.embedded import run_embedded
 from etl.stores.objects import open_objects
 from etl.pipeline import Pipeline, RetryPolicy
 from etl.runtime.runs import find_pending, open_run
-from etl.sinks.files import ParquetSink
+from etl.sinks.parquet import ParquetSink
 from etl.sources.files import FileSource
 from etl.stores.state import open_state
 from shards import HashShards, RangeShards

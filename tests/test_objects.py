@@ -258,7 +258,7 @@ def test_embedded_run_with_objects_on_s3(tmp_path: Path, s3_endpoint: str, s3_bu
     from etl.runtime.embedded import run_embedded
     from etl.pipeline import Pipeline
     from etl.runtime.runs import open_run
-    from etl.sinks.files import ParquetSink
+    from etl.sinks.parquet import ParquetSink
     from etl.sources.files import FileSource
     from etl.stores.state import open_state
     from shards import HashShards

@@ -14,7 +14,9 @@ import pytest
 
 from etl.core.errors import BatchError
 from etl.core.parquet import from_parquet_bytes, stringify_mixed, to_parquet_bytes
-from etl.sinks.files import MongoSink, ParquetSink, Sink
+from etl.sinks.base import Sink
+from etl.sinks.mongo import MongoSink
+from etl.sinks.parquet import ParquetSink
 
 
 def _batch(start: int, n: int = 5) -> pd.DataFrame:

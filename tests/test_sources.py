@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from etl.core.errors import SourceError
-from etl.sources.files import SOURCE_ERROR_COLUMN, FileSource
+from etl.sources.base import SOURCE_ERROR_COLUMN
+from etl.sources.files import FileSource
 from shards import HashShards, RangeShards
 
 

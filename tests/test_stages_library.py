@@ -729,7 +729,7 @@ def test_safe_mongo_keys_leaves_no_unsafe_key_at_any_depth(docs: list[dict[str, 
 
 def test_safe_mongo_keys_output_loads_through_the_mongo_sink(  # type: ignore[no-untyped-def]
         mongo_client, mongo_db_name: str) -> None:
-    from etl.sinks.files import MongoSink
+    from etl.sinks.mongo import MongoSink
 
     # Given an API payload column whose keys MongoDB would read as operators and paths
     frame = pd.DataFrame({"order.id": [1, 2], "doc": [{"$set": {"x.y": 1}, "tags": ["a"]},

@@ -1,0 +1,40 @@
+"""Sinks: where cleaned batches end (etl.sinks.base says what a sink is and may do).
+
+A new sink is one module in this package plus one line in `_EXPORTS`. The names are
+exported lazily (PEP 562): importing the package does not import pandas, pyarrow or pymongo
+until a sink class is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from etl.sinks.base import BackfillAware, ParquetWriter, Sink
+    from etl.sinks.mongo import MongoSink
+    from etl.sinks.parquet import ParquetSink
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "Sink": "etl.sinks.base",
+    "BackfillAware": "etl.sinks.base",
+    "ParquetWriter": "etl.sinks.base",
+    "ParquetSink": "etl.sinks.parquet",
+    "MongoSink": "etl.sinks.mongo",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,0 +1,47 @@
+"""Sources: where rows come from (etl.sources.base says what a source is and may do).
+
+A new source is one module in this package plus one line in `_EXPORTS`. The names are
+exported lazily (PEP 562): importing the package does not import pandas, pyarrow or
+SQLAlchemy until a source class is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from etl.sources.base import (SOURCE_ERROR_COLUMN, Batch, PlanChecked, SchemaKinds, Source,
+                                  WholeTable, Windowed)
+    from etl.sources.files import FileSource
+    from etl.sources.sql import SqlSource
+    from etl.sources.windows import Window
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "SOURCE_ERROR_COLUMN": "etl.sources.base",
+    "Batch": "etl.sources.base",
+    "Source": "etl.sources.base",
+    "Windowed": "etl.sources.base",
+    "PlanChecked": "etl.sources.base",
+    "SchemaKinds": "etl.sources.base",
+    "WholeTable": "etl.sources.base",
+    "Window": "etl.sources.windows",
+    "FileSource": "etl.sources.files",
+    "SqlSource": "etl.sources.sql",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,4 +1,4 @@
-"""Sources: where rows come from, read one shard batch at a time.
+"""A file as a source: CSV, JSON lines or Parquet, read one shard batch at a time.
 
 A file source (CSV, JSON lines or Parquet; plain, .gz or single-member .zip; on local disk or
 the object store) is parsed once per process and cached, so the many small batch reads of a
@@ -19,10 +19,9 @@ import json
 import logging
 import threading
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from collections import Counter, OrderedDict
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -33,53 +32,13 @@ import pyarrow.parquet as pq
 
 from etl.core.errors import ConfigError, ObjectNotFound, SourceError
 from etl.core.urls import mask_url
+from etl.sources.base import SOURCE_ERROR_COLUMN, Batch, Source, WholeTable, Windowed
 from etl.sources.windows import Window
 from shards import ShardPlan
 
 log = logging.getLogger(__name__)
 
-#: Column holding why a source line could not be parsed; such rows are quarantined.
-SOURCE_ERROR_COLUMN = "_source_error"
-
 FORMATS = ("csv", "jsonl", "parquet")
-
-
-@dataclass
-class Batch:
-    """Rows of one shard after `cursor_start`, up to the batch size, in cursor order.
-
-    Rows are an Arrow table: it is what Parquet is written from, and slicing it costs no
-    pandas work. `frame` converts on first use."""
-
-    table: pa.Table
-    cursor_start: Any
-    cursor_end: Any
-    exhausted: bool  # True when no row of the shard comes after cursor_end
-    shard_progress: float | None = None  # share of the shard's rows read up to cursor_end
-
-    @property
-    def frame(self) -> pd.DataFrame:
-        return self.table.to_pandas()
-
-
-class Source(Protocol):
-    """What a pipeline reads from."""
-
-    def describe(self) -> str: ...
-
-    def fingerprint(self) -> str:
-        """Identity of the data as it is now; a resumed run refuses a changed source."""
-
-    def row_count(self) -> int | None:
-        """Rows in the whole source, when known cheaply (for progress), else None."""
-
-    def sample(self, columns: list[str]) -> pd.DataFrame:
-        """The given columns of every row, to fit shard plans (range bounds)."""
-
-    def prepare(self, plan: ShardPlan) -> None:
-        """Load and index what the batches of `plan` need (before worker processes fork)."""
-
-    def read_batch(self, plan: ShardPlan, shard: int, *, after: Any, limit: int) -> Batch: ...
 
 
 def _guess_format(name: str) -> str:
@@ -135,7 +94,7 @@ class ParsedCache:
 _parsed = ParsedCache()
 
 
-class FileSource:
+class FileSource(Source, Windowed, WholeTable):
     """A CSV, JSON-lines or Parquet file, local or on the object store (s3://bucket/key)."""
 
     def __init__(self, path: str, *, format: str | None = None, delimiter: str = ",",

@@ -33,8 +33,8 @@ import pandas as pd
 import pyarrow as pa
 
 from etl.core.errors import ConfigError, SourceError
-from etl.sources.files import Batch
 from etl.core.urls import mask_url
+from etl.sources.base import Batch, PlanChecked, SchemaKinds, Source, Windowed
 from etl.sources.windows import Window
 from shards import RangeShards, ShardPlan
 
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 STATS_FRESH_S = 5.0
 
 
-class SqlSource:
+class SqlSource(Source, Windowed, PlanChecked, SchemaKinds):
     """Rows of `table` (optionally `schema.table`) at `url`, paged by the unique `key`."""
 
     def __init__(self, url: str, *, table: str, key: str, schema: str | None = None,
@@ -194,7 +194,7 @@ class SqlSource:
             self._stats_read = (now, (int(count), low, high))
         return self._stats_read[1]
 
-    # -- the Source protocol ---------------------------------------------------------------
+    # -- the Source contract ---------------------------------------------------------------
     def fingerprint(self) -> str:
         seen = json.dumps([self.describe(), *self._stats()], default=str)
         return hashlib.sha256(seen.encode()).hexdigest()

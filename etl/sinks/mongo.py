@@ -1,128 +1,22 @@
-"""Sinks: where cleaned batches end. Every write is idempotent, so a batch written twice
-(after a crash between the write and its ledger entry) is held once.
-
-* ParquetSink: one deterministic file per batch, `part-<run>-<shard>-<batch>.parquet`,
-  written atomically. With write_disposition "replace" (default), finishing a run removes
-  the files of other runs, so a finished dataset holds exactly one run's rows; "append"
-  keeps them.
-* MongoSink: bulk upsert by the pipeline's key (a unique index on it makes a second copy
-  impossible).
+"""A MongoDB collection as a sink: bulk upsert by the pipeline's key, so a batch written
+twice is held once (a unique index on the key makes a second copy impossible).
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import time
 from datetime import date, datetime
-from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from etl.core.errors import BatchError
-from etl.core.files import TEMP_PREFIX, atomic_write
 from etl.core.mongo_client import connect, database_of
 from etl.core.urls import mask_url
+from etl.sinks.base import Sink
 
 log = logging.getLogger(__name__)
-
-DISPOSITIONS = ("replace", "append")
-
-#: A part file's name; the run id is everything between "part-" and the shard number.
-_PART = re.compile(r"^part-(?P<run>.+)-(?P<shard>\d{5,})-(?P<batch>\d{6,})\.parquet$")
-#: Temporary files older than this are leftovers of a crashed write and are swept.
-_STALE_TEMP_SECONDS = 3600.0
-
-
-@runtime_checkable
-class Sink(Protocol):
-    """Where a pipeline's cleaned batches are loaded."""
-
-    def describe(self) -> str:
-        """A displayable description (passwords masked)."""
-
-    def write_batch(self, frame: pd.DataFrame, *, run_id: str, shard: int, batch: int) -> int:
-        """Write one batch idempotently (again = as if once); rows written."""
-
-    def finish_run(self, run_id: str) -> None:
-        """Called once every batch of the run is loaded."""
-
-    def read_all(self) -> pd.DataFrame:
-        """Everything the sink holds now."""
-
-
-class ParquetSink:
-    """A local directory of Parquet files, one per batch (path plain or `file://`)."""
-
-    def __init__(self, path: str, *, write_disposition: str = "replace") -> None:
-        if write_disposition not in DISPOSITIONS:
-            raise ValueError(f"write_disposition must be one of {', '.join(DISPOSITIONS)}, "
-                             f"not {write_disposition!r}")
-        self.path = Path(path[len("file://"):] if path.startswith("file://") else path)
-        self.write_disposition = write_disposition
-
-    def __repr__(self) -> str:
-        return f"ParquetSink({str(self.path)!r}, write_disposition={self.write_disposition!r})"
-
-    def describe(self) -> str:
-        return f"parquet dataset {self.path} ({self.write_disposition})"
-
-    def for_backfill(self) -> "ParquetSink":
-        """The same dataset, appended to: a backfill or a replay adds rows to the dataset
-        and must not replace what other runs loaded."""
-        return ParquetSink(str(self.path), write_disposition="append")
-
-    @staticmethod
-    def file_name(run_id: str, shard: int, batch: int) -> str:
-        """The batch's file name; ValueError for a run id that is not a plain name."""
-        if not run_id or "/" in run_id or "\\" in run_id or run_id in (".", "..") or shard < 0 or batch < 0:
-            raise ValueError(f"cannot name a part file for run {run_id!r}, shard {shard}, batch {batch}")
-        return f"part-{run_id}-{shard:05d}-{batch:06d}.parquet"
-
-    def write_batch(self, frame: pd.DataFrame, *, run_id: str, shard: int, batch: int) -> int:
-        from etl.core.parquet import to_parquet_bytes
-
-        return self.write_parquet(to_parquet_bytes(frame), run_id=run_id, shard=shard, batch=batch)
-
-    def write_parquet(self, data: bytes, *, run_id: str, shard: int, batch: int) -> int:
-        """Write a batch that is already Parquet bytes (the staged file: no re-encoding)."""
-        rows = pq.read_metadata(pa.BufferReader(data)).num_rows
-        atomic_write(self.path / self.file_name(run_id, shard, batch), data)
-        return rows
-
-    def finish_run(self, run_id: str) -> None:
-        """"replace": delete the part files of every other run. Both: sweep temporary files
-        that crashed writes left behind."""
-        if not self.path.is_dir():
-            return
-        for temp in self.path.glob(f"{TEMP_PREFIX}*"):
-            try:
-                if time.time() - temp.stat().st_mtime > _STALE_TEMP_SECONDS:
-                    temp.unlink(missing_ok=True)
-            except FileNotFoundError:
-                pass
-        if self.write_disposition != "replace":
-            return
-        removed = 0
-        for part in self.path.glob("part-*.parquet"):
-            match = _PART.match(part.name)
-            if match and match["run"] != run_id:
-                part.unlink(missing_ok=True)
-                removed += 1
-        if removed:
-            log.info("%s: run %s replaced %d file(s) of earlier runs", self.path, run_id, removed)
-
-    def read_all(self) -> pd.DataFrame:
-        files = sorted(self.path.glob("part-*.parquet")) if self.path.is_dir() else []
-        frames = [pq.read_table(f).to_pandas() for f in files]
-        frames = [f for f in frames if len(f.columns)]
-        if not frames:
-            return pd.DataFrame()
-        return pd.concat(frames, ignore_index=True)
 
 
 def _safe_field(name: Any) -> str:
@@ -154,7 +48,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class MongoSink:
+class MongoSink(Sink):
     """A MongoDB collection, written by bulk upsert on `key` (`mongodb://`, or
     `mongomock://host/db` for an in-process fake; `client=` injects one for tests)."""
 
@@ -222,3 +116,6 @@ class MongoSink:
 
     def read_all(self) -> pd.DataFrame:
         return pd.DataFrame(list(self._coll().find({}, {"_id": 0})))
+
+
+__all__ = ["MongoSink"]

@@ -1,0 +1,115 @@
+"""What every source is, and the optional things some sources can do.
+
+A source hands a run its rows one shard batch at a time (`Source`, `Batch`). What only some
+sources can do is a capability class of its own; a source declares the ones it has by
+subclassing them, and the runtime asks `isinstance(source, Windowed)` rather than probing
+for a method. The classes are runtime-checkable Protocols, so a source written elsewhere
+that has the methods without naming the classes is still recognised.
+
+Nothing here imports pandas or pyarrow: the package can be imported without them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from etl.sources.windows import Window
+    from shards import ShardPlan
+
+#: Column holding why a source line could not be parsed; such rows are quarantined.
+SOURCE_ERROR_COLUMN = "_source_error"
+
+
+@dataclass
+class Batch:
+    """Rows of one shard after `cursor_start`, up to the batch size, in cursor order.
+
+    Rows are an Arrow table: it is what Parquet is written from, and slicing it costs no
+    pandas work. `frame` converts on first use."""
+
+    table: pa.Table
+    cursor_start: Any
+    cursor_end: Any
+    exhausted: bool  # True when no row of the shard comes after cursor_end
+    shard_progress: float | None = None  # share of the shard's rows read up to cursor_end
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        return self.table.to_pandas()
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What a pipeline reads from.
+
+    A run asks for `fingerprint`, `row_count` and `sample` when it opens, fits its shard
+    plan on the sample, calls `prepare` once, then reads each shard with `read_batch` from
+    cursor None until a batch says `exhausted`, passing each batch's `cursor_end` as the
+    next `after`."""
+
+    def describe(self) -> str:
+        """A displayable description (passwords masked)."""
+
+    def fingerprint(self) -> str:
+        """Identity of the data as it is now; a resumed run refuses a changed source."""
+
+    def row_count(self) -> int | None:
+        """Rows in the whole source, when known cheaply (for progress), else None."""
+
+    def sample(self, columns: list[str]) -> pd.DataFrame:
+        """The given columns of every row (or of enough rows), to fit shard plans."""
+
+    def prepare(self, plan: ShardPlan) -> None:
+        """Load and index what the batches of `plan` need (before worker processes fork)."""
+
+    def read_batch(self, plan: ShardPlan, shard: int, *, after: Any, limit: int) -> Batch:
+        """Up to `limit` rows of `shard` whose cursor comes after `after` (None: from the
+        start), in cursor order."""
+
+
+# -- capabilities -----------------------------------------------------------------------
+
+
+@runtime_checkable
+class Windowed(Protocol):
+    """Can be restricted to the rows with start <= column < end (a backfill window)."""
+
+    #: The window this source is restricted to; None for all rows.
+    window: Window | None
+
+    def windowed(self, window: Window) -> Any:
+        """The same source, restricted to the rows inside `window`."""
+
+
+@runtime_checkable
+class PlanChecked(Protocol):
+    """Can only be split by some shard plans, and says so before a run is created."""
+
+    def check_plan(self, plan: ShardPlan) -> None:
+        """Raise ConfigError when `plan` cannot split this source."""
+
+
+@runtime_checkable
+class SchemaKinds(Protocol):
+    """Knows its columns' kinds without reading rows (a table's declared types)."""
+
+    def schema_kinds(self) -> dict[str, str]:
+        """Column name -> kind (etl.drift's kinds), for schema drift."""
+
+
+@runtime_checkable
+class WholeTable(Protocol):
+    """Holds its rows as one Arrow table, parsed once per process: a worker can parse it
+    ahead of the first batch (`etl worker --preload`), and drift reads its schema."""
+
+    def table(self) -> pa.Table:
+        """The whole source as an Arrow table."""
+
+
+__all__ = ["SOURCE_ERROR_COLUMN", "Batch", "PlanChecked", "SchemaKinds", "Source", "WholeTable",
+           "Windowed"]
