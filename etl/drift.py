@@ -30,6 +30,7 @@ import pyarrow as pa
 from pandas.api import types as pdt
 
 from etl.core.errors import BatchError, ConfigError
+from etl.sources.base import SchemaKinds, WholeTable
 
 POLICIES = ("evolve", "freeze", "discard")
 KINDS = ("integer", "float", "boolean", "string", "datetime", "date", "other")
@@ -72,12 +73,11 @@ def kind_of_arrow(dtype: pa.DataType) -> str:
 def source_schema(source: Any) -> dict[str, str] | None:
     """A source's columns and kinds, when it can tell them (a file source once parsed, a
     table from its declared types)."""
-    if callable(getattr(source, "schema_kinds", None)):
+    if isinstance(source, SchemaKinds):
         return dict(source.schema_kinds())
-    table = getattr(source, "table", None)
-    if not callable(table):
+    if not isinstance(source, WholeTable):
         return None
-    return {field.name: kind_of_arrow(field.type) for field in table().schema
+    return {field.name: kind_of_arrow(field.type) for field in source.table().schema
             if not field.name.startswith("_")}
 
 

@@ -15,6 +15,8 @@ from typing import Any, Callable, Sequence
 from etl.core.config import check_queue_name
 from etl.drift import POLICIES, normalise_kind
 from etl.core.errors import USER_ERRORS, ConfigError
+from etl.sinks.base import BackfillAware
+from etl.sources.base import Windowed
 from etl.sources.windows import Window
 from shards import HashShards, RangeShards, ShardPlan
 from stages import Stage
@@ -44,8 +46,8 @@ class Pipeline:
     """What to move, how to clean it, where to put it, and how to split the work."""
 
     name: str
-    source: Any  # etl.sources.files.Source
-    sink: Any  # etl.sinks.files.Sink
+    source: Any  # etl.sources.base.Source
+    sink: Any  # etl.sinks.base.Sink
     key: Sequence[str]
     shards: ShardPlan
     stages: Sequence[Stage] = field(default_factory=tuple)
@@ -95,7 +97,7 @@ class Pipeline:
         if not column:
             raise ConfigError(f"pipeline {self.name} has no window_column: set "
                               "Pipeline(window_column=...) to backfill it by window")
-        if not hasattr(self.source, "windowed"):
+        if not isinstance(self.source, Windowed):
             raise ConfigError(f"source {self.source.describe()} cannot be read by window")
         window = Window(column, str(start), str(end))
         window.validate()
@@ -104,7 +106,7 @@ class Pipeline:
     def appending(self) -> "Pipeline":
         """The pipeline with a sink that adds to what other runs loaded instead of replacing
         it (a backfill window, a quarantine replay)."""
-        if not hasattr(self.sink, "for_backfill"):
+        if not isinstance(self.sink, BackfillAware):
             return self
         return dataclasses.replace(self, sink=self.sink.for_backfill())
 

@@ -23,7 +23,8 @@ from etl.core.faults import crash_point
 from etl.runtime.framecache import frames
 from etl.core.names import quarantine_key, raw_key, staged_key
 from etl.core.parquet import from_parquet_bytes, stringify_mixed, to_parquet_bytes
-from etl.sources.files import SOURCE_ERROR_COLUMN
+from etl.sinks.base import ParquetWriter
+from etl.sources.base import SOURCE_ERROR_COLUMN
 from etl.drift import apply_policy, compare
 from etl.stores.state import ErrorRecord, Fence, RawPayload, task_fingerprint
 from stages import run_stages
@@ -208,7 +209,7 @@ def load(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None)
         return None  # the clean of this batch, when it happens, sends its own load
     key = staged_key(ctx.run_id, shard, batch)
     sink = ctx.pipeline.sink
-    if hasattr(sink, "write_parquet"):  # a Parquet sink takes the staged file as it is
+    if isinstance(sink, ParquetWriter):  # a Parquet sink takes the staged file as it is
         written = sink.write_parquet(_read_bytes(ctx, shard, batch, key), run_id=ctx.run_id,
                                      shard=shard, batch=batch)
     else:

@@ -16,6 +16,7 @@ from etl.core.config import Settings, load_settings
 from etl.core.errors import ConfigError
 from etl.stores.objects import ObjectStore, open_objects
 from etl.pipeline import Pipeline, load_pipeline
+from etl.sources.base import Windowed
 from etl.stores.state import RunRecord, StateStore, open_state
 from shards import ShardPlan, plan_from_dict
 
@@ -42,7 +43,8 @@ class RunContext:
         """The context of `run`, with the plan and batch size the run was created with (a
         resumed run must cut batches exactly as before, whatever the code says now)."""
         window = run.params.get("window")
-        if window and getattr(pipeline.source, "window", None) is None:  # a backfill run
+        if window and (not isinstance(pipeline.source, Windowed)  # a backfill run
+                       or pipeline.source.window is None):
             pipeline = pipeline.for_window(window["start"], window["end"], column=window["column"])
         batch_size = int(run.params.get("batch_size", pipeline.batch_size))
         if batch_size != pipeline.batch_size:

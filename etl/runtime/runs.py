@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from etl.drift import source_schema
 from etl.core.errors import ConfigError
 from etl.pipeline import Pipeline
+from etl.sources.base import PlanChecked
 from etl.stores.state import Checkpoint, RunRecord, StateStore, task_fingerprint
 
 if TYPE_CHECKING:
@@ -61,8 +62,8 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
             raise ConfigError(f"the source changed since run {run.run_id} started "
                               f"({pipeline.source.describe()}); start a new run with --fresh")
         log.info("source changed since completed run %s: starting a new run", run.run_id)
-    if callable(check := getattr(pipeline.source, "check_plan", None)):
-        check(pipeline.shards)  # a source that cannot split this way says so before a run exists
+    if isinstance(pipeline.source, PlanChecked):  # a source that cannot split this way
+        pipeline.source.check_plan(pipeline.shards)  # says so before a run exists
     fitted = pipeline.shards.fit(pipeline.source.sample(_plan_columns(pipeline)))
     run = RunRecord(
         run_id=run_id or new_run_id(pipeline.name), pipeline=pipeline.name, plan=plan_name,

@@ -32,6 +32,7 @@ from etl.runtime.context import ContextCache
 from etl.core.errors import ConfigError
 from etl.runtime.leases import LeaseKeeper, lease_ttl
 from etl.pipeline import load_pipeline
+from etl.sources.base import WholeTable
 from etl.runtime.metrics import Metrics, StateCollector
 from etl.stores.state import StateStore, open_state
 from etl.core.urls import mask_url
@@ -65,7 +66,7 @@ def _preload(specs: tuple[str, ...]) -> None:
         started = time.perf_counter()
         try:
             source = load_pipeline(spec).source
-            if hasattr(source, "table"):
+            if isinstance(source, WholeTable):
                 source.table()
             log.info("preloaded %s in %.2f s", spec, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - a worker serves other pipelines too
