@@ -19,7 +19,3 @@ class ResultNotFound(EtlError):
 
 class InvalidTransition(EtlError):
     """A status change the lifecycle does not allow (e.g. completed -> in_progress)."""
-
-
-class ResultStoreUnavailable(EtlError):
-    """The result store did not answer (outage): tasks go on, the write is dropped."""

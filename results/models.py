@@ -43,10 +43,6 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.CANCELLED: frozenset(),
 }
 FINISHED = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
-#: The statuses a job may be in just before moving to each status.
-PREVIOUS: dict[JobStatus, frozenset[JobStatus]] = {
-    target: frozenset(s for s, nxt in TRANSITIONS.items() if target in nxt) for target in JobStatus
-}
 
 #: Default time to live of a record (a day): every record expires.
 DEFAULT_TTL = timedelta(days=1)

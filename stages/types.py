@@ -1,7 +1,7 @@
 """Cast stages and the conversions they share. A value that cannot be converted rejects its
 row with the column, the value and the target type; it never becomes a silent null, never
-wraps around (300 is not an Int8) and never crashes the batch. (The timestamp stages moved
-to stages.timestamps; importing them from here still works.)"""
+wraps around (300 is not an Int8) and never crashes the batch. The timestamp stages live in
+stages.timestamps."""
 
 from __future__ import annotations
 
