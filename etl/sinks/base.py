@@ -5,7 +5,8 @@ ledger entry) is held once. What only some sinks can do is a capability class of
 sink declares the ones it has by subclassing them, and the runtime asks
 `isinstance(sink, ParquetWriter)` rather than probing for a method. The classes are
 runtime-checkable Protocols, so a sink written elsewhere that has the methods without naming
-the classes is still recognised.
+the classes is still recognised; a sink that names a class but does not define one of its
+methods raises NotImplementedError when that method is called.
 
 Nothing here imports pandas or pyarrow: the package can be imported without them.
 """
@@ -24,15 +25,19 @@ class Sink(Protocol):
 
     def describe(self) -> str:
         """A displayable description (passwords masked)."""
+        raise NotImplementedError
 
     def write_batch(self, frame: pd.DataFrame, *, run_id: str, shard: int, batch: int) -> int:
         """Write one batch idempotently (again = as if once); rows written."""
+        raise NotImplementedError
 
     def finish_run(self, run_id: str) -> None:
         """Called once every batch of the run is loaded."""
+        raise NotImplementedError
 
     def read_all(self) -> pd.DataFrame:
         """Everything the sink holds now."""
+        raise NotImplementedError
 
 
 # -- capabilities -----------------------------------------------------------------------
@@ -45,6 +50,7 @@ class BackfillAware(Protocol):
 
     def for_backfill(self) -> Any:
         """The same destination, appended to: other runs' rows are kept."""
+        raise NotImplementedError
 
 
 @runtime_checkable
@@ -53,6 +59,7 @@ class ParquetWriter(Protocol):
 
     def write_parquet(self, data: bytes, *, run_id: str, shard: int, batch: int) -> int:
         """Write one batch of Parquet bytes idempotently; rows written."""
+        raise NotImplementedError
 
 
 __all__ = ["BackfillAware", "ParquetWriter", "Sink"]

@@ -4,7 +4,8 @@ A source hands a run its rows one shard batch at a time (`Source`, `Batch`). Wha
 sources can do is a capability class of its own; a source declares the ones it has by
 subclassing them, and the runtime asks `isinstance(source, Windowed)` rather than probing
 for a method. The classes are runtime-checkable Protocols, so a source written elsewhere
-that has the methods without naming the classes is still recognised.
+that has the methods without naming the classes is still recognised; a source that names a
+class but does not define one of its methods raises NotImplementedError when it is called.
 
 Nothing here imports pandas or pyarrow: the package can be imported without them.
 """
@@ -54,22 +55,28 @@ class Source(Protocol):
 
     def describe(self) -> str:
         """A displayable description (passwords masked)."""
+        raise NotImplementedError
 
     def fingerprint(self) -> str:
         """Identity of the data as it is now; a resumed run refuses a changed source."""
+        raise NotImplementedError
 
     def row_count(self) -> int | None:
         """Rows in the whole source, when known cheaply (for progress), else None."""
+        raise NotImplementedError
 
     def sample(self, columns: list[str]) -> pd.DataFrame:
         """The given columns of every row (or of enough rows), to fit shard plans."""
+        raise NotImplementedError
 
     def prepare(self, plan: ShardPlan) -> None:
         """Load and index what the batches of `plan` need (before worker processes fork)."""
+        raise NotImplementedError
 
     def read_batch(self, plan: ShardPlan, shard: int, *, after: Any, limit: int) -> Batch:
         """Up to `limit` rows of `shard` whose cursor comes after `after` (None: from the
         start), in cursor order."""
+        raise NotImplementedError
 
 
 # -- capabilities -----------------------------------------------------------------------
@@ -84,6 +91,7 @@ class Windowed(Protocol):
 
     def windowed(self, window: Window) -> Any:
         """The same source, restricted to the rows inside `window`."""
+        raise NotImplementedError
 
 
 @runtime_checkable
@@ -92,6 +100,7 @@ class PlanChecked(Protocol):
 
     def check_plan(self, plan: ShardPlan) -> None:
         """Raise ConfigError when `plan` cannot split this source."""
+        raise NotImplementedError
 
 
 @runtime_checkable
@@ -100,6 +109,7 @@ class SchemaKinds(Protocol):
 
     def schema_kinds(self) -> dict[str, str]:
         """Column name -> kind (etl.drift's kinds), for schema drift."""
+        raise NotImplementedError
 
 
 @runtime_checkable
@@ -109,6 +119,7 @@ class WholeTable(Protocol):
 
     def table(self) -> pa.Table:
         """The whole source as an Arrow table."""
+        raise NotImplementedError
 
 
 __all__ = ["SOURCE_ERROR_COLUMN", "Batch", "PlanChecked", "SchemaKinds", "Source", "WholeTable",
