@@ -1,0 +1,172 @@
+"""One contract, every sink: ParquetSink on a temporary directory and MongoSink on a
+mongomock:// URL. A new sink joins by adding a case to the `sink` fixture.
+
+Idempotence is what makes a load exactly once: a batch written again after a crash between
+the write and its ledger entry must be held once.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+import pytest
+
+from etl.core.parquet import to_parquet_bytes
+from etl.sinks.base import BackfillAware, ParquetWriter, Sink
+
+SINKS = ["parquet", "mongo"]
+
+
+def _batch(start: int, n: int = 5) -> pd.DataFrame:
+    return pd.DataFrame({"id": list(range(start, start + n)),
+                         "v": [f"v{i}" for i in range(start, start + n)]})
+
+
+def _held(sink: Any) -> list[int]:
+    frame = sink.read_all()
+    return sorted(int(i) for i in frame["id"]) if len(frame) else []
+
+
+@pytest.fixture(params=SINKS)
+def make_sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Any]]:
+    """Opens a sink of each implementation; every call opens the same destination."""
+    if request.param == "parquet":
+        from etl.sinks.parquet import ParquetSink
+
+        yield lambda: ParquetSink(str(tmp_path / "dataset"))
+        return
+    pytest.importorskip("mongomock")
+    from etl.sinks.mongo import MongoSink
+    from tests.conftest import _mongomock_accepts_new_pymongo
+
+    _mongomock_accepts_new_pymongo()
+    url = f"mongomock://localhost/etl_contract_{uuid.uuid4().hex[:10]}"
+    opened: list[Any] = []
+
+    def make() -> Any:
+        # one client for the destination, as a process holds one: sinks opened later share it
+        client = opened[0]._coll().database.client if opened else None
+        opened.append(MongoSink(url, collection="rows", key=["id"], client=client))
+        return opened[-1]
+
+    yield make
+    if opened:
+        opened[0]._coll().database.client.drop_database(opened[0].database)
+
+
+def test_a_sink_describes_itself(make_sink: Callable[[], Any]) -> None:
+    # Given a sink, When it is described, Then it says something, and it is a Sink
+    sink = make_sink()
+    assert isinstance(sink.describe(), str) and sink.describe().strip()
+    assert isinstance(sink, Sink) and Sink in type(sink).__mro__
+    # And it defines every method of the contract itself
+    for method in ("describe", "write_batch", "finish_run", "read_all"):
+        assert getattr(type(sink), method) is not getattr(Sink, method), method
+
+
+def test_the_same_batch_written_twice_is_held_once(make_sink: Callable[[], Any]) -> None:
+    # Given a sink, When batch 0 of shard 0 is written twice (a redelivery)
+    sink = make_sink()
+    written = [sink.write_batch(_batch(0), run_id="r1", shard=0, batch=0) for _ in range(2)]
+    # Then each write reports the batch's rows, and every row is held once
+    assert written == [5, 5]
+    assert _held(sink) == list(range(5))
+
+
+def test_different_batches_are_all_held(make_sink: Callable[[], Any]) -> None:
+    # Given a sink, When batches of two shards are written, one of them twice
+    sink = make_sink()
+    sink.write_batch(_batch(0), run_id="r1", shard=0, batch=0)
+    sink.write_batch(_batch(5), run_id="r1", shard=0, batch=1)
+    sink.write_batch(_batch(10, 3), run_id="r1", shard=1, batch=0)
+    sink.write_batch(_batch(5), run_id="r1", shard=0, batch=1)
+    # Then every row of every batch is held, once, with its values
+    assert _held(sink) == list(range(13))
+    held = sink.read_all()
+    assert sorted(held["v"]) == sorted(f"v{i}" for i in range(13))
+
+
+def test_finishing_a_run_keeps_its_rows(make_sink: Callable[[], Any]) -> None:
+    # Given a sink holding the batches of a run
+    sink = make_sink()
+    sink.write_batch(_batch(0), run_id="r1", shard=0, batch=0)
+    sink.write_batch(_batch(5), run_id="r1", shard=1, batch=0)
+    # When the run is finished, twice (a finish step redelivered)
+    sink.finish_run("r1")
+    sink.finish_run("r1")
+    # Then the run's rows are all held, once
+    assert _held(sink) == list(range(10))
+    # And a sink opened anew on the same destination holds them too
+    assert _held(make_sink()) == list(range(10))
+
+
+# -- capabilities: declared by subclassing, and doing what they say ---------------------
+
+#: Each capability class and the method it stands for (what the runtime used to probe).
+CAPABILITIES = {BackfillAware: "for_backfill", ParquetWriter: "write_parquet"}
+
+
+def test_a_sink_declares_exactly_the_capabilities_it_has(make_sink: Callable[[], Any]) -> None:
+    # Given a sink
+    sink = make_sink()
+    for capability, method in CAPABILITIES.items():
+        has = callable(getattr(sink, method, None))
+        # Then it names the capability among its bases exactly when it has the method,
+        # and isinstance (what the runtime asks) agrees
+        assert (capability in type(sink).__mro__) == has, (capability.__name__, sink)
+        assert isinstance(sink, capability) == has, (capability.__name__, sink)
+        # And a declared capability's method is the implementation's, not the class's stub
+        if has:
+            assert getattr(type(sink), method) is not getattr(capability, method), method
+
+
+def test_a_backfill_adds_to_what_earlier_runs_loaded(make_sink: Callable[[], Any]) -> None:
+    # Given a sink holding a finished run
+    sink = make_sink()
+    sink.write_batch(_batch(0), run_id="r1", shard=0, batch=0)
+    sink.finish_run("r1")
+    # When a backfill run loads other rows through the sink a backfill uses and finishes
+    backfill = sink.for_backfill() if isinstance(sink, BackfillAware) else sink
+    if isinstance(sink, BackfillAware):
+        assert type(backfill) is type(sink) and backfill.describe().strip()
+    backfill.write_batch(_batch(100, 3), run_id="b1", shard=0, batch=0)
+    backfill.finish_run("b1")
+    # Then both runs' rows are held: a backfill never replaces what other runs loaded
+    assert _held(make_sink()) == [0, 1, 2, 3, 4, 100, 101, 102]
+
+
+def test_parquet_bytes_are_held_like_a_frame(make_sink: Callable[[], Any]) -> None:
+    # Given a sink
+    sink = make_sink()
+    if not isinstance(sink, ParquetWriter):
+        # Then a sink that takes no Parquet bytes is loaded from frames: write_batch is enough
+        assert sink.write_batch(_batch(0), run_id="r1", shard=0, batch=0) == 5
+        assert _held(sink) == list(range(5))
+        return
+    # When a batch arrives as Parquet bytes (the staged file), twice, and another as a frame
+    data = to_parquet_bytes(_batch(0))
+    assert [sink.write_parquet(data, run_id="r1", shard=0, batch=0) for _ in range(2)] == [5, 5]
+    sink.write_batch(_batch(5), run_id="r1", shard=0, batch=1)
+    # Then both are held once, with the same values a frame write gives
+    assert _held(sink) == list(range(10))
+    assert sorted(sink.read_all()["v"]) == sorted(f"v{i}" for i in range(10))
+
+
+def test_the_sinks_package_exports_sinks_without_importing_pandas() -> None:
+    # Given a fresh interpreter, When etl.sinks is imported
+    code = ("import sys, etl.sinks, etl.sinks.base\n"
+            "heavy = [m for m in ('pandas', 'pyarrow', 'pymongo') if m in sys.modules]\n"
+            "print(','.join(heavy) or 'none')\n"
+            "from etl.sinks import MongoSink, ParquetSink, ParquetWriter\n"
+            "from etl import ParquetSink as Again\n"
+            "print(ParquetSink is Again, ParquetWriter in ParquetSink.__mro__, 'pymongo' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    # Then nothing heavy is imported until a class is used, and pymongo not even then
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["none", "True", "True", "False"]
