@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from etl.core.errors import EtlError, UnsupportedURL
-from etl.core.urls import mask_url
+from etl.core.urls import mask_url, scheme_of
 from results.base import ResultStore
 from results.errors import InvalidTransition, JobNotFound, ResultNotFound
 from results.models import FINISHED, JobResult, JobStatus, Transition
@@ -18,7 +18,7 @@ SCHEMES = "sqlite:///path.db, redis://host:6379/0, rediss://..., mongodb://host/
 
 def open_results(url: str) -> ResultStore:
     """The result store for `url`; an unknown scheme is an error listing the supported ones."""
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    scheme = scheme_of(url)
     if scheme == "sqlite":
         from results.sqlite import SQLiteResultStore
 

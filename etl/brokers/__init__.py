@@ -47,7 +47,7 @@ def _module(kind: str) -> ModuleType:
 
 def broker_kind(url: str) -> str:
     """"stub", "rabbitmq" or "redis" (a key of BROKERS); anything else is a clear error."""
-    scheme = scheme_of(url) or url.split(":", 1)[0].lower()
+    scheme = scheme_of(url)
     for kind, schemes in BROKERS.items():
         if scheme in schemes:
             return kind

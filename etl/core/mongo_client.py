@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from etl.core.urls import parse_url
+
 
 def connect(url: str, *, timeout_ms: int = 10_000) -> Any:
     """A new client for `url`; `timeout_ms` bounds server selection and socket waits."""
@@ -23,6 +25,4 @@ def connect(url: str, *, timeout_ms: int = 10_000) -> Any:
 
 def database_of(url: str) -> str:
     """The database named by the URL's path (`mongodb://host/dbname?opts`), "etl" if none."""
-    rest = url.split("://", 1)[1] if "://" in url else ""
-    path = rest.split("/", 1)[1] if "/" in rest else ""
-    return path.split("?", 1)[0] or "etl"
+    return parse_url(url).database or "etl"

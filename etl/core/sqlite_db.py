@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ContextManager, Iterator
 
 from etl.core.errors import ConfigError
-from etl.core.urls import mask_url
+from etl.core.urls import mask_url, parse_url
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -28,7 +28,8 @@ _INHERITED: list[sqlite3.Connection] = []
 def path_of(url: str) -> str:
     """The file path in `sqlite:///relative.db`, `sqlite:////absolute.db` or
     `sqlite:///:memory:`."""
-    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    parts = parse_url(url)
+    path = parts.path if parts.scheme == "sqlite" and url.startswith("sqlite:///") else ""
     if not path:
         raise ConfigError(f"SQLite URL must look like sqlite:///path/state.db, got {mask_url(url)!r}")
     return path

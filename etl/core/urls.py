@@ -1,9 +1,17 @@
-"""URL helpers: masking secrets before anything is shown or logged."""
+"""Backend URLs: the one parser every store and broker opener uses, and the masking of
+secrets before anything is shown, logged or stored.
+
+Every backend is named by a URL (`sqlite:///path`, `mongodb://`, `redis://`, `amqp://`,
+`s3://bucket/prefix`, a plain path for local files). `parse_url` takes one apart once:
+the scheme an opener dispatches on, the credentials (a password may hold "/" or "@", as AWS
+secret keys do), the host part, the path and the query options.
+"""
 
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
 
 #: user:password@ up to the last "@" before the host: a password may hold "/" or an
 #: unencoded "@" (AWS secret keys often contain "/").
@@ -27,12 +35,53 @@ def mask_url(url: str) -> str:
     return _SECRET_QUERY.sub(lambda m: f"{m['k']}***", text)
 
 
+#: A scheme followed by ":": two letters at least, so a Windows drive ("C:") is a path.
+_SCHEME = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]+):")
+
+
 def scheme_of(url: str) -> str:
-    """The lower-cased scheme of `url`, or "" when it has none."""
-    return urlsplit(url).scheme.lower() if "://" in url or url.startswith(("sqlite:", "file:")) else ""
+    """The lower-cased scheme of `url`, or "" when it has none (a plain path)."""
+    match = _SCHEME.match(url)
+    return match["scheme"].lower() if match else ""
 
 
-def strip_query(url: str) -> str:
-    """`url` without its query string and fragment."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+@dataclass(frozen=True)
+class BackendURL:
+    """A backend URL taken apart: `scheme://user:password@host/path?options`."""
+
+    url: str
+    scheme: str
+    username: str = ""
+    password: str = ""
+    host: str = ""  # host[:port], or "" (`sqlite:///file.db`, a plain path)
+    path: str = ""  # after the host, without its leading "/" (a db name, a bucket prefix)
+    options: dict[str, str] = field(default_factory=dict)  # the query, last value wins
+
+    @property
+    def masked(self) -> str:
+        return mask_url(self.url)
+
+    @property
+    def database(self) -> str:
+        """The first path segment: a MongoDB database, a Redis db number."""
+        return self.path.split("/", 1)[0]
+
+
+def parse_url(url: str) -> BackendURL:
+    """`url` taken apart; a plain path is a URL without scheme whose path is itself."""
+    scheme = scheme_of(url)
+    if not scheme:
+        return BackendURL(url=url, scheme="", path=url)
+    rest = url[len(scheme) + 1:]
+    rest = rest[2:] if rest.startswith("//") else rest
+    rest, _, query = rest.partition("?")
+    rest = rest.split("#", 1)[0]
+    username = password = ""
+    userinfo = USERINFO.match(rest)
+    if userinfo:
+        username, password, rest = userinfo["user"], userinfo["pw"], rest[userinfo.end():]
+    elif "@" in rest.split("/", 1)[0]:
+        username, rest = rest.split("@", 1)
+    host, _, path = rest.partition("/")
+    return BackendURL(url=url, scheme=scheme, username=username, password=password, host=host,
+                      path=path, options=dict(parse_qsl(query, keep_blank_values=True)))

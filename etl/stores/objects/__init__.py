@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from etl.core.errors import UnsupportedURL
+from etl.core.urls import scheme_of
 from etl.stores.objects.base import ObjectInfo, ObjectStore
 
 
 def open_objects(url: str, **options: object) -> ObjectStore:
     """The object store for `url`. `s3://` accepts `endpoint_url=` (MinIO, moto, ...), by
     default the `s3_endpoint_url` setting (ETL_S3_ENDPOINT_URL)."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    scheme = scheme_of(url)
     if scheme in ("", "file"):
         from etl.stores.objects.local import LocalObjectStore
 

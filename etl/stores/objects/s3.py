@@ -19,7 +19,7 @@ from etl.core.config import load_settings
 from etl.core.errors import ObjectNotFound
 from etl.stores.objects.base import ObjectInfo
 from etl.stores.objects.local import check_key, check_prefix
-from etl.core.urls import USERINFO, mask_url, strip_query
+from etl.core.urls import mask_url, parse_url
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,10 @@ class S3ObjectStore:
     """Objects under `prefix` in one bucket; keys are relative to the prefix."""
 
     def __init__(self, url: str, *, endpoint_url: str | None = None, client: Any = None) -> None:
-        if not url.startswith("s3://"):
+        parts = parse_url(url)  # credentials do not belong in an S3 URL: they are dropped
+        if parts.scheme != "s3":
             raise ValueError(f"S3 URL must look like s3://bucket/prefix, got {mask_url(url)!r}")
-        location = strip_query(url)[len("s3://"):]
-        userinfo = USERINFO.match(location)  # credentials do not belong in the URL: drop them
-        if userinfo:
-            location = location[userinfo.end():]
-        bucket, _, prefix = location.partition("/")
+        bucket, prefix = parts.host, parts.path
         if not bucket:
             raise ValueError(f"S3 URL names no bucket: {mask_url(url)!r}")
         self.bucket = bucket

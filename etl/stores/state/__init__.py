@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from etl.core.errors import UnsupportedURL
+from etl.core.urls import scheme_of
 from etl.core.names import task_fingerprint  # re-exported: the stores' callers use it
 from etl.stores.state.base import (
     Checkpoint,
@@ -19,7 +20,7 @@ SCHEMES = ("sqlite", "mongodb", "mongodb+srv", "mongomock")
 
 def open_state(url: str) -> StateStore:
     """The state store for `url`; an unknown scheme is a clear error naming the ones we know."""
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    scheme = scheme_of(url)
     if scheme == "sqlite":
         from etl.stores.state.sqlite import SQLiteStateStore
 
