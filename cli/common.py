@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from etl.core.config import Settings, load_settings
-from etl.core.errors import EtlError
-from etl.core.urls import mask_url
-from etl.stores.objects import ObjectStore, open_objects
-from etl.stores.state import Checkpoint, StateStore, open_state
+from etl.core.statuses import ShardStatus
+from etl.stores import open_objects, open_results, open_state
+from etl.stores.objects import ObjectStore
+from etl.stores.state import Checkpoint, StateStore
+from etl.runtime.runs import totals  # noqa: F401 - the CLI commands take it from here
 
 if TYPE_CHECKING:
     from results import ResultStore
@@ -40,17 +41,7 @@ def object_store(conf: Settings) -> ObjectStore:
 def result_store(conf: Settings, *, required: bool = True) -> "ResultStore | None":
     """The result store; when not `required` (a run), a store that cannot be opened is a
     logged warning and the run goes on without recording results."""
-    from results import open_results, open_results_or_none
-
-    if not required:
-        return open_results_or_none(conf.results_url)
-    try:
-        return open_results(conf.results_url)
-    except EtlError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - an outage
-        raise EtlError(f"cannot open the result store {mask_url(conf.results_url)}: "
-                       f"{mask_url(str(exc))}") from exc
+    return open_results(conf.results_url, required=required)
 
 
 def to_json(value: Any) -> str:
@@ -68,15 +59,4 @@ def to_json(value: Any) -> str:
 
 def shard_status(checkpoint: Checkpoint) -> str:
     """The status to show: stored status, but "done" once complete."""
-    return "done" if checkpoint.complete else checkpoint.status
-
-
-def totals(checkpoints: list[Checkpoint]) -> dict[str, int]:
-    """Sums over shards of every counter, plus shards done and failed."""
-    keys = ("rows_fetched", "rows_cleaned", "rows_quarantined", "rows_loaded",
-            "batches_fetched", "batches_cleaned", "batches_loaded")
-    result = {key: sum(getattr(c, key) for c in checkpoints) for key in keys}
-    result["shards"] = len(checkpoints)
-    result["shards_done"] = sum(c.complete for c in checkpoints)
-    result["shards_failed"] = sum(c.status == "failed" and not c.complete for c in checkpoints)
-    return result
+    return ShardStatus.DONE if checkpoint.complete else checkpoint.status

@@ -35,13 +35,14 @@ from etl.core.errors import BatchError, ConfigError, EtlError, ObjectNotFound
 from etl.inspect.tables import (ERROR_COLUMNS, LEDGER_STAGES, PAYLOAD_COLUMNS, RUN_COLUMNS,
                                 SHARD_COLUMNS, TASK_COLUMNS, share_done, table_of)
 from etl.core.names import quarantine_key
-from etl.stores.objects import ObjectStore, open_objects
+from etl.stores import open_objects, open_results, open_state
+from etl.stores.objects import ObjectStore
 from etl.core.parquet import from_parquet_bytes
 from etl.inspect.project import (Backend, anchored, configured_backends, find_project_dir,
                          require_sqlite_file)
 from etl.core.names import task_fingerprint
 from etl.core.statuses import ShardStatus
-from etl.stores.state import RawPayload, RunRecord, StateStore, open_state
+from etl.stores.state import RawPayload, RunRecord, StateStore
 from etl.core.urls import mask_url
 
 if TYPE_CHECKING:
@@ -299,15 +300,7 @@ class Inspector:
                 raise ConfigError("no result store configured (results_url)")
             require_sqlite_file(self._results_url, "result store",
                                  "the run recorded no task results there")
-            from results import open_results
-
-            try:
-                self._results = open_results(self._results_url)
-            except EtlError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a store outage, said in one line
-                raise EtlError(f"cannot open the result store {mask_url(self._results_url)}: "
-                               f"{type(exc).__name__}: {mask_url(str(exc))}") from exc
+            self._results = open_results(self._results_url)  # an outage: one clear line
         return self._results
 
     def tasks(self, run_id: str | None = None, *, status: str | None = None,

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 from etl.core.config import Settings, load_settings
 from etl.core.errors import ConfigError
-from etl.stores.objects import ObjectStore, open_objects
+from etl.stores import Stores
+from etl.stores.objects import ObjectStore
 from etl.pipeline import Pipeline, load_pipeline
 from etl.sources.base import Windowed
-from etl.stores.state import RunRecord, StateStore, open_state
+from etl.stores.state import RunRecord, StateStore
 from shards import ShardPlan, plan_from_dict
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,8 @@ class ContextCache:
             if context is not None:
                 return context
             if self._state is None:
-                self._state = open_state(self.settings.state_url)
-                self._objects = open_objects(self.settings.objects_url)
+                stores = Stores.from_settings(self.settings, results=False)
+                self._state, self._objects = stores.state, stores.objects
             run = self._state.get_run(run_id)
             if run is None:
                 raise ConfigError(f"run {run_id!r} not found in {self._state.url}")

@@ -34,9 +34,9 @@ from etl.runtime.leases import LeaseKeeper, lease_ttl
 from etl.pipeline import load_pipeline
 from etl.sources.base import WholeTable
 from etl.runtime.metrics import Metrics, StateCollector
-from etl.stores.state import StateStore, open_state
+from etl.stores import open_results, open_state
+from etl.stores.state import StateStore
 from etl.core.urls import mask_url
-from results import open_results_or_none
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,11 @@ def run_worker(settings: Settings, options: WorkerOptions, *, stop: threading.Ev
     broker = open_broker(settings.broker_url)
     contexts = ContextCache(settings)
     state = open_state(settings.state_url)
-    leases = LeaseKeeper(state, ttl=lease_ttl())
+    leases = LeaseKeeper(state, ttl=lease_ttl(settings))
     metrics = (_serve_metrics(broker, state, contexts, options.metrics_port, queues)
                if options.metrics_port else None)
     declare_actors(broker, contexts, queue=settings.queue, leases=leases, metrics=metrics,
-                   results=open_results_or_none(settings.results_url))
+                   results=open_results(settings.results_url, required=False))
     for queue in queues:  # the actors live on the `queue` setting; pipelines may use others
         if queue not in broker.get_declared_queues():
             broker.declare_queue(queue)
