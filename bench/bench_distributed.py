@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import threading
@@ -36,10 +37,10 @@ from etl.runtime.actors import declare_actors  # noqa: E402
 from etl.brokers import open_broker, queues_of  # noqa: E402
 from etl.core.config import load_settings  # noqa: E402
 from etl.runtime.context import ContextCache, RunContext  # noqa: E402
-from etl.runtime.embedded import run_embedded  # noqa: E402
+import etl  # noqa: E402
+from etl.stores import Stores  # noqa: E402
 from etl.stores.objects import open_objects  # noqa: E402
 from etl.pipeline import load_pipeline  # noqa: E402
-from etl.runtime.runs import open_run  # noqa: E402
 from etl.stores.state import open_state  # noqa: E402
 
 URLS = {"rabbitmq": "amqp://guest:guest@127.0.0.1:5672/%2F", "redis": "redis://127.0.0.1:6379/0"}
@@ -124,9 +125,13 @@ def noop_throughput(url: str, messages: int) -> tuple[float, float]:
         state = open_state(f"sqlite:///{work}/state.db")
         objects = open_objects(f"file://{work}/objects")
         demo = load_pipeline("demo").with_shards(2)
-        run, _ = open_run(state, demo, spec="demo", fresh=True)
+        embedded = dataclasses.replace(load_settings(), broker_url="stub://")
+        outcome = etl.run(demo, spec="demo", fresh=True, stores=Stores(state, objects),
+                          settings=embedded, processes=1, threads=2)
+        assert outcome.completed  # every batch loaded
+        run = state.get_run(outcome.run_id)
+        assert run is not None
         context = RunContext.build(run, demo, state, objects)
-        assert run_embedded(context, processes=1, threads=2).completed  # every batch loaded
 
         queue = f"bench-{uuid.uuid4().hex[:8]}"
 

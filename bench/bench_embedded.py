@@ -33,9 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.pandas_baseline import clean_flights  # noqa: E402
+import etl  # noqa: E402
 from etl.runtime.context import RunContext  # noqa: E402
 from etl.demo import flights_csv, pipeline  # noqa: E402
-from etl.runtime.embedded import run_embedded  # noqa: E402
+from etl.stores import Stores  # noqa: E402
 from etl.stores.objects import open_objects  # noqa: E402
 from etl.runtime.runs import open_run  # noqa: E402
 from etl.stores.state import open_state  # noqa: E402
@@ -50,11 +51,10 @@ def pandas_in_process(workdir: Path) -> float:
 def toolkit_in_process(workdir: Path, *, shards: int, processes: int, threads: int) -> float:
     os.environ["ETL_DEMO_OUTPUT"] = str(workdir / "out")
     started = time.perf_counter()
-    demo = pipeline().with_shards(shards)
-    state = open_state(f"sqlite:///{workdir}/state.db")
-    run, _ = open_run(state, demo, spec="demo", fresh=True)
-    ctx = RunContext.build(run, demo, state, open_objects(f"file://{workdir}/objects"))
-    result = run_embedded(ctx, processes=processes, threads=threads)
+    stores = Stores(open_state(f"sqlite:///{workdir}/state.db"),
+                    open_objects(f"file://{workdir}/objects"))
+    result = etl.run(pipeline(), spec="demo", shards=shards, fresh=True, stores=stores,
+                     processes=processes, threads=threads)
     elapsed = time.perf_counter() - started
     assert result.completed, "benchmark run did not complete"
     return elapsed

@@ -7,11 +7,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from cli.common import err, object_store, out, settings, state_store, to_json
-from etl.runtime.context import RunContext
 from etl.core.errors import ConfigError
 from etl.inspect import Inspector
-from etl.pipeline import load_pipeline
-from etl.runtime.replay import NOT_REPLAYED, open_replay, replay
+from etl.runner import replay
+from etl.runtime.replay import NOT_REPLAYED
 
 
 @click.group("quarantine")
@@ -66,22 +65,13 @@ def quarantine_list(run_id: str, shard: int | None, stage: str | None, limit: in
 def quarantine_replay(run_id: str, spec: str | None, stages: tuple[str, ...]) -> None:
     """Clean RUN_ID's quarantined rows again with the (fixed) pipeline and load what passes,
     exactly once: a second replay only takes rows the first quarantined again."""
-    conf = settings()
-    state = state_store(conf)
-    original = state.get_run(run_id)
-    if original is None:
-        raise ConfigError(f"run {run_id!r} not found in {state.url}")
-    chosen = spec or original.params["pipeline_spec"]
-    run = open_replay(state, original, spec=chosen, stages=stages or None)
-    pipeline = load_pipeline(chosen).appending()
-    if pipeline.name != original.pipeline:
-        raise ConfigError(f"pipeline {chosen} is {pipeline.name!r}, the run is {original.pipeline!r}")
-    context = RunContext.build(run, pipeline, state, object_store(conf))
-    err.print(f"replaying the quarantine of {run.params['replay_of']} as [bold]{run.run_id}[/]")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=err) as bar:
         task = bar.add_task("batches", total=None)
-        result = replay(context, original,
+        result = replay(run_id, pipeline=spec, stages=stages or None, settings=settings(),
+                        on_start=lambda run: err.print(
+                            f"replaying the quarantine of {run.params['replay_of']} as "
+                            f"[bold]{run.run_id}[/]"),
                         on_batch=lambda done, total: bar.update(task, completed=done, total=total))
     table = Table(title=f"replay {result.run_id} (generation {result.generation}): completed")
     table.add_column("measure")

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cli.common import err, object_store, out, result_store, settings, state_store, totals
-from etl.brokers import is_embedded
-from etl.core.config import Settings
-from etl.runtime.context import RunContext
-from etl.runtime.distributed import Sender
-from etl.drift import compare_kinds
-from etl.runtime.embedded import run_embedded
-from etl.pipeline import Pipeline, load_pipeline
-from etl.runtime.runs import RunOutcome, open_run
-from etl.stores.state import Checkpoint, RunRecord, StateStore
+from cli.common import err, out, settings, totals
 from etl.core.urls import mask_url
-from etl.sources.windows import backfill_run_id
+from etl.pipeline import Pipeline, load_pipeline
+from etl.runner import Enqueued, RunOutcome, RunStart, run as etl_run
+from etl.stores import Stores
+from etl.stores.state import Checkpoint
 
 pipeline_option = click.option(
     "-p", "--pipeline", "spec", metavar="MODULE:ATTR",
@@ -47,7 +38,7 @@ def _pipeline(spec: str | None, shards: int | None,
 @click.option("--run-id", help="Work on (or create) the run with this id.")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Rows per batch for a new run (a resumed run keeps its own).")
-@click.option("--processes", type=click.IntRange(min=1), default=min(os.cpu_count() or 1, 4),
+@click.option("--processes", type=click.IntRange(min=1), default=None,
               show_default="cores, at most 4",
               help="Local worker processes in embedded mode (each owns a share of the shards).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
@@ -61,8 +52,8 @@ def _pipeline(spec: str | None, shards: int | None,
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @click.pass_context
 def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh: bool,
-                run_id: str | None, batch_size: int | None, processes: int, threads: int,
-                wait: bool, accept_schema: bool, progress: bool) -> None:
+                run_id: str | None, batch_size: int | None, processes: int | None,
+                threads: int, wait: bool, accept_schema: bool, progress: bool) -> None:
     """Run fetch -> clean -> load over every shard; resumes an unfinished run.
 
     With the embedded default broker (stub://) the work runs here, in local worker
@@ -80,7 +71,7 @@ def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh:
 @click.option("--end", required=True, help="Window end, excluded.")
 @click.option("--shards", type=click.IntRange(min=1), help="Split the window into N shards.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Rows per batch for a new run.")
-@click.option("--processes", type=click.IntRange(min=1), default=min(os.cpu_count() or 1, 4),
+@click.option("--processes", type=click.IntRange(min=1), default=None,
               show_default="cores, at most 4", help="Local worker processes in embedded mode.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="Worker threads per process in embedded mode.")
@@ -91,148 +82,113 @@ def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh:
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @click.pass_context
 def backfill_command(ctx: click.Context, spec: str | None, start: str, end: str,
-                     shards: int | None, batch_size: int | None, processes: int, threads: int,
+                     shards: int | None, batch_size: int | None, processes: int | None, threads: int,
                      wait: bool, accept_schema: bool, progress: bool) -> None:
     """Load the rows with START <= window column < END, once, whoever triggers it.
 
     The run id derives from pipeline, shard plan and window: triggering the same window
     again resumes its run, or does nothing if it finished. Made for cron."""
     chosen, pipeline = _pipeline(spec, shards, batch_size)
-    windowed = pipeline.for_window(start, end)
-    window = windowed.source.window
-    run_id = backfill_run_id(pipeline.name, pipeline.shards.describe(), window)
-    execute(ctx, windowed, spec=chosen, run_id=run_id, params={"window": window.to_dict()},
-            processes=processes, threads=threads, wait=wait, accept_schema=accept_schema,
-            progress=progress)
+    execute(ctx, pipeline, spec=chosen, window=(start, end), processes=processes,
+            threads=threads, wait=wait, accept_schema=accept_schema, progress=progress)
 
 
 def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = False,
-            run_id: str | None = None, params: dict[str, Any] | None = None,
-            processes: int = 1, threads: int = 2, wait: bool = False,
+            run_id: str | None = None, window: tuple[str, str] | None = None,
+            processes: int | None = None, threads: int = 2, wait: bool = False,
             accept_schema: bool = False, progress: bool = True) -> None:
-    """Open (or resume) the run and work it: here in embedded mode, on the broker otherwise."""
+    """Run through the runner (etl.runner) and print what it says: the opening line, the
+    progress bar, the summary, and the failures of a run that did not complete."""
     conf = settings()
-    distributed = not is_embedded(conf.broker_url)
-    state = state_store(conf)
-    run, created = open_run(state, pipeline, spec=spec, fresh=fresh, run_id=run_id, params=params,
-                            accept_schema=accept_schema)
-    finished = not created and run.status == "completed"
-    if created:
-        err.print(f"new run [bold]{run.run_id}[/] ({run.plan}, state {state.url})")
-        _warn_schema_change(run, pipeline)
-    elif finished:
-        err.print(f"run [bold]{run.run_id}[/] is already complete over the same source data: "
-                  "nothing to load (--fresh loads it again)")
-        if distributed and not wait:
-            out.print(run.run_id)
-            return
-    else:
-        state.set_run_status(run.run_id, "running")
-        err.print(f"resuming run [bold]{run.run_id}[/] ({run.plan}, state {state.url})")
-    checkpoints = state.list_checkpoints(run.run_id)
-    before = totals(checkpoints)
-    if finished and distributed:  # a follower that arrives after the end gets the outcome
-        outcome: RunOutcome | None = RunOutcome(True, 0.0, checkpoints)
-    else:
-        context = RunContext.build(run, pipeline, state, object_store(conf))
-        with _progress(run, enabled=progress and (wait or not distributed)) as on_progress:
-            outcome = (_on_broker(conf, context, created=created, wait=wait, on_progress=on_progress)
-                       if distributed else
-                       run_embedded(context, processes=processes, threads=threads,
-                                    on_progress=on_progress,
-                                    results=result_store(conf, required=False)))
-    if outcome is None:  # enqueued, not followed
-        out.print(run.run_id)
+    bar = _ProgressBar(enabled=progress, wait=wait)
+    with bar:
+        outcome = etl_run(pipeline, spec=spec, fresh=fresh, run_id=run_id, window=window,
+                          wait=wait, processes=processes, threads=threads,
+                          accept_schema=accept_schema, settings=conf,
+                          stores=Stores.from_settings(conf),
+                          on_start=bar.start, on_enqueued=_enqueued, progress=bar.update)
+    if outcome.enqueued or (outcome.opened == "complete" and outcome.distributed and not wait):
+        out.print(outcome.run_id)
         return
-    after = totals(outcome.checkpoints)
-    after["drifted"] = _drifted(state, run.run_id)
-    _summary(run.run_id, before, after, outcome.elapsed, outcome.completed)
+    _summary(outcome)
     if not outcome.completed:
-        for error in state.list_errors(run.run_id, limit=5):
+        for error in outcome.errors:
             err.print(f"[red]failed[/] {error.stage} shard {error.shard} batch {error.batch}: "
                       f"{error.error_type}: {error.message}")
         hint = ("see `etl errors` and `etl dlq list`; after the fix, `etl dlq retry --run "
-                f"{run.run_id}`" if distributed else "fix the cause and run the same command "
-                "again to resume (see `etl errors`)")
-        err.print(f"run {run.run_id} is not complete; {hint}")
+                f"{outcome.run_id}`" if outcome.distributed else "fix the cause and run the "
+                "same command again to resume (see `etl errors`)")
+        err.print(f"run {outcome.run_id} is not complete; {hint}")
         ctx.exit(1)
 
 
-def _on_broker(conf: Settings, context: RunContext, *, created: bool, wait: bool,
-               on_progress: Callable[[list[Checkpoint]], None]) -> RunOutcome | None:
-    """Send the run's missing work to the broker; follow it to its end when `wait`."""
-    sender = Sender(conf, results=result_store(conf, required=False))
-    try:
-        sent = sender.start(context, created=created)
-        err.print(f"enqueued {len(sent.sent)} batch step(s) on {mask_url(conf.broker_url)} "
-                  f"queue {sender.queue_of(context)}"
-                  + ("" if created else f"; {len(sent.leased)} in progress, "
-                                        f"{len(sent.waiting)} queued already"))
-        return sender.wait(context, on_progress=on_progress) if wait else None
-    finally:
-        sender.close()
+def _enqueued(sent: Enqueued) -> None:
+    err.print(f"enqueued {sent.sent} batch step(s) on {mask_url(sent.broker_url)} queue {sent.queue}"
+              + (f"; {sent.leased} in progress, {sent.waiting} queued already"
+                 if sent.leased or sent.waiting else ""))
 
 
-def _warn_schema_change(run: RunRecord, pipeline: Pipeline) -> None:
-    """Say up front when the source's columns differ from those of the run it learned its
-    schema from: every batch will be reported, and under `freeze` none will load."""
-    learned, now = run.params.get("expected_schema"), run.params.get("source_schema")
-    if not learned or not now:
-        return
-    drift = compare_kinds(now, learned)
-    if drift:
-        err.print(f"[yellow]schema changed[/] since run {run.params.get('schema_from')}: "
-                  f"{drift.describe()}; policy {pipeline.schema_drift} (--accept-schema takes "
-                  "the source as it is now)")
+class _ProgressBar:
+    """A progress bar of rows and shards on stderr, made once the run is open (its totals
+    come from the run) and fed with checkpoints; it also prints the opening line."""
+
+    def __init__(self, *, enabled: bool, wait: bool) -> None:
+        self.enabled, self.wait = enabled, wait
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=err, disable=True, transient=False)
+        self.rows_task = self.shards_task = None
+
+    def __enter__(self) -> "_ProgressBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def start(self, start: RunStart) -> None:
+        run = start.run
+        if start.opened == "new":
+            err.print(f"new run [bold]{run.run_id}[/] ({run.plan}, state {start.state_url})")
+            if start.schema_change:
+                err.print(f"[yellow]schema changed[/] {start.schema_change} (--accept-schema "
+                          "takes the source as it is now)")
+        elif start.opened == "complete":
+            err.print(f"run [bold]{run.run_id}[/] is already complete over the same source "
+                      "data: nothing to load (--fresh loads it again)")
+            return
+        else:
+            err.print(f"resuming run [bold]{run.run_id}[/] ({run.plan}, state {start.state_url})")
+        self.bar.disable = not (self.enabled and (self.wait or not start.distributed))
+        self.rows_task = self.bar.add_task("rows loaded+quarantined",
+                                           total=run.params.get("source_rows"))
+        self.shards_task = self.bar.add_task("shards done", total=run.shards)
+        self.bar.start()
+
+    def update(self, checkpoints: list[Checkpoint]) -> None:
+        if self.rows_task is None:
+            return
+        now = totals(checkpoints)
+        self.bar.update(self.rows_task, completed=now["rows_loaded"] + now["rows_quarantined"])
+        self.bar.update(self.shards_task, completed=now["shards_done"])
 
 
-def _drifted(state: StateStore, run_id: str) -> int:
-    """How many batches of the run were reported with schema drift."""
-    return sum(1 for e in state.list_errors(run_id, limit=100_000) if e.stage == "schema")
-
-
-@contextmanager
-def _progress(run: RunRecord, *, enabled: bool) -> Iterator[Callable[[list[Checkpoint]], None]]:
-    """A progress bar of rows and shards, fed with checkpoints."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, disable=not enabled,
-                  transient=False) as bar:
-        rows_task = bar.add_task("rows loaded+quarantined", total=run.params.get("source_rows"))
-        shards_task = bar.add_task("shards done", total=run.shards)
-
-        def on_progress(checkpoints: list[Checkpoint]) -> None:
-            now = totals(checkpoints)
-            bar.update(rows_task, completed=now["rows_loaded"] + now["rows_quarantined"])
-            bar.update(shards_task, completed=now["shards_done"])
-
-        yield on_progress
-
-
-def _added(now: dict[str, int], completed: bool) -> int:
-    """Rows a row-adding stage (Explode) made beyond those fetched, so that a finished run
-    still adds up: rows in + rows added = rows loaded + rows quarantined."""
-    if not completed:
-        return 0
-    return max(0, now["rows_cleaned"] + now["rows_quarantined"] - now["rows_fetched"])
-
-
-def _summary(run_id: str, before: dict[str, int], after: dict[str, int], elapsed: float,
-             completed: bool) -> None:
-    loaded_now = after["rows_loaded"] - before["rows_loaded"]
-    table = Table(title=f"run {run_id}: {'completed' if completed else 'NOT complete'}")
+def _summary(outcome: RunOutcome) -> None:
+    after = outcome.after
+    table = Table(title=f"run {outcome.run_id}: "
+                        f"{'completed' if outcome.completed else 'NOT complete'}")
     table.add_column("measure")
     table.add_column("value", justify="right")
+    rate = outcome.rows_per_second
     for label, value in (
         ("shards done", f"{after['shards_done']}/{after['shards']}"),
         ("rows in (fetched)", f"{after['rows_fetched']:,}"),
         ("rows loaded", f"{after['rows_loaded']:,}"),
         ("rows quarantined", f"{after['rows_quarantined']:,}"),
-        *([("rows added by stages", f"{added:,}")] if (added := _added(after, completed)) else []),
+        *([("rows added by stages", f"{outcome.rows_added:,}")] if outcome.rows_added else []),
         ("batches loaded", f"{after['batches_loaded']:,}"),
-        ("batches with schema drift", f"{after.get('drifted', 0):,}"),
-        ("loaded by this invocation", f"{loaded_now:,}"),
-        ("time", f"{elapsed:.2f} s"),
-        ("rows/s", f"{loaded_now / elapsed:,.0f}" if elapsed > 0 else "-"),
+        ("batches with schema drift", f"{outcome.drifted:,}"),
+        ("loaded by this invocation", f"{outcome.loaded_now:,}"),
+        ("time", f"{outcome.elapsed:.2f} s"),
+        ("rows/s", f"{rate:,.0f}" if rate is not None else "-"),
     ):
         table.add_row(label, value)
     out.print(table)

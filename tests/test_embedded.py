@@ -9,12 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import etl
+from etl.runner import RunOutcome
 from etl.runtime.actors import declare_actors
 from etl.runtime.context import ContextCache, RunContext
-from etl.runtime.embedded import run_embedded
+from etl.stores import Stores
 from etl.stores.objects import open_objects
 from etl.pipeline import Pipeline, RetryPolicy
-from etl.runtime.runs import find_pending, open_run
+from etl.runtime.runs import find_pending
 from etl.sinks.parquet import ParquetSink
 from etl.sources.files import FileSource
 from etl.stores.state import open_state
@@ -57,10 +59,16 @@ def _pipeline(tmp_path: Path, rows: int = 5000, **changes) -> Pipeline:  # type:
     return replace(base, **changes)
 
 
-def _context(tmp_path: Path, pipeline: Pipeline, **kw) -> RunContext:  # type: ignore[no-untyped-def]
-    state = open_state(f"sqlite:///{tmp_path}/state.db")
-    run, _ = open_run(state, pipeline, spec="tests:unused", **kw)
-    return RunContext.build(run, pipeline, state, open_objects(f"file://{tmp_path}/objects"))
+def _stores(tmp_path: Path) -> Stores:
+    return Stores(open_state(f"sqlite:///{tmp_path}/state.db"),
+                  open_objects(f"file://{tmp_path}/objects"))
+
+
+def _run(stores: Stores, pipeline: Pipeline, *, processes: int = 1, threads: int = 2,
+         run_id: str | None = None) -> RunOutcome:
+    """The run through the runner, as `etl run` does it, on these stores."""
+    return etl.run(pipeline, spec="tests:unused", stores=stores, processes=processes,
+                   threads=threads, run_id=run_id)
 
 
 @pytest.mark.parametrize("plan,processes", [(HashShards(["id"], 6), 1), (RangeShards("id", 4), 1),
@@ -68,31 +76,35 @@ def _context(tmp_path: Path, pipeline: Pipeline, **kw) -> RunContext:  # type: i
 def test_embedded_run_loads_every_clean_row_once(tmp_path: Path, plan, processes: int) -> None:  # type: ignore[no-untyped-def]
     # Given a 5,000-row source, a stage rejecting some rows, and small batches
     pipeline = _pipeline(tmp_path, shards=plan)
-    ctx = _context(tmp_path, pipeline)
+    stores = _stores(tmp_path)
     # When the run is worked by one process with threads, or by two forked processes
-    result = run_embedded(ctx, threads=3, processes=processes)
+    result = _run(stores, pipeline, threads=3, processes=processes)
     # Then it completes, and the sink holds exactly the kept rows, once each
     assert result.completed and result.dead_letters == 0
     sink = pipeline.sink.read_all()
     expected = [i for i in range(5000) if not (i % 2 == 1 and i % 7 == 0)]
     assert sorted(sink["id"].tolist()) == expected
     # And the counters add up: rows in = loaded + quarantined
-    cps = ctx.state.list_checkpoints(ctx.run_id)
+    cps = stores.state.list_checkpoints(result.run_id)
     assert sum(c.rows_fetched for c in cps) == 5000
     assert sum(c.rows_loaded for c in cps) == len(expected)
     assert sum(c.rows_quarantined for c in cps) == 5000 - len(expected)
     assert all(c.complete and c.status == "done" for c in cps)
-    assert ctx.state.get_run(ctx.run_id).status == "completed"  # type: ignore[union-attr]
+    assert stores.state.get_run(result.run_id).status == "completed"  # type: ignore[union-attr]
     # And quarantined rows are kept with their reason
-    quarantined = [k for k in ctx.objects.list(f"runs/{ctx.run_id}/quarantine/")]
+    quarantined = [k for k in stores.objects.list(f"runs/{result.run_id}/quarantine/")]
     assert quarantined
 
 
 def test_redelivering_every_message_of_a_finished_run_changes_nothing(tmp_path: Path) -> None:
     # Given a finished run
     pipeline = _pipeline(tmp_path)
-    ctx = _context(tmp_path, pipeline)
-    assert run_embedded(ctx, threads=2).completed
+    stores = _stores(tmp_path)
+    result = _run(stores, pipeline)
+    assert result.completed
+    run = stores.state.get_run(result.run_id)
+    assert run is not None
+    ctx = RunContext.build(run, pipeline, stores.state, stores.objects)
     before = [(c.shard, c.rows_loaded, c.batches_loaded, c.rows_quarantined)
               for c in ctx.state.list_checkpoints(ctx.run_id)]
     files_before = {p.name: p.stat().st_mtime_ns for p in Path(tmp_path / "sink").iterdir()}
@@ -123,39 +135,37 @@ def test_redelivering_every_message_of_a_finished_run_changes_nothing(tmp_path: 
 def test_poison_batch_fails_alone_and_is_logged_then_resume_finishes(tmp_path: Path) -> None:
     # Given a stage that raises on the batch holding id 1234
     pipeline = _pipeline(tmp_path, stages=[Poison(1234)])
-    ctx = _context(tmp_path, pipeline)
+    stores = _stores(tmp_path)
     # When the run is worked
-    result = run_embedded(ctx, threads=2)
+    result = _run(stores, pipeline)
     # Then that batch is dead-lettered, every other shard finishes, and the error is logged
     assert not result.completed and result.dead_letters == 1
-    errors = ctx.state.list_errors(ctx.run_id)
+    errors = stores.state.list_errors(result.run_id)
     assert len(errors) == 1
     error = errors[0]
     assert error.stage == "clean" and error.error_type == "BatchError"
     assert f"shard {error.shard} batch {error.batch}" in error.message
     assert "poisoned row 1234" in error.message and "raw/shard=" in error.message
     assert "Traceback" in error.traceback
-    cps = {c.shard: c for c in ctx.state.list_checkpoints(ctx.run_id)}
+    cps = {c.shard: c for c in stores.state.list_checkpoints(result.run_id)}
     assert cps[error.shard].status == "failed" and not cps[error.shard].complete
     assert sum(c.complete for c in cps.values()) == len(cps) - 1
-    assert ctx.state.get_run(ctx.run_id).status == "failed"  # type: ignore[union-attr]
-    pending = find_pending(ctx.state, ctx.run_id)
+    assert stores.state.get_run(result.run_id).status == "failed"  # type: ignore[union-attr]
+    pending = find_pending(stores.state, result.run_id)
     assert pending.clean == [(error.shard, error.batch)]
 
     # When the stage is fixed and the same run resumed
     fixed = replace(pipeline, stages=[])
-    ctx2 = _context(tmp_path, fixed)
-    assert ctx2.run_id == ctx.run_id
-    result = run_embedded(ctx2, threads=2)
+    resumed = _run(stores, fixed)
+    assert resumed.run_id == result.run_id and resumed.opened == "resumed"
     # Then the run completes with every row loaded once
-    assert result.completed
+    assert resumed.completed
     assert sorted(fixed.sink.read_all()["id"].tolist()) == list(range(5000))
 
 
 def test_transient_failure_is_retried_and_succeeds(tmp_path: Path) -> None:
     # Given a sink that fails the first write of each batch (a transient outage)
     pipeline = _pipeline(tmp_path, rows=900, stages=[], batch_size=300)
-    ctx = _context(tmp_path, pipeline)
     sink = pipeline.sink
     calls: dict[tuple[int, int], int] = {}
     original = sink.write_parquet
@@ -168,7 +178,7 @@ def test_transient_failure_is_retried_and_succeeds(tmp_path: Path) -> None:
 
     sink.write_parquet = flaky_write  # type: ignore[method-assign]
     # When the run is worked
-    result = run_embedded(ctx, threads=2)
+    result = _run(_stores(tmp_path), pipeline)
     # Then every batch was written on its second attempt and the run completed
     assert result.completed and result.dead_letters == 0
     assert calls and all(n == 2 for n in calls.values())
@@ -181,16 +191,16 @@ def test_embedded_run_on_the_mongo_state_store(tmp_path: Path, mongo_client, mon
 
     state = MongoStateStore("mongodb://unused/x", client=mongo_client, database=mongo_db_name)
     pipeline = _pipeline(tmp_path)
-    run, _ = open_run(state, pipeline, spec="tests:unused")
-    ctx = RunContext.build(run, pipeline, state, open_objects(f"file://{tmp_path}/objects"))
-    # When the run is worked, then every message is delivered again
-    assert run_embedded(ctx, threads=3).completed
-    assert run_embedded(ctx, threads=3).completed
+    stores = Stores(state, open_objects(f"file://{tmp_path}/objects"))
+    # When the run is worked, then worked again (the run is complete: every step is settled)
+    first = _run(stores, pipeline, threads=3)
+    assert first.completed
+    assert _run(stores, pipeline, threads=3).completed
     # Then the sink holds each kept row once and the counters add up
     expected = [i for i in range(5000) if not (i % 2 == 1 and i % 7 == 0)]
     assert sorted(pipeline.sink.read_all()["id"].tolist()) == expected
-    cps = state.list_checkpoints(ctx.run_id)
+    cps = state.list_checkpoints(first.run_id)
     assert sum(c.rows_loaded for c in cps) == len(expected)
     assert sum(c.rows_loaded + c.rows_quarantined for c in cps) == 5000
-    assert state.get_run(ctx.run_id).status == "completed"  # type: ignore[union-attr]
+    assert state.get_run(first.run_id).status == "completed"  # type: ignore[union-attr]
     mongo_client.drop_database(mongo_db_name)

@@ -254,10 +254,9 @@ def test_embedded_run_with_objects_on_s3(tmp_path: Path, s3_endpoint: str, s3_bu
     # Given a pipeline whose raw, staged and quarantine objects live on S3 (moto over HTTP)
     import pandas as pd
 
-    from etl.runtime.context import RunContext
-    from etl.runtime.embedded import run_embedded
+    import etl
     from etl.pipeline import Pipeline
-    from etl.runtime.runs import open_run
+    from etl.stores import Stores
     from etl.sinks.parquet import ParquetSink
     from etl.sources.files import FileSource
     from etl.stores.state import open_state
@@ -275,16 +274,15 @@ def test_embedded_run_with_objects_on_s3(tmp_path: Path, s3_endpoint: str, s3_bu
                         sink=ParquetSink(str(tmp_path / "sink")), key=["id"], shards=HashShards("id", 4),
                         stages=[Cast({"v": "Int64"})], batch_size=200)
     state = open_state(f"sqlite:///{tmp_path}/state.db")
-    run, _ = open_run(state, pipeline, spec="tests:unused")
     # When the run is worked
     started = time.monotonic()
-    result = run_embedded(RunContext.build(run, pipeline, state, objects), threads=2)
+    result = etl.run(pipeline, spec="tests:unused", stores=Stores(state, objects), processes=1)
     # Then it completes, every good row is loaded once, the 12 bad ones are quarantined on S3
     assert result.completed and time.monotonic() - started < 30
     assert sorted(pipeline.sink.read_all()["id"]) == [i for i in range(1200) if i % 100]
-    assert list(objects.list(f"runs/{run.run_id}/raw/"))
-    assert len(list(objects.list(f"runs/{run.run_id}/quarantine/"))) >= 1
-    assert sum(c.rows_quarantined for c in state.list_checkpoints(run.run_id)) == 12
+    assert list(objects.list(f"runs/{result.run_id}/raw/"))
+    assert len(list(objects.list(f"runs/{result.run_id}/quarantine/"))) >= 1
+    assert sum(c.rows_quarantined for c in state.list_checkpoints(result.run_id)) == 12
 
 
 # --- bugs found in review, now fixed ------------------------------------------------------

@@ -13,33 +13,40 @@ from pathlib import Path
 
 import pytest
 
-from etl.runtime.embedded import run_embedded
+from etl.stores import Stores
 from results import open_results
 from results.models import JobResult
 from tests.conftest import free_port, port_open
-from tests.test_embedded import Poison, _context, _pipeline
+from tests.test_embedded import Poison, _pipeline, _run, _stores
+
+
+def _recorded(tmp_path: Path, results) -> Stores:  # type: ignore[no-untyped-def]
+    stores = _stores(tmp_path)
+    stores.results = results
+    return stores
 
 
 def test_every_message_of_a_run_has_a_completed_record(tmp_path: Path) -> None:
     # Given a run of 5,000 rows in batches of 300 over 6 shards, recorded in SQLite
     results = open_results(f"sqlite:///{tmp_path}/results.db")
     pipeline = _pipeline(tmp_path)
-    ctx = _context(tmp_path, pipeline)
+    stores = _recorded(tmp_path, results)
     # When it runs (two worker processes)
-    assert run_embedded(ctx, threads=2, processes=2, results=results).completed
+    outcome = _run(stores, pipeline, threads=2, processes=2)
+    assert outcome.completed
     # Then every fetch, clean and load message has a completed record with its rows
-    jobs = results.list(run_id=ctx.run_id, limit=10_000)
+    jobs = results.list(run_id=outcome.run_id, limit=10_000)
     steps = [j for j in jobs if j.function.startswith("etl_")]
-    batches = len(ctx.state.list_payloads(ctx.run_id))
+    batches = len(stores.state.list_payloads(outcome.run_id))
     assert len(steps) == 3 * batches
     assert {j.status for j in steps} == {"completed"}
     loaded = sum(j.result["rows"] for j in steps if j.function == "etl_load")
-    assert loaded == sum(c.rows_loaded for c in ctx.state.list_checkpoints(ctx.run_id))
+    assert loaded == sum(c.rows_loaded for c in stores.state.list_checkpoints(outcome.run_id))
     for job in steps:
         assert [t.status for t in job.history] == ["pending", "queued", "in_progress", "completed"]
         assert job.duration is not None and job.worker_id and job.stage == job.function[4:]
     # And the run itself has a record, completed, with its totals and full progress
-    run = results.get(ctx.run_id)
+    run = results.get(outcome.run_id)
     assert run is not None and run.function == "etl.run" and run.status == "completed"
     assert run.progress == 1.0 and run.result["rows_loaded"] == loaded
 
@@ -58,22 +65,22 @@ def test_poison_batch_leaves_a_failed_record_and_retries_are_recorded(tmp_path: 
         return original(data, run_id=run_id, shard=shard, batch=batch)
 
     pipeline.sink.write_parquet = flaky  # type: ignore[method-assign]
-    ctx = _context(tmp_path, pipeline)
     # When the run is worked
-    assert not run_embedded(ctx, threads=2, results=results).completed
+    outcome = _run(_recorded(tmp_path, results), pipeline)
+    assert not outcome.completed
     # Then the poison batch's clean is failed with its error type and message
-    failed = results.list(run_id=ctx.run_id, status="failed", limit=100)
+    failed = results.list(run_id=outcome.run_id, status="failed", limit=100)
     cleans = [j for j in failed if j.function == "etl_clean"]
     assert len(cleans) == 1
     assert cleans[0].error_type == "BatchError" and "poisoned row 1234" in cleans[0].error
     # And each load went through retrying -> queued -> in_progress -> completed
-    loads = [j for j in results.list(run_id=ctx.run_id, limit=10_000) if j.function == "etl_load"]
+    loads = [j for j in results.list(run_id=outcome.run_id, limit=10_000) if j.function == "etl_load"]
     assert loads and all(j.status == "completed" for j in loads)
     assert [t.status for t in loads[0].history] == [
         "pending", "queued", "in_progress", "retrying", "queued", "in_progress", "completed"]
     assert loads[0].error_type == "ConnectionError" and loads[0].retry_count == 1
     # And the run's own record says it failed
-    assert results.get(ctx.run_id).status == "failed"  # type: ignore[union-attr]
+    assert results.get(outcome.run_id).status == "failed"  # type: ignore[union-attr]
 
 
 @pytest.fixture
@@ -103,10 +110,10 @@ def test_a_redis_outage_during_a_run_does_not_stop_it(tmp_path: Path, own_redis,
     assert results.get("probe") is not None
     pipeline = _pipeline(tmp_path, rows=20_000)
     pipeline = replace(pipeline, batch_size=200)
-    ctx = _context(tmp_path, pipeline)
+    stores, run_id = _recorded(tmp_path, results), "redis-outage"
 
     def kill_when_started() -> None:
-        while not ctx.state.list_payloads(ctx.run_id):
+        while not stores.state.list_payloads(run_id):
             time.sleep(0.01)
         process.send_signal(signal.SIGKILL)
 
@@ -114,7 +121,7 @@ def test_a_redis_outage_during_a_run_does_not_stop_it(tmp_path: Path, own_redis,
     killer.start()
     # When the run is worked
     with caplog.at_level(logging.WARNING, logger="results"):
-        result = run_embedded(ctx, threads=2, results=results)
+        result = _run(stores, pipeline, run_id=run_id)
     killer.join()
     # Then it completes with every row loaded once, and the outage was logged, not raised
     assert process.wait(5) == -signal.SIGKILL

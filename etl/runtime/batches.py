@@ -26,7 +26,8 @@ from etl.core.parquet import from_parquet_bytes, stringify_mixed, to_parquet_byt
 from etl.sinks.base import ParquetWriter
 from etl.sources.base import SOURCE_ERROR_COLUMN
 from etl.drift import apply_policy, compare
-from etl.stores.state import ErrorRecord, Fence, RawPayload, task_fingerprint
+from etl.core.names import task_fingerprint
+from etl.stores.state import ErrorRecord, Fence, RawPayload
 from stages import run_stages
 from stages.base import REASON_COLUMN, STAGE_COLUMN
 

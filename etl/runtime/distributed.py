@@ -13,12 +13,13 @@ import logging
 import time
 
 from etl.runtime.actors import EtlActors, declare_actors
-from etl.brokers.open import open_broker
+from etl.brokers import open_broker, queues_of
 from etl.core.config import Settings
 from etl.runtime.context import ContextCache, RunContext
-from etl.brokers.queues import Queues, of_run, queues_of
+from etl.brokers.base import Queues, of_run
+from etl.core.statuses import ShardStatus
 from etl.runtime.reconcile import Reconciled, reconcile
-from etl.runtime.runs import ProgressCallback, RunOutcome, finalize_if_complete
+from etl.runtime.runs import ProgressCallback, WorkOutcome, finalize_if_complete
 from results.middleware import ResultRecorder
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class Sender:
 
     def wait(self, ctx: RunContext, *, poll: float = 0.25, quiet_polls: int = 3,
              on_progress: ProgressCallback | None = None,
-             timeout: float | None = None) -> RunOutcome:
+             timeout: float | None = None) -> WorkOutcome:
         """Follow the run until it completes or only failures are left."""
         started = time.monotonic()
         quiet, resent, polls = 0, 0, 0
@@ -67,9 +68,9 @@ class Sender:
                 on_progress(checkpoints)
             if all(c.complete for c in checkpoints):
                 finalize_if_complete(ctx)
-                return RunOutcome(True, time.monotonic() - started, checkpoints, resent=resent)
+                return WorkOutcome(True, time.monotonic() - started, checkpoints, resent=resent)
             if timeout is not None and time.monotonic() - started > timeout:
-                return RunOutcome(False, time.monotonic() - started, checkpoints, resent=resent)
+                return WorkOutcome(False, time.monotonic() - started, checkpoints, resent=resent)
             polls += 1
             if polls % 4:  # look at the queue and the leases once a second
                 time.sleep(poll)
@@ -78,8 +79,8 @@ class Sender:
             quiet = quiet + 1 if look.queue_idle and not look.leased else 0
             if quiet >= quiet_polls:
                 dead = self.dead_letters_of(ctx)
-                if dead or any(c.status == "failed" and not c.complete for c in checkpoints):
-                    return RunOutcome(False, time.monotonic() - started, checkpoints,
+                if dead or any(c.status == ShardStatus.FAILED and not c.complete for c in checkpoints):
+                    return WorkOutcome(False, time.monotonic() - started, checkpoints,
                                       dead_letters=dead, resent=resent)
                 again = reconcile(ctx, self.actors, queues=self.queues,
                                   queue=self.queue_of(ctx), force=True)

@@ -22,12 +22,13 @@ import threading
 import time
 
 import dramatiq
-from dramatiq.brokers.stub import StubBroker
 
+from etl.brokers import open_broker
 from etl.runtime.actors import QUEUE, declare_actors
 from etl.runtime.context import ContextCache, RunContext
-from etl.runtime.runs import Pending, ProgressCallback, RunOutcome, find_pending, finalize_if_complete
+from etl.runtime.runs import Pending, ProgressCallback, WorkOutcome, find_pending, finalize_if_complete
 from etl.runtime.run_record import RunTracker
+from etl.core.statuses import RunStatus
 from results.base import ResultStore
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def _only(pending: Pending, shards: set[int]) -> Pending:
 def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
           on_progress: ProgressCallback | None, results: ResultStore | None) -> int:
     """Run `pending` on an in-memory broker until its queue drains; dead letters left."""
-    broker = StubBroker()
+    broker = open_broker("stub://")
     broker.emit_after("process_boot")
     contexts = ContextCache()
     contexts.register(ctx)
@@ -123,7 +124,7 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
 
 def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int = 1, poll: float = 0.2,
                  on_progress: ProgressCallback | None = None,
-                 results: ResultStore | None = None) -> RunOutcome:
+                 results: ResultStore | None = None) -> WorkOutcome:
     """Work the run's pending batches to the end (or until only failures remain); with a
     result store, record every message and the run itself there."""
     started = time.perf_counter()
@@ -145,8 +146,8 @@ def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int = 1, poll:
         on_progress(checkpoints)
     completed = finalize_if_complete(ctx)
     if not completed:
-        ctx.state.set_run_status(ctx.run_id, "failed")
+        ctx.state.set_run_status(ctx.run_id, RunStatus.FAILED)
     if tracker:
         tracker.finish(completed, checkpoints)
-    return RunOutcome(completed=completed, dead_letters=dead,
+    return WorkOutcome(completed=completed, dead_letters=dead,
                           elapsed=time.perf_counter() - started, checkpoints=checkpoints)

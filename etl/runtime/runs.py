@@ -18,7 +18,9 @@ from etl.drift import source_schema
 from etl.core.errors import ConfigError
 from etl.pipeline import Pipeline
 from etl.sources.base import PlanChecked
-from etl.stores.state import Checkpoint, RunRecord, StateStore, task_fingerprint
+from etl.core.names import task_fingerprint
+from etl.core.statuses import RunStatus, ShardStatus
+from etl.stores.state import Checkpoint, RunRecord, StateStore
 
 if TYPE_CHECKING:
     from etl.runtime.context import RunContext
@@ -58,7 +60,7 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
         recorded = run.params.get("source_fingerprint")
         if recorded in (None, pipeline.source.fingerprint()):
             return run, False
-        if run.status != "completed" or run_id:
+        if run.status != RunStatus.COMPLETED or run_id:
             raise ConfigError(f"the source changed since run {run.run_id} started "
                               f"({pipeline.source.describe()}); start a new run with --fresh")
         log.info("source changed since completed run %s: starting a new run", run.run_id)
@@ -93,7 +95,7 @@ def _schemas(state: StateStore, pipeline: Pipeline, *, accept: bool) -> dict[str
     if pipeline.expected_schema or accept:
         return found
     for earlier in state.list_runs(pipeline=pipeline.name, limit=50):
-        if earlier.status == "completed" and earlier.params.get("source_schema"):
+        if earlier.status == RunStatus.COMPLETED and earlier.params.get("source_schema"):
             found["expected_schema"] = earlier.params["source_schema"]
             found["schema_from"] = earlier.run_id
             break
@@ -108,9 +110,22 @@ def _plan_columns(pipeline: Pipeline) -> list[str]:
 
 ProgressCallback = Callable[[list[Checkpoint]], None]
 
+#: The per-shard counters a run's totals add up.
+COUNTERS = ("rows_fetched", "rows_cleaned", "rows_quarantined", "rows_loaded",
+            "batches_fetched", "batches_cleaned", "batches_loaded")
+
+
+def totals(checkpoints: list[Checkpoint]) -> dict[str, int]:
+    """Sums over shards of every counter, plus shards done and failed."""
+    result = {key: sum(getattr(c, key) for c in checkpoints) for key in COUNTERS}
+    result["shards"] = len(checkpoints)
+    result["shards_done"] = sum(c.complete for c in checkpoints)
+    result["shards_failed"] = sum(c.status == ShardStatus.FAILED and not c.complete for c in checkpoints)
+    return result
+
 
 @dataclass
-class RunOutcome:
+class WorkOutcome:
     """How working a run ended, here (embedded) or on a broker (distributed)."""
 
     completed: bool
@@ -169,7 +184,7 @@ def finalize_if_complete(ctx: "RunContext", *, shard: int | None = None) -> bool
         return False
     ctx.pipeline.sink.finish_run(ctx.run_id)
     run = state.get_run(ctx.run_id)
-    if run is not None and run.status != "completed":
-        state.set_run_status(ctx.run_id, "completed")
+    if run is not None and run.status != RunStatus.COMPLETED:
+        state.set_run_status(ctx.run_id, RunStatus.COMPLETED)
         log.info("run %s completed", ctx.run_id)
     return True

@@ -1,14 +1,12 @@
-"""Backfill windows: the rows of a source with start <= column < end, and the run id of one.
+"""Backfill windows: the rows of a source with start <= column < end.
 
-A backfill run is named by its pipeline, shard plan and window, so the same window triggered
-twice (cron firing again, a retry by hand, two schedulers) lands on the same run: it resumes
-an unfinished one, and a finished one loads nothing again.
+A backfill run is named by its pipeline, shard plan and window (etl.core.names.backfill_run_id),
+so the same window triggered twice (cron firing again, a retry by hand, two schedulers) lands
+on the same run: it resumes an unfinished one, and a finished one loads nothing again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
@@ -82,11 +80,3 @@ class Window:
         low, high = self._bound(self.start, values.type), self._bound(self.end, values.type)
         keep = pc.and_(pc.greater_equal(values, low), pc.less(values, high))
         return table.filter(pc.fill_null(keep, False))
-
-
-def backfill_run_id(pipeline: str, plan: str, window: Window) -> str:
-    """Stable, readable, unique per (pipeline, plan, window)."""
-    digest = hashlib.sha256("\x1f".join([pipeline, plan, *window.to_dict().values()]).encode())
-    def compact(text: str) -> str:
-        return re.sub(r"[^0-9A-Za-z]+", "", text)[:15]
-    return f"{pipeline}-{compact(window.start)}-{compact(window.end)}-{digest.hexdigest()[:8]}"

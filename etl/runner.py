@@ -1,0 +1,303 @@
+"""The runner: run a pipeline from Python, the one place a run's lifecycle lives.
+
+`etl.run(pipeline)` opens the run (or resumes the unfinished one, or finds it complete),
+notes a schema change, works it here (embedded broker) or sends it to RabbitMQ/Redis
+(distributed), finalizes it once and returns the summary numbers. `etl run`, `etl
+backfill`, the benches, the tests and notebooks all call it; the CLI only adds options and
+printing. Example, in a notebook:
+
+    import etl
+    outcome = etl.run("etl.demo:pipeline", shards=8)
+    outcome.completed, outcome.rows_loaded, outcome.rows_per_second
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+
+from etl.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from etl.core.config import Settings
+    from etl.pipeline import Pipeline
+    from etl.runtime.replay import ReplayResult
+    from etl.runtime.runs import ProgressCallback, WorkOutcome
+    from etl.stores import Stores
+    from etl.stores.state import ErrorRecord, RunRecord
+
+#: How a run was found when it was opened.
+Opened = Literal["new", "resumed", "complete"]
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What the runner knows once the run is open, before any work: for a progress bar
+    and the "new run / resuming" line."""
+
+    run: "RunRecord"
+    opened: Opened
+    distributed: bool
+    state_url: str
+    #: The source's columns differ from those the run expects (None: no change known).
+    schema_change: str | None = None
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What a distributed start sent: batch steps sent now, and those already in flight."""
+
+    sent: int
+    leased: int
+    waiting: int
+    broker_url: str
+    queue: str
+
+
+@dataclass
+class RunOutcome:
+    """How a call of `etl.run` ended, with the run's summary numbers."""
+
+    run_id: str
+    opened: Opened
+    distributed: bool
+    completed: bool
+    #: Distributed without `wait`: the work is on the broker and nobody here follows it.
+    enqueued: bool = False
+    elapsed: float = 0.0
+    before: dict[str, int] = field(default_factory=dict)  # totals when this call began
+    after: dict[str, int] = field(default_factory=dict)  # totals when it ended
+    drifted: int = 0  # batches reported with schema drift
+    dead_letters: int = 0
+    resent: int = 0  # lost steps the distributed follower sent again
+    #: The latest failures (at most 5) of a run that did not complete.
+    errors: list["ErrorRecord"] = field(default_factory=list)
+
+    @property
+    def rows_loaded(self) -> int:
+        return self.after.get("rows_loaded", 0)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return self.after.get("rows_quarantined", 0)
+
+    @property
+    def loaded_now(self) -> int:
+        """Rows this call loaded (a resume counts only what it added)."""
+        return self.rows_loaded - self.before.get("rows_loaded", 0)
+
+    @property
+    def rows_added(self) -> int:
+        """Rows a row-adding stage (Explode) made beyond those fetched, so that a finished
+        run adds up: rows in + rows added = rows loaded + rows quarantined."""
+        if not self.completed or not self.after:
+            return 0
+        return max(0, self.after["rows_cleaned"] + self.after["rows_quarantined"]
+                   - self.after["rows_fetched"])
+
+    @property
+    def rows_per_second(self) -> float | None:
+        return self.loaded_now / self.elapsed if self.elapsed > 0 else None
+
+
+def default_processes() -> int:
+    """Local worker processes in embedded mode unless told: the cores, at most 4 (more
+    processes than that contend for the state store more than they add)."""
+    return min(os.cpu_count() or 1, 4)
+
+
+def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | None = None,
+        run_id: str | None = None, fresh: bool = False,
+        window: "tuple[str, str] | Mapping[str, str] | None" = None,
+        batch_size: int | None = None, wait: bool = True,
+        progress: "ProgressCallback | None" = None, processes: int | None = None,
+        threads: int = 2, accept_schema: bool = False, settings: "Settings | None" = None,
+        stores: "Stores | None" = None,
+        on_start: Callable[[RunStart], None] | None = None,
+        on_enqueued: Callable[[Enqueued], None] | None = None) -> RunOutcome:
+    """Run `pipeline` (a Pipeline, or a `module:attribute` spec) to its end.
+
+    Resumes the newest unfinished run of the same pipeline and shard plan unless `fresh`
+    or `run_id`; a run complete over the same source data loads nothing. `window`
+    (start, end) loads only start <= window_column < end, as a backfill run whose id
+    derives from the window. With the embedded broker (the default) the work runs here in
+    `processes` local processes; with RabbitMQ or Redis it is sent to `etl worker`s and,
+    when `wait`, followed to its end. `progress` gets the checkpoints about 5 times a
+    second; `on_start` and `on_enqueued` say what was opened and sent.
+
+    `spec` names the pipeline for workers (`module:attribute`); it is required for a
+    distributed run of a Pipeline object. `settings` default to those of the current
+    directory (environment, etl.toml, setup.cfg); `stores` to those the settings name.
+    """
+    from etl.core.config import load_settings
+    from etl.pipeline import load_pipeline
+    from etl.brokers import is_embedded
+    from etl.stores import Stores
+
+    conf = settings or load_settings()
+    if isinstance(pipeline, str):
+        spec = spec or pipeline
+        pipeline = load_pipeline(pipeline)
+    if fresh and run_id:
+        raise ConfigError("fresh and run_id exclude each other")
+    distributed = not is_embedded(conf.broker_url)
+    if spec is None:
+        if distributed:
+            raise ConfigError(f"pipeline {pipeline.name}: a distributed run needs its "
+                              "importable spec (module:attribute) so workers can load it")
+        spec = f"(python):{pipeline.name}"
+    pipeline = pipeline.with_shards(shards)
+    if batch_size is not None:
+        pipeline = dataclasses.replace(pipeline, batch_size=batch_size)
+    params: dict[str, Any] | None = None
+    if window is not None:
+        pipeline, run_id, params = _windowed(pipeline, window, run_id=run_id)
+    stores = stores or Stores.from_settings(conf)
+    return _Run(pipeline, spec=spec, settings=conf, stores=stores, distributed=distributed).go(
+        fresh=fresh, run_id=run_id, params=params, accept_schema=accept_schema, wait=wait,
+        progress=progress, processes=processes or default_processes(), threads=threads,
+        on_start=on_start, on_enqueued=on_enqueued)
+
+
+def _windowed(pipeline: "Pipeline", window: "tuple[str, str] | Mapping[str, str]", *,
+              run_id: str | None) -> "tuple[Pipeline, str, dict[str, Any]]":
+    """The backfill pipeline of a window, its run id (from pipeline, plan and window, so
+    triggering it again resumes it) and the params its run keeps."""
+    from etl.core.names import backfill_run_id
+
+    if isinstance(window, Mapping):
+        try:
+            start, end = window["start"], window["end"]
+        except KeyError as exc:
+            raise ConfigError(f"window needs start and end, missing {exc.args[0]!r}") from None
+    else:
+        try:
+            start, end = window
+        except (TypeError, ValueError):
+            raise ConfigError(f"window must be (start, end), got {window!r}") from None
+    windowed = pipeline.for_window(str(start), str(end))
+    bounds = windowed.source.window
+    return (windowed, run_id or backfill_run_id(pipeline.name, pipeline.shards.describe(), bounds),
+            {"window": bounds.to_dict()})
+
+
+class _Run:
+    """One call of the runner: open, announce, work, finalize, sum up."""
+
+    def __init__(self, pipeline: "Pipeline", *, spec: str, settings: "Settings",
+                 stores: "Stores", distributed: bool) -> None:
+        self.pipeline, self.spec, self.settings = pipeline, spec, settings
+        self.stores, self.distributed = stores, distributed
+
+    def go(self, *, fresh: bool, run_id: str | None, params: dict[str, Any] | None,
+           accept_schema: bool, wait: bool, progress: "ProgressCallback | None",
+           processes: int, threads: int, on_start: Callable[[RunStart], None] | None,
+           on_enqueued: Callable[[Enqueued], None] | None) -> RunOutcome:
+        from etl.core.statuses import RunStatus
+        from etl.runtime.runs import open_run, totals
+
+        state = self.stores.state
+        run, created = open_run(state, self.pipeline, spec=self.spec, fresh=fresh,
+                                run_id=run_id, params=params, accept_schema=accept_schema)
+        opened: Opened = ("new" if created else
+                          "complete" if run.status == RunStatus.COMPLETED else "resumed")
+        if opened == "resumed":
+            state.set_run_status(run.run_id, RunStatus.RUNNING)
+        if on_start:
+            on_start(RunStart(run, opened, self.distributed, state.url,
+                              _schema_change(run, self.pipeline) if created else None))
+        checkpoints = state.list_checkpoints(run.run_id)
+        outcome = RunOutcome(run.run_id, opened, self.distributed, completed=False,
+                             before=totals(checkpoints))
+        if opened == "complete" and self.distributed:  # a follower arriving after the end
+            outcome.completed, outcome.after = True, outcome.before
+            return outcome
+        work = self._work(run, created=created, wait=wait, progress=progress,
+                          processes=processes, threads=threads, on_enqueued=on_enqueued)
+        if work is None:  # sent, not followed
+            outcome.enqueued = True
+            return outcome
+        outcome.completed, outcome.elapsed = work.completed, work.elapsed
+        outcome.dead_letters, outcome.resent = work.dead_letters, work.resent
+        outcome.after = totals(work.checkpoints)
+        outcome.drifted = sum(1 for e in state.list_errors(run.run_id, limit=100_000)
+                              if e.stage == "schema")
+        if not work.completed:
+            outcome.errors = state.list_errors(run.run_id, limit=5)
+        return outcome
+
+    def _work(self, run: "RunRecord", *, created: bool, wait: bool,
+              progress: "ProgressCallback | None", processes: int, threads: int,
+              on_enqueued: Callable[[Enqueued], None] | None) -> "WorkOutcome | None":
+        from etl.runtime.context import RunContext
+
+        context = RunContext.build(run, self.pipeline, self.stores.state, self.stores.objects)
+        if not self.distributed:
+            from etl.runtime.embedded import run_embedded
+
+            return run_embedded(context, processes=processes, threads=threads,
+                                on_progress=progress, results=self.stores.results)
+        from etl.runtime.distributed import Sender
+
+        sender = Sender(self.settings, results=self.stores.results)
+        try:
+            sent = sender.start(context, created=created)
+            if on_enqueued:
+                on_enqueued(Enqueued(len(sent.sent), len(sent.leased), len(sent.waiting),
+                                     self.settings.broker_url, sender.queue_of(context)))
+            return sender.wait(context, on_progress=progress) if wait else None
+        finally:
+            sender.close()
+
+
+def replay(run_id: str, *, pipeline: str | None = None, stages: "Sequence[str] | None" = None,
+           settings: "Settings | None" = None, stores: "Stores | None" = None,
+           on_batch: Callable[[int, int], None] | None = None,
+           on_start: Callable[["RunRecord"], None] | None = None) -> "ReplayResult":
+    """Clean run `run_id`'s quarantined rows again with the (fixed) pipeline and load what
+    passes, exactly once, as a replay run of its own (see etl.runtime.replay).
+
+    `pipeline` is a `module:attribute` spec (default: the one the run used); `stages` limits
+    the replay to rows those stages rejected. The replay appends to what the run loaded.
+    """
+    from etl.core.config import load_settings
+    from etl.pipeline import load_pipeline
+    from etl.runtime.context import RunContext
+    from etl.runtime.replay import open_replay, replay as replay_rows
+    from etl.stores import Stores
+
+    stores = stores or Stores.from_settings(settings or load_settings(), results=False)
+    state = stores.state
+    original = state.get_run(run_id)
+    if original is None:
+        raise ConfigError(f"run {run_id!r} not found in {state.url}")
+    spec = pipeline or original.params["pipeline_spec"]
+    fixed = load_pipeline(spec).appending()
+    if fixed.name != original.pipeline:
+        raise ConfigError(f"pipeline {spec} is {fixed.name!r}, the run is {original.pipeline!r}")
+    run = open_replay(state, original, spec=spec, stages=stages or None)
+    if on_start:
+        on_start(run)
+    context = RunContext.build(run, fixed, state, stores.objects)
+    return replay_rows(context, original, on_batch=on_batch)
+
+
+def _schema_change(run: "RunRecord", pipeline: "Pipeline") -> str | None:
+    """The difference between the source's columns now and those of the run the new run
+    learned its schema from, with the policy that applies; None when they agree."""
+    from etl.drift import compare_kinds
+
+    learned, now = run.params.get("expected_schema"), run.params.get("source_schema")
+    if not learned or not now:
+        return None
+    drift = compare_kinds(now, learned)
+    if not drift:
+        return None
+    return (f"since run {run.params.get('schema_from')}: {drift.describe()}; policy "
+            f"{pipeline.schema_drift}")
+
+
+__all__ = ["Enqueued", "RunOutcome", "RunStart", "default_processes", "replay", "run"]
