@@ -7,17 +7,46 @@ broker or store that does not answer is one line and exit status 3.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
-from cli import inspect, metrics, quarantine, queues, results, run, worker
+from cli.commands import COMMANDS
 from etl.core.errors import USER_ERRORS
 from etl.core.logs import setup_logging
 from etl.core.urls import mask_url
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """The `etl` group: a subcommand's module is imported when that command runs, so
+    `etl --help` and a command that needs no broker do not import pandas, pyarrow, rich or a
+    broker client. The help list shows each command's first docstring line, kept beside its
+    import path in cli.commands (a test holds the two together)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        import importlib
+
+        module, _, attribute = entry.target.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from click.utils import make_default_short_help
+
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [(name, make_default_short_help(COMMANDS[name].summary, limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.version_option(package_name="dramatiq-etl")
 def cli(verbose: int) -> None:
@@ -25,24 +54,13 @@ def cli(verbose: int) -> None:
     setup_logging(verbose=verbose)
 
 
-cli.add_command(run.run_command)
-cli.add_command(run.describe_command)
-cli.add_command(run.backfill_command)
-cli.add_command(inspect.status_command)
-cli.add_command(inspect.checkpoints_command)
-cli.add_command(inspect.errors_command)
-cli.add_command(inspect.config_command)
-cli.add_command(results.results_group)
-cli.add_command(worker.worker_command)
-cli.add_command(worker.reconcile_command)
-cli.add_command(queues.queues_command)
-cli.add_command(queues.dlq_group)
-cli.add_command(metrics.metrics_command)
-cli.add_command(quarantine.quarantine_group)
-
-
 def main() -> None:
-    """Console-script entry point: turn toolkit errors into one clear line."""
+    """Console-script entry point: turn toolkit errors into one clear line.
+
+    The current directory goes first on sys.path, as `python -m` puts it there, so
+    `etl run -p mypkg.pipelines:x` finds the project's own modules without PYTHONPATH."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
@@ -54,7 +72,7 @@ def main() -> None:
     except USER_ERRORS as exc:
         click.echo(f"error: {mask_url(str(exc))}", err=True)
         sys.exit(2)
-    except SERVICE_ERRORS as exc:  # a broker or store that does not answer: not a bug
+    except service_errors() as exc:  # a broker or store that does not answer: not a bug
         detail = str(exc) or (repr(exc.args[0]) if exc.args else "") or "no detail"
         click.echo(f"error: a service did not answer ({type(exc).__name__}: "
                    f"{mask_url(detail)}); check it and run the command again", err=True)
@@ -62,17 +80,15 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _service_errors() -> tuple[type[BaseException], ...]:
+def service_errors() -> tuple[type[BaseException], ...]:
+    """Outages of the services the CLI talks to; they end a command with exit status 3.
+    Looked up only when a command fails, so the clients are not imported before."""
     from dramatiq.errors import BrokerError
     from pymongo.errors import ConnectionFailure
 
     from etl.brokers import outage_errors
 
     return (BrokerError, *outage_errors(), ConnectionFailure, ConnectionRefusedError)
-
-
-#: Outages of the services the CLI talks to; they end a command with exit status 3.
-SERVICE_ERRORS = _service_errors()
 
 
 if __name__ == "__main__":
