@@ -516,7 +516,7 @@ def test_mongo_url_names_the_database_and_hides_the_password(mongo_client: Any, 
         # Then the database comes from the URL and the password shows nowhere
         assert state.db.name == mongo_db_name
         assert "s3cret" not in state.url and "etl:***@db.example" in state.url
-        # And the collections have PRODUCT.md's names and indexes
+        # And the collections have the product's documented names and indexes
         def keys(name: str, *, unique: bool = False) -> list[tuple[str, ...]]:
             indexes = state.db[name].index_information().values()
             return sorted(tuple(k for k, _ in i["key"]) for i in indexes if i.get("unique") or not unique)
@@ -556,7 +556,7 @@ def test_sqlite_schema_tables_indexes_and_wal(tmp_path: Path) -> None:
                 found.append(tuple(r[2] for r in conn.execute(f"PRAGMA index_info({name})")))
         return found
 
-    # Then the tables have PRODUCT.md's names and unique indexes, and the journal is WAL
+    # Then the tables have the product's documented names and unique indexes, and the journal is WAL
     assert {"EtlRun", "TaskCheckpoint", "TaskDedup", "PendingTasks", "TaskErrorLog", "RawPayload"} <= tables
     assert unique_indexes("TaskCheckpoint") == [("run_id", "shard")]
     assert unique_indexes("TaskDedup") == [("task_fingerprint",)]
