@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from etl.sources.windows import Window
+
+class _Window(Protocol):
+    """What a backfill run id is made of (etl.sources.windows.Window)."""
+
+    start: str
+    end: str
+
+    def to_dict(self) -> dict[str, str]: ...
 
 
 # Object keys: where a batch's objects live in the object store.
@@ -108,7 +114,7 @@ def replay_run_id(original: str, generation: int) -> str:
     return f"{original}-replay{generation}"
 
 
-def backfill_run_id(pipeline: str, plan: str, window: Window) -> str:
+def backfill_run_id(pipeline: str, plan: str, window: _Window) -> str:
     """Stable, readable, unique per (pipeline, plan, window)."""
     digest = hashlib.sha256("\x1f".join([pipeline, plan, *window.to_dict().values()]).encode())
     def compact(text: str) -> str:
