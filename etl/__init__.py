@@ -9,8 +9,9 @@ until one of them is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from etl.core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from etl.pipeline import Pipeline, RetryPolicy
@@ -36,15 +37,4 @@ _EXPORTS = {
 __all__ = ["FileSource", "MongoSink", "ParquetSink", "Pipeline", "RetryPolicy", "RunOutcome",
            "SqlSource", "replay", "run"]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # looked up once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
