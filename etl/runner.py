@@ -24,7 +24,9 @@ from etl.core.errors import ConfigError
 if TYPE_CHECKING:
     from etl.core.config import Settings
     from etl.pipeline import Pipeline
+    from etl.runtime.context import RunContext
     from etl.runtime.replay import ReplayResult
+    from etl.runtime.run_record import RunTracker
     from etl.runtime.runs import ProgressCallback, WorkOutcome
     from etl.stores import Stores
     from etl.stores.state import ErrorRecord, RunRecord
@@ -197,7 +199,8 @@ class _Run:
            processes: int, threads: int, on_start: Callable[[RunStart], None] | None,
            on_enqueued: Callable[[Enqueued], None] | None) -> RunOutcome:
         from etl.core.statuses import RunStatus
-        from etl.runtime.runs import open_run, totals
+        from etl.runtime.context import RunContext
+        from etl.runtime.runs import finalize_if_complete, open_run, totals
 
         state = self.stores.state
         run, created = open_run(state, self.pipeline, spec=self.spec, fresh=fresh,
@@ -215,12 +218,23 @@ class _Run:
         if opened == "complete" and self.distributed:  # a follower arriving after the end
             outcome.completed, outcome.after = True, outcome.before
             return outcome
-        work = self._work(run, created=created, wait=wait, progress=progress,
+        context = RunContext.build(run, self.pipeline, state, self.stores.objects)
+        tracker = self._tracker(context)
+        if tracker:
+            progress = tracker.wrap(progress)
+        work = self._work(context, created=created, wait=wait, progress=progress,
                           processes=processes, threads=threads, on_enqueued=on_enqueued)
         if work is None:  # sent, not followed
             outcome.enqueued = True
             return outcome
-        outcome.completed, outcome.elapsed = work.completed, work.elapsed
+        # Finalize once, here: the sink finishes the run and the run is marked completed
+        # (the load that finished the last shard may have done it already; it is idempotent).
+        completed = work.completed and finalize_if_complete(context)
+        if not completed and not self.distributed:
+            state.set_run_status(run.run_id, RunStatus.FAILED)  # resumable: run it again
+        if tracker:
+            tracker.finish(completed, work.checkpoints)
+        outcome.completed, outcome.elapsed = completed, work.elapsed
         outcome.dead_letters, outcome.resent = work.dead_letters, work.resent
         outcome.after = totals(work.checkpoints)
         outcome.drifted = sum(1 for e in state.list_errors(run.run_id, limit=100_000)
@@ -229,12 +243,18 @@ class _Run:
             outcome.errors = state.list_errors(run.run_id, limit=5)
         return outcome
 
-    def _work(self, run: "RunRecord", *, created: bool, wait: bool,
+    def _tracker(self, context: "RunContext") -> "RunTracker | None":
+        """The run's own record in the result store (embedded mode: this process works the
+        run from start to end; distributed runs are recorded message by message)."""
+        if self.distributed or self.stores.results is None:
+            return None
+        from etl.runtime.run_record import RunTracker
+
+        return RunTracker(self.stores.results, context)
+
+    def _work(self, context: "RunContext", *, created: bool, wait: bool,
               progress: "ProgressCallback | None", processes: int, threads: int,
               on_enqueued: Callable[[Enqueued], None] | None) -> "WorkOutcome | None":
-        from etl.runtime.context import RunContext
-
-        context = RunContext.build(run, self.pipeline, self.stores.state, self.stores.objects)
         if not self.distributed:
             from etl.runtime.embedded import run_embedded
 

@@ -19,7 +19,7 @@ from etl.runtime.context import ContextCache, RunContext
 from etl.brokers.base import Queues, of_run
 from etl.core.statuses import ShardStatus
 from etl.runtime.reconcile import Reconciled, reconcile
-from etl.runtime.runs import ProgressCallback, WorkOutcome, finalize_if_complete
+from etl.runtime.runs import ProgressCallback, WorkOutcome
 from results.middleware import ResultRecorder
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,6 @@ class Sender:
             if on_progress:
                 on_progress(checkpoints)
             if all(c.complete for c in checkpoints):
-                finalize_if_complete(ctx)
                 return WorkOutcome(True, time.monotonic() - started, checkpoints, resent=resent)
             if timeout is not None and time.monotonic() - started > timeout:
                 return WorkOutcome(False, time.monotonic() - started, checkpoints, resent=resent)

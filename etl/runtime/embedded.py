@@ -26,9 +26,7 @@ import dramatiq
 from etl.brokers import open_broker
 from etl.runtime.actors import QUEUE, declare_actors
 from etl.runtime.context import ContextCache, RunContext
-from etl.runtime.runs import Pending, ProgressCallback, WorkOutcome, find_pending, finalize_if_complete
-from etl.runtime.run_record import RunTracker
-from etl.core.statuses import RunStatus
+from etl.runtime.runs import Pending, ProgressCallback, WorkOutcome, find_pending
 from results.base import ResultStore
 
 log = logging.getLogger(__name__)
@@ -126,11 +124,8 @@ def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int = 1, poll:
                  on_progress: ProgressCallback | None = None,
                  results: ResultStore | None = None) -> WorkOutcome:
     """Work the run's pending batches to the end (or until only failures remain); with a
-    result store, record every message and the run itself there."""
+    result store, record every message there. Completing the run is the runner's."""
     started = time.perf_counter()
-    tracker = RunTracker(results, ctx) if results is not None else None
-    if tracker:
-        on_progress = tracker.wrap(on_progress)
     pending = find_pending(ctx.state, ctx.run_id)
     log.info("run %s: %d fetch, %d clean, %d load pipelines to start", ctx.run_id,
              len(pending.fetch), len(pending.clean), len(pending.load))
@@ -144,10 +139,5 @@ def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int = 1, poll:
     checkpoints = ctx.state.list_checkpoints(ctx.run_id)
     if on_progress:
         on_progress(checkpoints)
-    completed = finalize_if_complete(ctx)
-    if not completed:
-        ctx.state.set_run_status(ctx.run_id, RunStatus.FAILED)
-    if tracker:
-        tracker.finish(completed, checkpoints)
-    return WorkOutcome(completed=completed, dead_letters=dead,
+    return WorkOutcome(completed=all(c.complete for c in checkpoints), dead_letters=dead,
                           elapsed=time.perf_counter() - started, checkpoints=checkpoints)
