@@ -4,6 +4,7 @@ Set ETL_CRASH_AT="point:N" (or several, comma separated) and the process kills i
 a real SIGKILL and no clean-up, the N-th time it passes `point`. Points sit between the
 writes of a batch step, where a crash is hardest to survive:
 
+  run.after_create     run record created, its shards' checkpoints not yet
   fetch.after_put      raw object written, RawPayload not yet recorded
   fetch.after_record   RawPayload recorded, next batch not yet sent
   clean.after_stage    staged object written, clean not yet counted
@@ -26,7 +27,7 @@ from collections import Counter
 
 from etl.core.config import environment_setting
 
-POINTS = ("fetch.after_put", "fetch.after_record", "clean.after_stage", "load.after_sink",
+POINTS = ("run.after_create", "fetch.after_put", "fetch.after_record", "clean.after_stage", "load.after_sink",
           "load.after_count", "replay.after_sink")
 
 

@@ -19,7 +19,7 @@ from etl.runtime.context import ContextCache, RunContext
 from etl.brokers.base import Queues, of_run
 from etl.core.statuses import ShardStatus
 from etl.runtime.reconcile import Reconciled, reconcile
-from etl.runtime.runs import ProgressCallback, WorkOutcome
+from etl.runtime.runs import ProgressCallback, WorkOutcome, all_loaded
 from results.middleware import ResultRecorder
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class Sender:
             checkpoints = ctx.state.list_checkpoints(ctx.run_id)
             if on_progress:
                 on_progress(checkpoints)
-            if all(c.complete for c in checkpoints):
+            if all_loaded(checkpoints, ctx.run.shards):
                 return WorkOutcome(True, time.monotonic() - started, checkpoints, resent=resent)
             if timeout is not None and time.monotonic() - started > timeout:
                 return WorkOutcome(False, time.monotonic() - started, checkpoints, resent=resent)

@@ -26,7 +26,7 @@ import dramatiq
 from etl.brokers import open_broker
 from etl.runtime.actors import QUEUE, declare_actors
 from etl.runtime.context import ContextCache, RunContext
-from etl.runtime.runs import Pending, ProgressCallback, WorkOutcome, find_pending
+from etl.runtime.runs import Pending, ProgressCallback, WorkOutcome, all_loaded, find_pending
 from results.base import ResultStore
 
 log = logging.getLogger(__name__)
@@ -139,5 +139,5 @@ def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int = 1, poll:
     checkpoints = ctx.state.list_checkpoints(ctx.run_id)
     if on_progress:
         on_progress(checkpoints)
-    return WorkOutcome(completed=all(c.complete for c in checkpoints), dead_letters=dead,
+    return WorkOutcome(completed=all_loaded(checkpoints, ctx.run.shards), dead_letters=dead,
                           elapsed=time.perf_counter() - started, checkpoints=checkpoints)

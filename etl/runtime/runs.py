@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from etl.drift import source_schema
 from etl.core.errors import ConfigError
+from etl.core.faults import crash_point
 from etl.pipeline import Pipeline
 from etl.sources.base import PlanChecked
 from etl.core.names import task_fingerprint
@@ -59,7 +60,7 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
     if run is not None:
         recorded = run.params.get("source_fingerprint")
         if recorded in (None, pipeline.source.fingerprint()):
-            return run, False
+            return _with_its_plan(state, run), False
         if run.status != RunStatus.COMPLETED or run_id:
             raise ConfigError(f"the source changed since run {run.run_id} started "
                               f"({pipeline.source.describe()}); start a new run with --fresh")
@@ -80,9 +81,28 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
         existing = state.get_run(run.run_id)
         assert existing is not None
         run = existing
+    crash_point("run.after_create")
     state.init_checkpoints(run.run_id, run.shards)
     log.info("created run %s (%s, %d shards)", run.run_id, plan_name, run.shards)
     return run, True
+
+
+def _with_its_plan(state: StateStore, run: RunRecord) -> RunRecord:
+    """`run`, with a checkpoint for every shard of its plan. A run and its checkpoints are
+    created in two writes (MongoDB has no transaction across them): a crash between the two
+    leaves a run with no shards, which must resume, not pass for complete. The missing
+    checkpoints are created here (idempotent), and a run that was taken for complete on
+    them alone is running again."""
+    recorded = {c.shard for c in state.list_checkpoints(run.run_id)}
+    if len(recorded) >= run.shards:
+        return run
+    log.warning("run %s has %d of its %d shards recorded (a crash while it was created): "
+                "restoring its plan", run.run_id, len(recorded), run.shards)
+    state.init_checkpoints(run.run_id, run.shards)
+    if run.status == RunStatus.COMPLETED:
+        state.set_run_status(run.run_id, RunStatus.RUNNING)
+        run = state.get_run(run.run_id) or run
+    return run
 
 
 def _schemas(state: StateStore, pipeline: Pipeline, *, accept: bool) -> dict[str, Any]:
@@ -166,8 +186,14 @@ def find_pending(state: StateStore, run_id: str) -> Pending:
     return pending
 
 
-def run_complete(state: StateStore, run_id: str) -> bool:
-    return all(c.complete for c in state.list_checkpoints(run_id))
+def all_loaded(checkpoints: list[Checkpoint], shards: int) -> bool:
+    """Every shard of a plan of `shards` is loaded. Checkpoints missing for some shards (or
+    for all: `all([])` is true) mean the run is not complete, whatever the others say."""
+    return len({c.shard for c in checkpoints}) >= shards and all(c.complete for c in checkpoints)
+
+
+def run_complete(state: StateStore, run: RunRecord) -> bool:
+    return all_loaded(state.list_checkpoints(run.run_id), run.shards)
 
 
 def finalize_if_complete(ctx: "RunContext", *, shard: int | None = None) -> bool:
@@ -180,7 +206,7 @@ def finalize_if_complete(ctx: "RunContext", *, shard: int | None = None) -> bool
         checkpoint = state.get_checkpoint(ctx.run_id, shard)
         if checkpoint is None or not checkpoint.complete:
             return False
-    if not run_complete(state, ctx.run_id):
+    if not run_complete(state, ctx.run):
         return False
     ctx.pipeline.sink.finish_run(ctx.run_id)
     run = state.get_run(ctx.run_id)
