@@ -94,11 +94,40 @@ def _read_bytes(ctx: RunContext, shard: int, batch: int, key: str) -> bytes:
         raise BatchError(f"{_where(ctx, shard, batch, key)}: object is missing") from None
 
 
+def _raw_bytes(ctx: RunContext, payload: RawPayload) -> bytes:
+    """A raw payload's bytes. An object lost after its fetch was recorded (deleted, a
+    bucket lifecycle rule, a restore) is cut again from the source at the payload's recorded
+    cursor range: the run's source fingerprint says the source holds the same data, and the
+    batch must come out to the same rows and the same bytes (sha256), or it is an error."""
+    try:
+        return ctx.objects.get_bytes(payload.key)
+    except ObjectNotFound:
+        pass
+    where = _where(ctx, payload.shard, payload.batch, payload.key)
+    recorded = ctx.run.params.get("source_fingerprint")
+    if recorded is not None and recorded != ctx.pipeline.source.fingerprint():
+        raise BatchError(f"{where}: object is missing, and the source changed since the run "
+                         "started, so the batch cannot be cut again: start a new run (--fresh)")
+    found = ctx.pipeline.source.read_batch(ctx.plan, payload.shard, after=payload.cursor_start,
+                                           limit=ctx.pipeline.batch_size)
+    data = to_parquet_bytes(found.table)
+    if (found.table.num_rows, found.cursor_end) != (payload.rows, payload.cursor_end) \
+            or hashlib.sha256(data).hexdigest() != payload.sha256:
+        raise BatchError(f"{where}: object is missing, and the source no longer gives the same "
+                         f"rows after cursor {payload.cursor_start!r}: start a new run (--fresh)")
+    ctx.objects.put_bytes(payload.key, data)
+    log.warning("%s: raw payload was missing; cut again from the source at its recorded cursor "
+                "range (%d rows, same content)", where, payload.rows)
+    return data
+
+
 def read_frame(ctx: RunContext, shard: int, batch: int, key: str, *,
-                sha256: str | None = None) -> pd.DataFrame:
+                sha256: str | None = None, payload: RawPayload | None = None) -> pd.DataFrame:
+    """A stored batch as a DataFrame, checked against `sha256` when given. With the raw
+    `payload` it describes, a missing object is cut again from the source (_raw_bytes)."""
     if sha256 is not None and (cached := frames.pop(key, sha256)) is not None:
         return cached.to_pandas()
-    data = _read_bytes(ctx, shard, batch, key)
+    data = _raw_bytes(ctx, payload) if payload is not None else _read_bytes(ctx, shard, batch, key)
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise BatchError(f"{_where(ctx, shard, batch, key)}: content does not match its "
                          "recorded sha256 (corrupt or overwritten)")
@@ -119,7 +148,7 @@ def clean(ctx: RunContext, shard: int, batch: int, *,
     if payload is None:  # not fetched (shard empty, or a stale message): whoever fetches
         log.debug("%s: nothing fetched, clean skipped", _where(ctx, shard, batch))
         return None      # this batch sends its own clean
-    frame = read_frame(ctx, shard, batch, payload.key, sha256=payload.sha256)
+    frame = read_frame(ctx, shard, batch, payload.key, sha256=payload.sha256, payload=payload)
     clean_rows, quarantined = clean_frame(ctx, shard, batch, frame, key=payload.key)
     try:
         staged = to_parquet_bytes(clean_rows)
@@ -199,6 +228,26 @@ def _check_schema(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame,
     return apply_policy(frame, drift, ctx.pipeline.schema_drift, where=_where(ctx, shard, batch, key))
 
 
+def _staged_bytes(ctx: RunContext, shard: int, batch: int, key: str) -> bytes:
+    """A cleaned batch's bytes. Stages are pure, so a staged object lost after its clean
+    was counted is made again from the raw payload (which may itself be cut again)."""
+    try:
+        return ctx.objects.get_bytes(key)
+    except ObjectNotFound:
+        pass
+    payload = ctx.state.get_payload(ctx.run_id, shard, batch)
+    if payload is None:
+        raise BatchError(f"{_where(ctx, shard, batch, key)}: object is missing and the batch "
+                         "has no raw payload to clean again")
+    frame = read_frame(ctx, shard, batch, payload.key, sha256=payload.sha256, payload=payload)
+    clean_rows, _ = clean_frame(ctx, shard, batch, frame, key=payload.key)
+    data = to_parquet_bytes(clean_rows)
+    ctx.objects.put_bytes(key, data)
+    log.warning("%s: staged batch was missing; cleaned again from its raw payload",
+                _where(ctx, shard, batch, key))
+    return data
+
+
 def load(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None) -> int | None:
     """Write a cleaned batch to the sink (idempotently). Returns rows written, or None when
     there was nothing to do."""
@@ -210,11 +259,14 @@ def load(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None)
         return None  # the clean of this batch, when it happens, sends its own load
     key = staged_key(ctx.run_id, shard, batch)
     sink = ctx.pipeline.sink
+    data = _staged_bytes(ctx, shard, batch, key)
     if isinstance(sink, ParquetWriter):  # a Parquet sink takes the staged file as it is
-        written = sink.write_parquet(_read_bytes(ctx, shard, batch, key), run_id=ctx.run_id,
-                                     shard=shard, batch=batch)
+        written = sink.write_parquet(data, run_id=ctx.run_id, shard=shard, batch=batch)
     else:
-        frame = read_frame(ctx, shard, batch, key)
+        try:
+            frame = from_parquet_bytes(data)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure means a malformed batch
+            raise BatchError(f"{_where(ctx, shard, batch, key)}: cannot read batch: {exc}") from exc
         written = sink.write_batch(frame, run_id=ctx.run_id, shard=shard, batch=batch)
     crash_point("load.after_sink")
     state.complete_stage(ctx.run_id, shard, batch, "load", {"rows_loaded": written}, fence=fence)
