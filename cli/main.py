@@ -2,7 +2,8 @@
 
 Errors the user can fix (bad config, missing file, unknown column...) are printed as one
 line and exit with status 2; a run that ends with failed batches exits with status 1; a
-broker or store that does not answer is one line and exit status 3.
+broker or store that does not answer, or a disk that refuses a write (full, read-only, no
+permission), is one line and exit status 3.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import click
 
 from cli.commands import COMMANDS
-from etl.core.errors import USER_ERRORS
+from etl.core.errors import USER_ERRORS, StoreUnwritable, is_environment_error
 from etl.core.logs import setup_logging
 from etl.core.urls import mask_url
 
@@ -69,26 +70,53 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except (StoreUnwritable, OSError) as exc:
+        if not is_environment_error(exc):
+            raise
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        text = str(exc) if isinstance(exc, StoreUnwritable) else f"cannot write{where}: {exc.strerror}"
+        click.echo(f"error: {mask_url(text)}", err=True)
+        sys.exit(3)
     except USER_ERRORS as exc:
         click.echo(f"error: {mask_url(str(exc))}", err=True)
         sys.exit(2)
     except service_errors() as exc:  # a broker or store that does not answer: not a bug
-        detail = str(exc) or (repr(exc.args[0]) if exc.args else "") or "no detail"
-        click.echo(f"error: a service did not answer ({type(exc).__name__}: "
-                   f"{mask_url(detail)}); check it and run the command again", err=True)
+        click.echo(f"error: {mask_url(_service_line(exc))}", err=True)
         sys.exit(3)
     sys.exit(code if isinstance(code, int) else 0)
 
 
 def service_errors() -> tuple[type[BaseException], ...]:
-    """Outages of the services the CLI talks to; they end a command with exit status 3.
-    Looked up only when a command fails, so the clients are not imported before."""
+    """Outages of the services the CLI talks to, and an object store (S3) that refuses us:
+    they end a command with exit status 3. Looked up only when a command fails, so the
+    clients are not imported before."""
     from dramatiq.errors import BrokerError
     from pymongo.errors import ConnectionFailure
 
     from etl.brokers import outage_errors
 
-    return (BrokerError, *outage_errors(), ConnectionFailure, ConnectionRefusedError)
+    return (BrokerError, *outage_errors(), ConnectionFailure, ConnectionRefusedError,
+            *_s3_errors())
+
+
+def _s3_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # the s3 extra is not installed: no S3 error can happen
+        return ()
+    return (BotoCoreError, ClientError)
+
+
+def _service_line(exc: BaseException) -> str:
+    """What to say about a service error, in one line."""
+    detail = str(exc) or (repr(exc.args[0]) if exc.args else "") or "no detail"
+    name = type(exc).__name__
+    if name in ("NoCredentialsError", "PartialCredentialsError"):
+        return (f"S3: {detail}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile, "
+                "AWS_PROFILE) and run the command again")
+    if name == "ClientError":
+        return f"S3 refused the request ({detail}); check the bucket, the key and the credentials"
+    return f"a service did not answer ({name}: {detail}); check it and run the command again"
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from etl.core.config import check_queue_name
@@ -135,6 +137,18 @@ class Pipeline:
 DEMO_SPEC = "etl.demo:pipeline"
 
 
+def _user_code_error(exc: BaseException) -> str:
+    """One line for an error in the user's own code: its type, message and where it was
+    raised (file:line of the innermost frame, or of the syntax error)."""
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    toolkit = str(Path(__file__).resolve().parents[1])
+    own = [frame for frame in traceback.extract_tb(exc.__traceback__)
+           if not frame.filename.startswith(("<", toolkit)) and "site-packages" not in frame.filename]
+    where = f" ({own[-1].filename}, line {own[-1].lineno})" if own else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
 def load_pipeline(spec: str) -> Pipeline:
     """Import `package.module:attribute` (or `demo`) and return the Pipeline it names."""
     if spec in ("", "demo"):
@@ -144,13 +158,21 @@ def load_pipeline(spec: str) -> Pipeline:
         raise ConfigError(f"pipeline {spec!r} must look like package.module:attribute")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import pipeline module {module_name!r}: {exc}") from exc
+    except USER_ERRORS:
+        raise  # a bad stage or pipeline option: its own message says what to change
+    except Exception as exc:  # noqa: BLE001 - a SyntaxError, or any error the module raises
+        raise ConfigError(f"cannot import pipeline module {module_name!r}: "
+                          f"{_user_code_error(exc)}") from exc
     try:
         target: Pipeline | Callable[[], Pipeline] = getattr(module, attr)
     except AttributeError:
         raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
-    pipeline = target() if callable(target) and not isinstance(target, Pipeline) else target
+    try:
+        pipeline = target() if callable(target) and not isinstance(target, Pipeline) else target
+    except USER_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's factory failed
+        raise ConfigError(f"{spec}() failed: {_user_code_error(exc)}") from exc
     if not isinstance(pipeline, Pipeline):
         raise ConfigError(f"{spec} is a {type(pipeline).__name__}, not an etl Pipeline")
     return pipeline

@@ -7,6 +7,8 @@ a transient failure, and is retried or logged with its traceback.
 
 from __future__ import annotations
 
+import errno
+
 from stages.errors import StageError
 
 
@@ -44,6 +46,27 @@ class ObjectNotFound(EtlError):
 
 class LeaseLost(EtlError):
     """The worker no longer holds the lease of the task it was working on (fencing)."""
+
+
+class StoreUnwritable(EtlError):
+    """The machine refused a write: a full disk, a read-only file system, no permission.
+    Retrying does not help until someone frees space or fixes the path (exit status 3)."""
+
+
+class StoreCorrupt(ConfigError):
+    """A store's file is not what it should be (not a SQLite database, truncated)."""
+
+
+#: OS errors that say the environment refuses, not that the work is wrong or the service
+#: is slow: retrying the same write in a moment gives the same answer.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM,
+                                errno.EDQUOT})
+
+
+def is_environment_error(exc: BaseException) -> bool:
+    """A full disk, a read-only file system or a missing permission, however it surfaced."""
+    return isinstance(exc, StoreUnwritable) or (
+        isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS)
 
 
 #: Every error raised on purpose with a message for the person running the job: printed as

@@ -8,13 +8,20 @@ from etl.core.urls import mask_url
 
 
 class MaskSecrets(logging.Filter):
-    """Rewrite each record's final message with passwords in URLs replaced by ***."""
+    """Rewrite each record's final message, and its traceback, with passwords in URLs
+    replaced by ***."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         masked = mask_url(message)
         if masked != message:
             record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:  # what Formatter.format would print
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_url(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_url(record.stack_info)
         return True
 
 
@@ -33,12 +40,82 @@ class ExpectedErrors(logging.Filter):
         return True
 
 
+class DramatiqEcho(logging.Filter):
+    """Drop Dramatiq's own lines about a failed ETL message ("Failed to process message ...
+    with unhandled exception" with its traceback, "Retries exceeded"): ErrorLog says each
+    failure in one line and keeps the traceback in TaskErrorLog (`etl errors --traceback`).
+    Shown again with -vv."""
+
+    ECHOES = ("Failed to process message %s with unhandled exception.", "Retries exceeded for message %r.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("dramatiq.") and record.msg in self.ECHOES)
+
+
+class FloodGuard(logging.Filter):
+    """A failure repeated over many batches is said once in full, then counted: the first
+    record of a kind keeps its traceback, the next `repeats` keep one line each, and the rest
+    are held back and summed up when logging shuts down (`etl errors` has every one).
+
+    A kind is the logger, the level, the message template and the exception type, so the
+    20th "Failed to process message" with the same OSError is a repeat, a new error is not."""
+
+    def __init__(self, *, repeats: int = 3) -> None:
+        super().__init__()
+        self.repeats = repeats
+        self.seen: dict[tuple[str, int, str, str], int] = {}
+        self.first: dict[tuple[str, int, str, str], str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        kind = (record.name, record.levelno, str(record.msg), type(exc).__name__ if exc else "")
+        count = self.seen[kind] = self.seen.get(kind, 0) + 1
+        if count == 1:
+            self.first[kind] = record.getMessage().splitlines()[0][:200]
+            return True
+        if count > 1 + self.repeats:
+            return False
+        if exc is not None:  # one line: the first of its kind carried the traceback
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+    def summary(self) -> list[str]:
+        """One line per kind of which some records were held back."""
+        return [f"... and {count - 1 - self.repeats} more like: {mask_url(self.first[kind])}"
+                for kind, count in self.seen.items() if count > 1 + self.repeats]
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr, with the flood guard's summary written when logging shuts down (at exit,
+    and in a forked worker process before it ends)."""
+
+    def __init__(self, guard: FloodGuard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def close(self) -> None:
+        try:
+            for line in self.guard.summary():
+                self.stream.write(line + "\n")
+            self.guard.seen.clear()
+            self.flush()
+        finally:
+            super().close()
+
+
 def setup_logging(*, verbose: int = 0) -> None:
     """INFO for the toolkit with -v, DEBUG with -vv; Dramatiq and pika stay at WARNING."""
     level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    handler = logging.StreamHandler()
+    guard = FloodGuard(repeats=3 if verbose < 2 else 1_000_000)
+    handler = _StderrHandler(guard)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if verbose < 2:
+        handler.addFilter(DramatiqEcho())
     handler.addFilter(ExpectedErrors())
+    handler.addFilter(guard)
     handler.addFilter(MaskSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -15,7 +15,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, ContextManager, Iterator
 
-from etl.core.errors import ConfigError
+from etl.core.errors import ConfigError, StoreCorrupt, StoreUnwritable
 from etl.core.urls import mask_url, parse_url
 
 BUSY_TIMEOUT_S = 30.0
@@ -69,6 +69,12 @@ class Connections:
         self._shared: sqlite3.Connection | None = None
 
     def _open(self) -> sqlite3.Connection:
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            raise explained(exc, self.path) from exc
+
+    def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False)
         conn.row_factory = sqlite3.Row
@@ -99,9 +105,13 @@ class Connections:
 
     @contextmanager
     def use(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection, held alone for `:memory:`."""
+        """This thread's connection, held alone for `:memory:`. A file that is no SQLite
+        database, or a disk that refuses the write, is one error naming the file."""
         with self._lock:
-            yield self._current()
+            try:
+                yield self._current()
+            except sqlite3.DatabaseError as exc:
+                raise explained(exc, self.path) from exc
 
     def close(self) -> None:
         """Close every connection this process opened; the next use opens new ones."""
@@ -114,6 +124,26 @@ class Connections:
             self._reset()
 
 
+
+
+#: What SQLite says when the disk, not the database, is the problem.
+_UNWRITABLE = ("disk is full", "readonly database", "unable to open database", "disk i/o error")
+#: What it says when the file is not a (whole) SQLite database.
+_CORRUPT = ("file is not a database", "malformed")
+
+
+def explained(exc: sqlite3.DatabaseError, path: str) -> Exception:
+    """`exc` as an error that names the database file and what to do, when it is one of the
+    failures a person must fix (a full or read-only disk, a file that is no database);
+    `exc` itself otherwise (a lock, a constraint: the caller's business)."""
+    text = str(exc).lower()
+    if any(mark in text for mark in _UNWRITABLE):
+        return StoreUnwritable(f"cannot write SQLite database {path}: {exc}; free space or "
+                               "make its directory writable, then run the command again")
+    if any(mark in text for mark in _CORRUPT):
+        return StoreCorrupt(f"{path} is not a readable SQLite database ({exc}): move it aside "
+                            "(a new one is created) or point the setting at another file")
+    return exc
 
 
 def open_path(url: str) -> str:

@@ -25,7 +25,7 @@ from dramatiq.middleware import CurrentMessage, Middleware, Retries
 
 from etl.runtime import batches
 from etl.runtime.context import ContextCache
-from etl.core.errors import USER_ERRORS, LeaseLost
+from etl.core.errors import USER_ERRORS, LeaseLost, is_environment_error
 from etl.core.names import DEFERRED_OPTION, actor_name, task_fingerprint, task_key
 from etl.runtime.leases import LeaseBusy, LeaseKeeper, lease_ttl
 from etl.runtime.middleware import ErrorLog
@@ -52,14 +52,17 @@ _RETRY_ATTR = "_etl_retry"  # (permanent, max_retries) set on an exception by th
 
 def classify(exc: BaseException, policy: RetryPolicy) -> None:
     """Mark `exc` with the pipeline's verdict, read back by `should_retry`."""
-    setattr(exc, _RETRY_ATTR, (isinstance(exc, policy.permanent), policy.max_retries))
+    setattr(exc, _RETRY_ATTR, (isinstance(exc, policy.permanent) or is_environment_error(exc),
+                               policy.max_retries))
 
 
 def should_retry(retries: int, exc: BaseException) -> bool:
     """Dramatiq's `retry_when`: retry unless permanent or out of retries. An exception raised
-    before the run's policy was known is permanent if it is one of ours (USER_ERRORS)."""
-    permanent, max_retries = getattr(exc, _RETRY_ATTR, (isinstance(exc, USER_ERRORS),
-                                                        RetryPolicy().max_retries))
+    before the run's policy was known is permanent if it is one of ours (USER_ERRORS). A full
+    disk, a read-only file system or a missing permission is never retried: the same write a
+    moment later meets the same refusal, and five retries per batch only flood the log."""
+    permanent, max_retries = getattr(exc, _RETRY_ATTR, (
+        isinstance(exc, USER_ERRORS) or is_environment_error(exc), RetryPolicy().max_retries))
     return not permanent and retries < max_retries
 
 

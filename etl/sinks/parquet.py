@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.core.files import TEMP_PREFIX, atomic_write
+from etl.core.files import TEMP_PREFIX, atomic_write, orphaned
 from etl.core.names import PART_FILE, PART_GLOB, part_file_name
 from etl.sinks.base import BackfillAware, ParquetWriter, Sink
 
@@ -67,12 +67,13 @@ class ParquetSink(Sink, BackfillAware, ParquetWriter):
 
     def finish_run(self, run_id: str) -> None:
         """"replace": delete the part files of every other run. Both: sweep temporary files
-        that crashed writes left behind."""
+        that crashed writes left behind (at once when their writer was a process of this
+        host that is gone, else after an hour)."""
         if not self.path.is_dir():
             return
         for temp in self.path.glob(f"{TEMP_PREFIX}*"):
             try:
-                if time.time() - temp.stat().st_mtime > _STALE_TEMP_SECONDS:
+                if orphaned(temp) or time.time() - temp.stat().st_mtime > _STALE_TEMP_SECONDS:
                     temp.unlink(missing_ok=True)
             except FileNotFoundError:
                 pass
