@@ -24,7 +24,7 @@ from etl.runtime.framecache import frames
 from etl.core.names import quarantine_key, raw_key, staged_key
 from etl.core.parquet import from_parquet_bytes, stringify_mixed, to_parquet_bytes
 from etl.sinks.base import ParquetWriter
-from etl.sources.base import SOURCE_ERROR_COLUMN
+from etl.sources.base import SOURCE_COLUMNS, SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN
 from etl.drift import apply_policy, compare
 from etl.core.names import task_fingerprint
 from etl.stores.state import ErrorRecord, Fence, RawPayload
@@ -176,9 +176,12 @@ def clean_frame(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame, *,
     unparseable = pd.DataFrame()
     if SOURCE_ERROR_COLUMN in frame.columns:
         broken = frame[SOURCE_ERROR_COLUMN].notna()
-        unparseable = frame.loc[broken, [SOURCE_ERROR_COLUMN]].rename(
+        kept = [c for c in SOURCE_COLUMNS if c in frame.columns]  # reason, line number, whole text
+        unparseable = frame.loc[broken, kept].rename(
             columns={SOURCE_ERROR_COLUMN: REASON_COLUMN}).assign(**{STAGE_COLUMN: "source"})
-        frame = frame.loc[~broken].drop(columns=[SOURCE_ERROR_COLUMN])
+        if SOURCE_LINE_COLUMN in unparseable.columns:  # float64 in pandas (null in good rows)
+            unparseable[SOURCE_LINE_COLUMN] = unparseable[SOURCE_LINE_COLUMN].astype("Int64")
+        frame = frame.loc[~broken].drop(columns=kept)
     frame = _check_schema(ctx, shard, batch, frame, key)
     try:
         result = run_stages(frame, ctx.pipeline.stages)

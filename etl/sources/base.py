@@ -22,8 +22,16 @@ if TYPE_CHECKING:
     from etl.sources.windows import Window
     from shards import ShardPlan
 
-#: Column holding why a source line could not be parsed; such rows are quarantined.
+#: Column holding why a source line could not be parsed ("line N: problem"); such rows are
+#: quarantined, with the two columns below.
 SOURCE_ERROR_COLUMN = "_source_error"
+#: The line's number in the source file (1-based, counting every physical line).
+SOURCE_LINE_COLUMN = "_source_line"
+#: The line's whole raw text, never truncated (bytes that are not UTF-8 backslash-escaped),
+#: so it can be fixed and replayed.
+SOURCE_TEXT_COLUMN = "_source_text"
+#: The columns an unparseable line's row carries; other sources' rows leave them out.
+SOURCE_COLUMNS = (SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN, SOURCE_TEXT_COLUMN)
 
 
 @dataclass
@@ -122,5 +130,5 @@ class WholeTable(Protocol):
         raise NotImplementedError
 
 
-__all__ = ["SOURCE_ERROR_COLUMN", "Batch", "PlanChecked", "SchemaKinds", "Source", "WholeTable",
-           "Windowed"]
+__all__ = ["SOURCE_COLUMNS", "SOURCE_ERROR_COLUMN", "SOURCE_LINE_COLUMN", "SOURCE_TEXT_COLUMN",
+           "Batch", "PlanChecked", "SchemaKinds", "Source", "WholeTable", "Windowed"]
