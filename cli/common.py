@@ -12,6 +12,7 @@ from rich.console import Console
 
 from etl.core.config import Settings, load_settings
 from etl.core.statuses import ShardStatus
+from etl.core.urls import mask_secrets
 from etl.stores import open_objects, open_results, open_state
 from etl.stores.objects import ObjectStore
 from etl.stores.state import Checkpoint, StateStore
@@ -45,16 +46,21 @@ def result_store(conf: Settings, *, required: bool = True) -> "ResultStore | Non
 
 
 def to_json(value: Any) -> str:
-    """JSON for --json output: dataclasses and datetimes included."""
+    """JSON for --json output: dataclasses and datetimes included, and every string masked
+    (mask_url) before it is encoded, so records kept before masking existed show no secret."""
 
-    def default(obj: Any) -> Any:
+    def plain(obj: Any) -> Any:
+        if hasattr(obj, "__dataclass_fields__") and not isinstance(obj, type):
+            obj = asdict(obj)
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [plain(v) for v in obj]
         if isinstance(obj, datetime):
             return obj.isoformat()
-        if hasattr(obj, "__dataclass_fields__"):
-            return asdict(obj)
-        return str(obj)
+        return mask_secrets(obj)
 
-    return json.dumps(value, default=default, indent=2)
+    return json.dumps(plain(value), default=lambda obj: mask_secrets(str(obj)), indent=2)
 
 
 def shard_status(checkpoint: Checkpoint) -> str:

@@ -40,7 +40,7 @@ def status_command(run_id: str | None, as_json: bool) -> None:
         table.add_row(str(c.shard), shard_status(c),
                       f"{c.batches_fetched}/{c.batches_cleaned}/{c.batches_loaded}",
                       f"{c.rows_fetched:,}", f"{c.rows_loaded:,}", f"{c.rows_quarantined:,}",
-                      str(c.cursor), (c.last_error or "")[:60])
+                      str(c.cursor), mask_url(c.last_error or "")[:60])
     t = totals(checkpoints)
     table.caption = (f"{t['shards_done']}/{t['shards']} shards done, {t['rows_loaded']:,} rows "
                      f"loaded, {t['rows_quarantined']:,} quarantined")
@@ -71,9 +71,14 @@ def checkpoints_command(run_id: str | None, as_json: bool) -> None:
 @click.option("--run", "run_id", help="Only this run.")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--traceback", "show_traceback", is_flag=True, help="Print tracebacks too.")
-def errors_command(run_id: str | None, limit: int, show_traceback: bool) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output (tracebacks included).")
+def errors_command(run_id: str | None, limit: int, show_traceback: bool, as_json: bool) -> None:
     """List TaskErrorLog entries, newest first."""
     errors = state_store(settings()).list_errors(run_id, limit=limit)
+    if as_json:
+        out.print_json(to_json(errors))  # tracebacks included
+        return
     if not errors:
         out.print("no errors recorded")
     for e in errors:

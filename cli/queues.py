@@ -14,6 +14,7 @@ from etl.core.config import Settings
 from etl.core.errors import ConfigError, EtlError
 from etl.core.names import stage_of_actor
 from etl.core.statuses import RunStatus, ShardStatus
+from etl.core.urls import mask_url
 from etl.pipeline import load_pipeline
 from etl.brokers.base import Match, Queues, of_run
 from results.middleware import ResultRecorder
@@ -129,7 +130,7 @@ def dlq_list(queue: str | None, run_id: str | None, limit: int) -> None:
         since = (dt.datetime.fromtimestamp(letter.dead_since, dt.timezone.utc).isoformat(timespec="seconds")
                  if letter.dead_since else "-")
         table.add_row(m.message_id, m.actor_name, str(args[0]), str(args[1]), str(args[2]),
-                      str(m.options.get("retries", 0)), since, error[0][-400:])
+                      str(m.options.get("retries", 0)), since, mask_url(error[0])[-400:])
     out.print(table)
 
 

@@ -6,6 +6,7 @@ import click
 from rich.table import Table
 
 from cli.common import out, result_store, settings, to_json
+from etl.core.urls import mask_url
 from results import JobResult
 from results.errors import JobNotFound
 
@@ -36,17 +37,18 @@ def get_command(job_id: str, as_json: bool) -> None:
     for name in ("function", "status", "run_id", "stage", "queue", "args", "result", "error_type",
                  "error", "retry_count", "max_retries", "worker_id", "progress", "created_at",
                  "queued_at", "started_at", "completed_at", "duration", "expires_at"):
-        table.add_row(name, str(getattr(job, name)))
+        table.add_row(name, mask_url(str(getattr(job, name))))
     out.print(table)
     for step in job.history:
-        out.print(f"  {step.at:%Y-%m-%d %H:%M:%S.%f}  {step.status}" + (f"  {step.note}" if step.note else ""),
-                  markup=False)
+        out.print(f"  {step.at:%Y-%m-%d %H:%M:%S.%f}  {step.status}"
+                  + (f"  {mask_url(step.note)}" if step.note else ""), markup=False)
 
 
 def _row(job: JobResult) -> list[str]:
-    return [job.job_id, job.function, job.status, str(job.args[1:3] if job.run_id else job.args)[:40],
+    return [job.job_id, job.function, job.status,
+            mask_url(str(job.args[1:3] if job.run_id else job.args))[:40],
             f"{job.duration:.3f}" if job.duration is not None else "-",
-            (f"{job.error_type}: {job.error}" if job.error_type else str(job.result or ""))[:60]]
+            mask_url(f"{job.error_type}: {job.error}" if job.error_type else str(job.result or ""))[:60]]
 
 
 @results_group.command("list")

@@ -12,7 +12,9 @@ from results.models import JobResult, Transition
 
 @runtime_checkable
 class ResultStore(Protocol):
-    """Where task records live. Every record has a time to live."""
+    """Where task records live. Every record has a time to live. A store keeps no secret:
+    URL passwords and secret query values in args, result, error and notes are masked
+    before they are written (results.models.mask_job, etl.core.urls.mask_url)."""
 
     url: str  # masked
 

@@ -16,6 +16,8 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
+from etl.core.urls import mask_secrets, mask_url
+
 
 class JobStatus(str, Enum):
     PENDING = "pending"
@@ -135,6 +137,26 @@ _REQUIRED = frozenset({"job_id", "function", "status", "queue"})
 _DEFAULTS: dict[str, Any] = {
     f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)  # type: ignore[misc]
     for f in dataclasses.fields(JobResult) if f.name not in _TIMES}
+
+
+def mask_job(job: JobResult) -> JobResult:
+    """`job` with URL passwords and secret query values masked (etl.core.urls) in what can
+    carry text from outside: args, kwargs, result, error and history notes. In place (the
+    stores own the record they write); returns it."""
+    job.args, job.kwargs = mask_secrets(job.args), mask_secrets(job.kwargs)
+    if job.result is not None:
+        job.result = mask_secrets(job.result)
+    if job.error:
+        job.error = mask_url(job.error)
+    if any(t.note for t in job.history):
+        job.history = [Transition(t.status, t.at, mask_url(t.note)) if t.note else t
+                       for t in job.history]
+    return job
+
+
+def mask_change(note: str | None, fields: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """A status change's note and fields with secrets masked, as `mask_job` masks a record."""
+    return (mask_url(note) if note else note), mask_secrets(fields)
 
 
 def check_transition(job_id: str, current: str, target: str) -> None:

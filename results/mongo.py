@@ -14,8 +14,8 @@ from etl.core.mongo_client import connect, database_of
 from etl.core.urls import mask_url
 from results.base import job_history, summarise
 from results.errors import InvalidTransition, JobNotFound
-from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, stamp_fields,
-                            utcnow)
+from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, mask_change,
+                            mask_job, stamp_fields, utcnow)
 
 
 def _aware(value: Any) -> Any:
@@ -56,11 +56,13 @@ class MongoResultStore:
         job.expires_at = utcnow() + (ttl or DEFAULT_TTL)
         if not job.history:
             job.history = [Transition(job.status, job.created_at)]
+        mask_job(job)
         self.jobs.replace_one({"job_id": job.job_id}, job.to_dict(), upsert=True)
         return job
 
     def update_status(self, job_id: str, status: str, *, note: str | None = None,
                       **fields: Any) -> JobResult:
+        note, fields = mask_change(note, fields)
         for _ in range(20):
             job = self.get(job_id)
             if job is None:

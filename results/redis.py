@@ -23,8 +23,8 @@ import redis
 from etl.core.urls import mask_url
 from results.base import job_history, dumps, loads, summarise
 from results.errors import InvalidTransition, JobNotFound
-from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, stamp_fields,
-                            utcnow)
+from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, mask_change,
+                            mask_job, stamp_fields, utcnow)
 
 _CAS = """
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -140,6 +140,7 @@ class RedisResultStore:
             job.expires_at = expires
             if not job.history:
                 job.history = [Transition(job.status, job.created_at)]
+            mask_job(job)
             mapping = _fields(job)
             del mapping["status"]
             mapping.update({f"h:{i}": _step(t) for i, t in enumerate(job.history)})
@@ -159,6 +160,7 @@ class RedisResultStore:
 
     def update_status(self, job_id: str, status: str, *, note: str | None = None,
                       **fields: Any) -> JobResult:
+        note, fields = mask_change(note, fields)
         for _ in range(20):
             job = self.get(job_id)
             if job is None:

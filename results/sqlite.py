@@ -11,8 +11,8 @@ from etl.core.sqlite_db import Connections, open_path, write
 from etl.core.urls import mask_url
 from results.base import job_history, dumps, loads, summarise
 from results.errors import JobNotFound
-from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, stamp_fields,
-                            utcnow)
+from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, mask_job,
+                            stamp_fields, utcnow)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS JobResult (
@@ -53,6 +53,7 @@ class SQLiteResultStore:
         job.expires_at = utcnow() + (ttl or DEFAULT_TTL)
         if not job.history:
             job.history = [Transition(job.status, job.created_at)]
+        mask_job(job)
         with write(self._db) as conn:
             conn.execute("INSERT OR REPLACE INTO JobResult VALUES (?,?,?,?,?,?,?,?)", self._row(job))
         return job
@@ -71,6 +72,7 @@ class SQLiteResultStore:
                 setattr(job, name, value)
             job.status = status
             job.history.append(Transition(status, now, note))
+            mask_job(job)  # the change, and anything kept before masking existed
             conn.execute("UPDATE JobResult SET status = ?, duration = ?, data = ? WHERE job_id = ?",
                          (job.status, job.duration, dumps(job.to_dict()), job_id))
             return job

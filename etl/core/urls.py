@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl
 
 #: user:password@ up to the last "@" before the host: a password may hold "/" or an
@@ -29,10 +30,23 @@ def mask_url(url: str) -> str:
 
     Works on whole URLs and on any text that contains URLs (log lines, error messages).
     """
-    if not url:
-        return url
+    if not url or ("@" not in url and "=" not in url and ":" not in url):
+        return url  # nothing to mask (the common case, cheap)
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
     return _SECRET_QUERY.sub(lambda m: f"{m['k']}***", text)
+
+
+def mask_secrets(value: Any) -> Any:
+    """`value` with `mask_url` applied to every string in it: a string, or the strings
+    inside lists, tuples and dict values (an error, a traceback, a task's args or result),
+    as stores keep and commands print them. Anything else is returned as it is."""
+    if isinstance(value, str):
+        return mask_url(value)
+    if isinstance(value, dict):
+        return {k: mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(mask_secrets(v) for v in value) if type(value) in (list, tuple) else value
+    return value
 
 
 #: A scheme followed by ":": two letters at least, so a Windows drive ("C:") is a path.

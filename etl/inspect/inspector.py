@@ -43,7 +43,7 @@ from etl.inspect.project import (Backend, anchored, configured_backends, find_pr
 from etl.core.names import task_fingerprint
 from etl.core.statuses import ShardStatus
 from etl.stores.state import RawPayload, RunRecord, StateStore
-from etl.core.urls import mask_url
+from etl.core.urls import mask_secrets, mask_url
 
 if TYPE_CHECKING:
     from results import ResultStore
@@ -284,12 +284,12 @@ class Inspector:
     # -- errors ----------------------------------------------------------------------------
     def errors(self, run_id: str | None = None, *, limit: int = 100) -> pd.DataFrame:
         """TaskErrorLog entries of the run, newest first: stage, shard, batch, error type and
-        message, traceback and context (URLs in messages and tracebacks masked)."""
+        message, traceback and context (URL passwords masked)."""
         run = self.run(run_id)
         return table_of(({"at": e.at, "run_id": e.run_id, "stage": e.stage, "shard": e.shard,
                         "batch": e.batch, "error_type": e.error_type,
                         "message": mask_url(e.message), "traceback": mask_url(e.traceback),
-                        "context": e.context}
+                        "context": mask_secrets(e.context)}
                        for e in self.state.list_errors(run.run_id, limit=limit)), ERROR_COLUMNS)
 
     # -- task results ----------------------------------------------------------------------
@@ -324,7 +324,7 @@ class Inspector:
                          "status": job.status,
                          "shard": args[1] if len(args) > 2 else None,
                          "batch": args[2] if len(args) > 2 else None,
-                         "result": job.result,
+                         "result": mask_secrets(job.result),
                          "error": mask_url(job.error) if job.error else None,
                          "error_type": job.error_type, "retry_count": job.retry_count,
                          "worker_id": job.worker_id, "duration": job.duration,
