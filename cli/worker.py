@@ -11,7 +11,7 @@ from etl.core.config import check_queue_name
 from etl.core.errors import ConfigError
 from etl.runtime.reconcile import STALE_AFTER, reconcile
 from etl.core.urls import mask_url
-from etl.runtime.worker import WorkerOptions, require_broker, serve
+from etl.runtime.worker import WorkerOptions, probe_broker, require_broker, serve
 
 
 @click.command("worker")
@@ -34,6 +34,7 @@ def worker_command(processes: int, threads: int, queues: tuple[str, ...],
     for queue in queues:
         check_queue_name(queue, where="--queue")
     require_broker(conf)
+    probe_broker(conf)  # a refused login or a dead broker: one line, exit 3, nothing started
     options = WorkerOptions(threads=threads, queues=tuple(dict.fromkeys(queues)),
                             metrics_port=metrics_port,
                             preload=preload or ((conf.pipeline,) if conf.pipeline else ()))

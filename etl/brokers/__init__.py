@@ -8,6 +8,8 @@ A broker's module (etl.brokers.<kind>) says everything the toolkit does differen
   owns            whether a Dramatiq broker is one of its kind
   queues_of       its Queues view (etl.brokers.base): counts and dead letters
   new_worker      a Dramatiq Worker tuned for it
+  probe           connect once, raising its outage errors (a refused login included), so
+                  `etl worker` stops at start instead of its consumers retrying forever
   outage_errors   the exceptions its client raises when the broker does not answer
 
 A new broker is one such module plus one line in BROKERS. The modules are imported when a

@@ -40,6 +40,19 @@ def new_worker(broker: dramatiq.Broker, *, queues: set[str], threads: int) -> dr
     return worker
 
 
+def probe(broker: dramatiq.Broker) -> None:
+    """Log in once, on a connection of its own: a refused login (ACCESS_REFUSED) or a broker
+    that does not answer raises here, as Dramatiq's ConnectionClosed, instead of in consumer
+    threads that would retry it forever."""
+    import pika
+    from dramatiq.errors import ConnectionClosed
+
+    try:
+        pika.BlockingConnection(broker.parameters).close()  # type: ignore[attr-defined]
+    except pika.exceptions.AMQPConnectionError as exc:
+        raise ConnectionClosed(exc) from None
+
+
 def outage_errors() -> tuple[type[BaseException], ...]:
     """What pika raises when RabbitMQ does not answer."""
     import pika.exceptions

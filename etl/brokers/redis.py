@@ -3,16 +3,26 @@
 Options Dramatiq takes as arguments are read from the URL's query and removed before
 redis-py sees it:
   heartbeat_timeout   ms without a heartbeat before a worker's unacked messages are
-                      requeued (Dramatiq's default 60000)
+                      requeued (here 2000; Dramatiq's own default is 60000)
   maintenance_chance  out of a million commands, how many run that requeue (default 1000)
   dead_message_ttl    ms dead letters are kept (default 7 days)
   namespace           key prefix (default "dramatiq")
+
+A dead worker's messages come back within seconds: Dramatiq's worker sends its heartbeat
+only when it fetches (not while all its threads are busy) and requeues a dead worker's
+messages only on a random command, so `etl worker` keeps both on a timer of its own. Every
+HEARTBEAT_TIMEOUT/6 (at most 1 s) a thread sends this process's heartbeat and runs the
+maintenance that requeues the unacknowledged messages of workers silent for longer than
+heartbeat_timeout, on each queue it consumes. A worker killed mid-batch has its messages
+back on the queue after about heartbeat_timeout.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
@@ -22,6 +32,8 @@ from etl.brokers.base import DeadLetter, QueueCounts, Queues, Removal
 from etl.core.errors import ConfigError
 from etl.core.names import dead_letter_queue, delay_queue
 
+log = logging.getLogger(__name__)
+
 #: Work is done here by `etl worker`s, not inside `etl run`.
 EMBEDDED = False
 
@@ -30,6 +42,9 @@ EXAMPLE = "redis://host:6379/0"
 
 #: Longest pause of a worker's consumer between polls of a busy queue (ms).
 POLL_MS = 100
+
+#: Default heartbeat_timeout (ms): a worker silent this long is dead, its messages requeued.
+HEARTBEAT_TIMEOUT = 2000
 
 _INT_OPTIONS = ("heartbeat_timeout", "maintenance_chance", "dead_message_ttl")
 
@@ -55,6 +70,7 @@ def open_broker(url: str) -> dramatiq.Broker:
     from dramatiq.brokers.redis import RedisBroker
 
     redis_url, options = split_redis_options(url)
+    options.setdefault("heartbeat_timeout", HEARTBEAT_TIMEOUT)
     return RedisBroker(url=redis_url, **options)  # type: ignore[arg-type]
 
 
@@ -63,10 +79,71 @@ def owns(broker: dramatiq.Broker) -> bool:
 
 
 def new_worker(broker: dramatiq.Broker, *, queues: set[str], threads: int) -> dramatiq.Worker:
-    """A worker polling often: Dramatiq's consumer sleeps up to worker_timeout between polls
+    """A worker polling often (Dramatiq's consumer sleeps up to worker_timeout between polls
     while its prefetch is full, so a short timeout keeps threads from idling between short
-    batches."""
-    return dramatiq.Worker(broker, queues=queues, worker_threads=threads, worker_timeout=POLL_MS)
+    batches) that keeps its heartbeat and the requeue of dead workers' messages on a timer."""
+    return _Worker(broker, queues=queues, worker_threads=threads, worker_timeout=POLL_MS)
+
+
+class _Worker(dramatiq.Worker):
+    """Dramatiq's Worker plus the heartbeat-and-maintenance thread of this module."""
+
+    def __init__(self, broker: dramatiq.Broker, **kwargs: Any) -> None:
+        super().__init__(broker, **kwargs)
+        self._keeper = _Keepalive(broker, sorted(kwargs.get("queues") or ()))
+
+    def start(self) -> None:
+        super().start()
+        self._keeper.start()
+
+    def stop(self, *args: Any, **kwargs: Any) -> None:
+        self._keeper.stop()
+        super().stop(*args, **kwargs)
+
+
+class _Keepalive:
+    """Every heartbeat_timeout/6 (at most 1 s): this process's heartbeat, and maintenance on
+    each queue it consumes and their delay queues (requeue what dead workers held)."""
+
+    def __init__(self, broker: dramatiq.Broker, queues: list[str]) -> None:
+        self.broker = broker
+        self.queues = queues
+        self.interval = min(1.0, broker.heartbeat_timeout / 6000)  # type: ignore[attr-defined]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="etl-redis-keepalive", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - an outage: the consumers report it; beat on
+                log.debug("redis heartbeat failed", exc_info=True)
+
+    def beat(self) -> None:
+        """One heartbeat and one maintenance pass, by Dramatiq's own dispatch script (its
+        arguments: command, timestamp, queue, worker id, heartbeat timeout, dead message
+        TTL, do maintenance, max unpack size)."""
+        broker: Any = self.broker
+        unpack = broker._max_unpack_size() if hasattr(broker, "_max_unpack_size") else 1000
+        for queue in self.queues:
+            for name in (queue, delay_queue(queue)):
+                broker.scripts["dispatch"](keys=[broker.namespace], args=[
+                    "qsize", int(time.time() * 1000), name, broker.broker_id,
+                    broker.heartbeat_timeout, broker.dead_message_ttl, 1, unpack])
+
+
+def probe(broker: dramatiq.Broker) -> None:
+    """Reach Redis once (a refused password or an unreachable server raises here)."""
+    broker.client.ping()  # type: ignore[attr-defined]
 
 
 def outage_errors() -> tuple[type[BaseException], ...]:

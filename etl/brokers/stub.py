@@ -29,6 +29,10 @@ def new_worker(broker: dramatiq.Broker, *, queues: set[str], threads: int) -> dr
     return dramatiq.Worker(broker, queues=queues, worker_threads=threads)
 
 
+def probe(broker: dramatiq.Broker) -> None:
+    """In process: nothing to reach."""
+
+
 def outage_errors() -> tuple[type[BaseException], ...]:
     return ()  # in process: never away
 

@@ -5,7 +5,11 @@ a shard's fetch lane (`fetch:<run>:<shard>`, so one owner at a time walks a shar
 or one batch's step (`clean:<run>:<shard>:<batch>`, `load:...`). A heartbeat thread per
 process renews the leases its threads hold; a worker that dies stops renewing and its
 leases expire after the TTL, when the redelivered message of another worker takes over
-(with a larger fencing token). The commit of a task's effect passes the lease as a Fence,
+(with a larger fencing token). An owner proven dead does not make anyone wait that long:
+owners are named `host:pid@start:thread`, and a lease whose owner ran on this host and whose
+process is gone (its pid free, a zombie, or reused by a process started later;
+etl.runtime.processes) is taken over at once, by the same compare-and-set on its holder.
+The commit of a task's effect passes the lease as a Fence,
 so an owner that stalled past its lease cannot commit after the takeover.
 
 Settings, read here (etl.core.config):
@@ -18,14 +22,14 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 from etl.core.config import DEFAULTS, Settings, load_settings
 from etl.core.errors import ConfigError, EtlError
-from etl.stores.state import Fence, StateStore
+from etl.runtime.processes import owner_is_dead, process_name
+from etl.stores.state import Fence, Lease, StateStore
 from etl.stores.state.base import utcnow
 
 log = logging.getLogger(__name__)
@@ -59,22 +63,43 @@ class LeaseKeeper:
     def __init__(self, state: StateStore, *, ttl: float | None = None) -> None:
         self.state = state
         self.ttl = ttl if ttl is not None else lease_ttl()
-        self.process = f"{socket.gethostname()}:{os.getpid()}"
+        self._process: tuple[int, str] | None = None
         self._held: dict[str, Fence] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def process(self) -> str:
+        """`host:pid@start` of this process (computed again in a forked child)."""
+        pid = os.getpid()
+        if self._process is None or self._process[0] != pid:
+            self._process = (pid, process_name(pid))
+        return self._process[1]
+
     def owner(self) -> str:
-        """Owner id of the calling thread: host, process and thread."""
+        """Owner id of the calling thread: host, process (pid and start time) and thread."""
         return f"{self.process}:{threading.get_ident()}"
+
+    def _acquire(self, key: str, owner: str) -> Lease | None:
+        """The lease of `key`, taken over at once from a holder proven dead; else None."""
+        lease = self.state.acquire_lease(key, owner, self.ttl)
+        if lease is not None:
+            return lease
+        current = self.state.get_lease(key)
+        if current is None or not owner_is_dead(current.taken_by):
+            return None
+        lease = self.state.acquire_lease(key, owner, self.ttl, take_from=current.taken_by)
+        if lease is not None:
+            log.info("took lease %s over from %s, whose process is gone", key, current.taken_by)
+        return lease
 
     @contextmanager
     def hold(self, key: str) -> Iterator[Fence]:
         """Hold the lease of `key` for the duration of the block; raise LeaseBusy when another
         live owner has it. The yielded Fence goes to the commit that ends the task."""
         owner = self.owner()
-        lease = self.state.acquire_lease(key, owner, self.ttl)
+        lease = self._acquire(key, owner)
         if lease is None:
             current = self.state.get_lease(key)
             left = self.ttl
@@ -111,11 +136,16 @@ class LeaseKeeper:
             for fence in held:
                 try:
                     if not self.state.renew_lease(fence.task_key, fence.owner, fence.token,
-                                                  self.ttl):
+                                                  self.ttl) and self._holds(fence):
                         log.warning("lease %s was lost (expired and taken over?); the task "
                                     "will not commit", fence.task_key)
                 except Exception:  # noqa: BLE001 - keep beating; the lease may still live
                     log.warning("heartbeat of lease %s failed", fence.task_key, exc_info=True)
+
+    def _holds(self, fence: Fence) -> bool:
+        """Whether `fence` is still held (not released since the heartbeat listed it)."""
+        with self._lock:
+            return self._held.get(fence.task_key) is fence
 
     def close(self) -> None:
         self._wake.set()

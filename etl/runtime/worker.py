@@ -9,7 +9,13 @@ workers started with `--queue` naming it, so heavy or urgent pipelines can get t
 With several processes, this process supervises: it forks them (each opens its own broker
 connection after the fork), restarts one that dies (after a pause, so a crash loop does not
 spin), and on SIGTERM or SIGINT stops them all gracefully: a worker finishes the messages it
-is working on, and the broker redelivers the ones it had prefetched.
+is working on, and the broker redelivers the ones it had prefetched. Its processes die with
+it on every path (etl.runtime.processes.die_with_parent): a SIGKILLed supervisor leaves no
+worker consuming behind it, and its restart does not double the consumers.
+
+The broker is reached once before anything starts (its module's `probe`): a refused login
+or a broker that does not answer ends `etl worker` with one line and exit status 3 instead
+of consumer threads retrying it forever.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from etl.runtime.leases import LeaseKeeper, lease_ttl
 from etl.pipeline import load_pipeline
 from etl.sources.base import WholeTable
 from etl.runtime.metrics import Metrics, StateCollector
+from etl.runtime.processes import die_with_parent
 from etl.stores import open_results, open_state
 from etl.stores.state import StateStore
 from etl.core.urls import mask_url
@@ -85,6 +92,11 @@ def run_worker(settings: Settings, options: WorkerOptions, *, stop: threading.Ev
     require_broker(settings)
     queues = options.queues_of(settings)
     broker = open_broker(settings.broker_url)
+    try:
+        broker_module(settings.broker_url).probe(broker)
+    except BaseException:
+        broker.close()
+        raise
     contexts = ContextCache(settings)
     state = open_state(settings.state_url)
     leases = LeaseKeeper(state, ttl=lease_ttl(settings))
@@ -125,7 +137,17 @@ def _serve_metrics(broker: dramatiq.Broker, state: StateStore, contexts: Context
     return metrics
 
 
-def _child(settings: Settings, options: WorkerOptions) -> None:
+def probe_broker(settings: Settings) -> None:
+    """Reach the broker once; its outage errors (a refused login included) raise here."""
+    broker = open_broker(settings.broker_url)
+    try:
+        broker_module(settings.broker_url).probe(broker)
+    finally:
+        broker.close()
+
+
+def _child(settings: Settings, options: WorkerOptions, parent: int) -> None:
+    die_with_parent(parent)  # first: a SIGKILLed supervisor leaves no worker behind
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -144,6 +166,7 @@ def serve(settings: Settings, options: WorkerOptions, *, processes: int = 1) -> 
         if processes == 1:
             run_worker(settings, options, stop=stop)
             return
+        probe_broker(settings)  # a refused login ends the supervisor, not a restart loop
         if options.preload:
             _preload(options.preload)  # before the fork: every process shares the parsed tables
         _supervise(settings, dataclasses.replace(options, preload=()), processes=processes,
@@ -160,7 +183,8 @@ def _supervise(settings: Settings, options: WorkerOptions, *, processes: int,
     def start(index: int) -> multiprocessing.Process:
         port = options.metrics_port + index if options.metrics_port else None
         child = fork.Process(target=_child, name=f"etl-worker-{index}",
-                             args=(settings, dataclasses.replace(options, metrics_port=port)))
+                             args=(settings, dataclasses.replace(options, metrics_port=port),
+                                   os.getpid()))
         child.start()
         return child
 
