@@ -239,8 +239,10 @@ class _Run:
         outcome.after = totals(work.checkpoints)
         outcome.drifted = sum(1 for e in state.list_errors(run.run_id, limit=100_000)
                               if e.stage == "schema")
-        if not work.completed:
-            outcome.errors = state.list_errors(run.run_id, limit=5)
+        if not work.completed:  # masked: records kept before masking existed may hold secrets
+            from etl.stores.state.base import masked_error
+
+            outcome.errors = [masked_error(e) for e in state.list_errors(run.run_id, limit=5)]
         return outcome
 
     def _tracker(self, context: "RunContext") -> "RunTracker | None":

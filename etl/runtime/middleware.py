@@ -4,7 +4,8 @@ ErrorLog writes each failure of an ETL message to the state store: the shard's l
 every failed attempt, and, once Dramatiq gives up on the message (retries exhausted, or an
 error marked permanent), a TaskErrorLog entry with traceback and context and the shard marked
 failed. It sits before Retries in the middleware list, so its after-hook runs after Retries
-has decided whether the message is retried or dead-lettered.
+has decided whether the message is retried or dead-lettered. URL passwords are masked in all
+it writes, and in the traceback a retried or dead-lettered message carries to the broker.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dramatiq.middleware import Middleware
 
 from etl.core.names import stage_of_actor
 from etl.core.statuses import ShardStatus
+from etl.core.urls import mask_url
 from etl.runtime.context import ContextCache
 from etl.stores.state import ErrorRecord
 
@@ -30,13 +32,22 @@ class ErrorLog(Middleware):
     def __init__(self, contexts: ContextCache) -> None:
         self.contexts = contexts
 
+    def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int) -> None:
+        """A retried message carries its last traceback (Retries puts it in the options) to
+        the broker, and a dead letter keeps it there: mask it before it leaves."""
+        trace = message.options.get("traceback")
+        if trace:
+            message.options["traceback"] = mask_url(trace)
+
     def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
+        if exception is not None:  # Retries has put the traceback in; a dead letter keeps it
+            self.before_enqueue(broker, message, 0)
         stage = stage_of_actor(message.actor_name)
         if exception is None or stage is None:
             return
         run_id, shard, batch = message.args[:3]
-        text = f"{type(exception).__name__}: {exception}"
+        text = mask_url(f"{type(exception).__name__}: {exception}")  # the stores mask it too
         try:
             state = self.contexts.get(run_id).state
             final = bool(getattr(message, "failed", False))
@@ -53,5 +64,8 @@ class ErrorLog(Middleware):
                              "retries": max(0, message.options.get("retries", 1) - 1)}))
                 log.error("%s of run %s shard %s batch %s failed for good: %s",
                           stage, run_id, shard, batch, text)
+            else:
+                log.warning("%s of run %s shard %s batch %s failed, will retry: %s",
+                            stage, run_id, shard, batch, text)
         except Exception:  # noqa: BLE001 - never let error reporting break the worker
             log.exception("could not record the failure of message %s", message.message_id)

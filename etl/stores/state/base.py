@@ -13,11 +13,13 @@ TaskErrorLog, RawPayload, plus EtlRun for the runs themselves.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
 
 from etl.core.statuses import RunStatus, ShardStatus
+from etl.core.urls import mask_secrets, mask_url
 
 #: Stages whose completion is counted per batch in TaskCheckpoint, and their counter.
 BATCH_COUNTERS = {"clean": "batches_cleaned", "load": "batches_loaded"}
@@ -112,6 +114,14 @@ class ErrorRecord:
     at: datetime = field(default_factory=utcnow)
 
 
+def masked_error(error: ErrorRecord) -> ErrorRecord:
+    """`error` with URL passwords and secret query values masked in its message,
+    traceback and context: what a store keeps and a command shows (etl.core.urls)."""
+    return dataclasses.replace(error, message=mask_url(error.message),
+                               traceback=mask_url(error.traceback),
+                               context=mask_secrets(error.context))
+
+
 @dataclass
 class Lease:
     """Ownership of one task (PendingTasks), unique on task_key."""
@@ -192,7 +202,8 @@ class StateStore(Protocol):
         makes the checkpoint complete, its status becomes "done"."""
 
     def set_shard_status(self, run_id: str, shard: int, status: str,
-                         last_error: str | None = None) -> None: ...
+                         last_error: str | None = None) -> None:
+        """Set the shard's status, and its last_error (kept masked: mask_url) if given."""
 
     # -- dedup ledger (TaskDedup) -----------------------------------------------------
     def is_done(self, fingerprint: str) -> bool: ...
@@ -209,16 +220,20 @@ class StateStore(Protocol):
         """Ordered by (shard, batch)."""
 
     # -- errors (TaskErrorLog) ---------------------------------------------------------
-    def log_error(self, error: ErrorRecord) -> None: ...
+    def log_error(self, error: ErrorRecord) -> None:
+        """Append `error` to TaskErrorLog, masked (masked_error): no password is stored."""
 
     def list_errors(self, run_id: str | None = None, *, limit: int = 100) -> list[ErrorRecord]:
         """Newest first."""
 
     # -- leases (PendingTasks) ---------------------------------------------------------
     def acquire_lease(self, task_key: str, owner: str, ttl: float,
-                      payload_ref: str | None = None) -> Lease | None:
+                      payload_ref: str | None = None, *,
+                      take_from: str | None = None) -> Lease | None:
         """Take the lease if it is free, expired, or already ours; returns the lease (with a
-        token that grows each time ownership changes) or None if another owner holds it."""
+        token that grows each time ownership changes) or None if another owner holds it.
+        `take_from`: also take it, live, while `take_from` holds it (an owner proven dead,
+        etl.runtime.leases): a takeover like an expiry, compared and set on the holder."""
 
     def renew_lease(self, task_key: str, owner: str, token: int, ttl: float) -> bool:
         """Extend our lease (heartbeat); False if we lost it (other owner or token)."""

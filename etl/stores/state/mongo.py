@@ -25,7 +25,7 @@ from pymongo.errors import DuplicateKeyError
 
 from etl.stores.state.base import (
     BATCH_COUNTERS, Checkpoint, ErrorRecord, Fence, Lease, RawPayload, RunRecord,
-    utcnow,
+    masked_error, utcnow,
 )
 from etl.core.errors import LeaseLost
 from etl.core.names import task_fingerprint
@@ -218,7 +218,7 @@ class MongoStateStore:
                          last_error: str | None = None) -> None:
         changes: dict[str, Any] = {"status": status, "updated_at": utcnow()}
         if last_error is not None:
-            changes["last_error"] = last_error
+            changes["last_error"] = mask_url(last_error)
         self.checkpoints.update_one({"run_id": run_id, "shard": shard}, {"$set": changes})
 
     # -- dedup ledger --------------------------------------------------------------------
@@ -249,7 +249,7 @@ class MongoStateStore:
 
     # -- errors --------------------------------------------------------------------------
     def log_error(self, error: ErrorRecord) -> None:
-        self.errors.insert_one(dataclasses.asdict(error))
+        self.errors.insert_one(dataclasses.asdict(masked_error(error)))
 
     def list_errors(self, run_id: str | None = None, *, limit: int = 100) -> list[ErrorRecord]:
         query = {"run_id": run_id} if run_id is not None else {}
@@ -258,7 +258,8 @@ class MongoStateStore:
 
     # -- leases --------------------------------------------------------------------------
     def acquire_lease(self, task_key: str, owner: str, ttl: float,
-                      payload_ref: str | None = None) -> Lease | None:
+                      payload_ref: str | None = None, *,
+                      take_from: str | None = None) -> Lease | None:
         now = utcnow()
         claim: dict[str, Any] = {"taken_by": owner, "lease_until": now + timedelta(seconds=ttl),
                                  "heartbeat": now}
@@ -269,10 +270,17 @@ class MongoStateStore:
         doc = self.leases.find_one_and_update(
             {"task_key": task_key, "taken_by": owner, "lease_until": {"$gt": now}},
             {"$set": claim}, return_document=after)
-        if doc is None:  # Expired, whoever held it: take it over, counted as a retry.
+        if doc is None:  # Expired, whoever held it (or held by take_from, proven dead): take
+            # it over, counted as a retry.
+            taken: dict[str, Any] = {"task_key": task_key, "taken_by": {"$ne": None},
+                                     "lease_until": {"$lte": now}}
+            if take_from is not None:
+                taken = {"task_key": task_key, "$or": [
+                    {"taken_by": {"$ne": None}, "lease_until": {"$lte": now}},
+                    {"taken_by": take_from}]}
             doc = self.leases.find_one_and_update(
-                {"task_key": task_key, "taken_by": {"$ne": None}, "lease_until": {"$lte": now}},
-                {"$set": claim, "$inc": {"token": 1, "retry_count": 1}}, return_document=after)
+                taken, {"$set": claim, "$inc": {"token": 1, "retry_count": 1}},
+                return_document=after)
         if doc is None:  # Free (released, or not there yet): take it, creating it if needed.
             update: dict[str, Any] = {"$set": claim, "$inc": {"token": 1, "retry_count": 0}}
             if payload_ref is None:

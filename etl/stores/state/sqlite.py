@@ -18,7 +18,7 @@ from typing import Any, ContextManager
 
 from etl.stores.state.base import (
     BATCH_COUNTERS, ROW_COUNTERS, Checkpoint, ErrorRecord, Fence, Lease, RawPayload, RunRecord,
-    utcnow,
+    masked_error, utcnow,
 )
 from etl.core.errors import LeaseLost
 from etl.core.names import task_fingerprint
@@ -243,7 +243,8 @@ class SQLiteStateStore:
             conn.execute(
                 "UPDATE TaskCheckpoint SET status = ?, last_error = COALESCE(?, last_error), "
                 "updated_at = ? WHERE run_id = ? AND shard = ?",
-                (status, last_error, to_ms(utcnow()), run_id, shard))
+                (status, mask_url(last_error) if last_error else last_error, to_ms(utcnow()),
+                 run_id, shard))
 
     # -- dedup ledger --------------------------------------------------------------------
     def is_done(self, fingerprint: str) -> bool:
@@ -281,7 +282,7 @@ class SQLiteStateStore:
 
     # -- errors --------------------------------------------------------------------------
     def log_error(self, error: ErrorRecord) -> None:
-        e = error
+        e = masked_error(error)
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO TaskErrorLog (run_id, shard, batch, stage, error_type, message, "
@@ -306,7 +307,8 @@ class SQLiteStateStore:
                      retry_count=row["retry_count"], payload_ref=row["payload_ref"], token=row["token"])
 
     def acquire_lease(self, task_key: str, owner: str, ttl: float,
-                      payload_ref: str | None = None) -> Lease | None:
+                      payload_ref: str | None = None, *,
+                      take_from: str | None = None) -> Lease | None:
         now = to_ms(utcnow())
         until = now + int(ttl * 1000)
         with self._write() as conn:
@@ -319,9 +321,9 @@ class SQLiteStateStore:
                 conn.execute("UPDATE PendingTasks SET lease_until = ?, heartbeat = ?, "
                              "payload_ref = COALESCE(?, payload_ref) WHERE task_key = ?",
                              (until, now, payload_ref, task_key))
-            elif live:
+            elif live and row["taken_by"] != take_from:
                 return None
-            else:  # free, or expired (a takeover, counted as a retry)
+            else:  # free, expired or its holder dead (a takeover, counted as a retry)
                 conn.execute(
                     "UPDATE PendingTasks SET taken_by = ?, lease_until = ?, heartbeat = ?, "
                     "token = token + 1, retry_count = retry_count + ?, "
