@@ -12,12 +12,10 @@ and `find_pending` turns it back into exactly the messages still needed. That is
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 from multiprocessing.connection import wait
 import os
-import signal
 import threading
 import time
 
@@ -26,6 +24,7 @@ import dramatiq
 from etl.brokers import open_broker
 from etl.runtime.actors import QUEUE, declare_actors
 from etl.runtime.context import ContextCache, RunContext
+from etl.runtime.processes import die_with_parent
 from etl.runtime.runs import Pending, ProgressCallback, WorkOutcome, all_loaded, find_pending
 from results.base import ResultStore
 
@@ -69,17 +68,15 @@ def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
     return len(broker.dead_letters_by_queue.get(QUEUE, []))
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this process when its parent dies, so a killed
-    `etl run` leaves no orphan worker behind."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        log.debug("PR_SET_PDEATHSIG not available; orphaned workers finish their queue")
+def _die_with_parent(parent: int) -> None:
+    """Have this child die with `parent`, so a killed `etl run` leaves no orphan worker
+    behind, even one whose parent died before the kernel was told (etl.runtime.processes)."""
+    die_with_parent(parent)
 
 
-def _child(ctx: RunContext, pending: Pending, threads: int, results: ResultStore | None) -> None:
-    _die_with_parent()
+def _child(ctx: RunContext, pending: Pending, threads: int, results: ResultStore | None,
+           parent: int) -> None:
+    _die_with_parent(parent)
     dead = _work(ctx, pending, threads=threads, poll=0.5, on_progress=None, results=results)
     logging.shutdown()
     os._exit(min(dead, 125))
@@ -87,18 +84,19 @@ def _child(ctx: RunContext, pending: Pending, threads: int, results: ResultStore
 
 def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, threads: int,
                        poll: float, on_progress: ProgressCallback | None,
-                       results: ResultStore | None) -> int:
+                       results: ResultStore | None) -> tuple[int, int]:
+    """Fork the worker processes, wait for them; (dead letters, processes killed)."""
     ctx.pipeline.source.prepare(ctx.plan)  # parse and index once, shared by every fork
     fork = multiprocessing.get_context("fork")
     children = []
     for index in range(processes):
         part = _only(pending, {s for s in range(ctx.plan.shards) if s % processes == index})
         if part.total:
-            child = fork.Process(target=_child, args=(ctx, part, threads, results),
+            child = fork.Process(target=_child, args=(ctx, part, threads, results, os.getpid()),
                                  name=f"etl-worker-{index}")
             child.start()
             children.append(child)
-    dead = 0
+    dead = killed = 0
     try:
         running = {child.sentinel: child for child in children}
         while running:
@@ -116,8 +114,15 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
             if child.exitcode and child.exitcode > 0:
                 dead += child.exitcode
             elif child.exitcode:
+                killed += 1
                 log.error("%s died with signal %d", child.name, -child.exitcode)
-    return dead
+    return dead, killed
+
+
+#: How often a run's worker processes are started again, in one call, after some were
+#: killed (the OOM killer, a stray kill): their work is in the state store, so a new
+#: process takes it up where they stopped.
+RESTARTS = 2
 
 
 def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int = 1, poll: float = 0.2,
@@ -134,8 +139,16 @@ def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int = 1, poll:
         dead = _work(ctx, pending, threads=threads, poll=poll, on_progress=on_progress,
                      results=results)
     else:
-        dead = _work_in_processes(ctx, pending, processes=processes, threads=threads, poll=poll,
-                                  on_progress=on_progress, results=results)
+        dead = 0
+        for restart in range(RESTARTS + 1):
+            lost, killed = _work_in_processes(ctx, pending, processes=processes, threads=threads,
+                                              poll=poll, on_progress=on_progress, results=results)
+            dead += lost
+            pending = find_pending(ctx.state, ctx.run_id)
+            if not killed or not pending.total or restart == RESTARTS:
+                break
+            log.warning("%d worker process(es) killed: starting their %d unfinished batch "
+                        "pipeline(s) again", killed, pending.total)
     checkpoints = ctx.state.list_checkpoints(ctx.run_id)
     if on_progress:
         on_progress(checkpoints)
