@@ -119,5 +119,31 @@ def _service_line(exc: BaseException) -> str:
     return f"a service did not answer ({name}: {detail}); check it and run the command again"
 
 
+def entry() -> None:
+    """The `etl` console script (and `python -m cli.main`): main(), then leave without the
+    interpreter's final teardown. Arrow's native thread pools can abort the process there
+    ("terminate called without an active exception", SIGABRT) after all the work is done
+    and reported (apache/arrow#34314); the exit handlers still run and the output is
+    flushed, then the process ends with main's status."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    import atexit
+
+    atexit._run_exitfuncs()  # logging.shutdown, multiprocessing, the writers' flushes
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    entry()
