@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any
 
+from etl.core.clock import utcnow  # noqa: F401 - re-exported: the recorders take it from here
 from etl.core.urls import mask_secrets, mask_url
 
 
@@ -48,11 +49,6 @@ FINISHED = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 
 #: Default time to live of a record (a day): every record expires.
 DEFAULT_TTL = timedelta(days=1)
-
-
-def utcnow() -> datetime:
-    now = datetime.now(timezone.utc)
-    return now.replace(microsecond=(now.microsecond // 1000) * 1000)
 
 
 @dataclass

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from etl.core.clock import utcnow  # noqa: F401 - re-exported: the stores take it from here
 from etl.core.statuses import RunStatus, ShardStatus
 from etl.core.urls import mask_secrets, mask_url
 
@@ -32,12 +33,6 @@ ROW_COUNTERS = {
 
 RUN_STATUSES = tuple(RunStatus)
 SHARD_STATUSES = tuple(ShardStatus)
-
-
-def utcnow() -> datetime:
-    """Now, timezone-aware UTC, truncated to milliseconds (what MongoDB keeps)."""
-    now = datetime.now(timezone.utc)
-    return now.replace(microsecond=(now.microsecond // 1000) * 1000)
 
 
 @dataclass
