@@ -137,14 +137,17 @@ def drop(url: str, queue: str) -> None:
         broker.close()
 
 
-def takeover(kind: str, workdir: Path, *, give_up: float = 60.0) -> Takeover:
-    """Run the demo on two workers of `kind`, SIGKILL one mid-run, time the takeover, and
-    follow the run to its end. Raises AssertionError when the takeover takes over
-    `give_up` seconds or the run does not complete."""
+def takeover(kind: str, workdir: Path, *, give_up: float = 60.0, pipeline: str = "demo",
+             shards: int = 20, batch_size: int = 2500, kill_after: int = 20_000) -> Takeover:
+    """Run `pipeline` (default the demo) on two workers of `kind`, SIGKILL one once
+    `kill_after` rows are loaded and it holds a lease, time the takeover, and follow the run
+    to its end. Raises AssertionError when the takeover takes over `give_up` seconds or the
+    run does not complete."""
+    plan = ["-p", pipeline, "--shards", str(shards)]
     url = broker_url(kind)
     queue = f"takeover-{uuid.uuid4().hex[:10]}"
     env = env_for(workdir, url, queue)
-    workers = [subprocess.Popen([*ETL, "-v", "worker", "--threads", "2", "--preload", "demo"],
+    workers = [subprocess.Popen([*ETL, "-v", "worker", "--threads", "2", "--preload", pipeline],
                                 cwd=workdir, env=env, stdout=subprocess.DEVNULL,
                                 stderr=(workdir / f"worker-{i}.log").open("w"))
                for i in range(2)]
@@ -153,8 +156,8 @@ def takeover(kind: str, workdir: Path, *, give_up: float = 60.0) -> Takeover:
         while time.monotonic() < deadline and not all(
                 "preloaded" in (workdir / f"worker-{i}.log").read_text() for i in range(2)):
             time.sleep(0.05)
-        sent = subprocess.run([*ETL, "run", "--fresh", "--no-progress", "--shards", "20",
-                               "--batch-size", "2500"], cwd=workdir, env=env, text=True,
+        sent = subprocess.run([*ETL, "run", "--fresh", "--no-progress", *plan,
+                               "--batch-size", str(batch_size)], cwd=workdir, env=env, text=True,
                               capture_output=True, timeout=120)
         assert sent.returncode == 0, sent.stderr
         run_id = sent.stdout.strip().splitlines()[-1]
@@ -162,7 +165,7 @@ def takeover(kind: str, workdir: Path, *, give_up: float = 60.0) -> Takeover:
         deadline = time.monotonic() + 120
         held: dict[str, int] = {}
         while time.monotonic() < deadline and not _complete(workdir, run_id):
-            if _rows_loaded(workdir) >= 20_000:
+            if _rows_loaded(workdir) >= kill_after:
                 held = _held_by(workdir, victim.pid)
                 if held:
                     break
@@ -179,7 +182,7 @@ def takeover(kind: str, workdir: Path, *, give_up: float = 60.0) -> Takeover:
                 f"{give_up:.0f} s")
             time.sleep(0.02)
         seconds = time.perf_counter() - killed
-        final = subprocess.run([*ETL, "run", "--run-id", run_id, "--wait", "--no-progress"],
+        final = subprocess.run([*ETL, "run", *plan, "--run-id", run_id, "--wait", "--no-progress"],
                                cwd=workdir, env=env, text=True, capture_output=True, timeout=300)
         assert final.returncode == 0, final.stderr
         return Takeover(seconds, held, run_id, _complete(workdir, run_id), workdir)

@@ -23,12 +23,10 @@ import pandas as pd
 import pytest
 
 from bench.bench_takeover import takeover
-from etl.core.names import task_key
 from etl.runtime.leases import LeaseBusy, LeaseKeeper
 from etl.runtime.processes import HOST, owner_is_dead, process_name, start_time
 from etl.stores.state import StateStore
 from tests.cluster import ETL, RABBITMQ, Cluster, broker_url
-from tests.flights import assert_exactly_once, sink_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -247,19 +245,36 @@ def _rows_loaded(workdir: Path) -> int:
         return 0
 
 
+ORDERS = 60_000
+
+
+def _orders_project(workdir: Path) -> None:
+    """60,000 orders and the user pipeline of tests.test_cli over them."""
+    from tests.test_cli import _user_pipeline
+
+    lines = ["order_id,amount,sku"] + [f"{i},{i * 1.5},sku{i % 7}" for i in range(ORDERS)]
+    (workdir / "orders.csv").write_text("\n".join(lines) + "\n")
+    _user_pipeline(workdir)
+
+
+def _orders_once(workdir: Path) -> None:
+    loaded = pd.read_parquet(workdir / "out" / "orders")
+    assert len(loaded) == ORDERS and sorted(loaded["order_id"]) == list(range(ORDERS))
+
+
 @pytest.mark.slow
-def test_embedded_resume_after_sigkill_does_not_wait_out_the_lease(
-        tmp_path: Path, reference: pd.DataFrame) -> None:
-    # Given `etl run` on the demo with 2 worker processes and a 30 s lease TTL
+def test_embedded_resume_after_sigkill_does_not_wait_out_the_lease(tmp_path: Path) -> None:
+    # Given `etl run` over 60,000 orders with 2 worker processes and a 30 s lease TTL
+    _orders_project(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-    env.update(ETL_DEMO_OUTPUT=str(tmp_path / "out" / "flights"), ETL_LEASE_TTL="30")
-    command = [*ETL, "run", "--shards", "20", "--batch-size", "6000", "--processes", "2",
-               "--no-progress"]
+    env.update(PYTHONPATH=str(tmp_path), ETL_LEASE_TTL="30")
+    command = [*ETL, "run", "-p", "mypipes:orders", "--shards", "8", "--batch-size", "500",
+               "--processes", "2", "--no-progress"]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # When it is SIGKILLed mid-run, its children holding leases
     children: list[int] = []
-    assert _wait_for(lambda: _rows_loaded(tmp_path) > 40_000 or process.poll() is not None, 120,
+    assert _wait_for(lambda: _rows_loaded(tmp_path) > 10_000 or process.poll() is not None, 120,
                      step=0.01)
     children = _children(process.pid)
     process.send_signal(signal.SIGKILL)
@@ -275,25 +290,26 @@ def test_embedded_resume_after_sigkill_does_not_wait_out_the_lease(
     print(f"embedded resume after SIGKILL: {elapsed:.1f} s (lease TTL 30 s)")
     assert resumed.returncode == 0, resumed.stderr
     assert elapsed < 15, f"the resume took {elapsed:.1f} s: it waited out dead owners' leases"
-    assert_exactly_once(sink_frame(tmp_path), reference)
+    _orders_once(tmp_path)
 
 
 @pytest.mark.slow
 @pytest.mark.services
 @pytest.mark.parametrize("kind", ["rabbitmq", "redis"])
-def test_worker_sigkilled_mid_run_is_taken_over_within_seconds(
-        kind: str, tmp_path: Path, reference: pd.DataFrame) -> None:
+def test_worker_sigkilled_mid_run_is_taken_over_within_seconds(kind: str, tmp_path: Path) -> None:
     # Given two warm workers on `kind` with default settings (lease TTL 30 s, the Redis
-    # broker's default heartbeat) working the demo run
+    # broker's default heartbeat) working a run of 60,000 orders
     broker_url(kind)  # skip (or fail under CI) when the broker is down
+    _orders_project(tmp_path)
     # When one of them is SIGKILLed while it holds leases
-    measured = takeover(kind, tmp_path, give_up=45)
+    measured = takeover(kind, tmp_path, give_up=45, pipeline="mypipes:orders", shards=8,
+                        batch_size=500, kill_after=5_000)
     # Then the other finishes its tasks within seconds, and the run loads every row once
     print(f"{kind}: takeover after a worker SIGKILL: {measured.seconds:.2f} s "
           f"({len(measured.held)} task(s))")
     assert measured.seconds < 15, f"takeover took {measured.seconds:.1f} s"
     assert measured.completed
-    assert_exactly_once(sink_frame(tmp_path), reference)
+    _orders_once(tmp_path)
 
 
 # -- item 8: a refused login ends `etl worker` ----------------------------------------------
