@@ -3,6 +3,7 @@ this machine) and MongoDB (mongomock, or a real server with ETL_TEST_MONGO_URL).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -133,16 +134,26 @@ def test_list_filters_and_stats(store: ResultStore) -> None:
     assert store.get("l5") is None
 
 
+def _in_process_fake(store: ResultStore) -> bool:
+    """mongomock: an in-process fake that is not thread-safe (a real server is)."""
+    return type(getattr(store, "client", None)).__module__.startswith("mongomock")
+
+
 def test_concurrent_writers_move_a_job_once(store: ResultStore) -> None:
     # Given a queued job and eight workers racing to start it
     store.store(_job("race"))
     store.update_status("race", "queued")
     outcomes: list[str] = []
     lock = threading.Lock()
+    # (mongomock is not thread-safe: its calls are taken one at a time, so the test checks
+    # the store's compare-and-set there, and the race itself on SQLite, Redis and a real
+    # MongoDB server with ETL_TEST_MONGO_URL)
+    fake = threading.Lock() if _in_process_fake(store) else contextlib.nullcontext()
 
     def start(worker: int) -> None:
         try:
-            store.update_status("race", "in_progress", worker_id=f"w{worker}")
+            with fake:
+                store.update_status("race", "in_progress", worker_id=f"w{worker}")
             result = "won"
         except InvalidTransition:
             result = "lost"
