@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from etl.core.names import task_fingerprint  # noqa: E402
-from etl.runtime.processes import HOST  # noqa: E402
+from etl.core.processes import HOST  # noqa: E402
 
 ETL = [sys.executable, "-m", "cli.main"]
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672/%2F"

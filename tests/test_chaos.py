@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import statistics
 import subprocess
 import time
@@ -19,6 +18,7 @@ import pytest
 
 from tests.cluster import ETL, Cluster
 from tests.test_cli import _user_pipeline
+from tests.watch import alive, children, rows_loaded
 
 pytestmark = pytest.mark.slow
 
@@ -34,32 +34,20 @@ def _ours(workdir: Path) -> list[int]:
     """Live processes started in `workdir` (by cwd), zombies excluded."""
     found = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
         try:
-            if os.readlink(proc / "cwd") == str(workdir) and \
-                    "zombie" not in (proc / "status").read_text():
+            if proc.name.isdigit() and os.readlink(proc / "cwd") == str(workdir) \
+                    and alive(int(proc.name)):
                 found.append(int(proc.name))
         except OSError:
             continue
     return found
 
 
-def _no_orphans(workdir: Path, *, alive: set[int] = frozenset(), grace: float = 5.0) -> None:  # type: ignore[assignment]
+def _no_orphans(workdir: Path, *, grace: float = 5.0) -> None:
     deadline = time.monotonic() + grace
-    while (left := set(_ours(workdir)) - set(alive)) and time.monotonic() < deadline:
+    while (left := _ours(workdir)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left, f"processes outlived their parent: {sorted(left)}"
-
-
-def _loaded(workdir: Path, run_id: str | None = None) -> int:
-    try:
-        with sqlite3.connect(f"file:{workdir}/.etl/state.db?mode=ro", uri=True, timeout=5) as conn:
-            where, args = ("WHERE run_id = ?", (run_id,)) if run_id else ("", ())
-            return int(conn.execute(f"SELECT COALESCE(SUM(rows_loaded), 0) FROM TaskCheckpoint {where}",
-                                    args).fetchone()[0])
-    except sqlite3.Error:
-        return 0
 
 
 def _exactly_once(workdir: Path, rows: int = ROWS) -> None:
@@ -118,28 +106,6 @@ def test_etl_run_killed_at_random_twenty_times_loses_and_doubles_nothing(tmp_pat
           f"(max {max(resumes):.2f} s), clean run {clean:.2f} s")
 
 
-def _workers_of(supervisor: subprocess.Popen[str]) -> list[int]:
-    found: set[int] = set()
-    try:
-        for task in Path(f"/proc/{supervisor.pid}/task").iterdir():
-            found.update(int(p) for p in (task / "children").read_text().split())
-    except OSError:
-        pass
-    return sorted(found)
-
-
-def _alive(pids: list[int]) -> list[int]:
-    """Those of `pids` still running (zombies count as gone)."""
-    left = []
-    for pid in pids:
-        try:
-            if "zombie" not in Path(f"/proc/{pid}/status").read_text(errors="ignore"):
-                left.append(pid)
-        except OSError:
-            continue
-    return left
-
-
 @pytest.mark.services
 @pytest.mark.parametrize("cluster", ["rabbitmq", "redis"], indirect=True)
 def test_worker_processes_and_supervisors_killed_at_random_lose_and_double_nothing(
@@ -169,8 +135,8 @@ def test_worker_processes_and_supervisors_killed_at_random_lose_and_double_nothi
             run_id, runs = cluster.enqueue(*plan, "--batch-size", "200"), runs + 1
         time.sleep(rng.uniform(0.2, 0.8))
         target = rng.choice([s for s in supervisors if s.poll() is None])
-        workers = _workers_of(target)
-        before = _loaded(cluster.workdir, run_id)
+        workers = children(target.pid)
+        before = rows_loaded(cluster.workdir, run_id)
         if kills % 2 and workers:
             os.kill(rng.choice(workers), signal.SIGKILL)  # the supervisor starts another
         else:
@@ -179,13 +145,14 @@ def test_worker_processes_and_supervisors_killed_at_random_lose_and_double_nothi
             supervisors.remove(target)
             # Then its workers die with it: none is left consuming
             deadline = time.monotonic() + 5
-            while _alive(workers) and time.monotonic() < deadline:
+            while any(map(alive, workers)) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert not _alive(workers), f"workers outlived their supervisor: {_alive(workers)}"
+            left = [pid for pid in workers if alive(pid)]
+            assert not left, f"workers outlived their supervisor: {left}"
             supervisors.append(supervisor())
         kills += 1
         killed_at = time.monotonic()
-        while _loaded(cluster.workdir, run_id) <= before and not cluster.complete(run_id) \
+        while rows_loaded(cluster.workdir, run_id) <= before and not cluster.complete(run_id) \
                 and time.monotonic() - killed_at < 60:
             time.sleep(0.05)
         takeovers.append(time.monotonic() - killed_at)

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from tests.flights import assert_exactly_once, sink_frame
+from tests.watch import rows_loaded
 
 pytestmark = pytest.mark.slow
 
@@ -43,25 +44,13 @@ def _run(workdir: Path, crash_at: str = "", timeout: float = 300) -> subprocess.
                           capture_output=True, timeout=timeout)
 
 
-def _rows_loaded(workdir: Path) -> int:
-    db = workdir / ".etl" / "state.db"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            row = conn.execute("SELECT COALESCE(SUM(rows_loaded), 0) FROM TaskCheckpoint").fetchone()
-        return int(row[0])
-    except sqlite3.Error:
-        return 0
-
-
 def _kill_when(workdir: Path, predicate, *, give_up: float = 120) -> int:  # type: ignore[no-untyped-def]
     """Start the command, SIGKILL it once `predicate(rows_loaded)` holds; its return code."""
     process = subprocess.Popen(COMMAND, cwd=workdir, env=_env(workdir), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + give_up
     while process.poll() is None and time.monotonic() < deadline:
-        if predicate(_rows_loaded(workdir)):
+        if predicate(rows_loaded(workdir)):
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.01)
@@ -81,7 +70,7 @@ def test_sigkill_at_every_crash_point_then_resume_loads_each_row_once(
     # And killed twice more at moments seen from outside, with worker processes: early, then
     # mid-run (the workers die with their parent)
     assert _kill_when(tmp_path, lambda loaded: True) in (-signal.SIGKILL, 0)
-    seen = _rows_loaded(tmp_path)
+    seen = rows_loaded(tmp_path)
     assert _kill_when(tmp_path, lambda loaded: loaded > seen + 40_000) in (-signal.SIGKILL, 0)
     # And the same command then runs to the end
     final = _run(tmp_path)
@@ -105,4 +94,4 @@ def test_sigkill_at_every_crash_point_then_resume_loads_each_row_once(
     assert again.returncode == 0, again.stderr
     assert "nothing to load" in again.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / "flights").iterdir()} == files_before
-    assert _rows_loaded(tmp_path) == len(reference)
+    assert rows_loaded(tmp_path) == len(reference)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,22 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from tests.test_cli import _user_pipeline
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
-
-
-def _loaded(workdir: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{workdir}/.etl/state.db?mode=ro", uri=True, timeout=5) as conn:
-            return int(conn.execute("SELECT COALESCE(SUM(rows_loaded), 0) FROM TaskCheckpoint").fetchone()[0])
-    except sqlite3.Error:
-        return 0
+from tests.watch import children, rows_loaded
 
 
 def test_a_killed_worker_process_is_replaced_and_the_run_completes(tmp_path: Path) -> None:
@@ -46,9 +30,9 @@ def test_a_killed_worker_process_is_replaced_and_the_run_completes(tmp_path: Pat
     # When one of its worker processes is SIGKILLed once loading has begun
     deadline, killed = time.monotonic() + 120, None
     while killed is None and time.monotonic() < deadline and run.poll() is None:
-        children = _children(run.pid)
-        if children and _loaded(tmp_path) > 0:
-            killed = children[0]
+        workers = children(run.pid)
+        if workers and rows_loaded(tmp_path) > 0:
+            killed = workers[0]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.02)
     out, err = run.communicate(timeout=300)

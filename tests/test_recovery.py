@@ -17,47 +17,22 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 import pytest
 
 from bench.bench_takeover import takeover
 from etl.runtime.leases import LeaseBusy, LeaseKeeper
-from etl.runtime.processes import HOST, owner_is_dead, process_name, start_time
+from etl.core.processes import HOST, owner_is_dead, process_name, start_time
 from etl.stores.state import StateStore
 from tests.cluster import ETL, RABBITMQ, Cluster, broker_url
+from tests.test_state_conformance import store  # noqa: F401 - the same SQLite and Mongo stores
+from tests.watch import alive, children, rows_loaded
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` is a live process (not gone, not a zombie)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
-
-
-def _children(pid: int) -> list[int]:
-    """Pids of the live processes whose parent is `pid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.append(int(entry))
-    return found
-
 
 def _wait_for(predicate, timeout: float, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
@@ -89,23 +64,6 @@ def _dead_owner() -> str:
     return f"{name}:12345"
 
 
-@pytest.fixture(params=["sqlite", "mongo"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    if request.param == "sqlite":
-        from etl.stores.state.sqlite import SQLiteStateStore
-
-        sqlite_store = SQLiteStateStore(f"sqlite:///{tmp_path}/state.db")
-        yield sqlite_store
-        sqlite_store.close()
-    else:
-        from etl.stores.state.mongo import MongoStateStore
-
-        client = request.getfixturevalue("mongo_client")
-        name = request.getfixturevalue("mongo_db_name")
-        yield MongoStateStore("mongodb://unused/x", client=client, database=name)
-        client.drop_database(name)
-
-
 # -- item 6: no orphans ----------------------------------------------------------------------
 
 @pytest.mark.services
@@ -115,15 +73,15 @@ def test_sigkilled_supervisor_leaves_no_worker_and_no_consumer(tmp_path: Path) -
     try:
         supervisor = cluster.start_worker("--processes", "2")
         queue = cluster.env["ETL_QUEUE"]
-        assert _wait_for(lambda: len(_children(supervisor.pid)) == 2, 60), "no 2 workers forked"
-        workers = _children(supervisor.pid)
+        assert _wait_for(lambda: len(children(supervisor.pid)) == 2, 60), "no 2 workers forked"
+        workers = children(supervisor.pid)
         assert _wait_for(lambda: _consumers(queue) >= 2, 60), "the workers never consumed"
         # When the supervisor is SIGKILLed
         supervisor.send_signal(signal.SIGKILL)
         supervisor.wait(timeout=30)
         # Then within a few seconds no worker process is left, and the queue has no consumer
-        gone = _wait_for(lambda: not any(_alive(pid) for pid in workers), 5)
-        left = [pid for pid in workers if _alive(pid)]
+        gone = _wait_for(lambda: not any(alive(pid) for pid in workers), 5)
+        left = [pid for pid in workers if alive(pid)]
         for pid in left:  # do not leave them consuming other tests' nothing
             os.kill(pid, signal.SIGKILL)
         assert gone, f"worker processes {left} outlived their supervisor"
@@ -231,20 +189,6 @@ def test_lease_of_a_live_owner_or_another_host_is_not_taken(store: StateStore) -
         sleeper.wait()
 
 
-def _rows_loaded(workdir: Path) -> int:
-    import sqlite3
-
-    db = workdir / ".etl" / "state.db"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            return int(conn.execute("SELECT COALESCE(SUM(rows_loaded), 0) FROM TaskCheckpoint")
-                       .fetchone()[0])
-    except sqlite3.Error:
-        return 0
-
-
 ORDERS = 60_000
 
 
@@ -273,15 +217,14 @@ def test_embedded_resume_after_sigkill_does_not_wait_out_the_lease(tmp_path: Pat
     process = subprocess.Popen(command, cwd=tmp_path, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # When it is SIGKILLed mid-run, its children holding leases
-    children: list[int] = []
-    assert _wait_for(lambda: _rows_loaded(tmp_path) > 10_000 or process.poll() is not None, 120,
+    assert _wait_for(lambda: rows_loaded(tmp_path) > 10_000 or process.poll() is not None, 120,
                      step=0.01)
-    children = _children(process.pid)
+    workers = children(process.pid)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     # Then its children are gone within a few seconds
-    assert _wait_for(lambda: not any(_alive(pid) for pid in children), 5)
+    assert _wait_for(lambda: not any(alive(pid) for pid in workers), 5)
     # And the same command resumes and completes well within the lease TTL
     started = time.monotonic()
     resumed = subprocess.run(command, cwd=tmp_path, env=env, text=True, capture_output=True,

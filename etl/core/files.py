@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import tempfile
 from pathlib import Path
+
+from etl.core.processes import HOST, owner_is_dead
 
 #: Prefix of the temporary files; listings skip them.
 TEMP_PREFIX = ".tmp-"
@@ -32,7 +33,8 @@ FILE_MODE = 0o666 & ~_umask()
 
 
 def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+    """This host's name as a temporary file carries it (no "." or "/")."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", HOST) or "host"
 
 
 def atomic_write(target: Path, data: bytes) -> None:
@@ -53,14 +55,6 @@ def atomic_write(target: Path, data: bytes) -> None:
 
 def orphaned(temp: Path) -> bool:
     """A temporary file whose writer is provably gone: written by a process of this host
-    that no longer exists (killed mid-write). Files of other hosts are not judged here."""
+    that no longer runs (killed mid-write). Files of other hosts are not judged here."""
     match = _TEMP_NAME.match(temp.name)
-    if not match or match["host"] != _host():
-        return False
-    try:
-        os.kill(int(match["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
-        return False
-    return False
+    return bool(match) and match["host"] == _host() and owner_is_dead(f"{HOST}:{match['pid']}")

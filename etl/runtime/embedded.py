@@ -24,7 +24,7 @@ import dramatiq
 from etl.brokers import open_broker
 from etl.runtime.actors import QUEUE, declare_actors
 from etl.runtime.context import ContextCache, RunContext
-from etl.runtime.processes import die_with_parent
+from etl.core.processes import die_with_parent
 from etl.runtime.runs import Pending, ProgressCallback, WorkOutcome, all_loaded, find_pending
 from results.base import ResultStore
 
@@ -70,7 +70,7 @@ def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
 
 def _die_with_parent(parent: int) -> None:
     """Have this child die with `parent`, so a killed `etl run` leaves no orphan worker
-    behind, even one whose parent died before the kernel was told (etl.runtime.processes)."""
+    behind, even one whose parent died before the kernel was told (etl.core.processes)."""
     die_with_parent(parent)
 
 

@@ -8,7 +8,7 @@ leases expire after the TTL, when the redelivered message of another worker take
 (with a larger fencing token). An owner proven dead does not make anyone wait that long:
 owners are named `host:pid@start:thread`, and a lease whose owner ran on this host and whose
 process is gone (its pid free, a zombie, or reused by a process started later;
-etl.runtime.processes) is taken over at once, by the same compare-and-set on its holder.
+etl.core.processes) is taken over at once, by the same compare-and-set on its holder.
 The commit of a task's effect passes the lease as a Fence,
 so an owner that stalled past its lease cannot commit after the takeover.
 
@@ -28,7 +28,7 @@ from typing import Iterator
 
 from etl.core.config import DEFAULTS, Settings, load_settings
 from etl.core.errors import ConfigError, EtlError
-from etl.runtime.processes import owner_is_dead, process_name
+from etl.core.processes import owner_is_dead, process_name
 from etl.stores.state import Fence, Lease, StateStore
 from etl.stores.state.base import utcnow
 
@@ -81,27 +81,28 @@ class LeaseKeeper:
         """Owner id of the calling thread: host, process (pid and start time) and thread."""
         return f"{self.process}:{threading.get_ident()}"
 
-    def _acquire(self, key: str, owner: str) -> Lease | None:
-        """The lease of `key`, taken over at once from a holder proven dead; else None."""
+    def _acquire(self, key: str, owner: str) -> tuple[Lease | None, Lease | None]:
+        """(the lease of `key`, taken over at once from a holder proven dead; else None,
+        and the holder's lease as last read)."""
         lease = self.state.acquire_lease(key, owner, self.ttl)
         if lease is not None:
-            return lease
+            return lease, None
         current = self.state.get_lease(key)
         if current is None or not owner_is_dead(current.taken_by):
-            return None
+            return None, current
         lease = self.state.acquire_lease(key, owner, self.ttl, take_from=current.taken_by)
-        if lease is not None:
-            log.info("took lease %s over from %s, whose process is gone", key, current.taken_by)
-        return lease
+        if lease is None:  # someone took it over first: report them
+            return None, self.state.get_lease(key)
+        log.info("took lease %s over from %s, whose process is gone", key, current.taken_by)
+        return lease, None
 
     @contextmanager
     def hold(self, key: str) -> Iterator[Fence]:
         """Hold the lease of `key` for the duration of the block; raise LeaseBusy when another
         live owner has it. The yielded Fence goes to the commit that ends the task."""
         owner = self.owner()
-        lease = self._acquire(key, owner)
+        lease, current = self._acquire(key, owner)
         if lease is None:
-            current = self.state.get_lease(key)
             left = self.ttl
             holder = None
             if current is not None and current.lease_until is not None:

@@ -10,7 +10,7 @@ With several processes, this process supervises: it forks them (each opens its o
 connection after the fork), restarts one that dies (after a pause, so a crash loop does not
 spin), and on SIGTERM or SIGINT stops them all gracefully: a worker finishes the messages it
 is working on, and the broker redelivers the ones it had prefetched. Its processes die with
-it on every path (etl.runtime.processes.die_with_parent): a SIGKILLed supervisor leaves no
+it on every path (etl.core.processes.die_with_parent): a SIGKILLed supervisor leaves no
 worker consuming behind it, and its restart does not double the consumers.
 
 The broker is reached once before anything starts (its module's `probe`): a refused login
@@ -40,7 +40,7 @@ from etl.runtime.leases import LeaseKeeper, lease_ttl
 from etl.pipeline import load_pipeline
 from etl.sources.base import WholeTable
 from etl.runtime.metrics import Metrics, StateCollector
-from etl.runtime.processes import die_with_parent
+from etl.core.processes import die_with_parent
 from etl.stores import open_results, open_state
 from etl.stores.state import StateStore
 from etl.core.urls import mask_url

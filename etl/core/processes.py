@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -114,4 +115,4 @@ def _watch_parent(parent: int) -> None:
     while True:
         if os.getppid() != parent:
             os.kill(os.getpid(), signal.SIGKILL)
-        threading.Event().wait(WATCHDOG_INTERVAL)
+        time.sleep(WATCHDOG_INTERVAL)
