@@ -16,9 +16,11 @@ from etl.core.lazy import lazy_exports
 if TYPE_CHECKING:
     from etl.pipeline import Pipeline, RetryPolicy
     from etl.runner import RunOutcome, replay, run
+    from etl.sinks.delta import DeltaSink
     from etl.sinks.mongo import MongoSink
     from etl.sinks.parquet import ParquetSink
     from etl.sources.files import FileSource
+    from etl.sinks.sql import SqlSink
     from etl.sources.sql import SqlSource
 
 #: Public name -> the module that defines it.
@@ -29,12 +31,14 @@ _EXPORTS = {
     "SqlSource": "etl.sources.sql",
     "ParquetSink": "etl.sinks.parquet",
     "MongoSink": "etl.sinks.mongo",
+    "DeltaSink": "etl.sinks.delta",
+    "SqlSink": "etl.sinks.sql",
     "run": "etl.runner",
     "replay": "etl.runner",
     "RunOutcome": "etl.runner",
 }
 
-__all__ = ["FileSource", "MongoSink", "ParquetSink", "Pipeline", "RetryPolicy", "RunOutcome",
-           "SqlSource", "replay", "run"]
+__all__ = ["DeltaSink", "FileSource", "MongoSink", "ParquetSink", "Pipeline", "RetryPolicy",
+           "RunOutcome", "SqlSink", "SqlSource", "replay", "run"]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

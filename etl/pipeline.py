@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 from etl.core.config import check_queue_name
 from etl.drift import POLICIES, normalise_kind
 from etl.core.errors import USER_ERRORS, ConfigError
-from etl.sinks.base import BackfillAware
+from etl.sinks.base import BackfillAware, Sequenced
 from etl.sources.base import Windowed
 from etl.sources.windows import Window
 from shards import HashShards, RangeShards, ShardPlan
@@ -67,8 +67,15 @@ class Pipeline:
             raise ConfigError(f"pipeline name {self.name!r} must be letters, digits, - or _")
         if self.batch_size < 1:
             raise ConfigError(f"pipeline {self.name}: batch_size must be >= 1, got {self.batch_size}")
-        if not self.key:
-            raise ConfigError(f"pipeline {self.name}: key must name at least one column")
+        if not self.key or isinstance(self.key, str):
+            raise ConfigError(f"pipeline {self.name}: key must be a list naming at least one "
+                              f"column, not {self.key!r}")
+        if isinstance(self.sink, Sequenced):  # the sink holds one row per pipeline key
+            if self.sink.key and tuple(self.sink.key) != tuple(self.key):
+                raise ConfigError(f"pipeline {self.name}: the sink's key {list(self.sink.key)} "
+                                  f"differs from the pipeline's key {list(self.key)}; give it once")
+            if not self.sink.key:
+                object.__setattr__(self, "sink", self.sink.with_key(self.key))
         if self.schema_drift not in POLICIES:
             raise ConfigError(f"pipeline {self.name}: schema_drift must be one of "
                               f"{', '.join(POLICIES)}, not {self.schema_drift!r}")

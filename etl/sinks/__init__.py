@@ -12,15 +12,21 @@ from typing import TYPE_CHECKING
 from etl.core.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from etl.sinks.base import BackfillAware, ParquetWriter, Sink
+    from etl.sinks.base import BackfillAware, ParquetWriter, Sequenced, Sink
+    from etl.sinks.delta import DeltaSink
     from etl.sinks.mongo import MongoSink
     from etl.sinks.parquet import ParquetSink
+    from etl.sinks.sql import SqlSink
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
     "Sink": "etl.sinks.base",
     "BackfillAware": "etl.sinks.base",
     "ParquetWriter": "etl.sinks.base",
+    "Sequenced": "etl.sinks.base",
+    "SEQ_COLUMN": "etl.sinks.base",
+    "DeltaSink": "etl.sinks.delta",
+    "SqlSink": "etl.sinks.sql",
     "ParquetSink": "etl.sinks.parquet",
     "MongoSink": "etl.sinks.mongo",
 }

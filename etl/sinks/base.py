@@ -8,12 +8,19 @@ runtime-checkable Protocols, so a sink written elsewhere that has the methods wi
 the classes is still recognised; a sink that names a class but does not define one of its
 methods raises NotImplementedError when that method is called.
 
+A sink that honours the pipeline's key is `Sequenced`: it has a write disposition
+("append", "replace" or "merge") and takes every batch with SEQ_COLUMN, a text per row that
+orders all rows ever loaded by (run, shard, batch, row in the raw payload). A merge keeps,
+per key, the row with the greatest sequence: the outcome is that of pandas'
+`drop_duplicates(key, keep="last")` over every input in that order, whatever order the
+batches load in, however often one is redelivered, wherever a load was killed.
+
 Nothing here imports pandas or pyarrow: the package can be imported without them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,6 +60,58 @@ class BackfillAware(Protocol):
         raise NotImplementedError
 
 
+#: The column a Sequenced sink receives with every batch and keeps in the destination.
+SEQ_COLUMN = "_etl_seq"
+
+#: What a Sequenced sink may do with a run's rows. "append": add them, each batch once.
+#: "replace": add them, and once the run is complete drop the rows of older runs.
+#: "merge": upsert by key, the row with the greater sequence wins.
+DISPOSITIONS = ("append", "replace", "merge")
+
+_SEQ_WIDTHS = (13, 6, 9, 12)  # run stamp (ms since the epoch), shard, batch, row
+
+
+def make_seq(run_stamp: int, shard: int, batch: int, row: int) -> str:
+    """The sequence text of one row: 40 digits, so text order is (run, shard, batch, row)
+    order in every store (SQL collations, MongoDB, Delta). `run_stamp` orders runs: the
+    run's creation time in milliseconds (a replay keeps the stamp of the run it replays, its
+    rows being that run's rows, late)."""
+    parts = (run_stamp, shard, batch, row)
+    if any(p < 0 or p >= 10 ** w for p, w in zip(parts, _SEQ_WIDTHS)):
+        raise ValueError(f"sequence part out of range: {parts}")
+    return "".join(f"{p:0{w}d}" for p, w in zip(parts, _SEQ_WIDTHS))
+
+
+def check_disposition(sink: str, disposition: str, key: Sequence[str] | None,
+                      allowed: Sequence[str] = DISPOSITIONS) -> tuple[str, ...]:
+    """The sink's key as a tuple, or ValueError (one line) for a disposition it does not
+    offer or a key given as a plain string."""
+    if disposition not in allowed:
+        raise ValueError(f"{sink}: write_disposition must be one of {', '.join(allowed)}, "
+                         f"not {disposition!r}")
+    if isinstance(key, str):
+        raise ValueError(f"{sink}: key must be a list of column names, not the string {key!r}")
+    return tuple(key or ())
+
+
+@runtime_checkable
+class Sequenced(Protocol):
+    """Honours the pipeline's key: see the module docstring. `key` is empty until the sink
+    is bound to a pipeline (`with_key`), which Pipeline does when it is built."""
+
+    write_disposition: str
+    key: tuple[str, ...]
+
+    def with_key(self, key: Sequence[str]) -> Any:
+        """The same destination bound to `key` (a merge upserts on it)."""
+        raise NotImplementedError
+
+    def finish_run(self, run_id: str, *, first_seq: str) -> None:
+        """Called once every batch of the run is loaded; `first_seq` is the smallest sequence
+        the run can give a row: "replace" drops every row below it."""
+        raise NotImplementedError
+
+
 @runtime_checkable
 class ParquetWriter(Protocol):
     """Takes a batch that is already Parquet bytes (the staged file) without re-encoding it."""
@@ -62,4 +121,5 @@ class ParquetWriter(Protocol):
         raise NotImplementedError
 
 
-__all__ = ["BackfillAware", "ParquetWriter", "Sink"]
+__all__ = ["BackfillAware", "DISPOSITIONS", "ParquetWriter", "SEQ_COLUMN", "Sequenced", "Sink",
+           "check_disposition", "make_seq"]
