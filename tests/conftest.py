@@ -142,3 +142,32 @@ def cluster(request: pytest.FixtureRequest, tmp_path):  # type: ignore[no-untype
     made = Cluster(tmp_path, broker_url(getattr(request, "param", "rabbitmq")))
     yield made
     made.stop()
+
+
+#: The machine's SQL servers (trust / no password), overridable per environment.
+SQL_SERVERS = {
+    "postgresql": (os.environ.get("ETL_TEST_POSTGRES_URL",
+                                  "postgresql://postgres@127.0.0.1:5432/test"), 5432, "PostgreSQL"),
+    "mariadb": (os.environ.get("ETL_TEST_MARIADB_URL", "mysql://root@127.0.0.1:3306/test"),
+                3306, "MariaDB"),
+}
+
+
+def sql_server_url(kind: str) -> str:
+    """The URL of the `kind` SQL server after checking it answers (skip or fail if not)."""
+    url, port, what = SQL_SERVERS[kind]
+    if not port_open("127.0.0.1", port):
+        service_missing(what, f"nothing listens on 127.0.0.1:{port}")
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """PostgreSQL's plain URL (`postgresql://...`), database `test`."""
+    return sql_server_url("postgresql")
+
+
+@pytest.fixture
+def mariadb_url() -> str:
+    """MariaDB's plain URL (`mysql://...`), database `test`."""
+    return sql_server_url("mariadb")
