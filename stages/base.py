@@ -54,6 +54,8 @@ class CleanResult:
     clean: pd.DataFrame
     quarantined: pd.DataFrame  # original-ish rows plus REASON_COLUMN and STAGE_COLUMN
     lineage: bool = False
+    #: The input index labels of the clean rows, in order (trusted when `lineage`).
+    clean_labels: pd.Index | None = None
 
 
 def run_stages(frame: pd.DataFrame, stages: Sequence[Stage]) -> CleanResult:
@@ -74,4 +76,18 @@ def run_stages(frame: pd.DataFrame, stages: Sequence[Stage]) -> CleanResult:
         {REASON_COLUMN: pd.Series(dtype="string"), STAGE_COLUMN: pd.Series(dtype="string")}
     )
     return CleanResult(clean=frame.reset_index(drop=True), quarantined=quarantined,
-                       lineage=lineage)
+                       lineage=lineage, clean_labels=frame.index)
+
+
+def stage_without(frame: pd.DataFrame, stages: Sequence[Stage],
+                  column: str) -> tuple[int, Stage] | None:
+    """The first stage (1-based position, stage) whose output lacks `column` although its
+    input had it: the stage that renamed or dropped it. None when the input lacks it too or
+    no stage removes it. Runs the stages on `frame`: pass a few rows."""
+    if column not in frame.columns:
+        return None
+    for position, stage in enumerate(stages, start=1):
+        frame = stage.apply(frame).kept
+        if column not in frame.columns:
+            return position, stage
+    return None

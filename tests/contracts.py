@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def assert_declares_exactly(implementation: Any, capabilities: dict[type, str]) -> None:
@@ -15,3 +18,14 @@ def assert_declares_exactly(implementation: Any, capabilities: dict[type, str]) 
         assert isinstance(implementation, capability) == has, (capability.__name__, implementation)
         if has:
             assert getattr(type(implementation), method) is not getattr(capability, method), method
+
+
+def sequenced(frame: "pd.DataFrame", *, stamp: int = 1, shard: int = 0,
+              batch: int = 0) -> "pd.DataFrame":
+    """`frame` as the runtime hands it to a key-honouring sink: with each row's sequence
+    (run `stamp`, shard, batch, row position)."""
+    import numpy as np
+
+    from etl.runtime.keys import with_sequence
+
+    return with_sequence(frame, stamp=stamp, shard=shard, batch=batch, rows=np.arange(len(frame)))

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from etl.core.parquet import to_parquet_bytes
-from etl.sinks.base import BackfillAware, ParquetWriter, Sink
-from tests.contracts import assert_declares_exactly
+from etl.sinks.base import BackfillAware, ParquetWriter, Sequenced, Sink, make_seq
+from tests.contracts import assert_declares_exactly, sequenced
 
 SINKS = ["parquet", "mongo"]
 
@@ -26,6 +26,24 @@ SINKS = ["parquet", "mongo"]
 def _batch(start: int, n: int = 5) -> pd.DataFrame:
     return pd.DataFrame({"id": list(range(start, start + n)),
                          "v": [f"v{i}" for i in range(start, start + n)]})
+
+
+def _write(sink: Any, frame: pd.DataFrame, *, run_id: str, shard: int, batch: int) -> int:
+    """Write a batch as the runtime does: with row sequences for a key-honouring sink (the
+    run's stamp from its name: r1 -> 1, b1 -> 2)."""
+    if isinstance(sink, Sequenced):
+        frame = sequenced(frame, stamp=_STAMPS[run_id], shard=shard, batch=batch)
+    return sink.write_batch(frame, run_id=run_id, shard=shard, batch=batch)
+
+
+def _finish(sink: Any, run_id: str) -> None:
+    if isinstance(sink, Sequenced):
+        sink.finish_run(run_id, first_seq=make_seq(_STAMPS[run_id], 0, 0, 0))
+    else:
+        sink.finish_run(run_id)
+
+
+_STAMPS = {"r0": 0, "r1": 1, "b1": 2}
 
 
 def _held(sink: Any) -> list[int]:
@@ -73,7 +91,7 @@ def test_a_sink_describes_itself(make_sink: Callable[[], Any]) -> None:
 def test_the_same_batch_written_twice_is_held_once(make_sink: Callable[[], Any]) -> None:
     # Given a sink, When batch 0 of shard 0 is written twice (a redelivery)
     sink = make_sink()
-    written = [sink.write_batch(_batch(0), run_id="r1", shard=0, batch=0) for _ in range(2)]
+    written = [_write(sink, _batch(0), run_id="r1", shard=0, batch=0) for _ in range(2)]
     # Then each write reports the batch's rows, and every row is held once
     assert written == [5, 5]
     assert _held(sink) == list(range(5))
@@ -82,10 +100,10 @@ def test_the_same_batch_written_twice_is_held_once(make_sink: Callable[[], Any])
 def test_different_batches_are_all_held(make_sink: Callable[[], Any]) -> None:
     # Given a sink, When batches of two shards are written, one of them twice
     sink = make_sink()
-    sink.write_batch(_batch(0), run_id="r1", shard=0, batch=0)
-    sink.write_batch(_batch(5), run_id="r1", shard=0, batch=1)
-    sink.write_batch(_batch(10, 3), run_id="r1", shard=1, batch=0)
-    sink.write_batch(_batch(5), run_id="r1", shard=0, batch=1)
+    _write(sink, _batch(0), run_id="r1", shard=0, batch=0)
+    _write(sink, _batch(5), run_id="r1", shard=0, batch=1)
+    _write(sink, _batch(10, 3), run_id="r1", shard=1, batch=0)
+    _write(sink, _batch(5), run_id="r1", shard=0, batch=1)
     # Then every row of every batch is held, once, with its values
     assert _held(sink) == list(range(13))
     held = sink.read_all()
@@ -95,11 +113,11 @@ def test_different_batches_are_all_held(make_sink: Callable[[], Any]) -> None:
 def test_finishing_a_run_keeps_its_rows(make_sink: Callable[[], Any]) -> None:
     # Given a sink holding the batches of a run
     sink = make_sink()
-    sink.write_batch(_batch(0), run_id="r1", shard=0, batch=0)
-    sink.write_batch(_batch(5), run_id="r1", shard=1, batch=0)
+    _write(sink, _batch(0), run_id="r1", shard=0, batch=0)
+    _write(sink, _batch(5), run_id="r1", shard=1, batch=0)
     # When the run is finished, twice (a finish step redelivered)
-    sink.finish_run("r1")
-    sink.finish_run("r1")
+    _finish(sink, "r1")
+    _finish(sink, "r1")
     # Then the run's rows are all held, once
     assert _held(sink) == list(range(10))
     # And a sink opened anew on the same destination holds them too
@@ -109,7 +127,8 @@ def test_finishing_a_run_keeps_its_rows(make_sink: Callable[[], Any]) -> None:
 # -- capabilities: declared by subclassing, and doing what they say ---------------------
 
 #: Each capability class and the method it stands for (what the runtime used to probe).
-CAPABILITIES = {BackfillAware: "for_backfill", ParquetWriter: "write_parquet"}
+CAPABILITIES = {BackfillAware: "for_backfill", ParquetWriter: "write_parquet",
+                Sequenced: "with_key"}
 
 
 def test_a_sink_declares_exactly_the_capabilities_it_has(make_sink: Callable[[], Any]) -> None:
@@ -123,14 +142,14 @@ def test_a_sink_declares_exactly_the_capabilities_it_has(make_sink: Callable[[],
 def test_a_backfill_adds_to_what_earlier_runs_loaded(make_sink: Callable[[], Any]) -> None:
     # Given a sink holding a finished run
     sink = make_sink()
-    sink.write_batch(_batch(0), run_id="r1", shard=0, batch=0)
-    sink.finish_run("r1")
+    _write(sink, _batch(0), run_id="r1", shard=0, batch=0)
+    _finish(sink, "r1")
     # When a backfill run loads other rows through the sink a backfill uses and finishes
     backfill = sink.for_backfill() if isinstance(sink, BackfillAware) else sink
     if isinstance(sink, BackfillAware):
         assert type(backfill) is type(sink) and backfill.describe().strip()
-    backfill.write_batch(_batch(100, 3), run_id="b1", shard=0, batch=0)
-    backfill.finish_run("b1")
+    _write(backfill, _batch(100, 3), run_id="b1", shard=0, batch=0)
+    _finish(backfill, "b1")
     # Then both runs' rows are held: a backfill never replaces what other runs loaded
     assert _held(make_sink()) == [0, 1, 2, 3, 4, 100, 101, 102]
 
@@ -140,13 +159,13 @@ def test_parquet_bytes_are_held_like_a_frame(make_sink: Callable[[], Any]) -> No
     sink = make_sink()
     if not isinstance(sink, ParquetWriter):
         # Then a sink that takes no Parquet bytes is loaded from frames: write_batch is enough
-        assert sink.write_batch(_batch(0), run_id="r1", shard=0, batch=0) == 5
+        assert _write(sink, _batch(0), run_id="r1", shard=0, batch=0) == 5
         assert _held(sink) == list(range(5))
         return
     # When a batch arrives as Parquet bytes (the staged file), twice, and another as a frame
     data = to_parquet_bytes(_batch(0))
     assert [sink.write_parquet(data, run_id="r1", shard=0, batch=0) for _ in range(2)] == [5, 5]
-    sink.write_batch(_batch(5), run_id="r1", shard=0, batch=1)
+    _write(sink, _batch(5), run_id="r1", shard=0, batch=1)
     # Then both are held once, with the same values a frame write gives
     assert _held(sink) == list(range(10))
     assert sorted(sink.read_all()["v"]) == sorted(f"v{i}" for i in range(10))
@@ -165,3 +184,25 @@ def test_the_sinks_package_exports_sinks_without_importing_pandas() -> None:
     # Then nothing heavy is imported until a class is used, and pymongo not even then
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["none", "True", "True", "False"]
+
+
+def test_a_merge_keeps_the_newest_row_per_key_whatever_the_load_order(
+        make_sink: Callable[[], Any]) -> None:
+    # Given a sink that merges by key (a Parquet dataset does not: it holds every batch)
+    sink = make_sink()
+    if not (isinstance(sink, Sequenced) and sink.write_disposition == "merge"):
+        pytest.skip(f"{sink.describe()} does not merge by key")
+    newer = _batch(0).assign(v="newer")
+    # When batch 1 (newer rows) loads before batch 0 (older rows of the same keys), and batch
+    # 1 is redelivered after both
+    _write(sink, newer, run_id="r1", shard=0, batch=1)
+    _write(sink, _batch(0), run_id="r1", shard=0, batch=0)
+    _write(sink, newer, run_id="r1", shard=0, batch=1)
+    # Then each key is held once, with the row that comes last in source order
+    held = sink.read_all().sort_values("id")
+    assert held["id"].tolist() == list(range(5)) and set(held["v"]) == {"newer"}
+    # And a later run's row of a key replaces it, an earlier run's does not
+    _write(sink, _batch(0, 1).assign(v="backfill"), run_id="b1", shard=3, batch=0)
+    _write(sink, _batch(1, 1).assign(v="stale"), run_id="r0", shard=9, batch=9)
+    held = sink.read_all().set_index("id")["v"].to_dict()
+    assert held == {0: "backfill", 1: "newer", 2: "newer", 3: "newer", 4: "newer"}

@@ -17,6 +17,7 @@ from etl.core.parquet import from_parquet_bytes, stringify_mixed, to_parquet_byt
 from etl.sinks.base import Sink
 from etl.sinks.mongo import MongoSink
 from etl.sinks.parquet import ParquetSink
+from tests.contracts import sequenced
 
 
 def _batch(start: int, n: int = 5) -> pd.DataFrame:
@@ -111,9 +112,9 @@ def mongo_sink(mongo_client, mongo_db_name: str):  # type: ignore[no-untyped-def
 def test_mongo_sink_upserts_by_key(mongo_sink: MongoSink) -> None:
     # Given a batch, When written twice and then with one row changed
     frame = pd.DataFrame({"carrier": ["UA", "AA"], "flight": [1, 2], "delay": [3.0, np.nan]})
-    assert mongo_sink.write_batch(frame, run_id="r", shard=0, batch=0) == 2
-    mongo_sink.write_batch(frame, run_id="r", shard=0, batch=0)
-    mongo_sink.write_batch(frame.assign(delay=[9.0, 1.0]).head(1), run_id="r", shard=0, batch=1)
+    assert mongo_sink.write_batch(sequenced(frame, shard=0, batch=0), run_id="r", shard=0, batch=0) == 2
+    mongo_sink.write_batch(sequenced(frame, shard=0, batch=0), run_id="r", shard=0, batch=0)
+    mongo_sink.write_batch(sequenced(frame.assign(delay=[9.0, 1.0]).head(1), shard=0, batch=1), run_id="r", shard=0, batch=1)
     # Then each key is held once, with the latest values, NaN as null, no _id
     held = mongo_sink.read_all().sort_values("carrier").reset_index(drop=True)
     assert held[["carrier", "flight"]].values.tolist() == [["AA", 2], ["UA", 1]]
@@ -132,7 +133,7 @@ def test_mongo_sink_chunks_and_last_row_wins_within_a_batch(  # type: ignore[no-
                      database=mongo_db_name, chunk=2)
     try:
         frame = pd.DataFrame({"id": [1, 2, 3, 1, 4], "v": ["a", "b", "c", "a2", "d"]})
-        sink.write_batch(frame, run_id="r", shard=0, batch=0)
+        sink.write_batch(sequenced(frame, shard=0, batch=0), run_id="r", shard=0, batch=0)
         # Then every key is held once, the repeated one with its last value
         held = sink.read_all().sort_values("id")
         assert held["id"].tolist() == [1, 2, 3, 4] and held["v"].tolist() == ["a2", "b", "c", "d"]
@@ -148,7 +149,7 @@ def test_mongo_sink_makes_field_names_safe_and_keeps_values(mongo_sink: MongoSin
                           "n": [np.int64(7)], "ok": [np.bool_(True)], "day": [date(2013, 1, 2)],
                           "tags": [np.array(["x", "y"])]})
     # When written
-    mongo_sink.write_batch(frame, run_id="r", shard=0, batch=0)
+    mongo_sink.write_batch(sequenced(frame, shard=0, batch=0), run_id="r", shard=0, batch=0)
     doc = mongo_sink._coll().find_one({})
     # Then names are safe, missing values are null, scalars are plain, times round trip
     assert {"_price", "a_b"} <= set(doc) and not any("$" in k or "." in k for k in doc)
@@ -164,7 +165,7 @@ def test_mongo_sink_makes_nested_keys_of_api_payloads_safe(mongo_sink: MongoSink
     payload = {"$set": 1, "geo.lat": 40.6, "geo_lat": 0, "items": [{"sku.id": "a"}]}
     frame = pd.DataFrame({"carrier": ["UA"], "flight": [1], "payload": [payload]})
     # When loaded
-    mongo_sink.write_batch(frame, run_id="r", shard=0, batch=0)
+    mongo_sink.write_batch(sequenced(frame, shard=0, batch=0), run_id="r", shard=0, batch=0)
     doc = mongo_sink._coll().find_one({})["payload"]
     # Then every key is safe at every depth, no value is lost, safe keys keep their names
     assert doc == {"_set": 1, "geo_lat_2": 40.6, "geo_lat": 0, "items": [{"sku_id": "a"}]}
@@ -174,10 +175,16 @@ def test_mongo_sink_refuses_batches_without_the_key(mongo_sink: MongoSink) -> No
     # A batch lacking a key column would upsert every row onto one document: refused, as a
     # permanent BatchError (retrying cannot help)
     with pytest.raises(BatchError, match="run r shard 0 batch 0: .*flight"):
-        mongo_sink.write_batch(pd.DataFrame({"carrier": ["UA"]}), run_id="r", shard=0, batch=0)
+        mongo_sink.write_batch(sequenced(pd.DataFrame({"carrier": ["UA"]}), shard=0, batch=0), run_id="r", shard=0, batch=0)
     assert mongo_sink.read_all().empty
-    with pytest.raises(ValueError, match="key="):
-        MongoSink("mongodb://db/x", collection="c", key=[])
+    # And a key given as one string, not a list, is refused when the sink is built
+    with pytest.raises(ValueError, match="key must be a list"):
+        MongoSink("mongodb://db/x", collection="c", key="id")
+    # And a sink with no key (not bound to a pipeline) refuses to write, naming the fix
+    unbound = MongoSink("mongodb://db/x", collection="c", client=mongo_sink._client,
+                        database=mongo_sink.database)
+    with pytest.raises(BatchError, match="MongoSink has no key"):
+        unbound.write_batch(sequenced(_batch(0)), run_id="r", shard=0, batch=0)
 
 
 def test_mongo_sink_opens_a_mongomock_url() -> None:
@@ -187,7 +194,7 @@ def test_mongo_sink_opens_a_mongomock_url() -> None:
     _mongomock_accepts_new_pymongo()
     # Given a mongomock:// URL naming the database, When a batch is written
     sink = MongoSink("mongomock://localhost/shop", collection="orders", key=["id"])
-    sink.write_batch(_batch(0, 3), run_id="r", shard=0, batch=0)
+    sink.write_batch(sequenced(_batch(0, 3), shard=0, batch=0), run_id="r", shard=0, batch=0)
     # Then it lands in that database
     assert sink.database == "shop" and sorted(sink.read_all()["id"]) == [0, 1, 2]
     assert "shop.orders" in sink.describe()
@@ -258,7 +265,7 @@ def test_mongo_sink_does_not_lose_a_column_whose_safe_name_collides(mongo_sink: 
     frame = pd.DataFrame({"carrier": ["UA"], "flight": [1], "a.b": [101], "a_b": [202]})
     # When written, Then it is refused as a permanent batch error, or both values are kept
     try:
-        mongo_sink.write_batch(frame, run_id="r", shard=0, batch=0)
+        mongo_sink.write_batch(sequenced(frame, shard=0, batch=0), run_id="r", shard=0, batch=0)
     except (BatchError, ValueError):
         return
     doc = mongo_sink._coll().find_one({}, {"_id": 0})

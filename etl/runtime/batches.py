@@ -23,7 +23,8 @@ from etl.core.faults import crash_point
 from etl.runtime.framecache import frames
 from etl.core.names import quarantine_key, raw_key, staged_key
 from etl.core.parquet import from_parquet_bytes, stringify_mixed, to_parquet_bytes
-from etl.sinks.base import ParquetWriter
+from etl.runtime.keys import missing_key, with_sequence
+from etl.sinks.base import ParquetWriter, Sequenced
 from etl.sources.base import SOURCE_COLUMNS, SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN
 from etl.drift import apply_policy, compare
 from etl.core.names import task_fingerprint
@@ -187,13 +188,23 @@ def clean_frame(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame, *,
         result = run_stages(frame, ctx.pipeline.stages)
     except Exception as exc:  # noqa: BLE001 - named for the batch; retried per the policy
         raise BatchError(f"{_where(ctx, shard, batch, key)}: {exc}") from exc
+    clean = result.clean
+    if len(clean.columns) or len(clean):
+        problem = missing_key(ctx.pipeline.key, ctx.pipeline.stages, frame, list(clean.columns))
+        if problem:
+            raise BatchError(f"{_where(ctx, shard, batch, key)}: {problem}")
+    if isinstance(ctx.pipeline.sink, Sequenced):  # it keeps the newest row per key
+        labels = result.clean_labels
+        ordinals = (np.asarray(labels, dtype=np.int64) - ROW_OFFSET
+                    if result.lineage and labels is not None else np.arange(len(clean)))
+        clean = with_sequence(clean, stamp=ctx.seq_stamp, shard=shard, batch=batch, rows=ordinals)
     staged_out = result.quarantined
     staged_out[ROW_COLUMN] = (pd.array(staged_out.index - ROW_OFFSET, dtype="Int64")
                               if result.lineage else pd.array([None] * len(staged_out), dtype="Int64"))
     if len(unparseable):
         unparseable[ROW_COLUMN] = pd.array(unparseable.index - ROW_OFFSET, dtype="Int64")
         staged_out = pd.concat([unparseable, staged_out])
-    return result.clean, staged_out.reset_index(drop=True)
+    return clean, staged_out.reset_index(drop=True)
 
 
 def quarantine_bytes(quarantined: pd.DataFrame) -> bytes:

@@ -8,6 +8,7 @@ Contexts are cached per process: opening stores and importing pipelines happens 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 from dataclasses import dataclass
@@ -37,6 +38,13 @@ class RunContext:
     @property
     def run_id(self) -> str:
         return self.run.run_id
+
+    @functools.cached_property
+    def seq_stamp(self) -> int:
+        """What orders this run's rows among all runs' (etl.runtime.keys.run_stamp)."""
+        from etl.runtime.keys import run_stamp
+
+        return run_stamp(self.run, self.state)
 
     @classmethod
     def build(cls, run: RunRecord, pipeline: Pipeline, state: StateStore,

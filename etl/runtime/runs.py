@@ -18,6 +18,7 @@ from etl.drift import source_schema
 from etl.core.errors import ConfigError
 from etl.core.faults import crash_point
 from etl.pipeline import Pipeline
+from etl.sinks.base import Sequenced, make_seq
 from etl.sources.base import PlanChecked
 from etl.core.names import task_fingerprint
 from etl.core.statuses import RunStatus, ShardStatus
@@ -196,6 +197,16 @@ def run_complete(state: StateStore, run: RunRecord) -> bool:
     return all_loaded(state.list_checkpoints(run.run_id), run.shards)
 
 
+def finish_sink(ctx: "RunContext") -> None:
+    """Tell the sink the run is loaded; a key-honouring sink also learns the run's first
+    sequence ("replace" drops the rows below it)."""
+    sink = ctx.pipeline.sink
+    if isinstance(sink, Sequenced):
+        sink.finish_run(ctx.run_id, first_seq=make_seq(ctx.seq_stamp, 0, 0, 0))
+    else:
+        sink.finish_run(ctx.run_id)
+
+
 def finalize_if_complete(ctx: "RunContext", *, shard: int | None = None) -> bool:
     """Mark the run completed and let the sink finish it, once every shard is loaded.
 
@@ -208,7 +219,7 @@ def finalize_if_complete(ctx: "RunContext", *, shard: int | None = None) -> bool
             return False
     if not run_complete(state, ctx.run):
         return False
-    ctx.pipeline.sink.finish_run(ctx.run_id)
+    finish_sink(ctx)
     run = state.get_run(ctx.run_id)
     if run is not None and run.status != RunStatus.COMPLETED:
         state.set_run_status(ctx.run_id, RunStatus.COMPLETED)

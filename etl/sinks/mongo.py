@@ -1,5 +1,12 @@
-"""A MongoDB collection as a sink: bulk upsert by the pipeline's key, so a batch written
-twice is held once (a unique index on the key makes a second copy impossible).
+"""A MongoDB collection as a sink: a merge by the pipeline's key, one document per key.
+
+Every document keeps its row's sequence (SEQ_COLUMN, etl.sinks.base). A row replaces the held
+document only when its sequence is greater: the upsert's filter is the key plus
+`_etl_seq < this row's`, and a unique index on the key turns the insert it falls back to,
+when a newer (or the same) row is held, into a duplicate-key error that is the no-op. So a
+batch written twice, batches loaded in any order and runs loaded over each other all leave
+the newest row per key. A duplicate-key error can also mean another process inserted the key
+first: those rows are tried once more, when their filter sees the held document.
 """
 
 from __future__ import annotations
@@ -14,7 +21,10 @@ import pandas as pd
 from etl.core.errors import BatchError
 from etl.core.mongo_client import connect, database_of
 from etl.core.urls import mask_url
-from etl.sinks.base import Sink
+from etl.sinks.base import SEQ_COLUMN, Sequenced, Sink, check_disposition
+
+#: MongoDB's duplicate-key error code.
+_DUPLICATE_KEY = 11000
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +58,32 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class MongoSink(Sink):
-    """A MongoDB collection, written by bulk upsert on `key` (`mongodb://`, or
-    `mongomock://host/db` for an in-process fake; `client=` injects one for tests)."""
+class MongoSink(Sink, Sequenced):
+    """A MongoDB collection merged by key (`mongodb://`, or `mongomock://host/db` for an
+    in-process fake; `client=` injects one for tests). `key` defaults to the pipeline's."""
 
-    def __init__(self, url: str, *, collection: str, key: Sequence[str],
-                 database: str | None = None, client: Any = None, chunk: int = 1000) -> None:
-        if isinstance(key, str) or not key:
-            raise ValueError("MongoSink needs key= as a non-empty list of column names")
+    def __init__(self, url: str, *, collection: str, key: Sequence[str] | None = None,
+                 database: str | None = None, client: Any = None, chunk: int = 1000,
+                 write_disposition: str = "merge") -> None:
+        self.key = tuple(_safe_field(k) for k in check_disposition(
+            "MongoSink", write_disposition, key, allowed=("merge",)))
+        self.write_disposition = write_disposition
         self.url, self.collection_name = mask_url(url), collection
-        self.key = [_safe_field(k) for k in key]
         self.database = database or database_of(url)
         self.chunk = max(1, chunk)
         self._raw_url, self._client = url, client
         self._collection: Any = None
 
     def __repr__(self) -> str:
-        return f"MongoSink({self.url!r}, collection={self.collection_name!r}, key={self.key!r})"
+        return f"MongoSink({self.url!r}, collection={self.collection_name!r}, key={list(self.key)!r})"
 
     def describe(self) -> str:
         return (f"mongodb collection {self.database}.{self.collection_name} at {self.url} "
-                f"(upsert on {', '.join(self.key)})")
+                f"(merge on {', '.join(self.key) or 'the pipeline key'}, newest row wins)")
+
+    def with_key(self, key: Sequence[str]) -> "MongoSink":
+        return MongoSink(self._raw_url, collection=self.collection_name, key=list(key),
+                         database=self.database, client=self._client, chunk=self.chunk)
 
     def _coll(self) -> Any:
         """The collection, connected and indexed on first use (so a pipeline definition
@@ -82,40 +97,61 @@ class MongoSink(Sink):
         return self._collection
 
     def write_batch(self, frame: pd.DataFrame, *, run_id: str, shard: int, batch: int) -> int:
-        """Upsert every row by key; rows of the batch sharing a key: the last one wins (an
-        unordered bulk write would apply them in no defined order). Returns the batch's row
-        count."""
-        from pymongo import ReplaceOne
-
+        """Merge every row by key, newest sequence first; returns the batch's row count."""
+        where = f"run {run_id} shard {shard} batch {batch}"
+        if not self.key:
+            raise BatchError(f"{where}: MongoSink has no key: give key= or use it in a Pipeline")
         columns = [_safe_field(c) for c in frame.columns]
         if len(set(columns)) != len(columns):
             clashes = sorted({c for c in columns if columns.count(c) > 1})
-            raise BatchError(f"run {run_id} shard {shard} batch {batch}: columns would share the "
-                             f"MongoDB field name(s) {', '.join(clashes)} once made safe "
-                             "('.' and '$' become '_'); rename them in a stage")
-        missing = [k for k in self.key if k not in columns]
+            raise BatchError(f"{where}: columns would share the MongoDB field name(s) "
+                             f"{', '.join(clashes)} once made safe ('.' and '$' become '_'); "
+                             "rename them in a stage")
+        missing = [k for k in (*self.key, SEQ_COLUMN) if k not in columns]
         if missing:
-            raise BatchError(f"run {run_id} shard {shard} batch {batch}: the batch lacks the "
-                             f"sink's key column(s) {', '.join(missing)}")  # permanent: no retry
+            raise BatchError(f"{where}: the batch lacks the column(s) {', '.join(missing)} "
+                             "the sink merges on")  # permanent: no retry
         docs: dict[tuple[Any, ...], dict[str, Any]] = {}
         for row in frame.itertuples(index=False, name=None):
             doc = {c: _plain(v) for c, v in zip(columns, row)}
             # 1 and 1.0 are one key (as in MongoDB); a list or dict is compared by its text
             key = tuple(repr(doc[k]) if isinstance(doc[k], (list, dict)) else doc[k] for k in self.key)
-            docs[key] = doc
-        coll, ops = self._coll(), [
-            ReplaceOne({k: d[k] for k in self.key}, d, upsert=True) for d in docs.values()]
-        for start in range(0, len(ops), self.chunk):
-            coll.bulk_write(ops[start:start + self.chunk], ordered=False)
-        log.debug("%s: batch %s/%s/%s upserted %d row(s)", self.collection_name, run_id, shard,
-                  batch, len(ops))
+            held = docs.get(key)
+            if held is None or held[SEQ_COLUMN] < doc[SEQ_COLUMN]:
+                docs[key] = doc
+        pending = list(docs.values())
+        for attempt in range(2):  # the second pass: keys another process inserted meanwhile
+            pending = self._merge(pending)
+            if not pending:
+                break
+        log.debug("%s: %s merged %d row(s)", self.collection_name, where, len(docs))
         return len(frame)
 
-    def finish_run(self, run_id: str) -> None:
-        """Nothing to do: upserts never leave a second copy to sweep."""
+    def _merge(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Upsert `docs` where the held document is older; the documents whose upsert met
+        a duplicate key (held newer or the same, or inserted by another process)."""
+        from pymongo import ReplaceOne
+        from pymongo.errors import BulkWriteError
+
+        coll, clashed = self._coll(), []
+        for start in range(0, len(docs), self.chunk):
+            chunk = docs[start:start + self.chunk]
+            ops = [ReplaceOne({**{k: d[k] for k in self.key}, SEQ_COLUMN: {"$lt": d[SEQ_COLUMN]}},
+                              d, upsert=True) for d in chunk]
+            try:
+                coll.bulk_write(ops, ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                    raise
+                clashed.extend(chunk[e["index"]] for e in errors)
+        return clashed
+
+    def finish_run(self, run_id: str, *, first_seq: str = "") -> None:
+        """Nothing to do: a merge never leaves a second copy to sweep."""
 
     def read_all(self) -> pd.DataFrame:
-        return pd.DataFrame(list(self._coll().find({}, {"_id": 0})))
+        return pd.DataFrame(list(self._coll().find({}, {"_id": 0, SEQ_COLUMN: 0})))
 
 
 __all__ = ["MongoSink"]
