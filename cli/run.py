@@ -157,6 +157,8 @@ class _ProgressBar:
             return
         else:
             err.print(f"resuming run [bold]{run.run_id}[/] ({run.plan}, state {start.state_url})")
+        for notice in start.notices:
+            err.print(f"[yellow]note[/] {notice}", markup=True, highlight=False)
         self.bar.disable = not (self.enabled and (self.wait or not start.distributed))
         self.rows_task = self.bar.add_task("rows loaded+quarantined",
                                            total=run.params.get("source_rows"))
@@ -186,6 +188,8 @@ def _summary(outcome: RunOutcome) -> None:
         *([("rows added by stages", f"{outcome.rows_added:,}")] if outcome.rows_added else []),
         ("batches loaded", f"{after['batches_loaded']:,}"),
         ("batches with schema drift", f"{outcome.drifted:,}"),
+        *([("keys in more than one batch", f"{outcome.keys_repeated:,}")]
+          if outcome.keys_repeated is not None else []),
         ("loaded by this invocation", f"{outcome.loaded_now:,}"),
         ("time", f"{outcome.elapsed:.2f} s"),
         ("rows/s", f"{rate:,.0f}" if rate is not None else "-"),
@@ -197,7 +201,24 @@ def _summary(outcome: RunOutcome) -> None:
 @click.command("describe")
 @pipeline_option
 @click.option("--shards", type=click.IntRange(min=1), help="Show the plan with N shards.")
-def describe_command(spec: str | None, shards: int | None) -> None:
+@click.option("--check", is_flag=True,
+              help="Also clean the source's first rows and check the key is in the output.")
+@click.pass_context
+def describe_command(ctx: click.Context, spec: str | None, shards: int | None,
+                     check: bool) -> None:
     """Print a pipeline: source, shard plan, stages, sink."""
     _, pipeline = _pipeline(spec, shards)
     out.print(pipeline.describe(), markup=False)
+    notice = pipeline.key_notice()
+    if notice:
+        out.print(f"note: {notice}", markup=False, highlight=False, soft_wrap=True)
+    if not check:
+        return
+    from etl.runtime.keys import check_first_batch
+
+    read, clean, problem = check_first_batch(pipeline)
+    if problem:
+        err.print(f"check failed: {problem}", markup=False, highlight=False, soft_wrap=True)
+        ctx.exit(2)
+    out.print(f"check: {read:,} source rows cleaned to {clean:,}; key "
+              f"{', '.join(pipeline.key)} present", markup=False, highlight=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,22 @@ class Pipeline:
         """The queue this pipeline's messages go to on a broker whose default is `default`."""
         return self.queue or default
 
+    def definition(self) -> dict[str, Any]:
+        """What decides the rows a run loads besides the source data: stages, sink, key and
+        schema, as text. A run keeps it, so a completed run whose pipeline was edited since
+        is not taken for "nothing to load" (etl.runtime.runs.open_run)."""
+        return {"stages": [_stable_repr(stage) for stage in self.stages],
+                "sink": _stable_repr(self.sink), "key": list(self.key),
+                "schema": dict(self.expected_schema or {}), "schema_drift": self.schema_drift}
+
+    def key_notice(self) -> str | None:
+        """One line when the sink cannot hold the key to one row (None when it does)."""
+        if isinstance(self.sink, Sequenced) and self.sink.write_disposition == "merge":
+            return None
+        return (f"key {', '.join(self.key)} is not enforced by {self.sink.describe()}: a key "
+                "loaded by several batches or runs is held once per load (a sink with "
+                'write_disposition="merge" holds one row per key)')
+
     def describe(self) -> str:
         """Several lines naming every part, for `etl describe` and logs."""
         lines = [
@@ -130,7 +147,8 @@ class Pipeline:
             f"  source:  {self.source.describe()}",
             f"  shards:  {self.shards.describe()}",
             f"  batch:   {self.batch_size} rows",
-            f"  key:     {', '.join(self.key)}",
+            f"  key:     {', '.join(self.key)}" + ("" if self.key_notice() is None
+                                                       else " (not enforced by the sink)"),
             *([f"  queue:   {self.queue}"] if self.queue else []),
             *([f"  schema:  {len(self.expected_schema)} columns expected, drift policy "
                f"{self.schema_drift}"] if self.expected_schema else []),
@@ -142,6 +160,14 @@ class Pipeline:
 
 
 DEMO_SPEC = "etl.demo:pipeline"
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _stable_repr(part: object) -> str:
+    """`repr(part)` without the memory address a default repr carries (which differs in
+    every process and would make every run look like an edited pipeline)."""
+    return _ADDRESS.sub("", repr(part))
 
 
 def _user_code_error(exc: BaseException) -> str:

@@ -14,11 +14,13 @@ printing. Example, in a notebook:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 from etl.core.errors import ConfigError
+from etl.sinks.base import KeyAudit
 
 if TYPE_CHECKING:
     from etl.core.config import Settings
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
     from etl.runtime.runs import ProgressCallback, WorkOutcome
     from etl.stores import Stores
     from etl.stores.state import ErrorRecord, RunRecord
+
+log = logging.getLogger(__name__)
 
 #: How a run was found when it was opened.
 Opened = Literal["new", "resumed", "complete"]
@@ -45,6 +49,9 @@ class RunStart:
     state_url: str
     #: The source's columns differ from those the run expects (None: no change known).
     schema_change: str | None = None
+    #: One line each, worth saying before the work: the pipeline was edited since its
+    #: last completed run (so this is a new run), the sink does not enforce the key.
+    notices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,9 @@ class RunOutcome:
     resent: int = 0  # lost steps the distributed follower sent again
     #: The latest failures (at most 5) of a run that did not complete.
     errors: list["ErrorRecord"] = field(default_factory=list)
+    #: Keys the sink holds in more than one batch, for a sink that cannot hold a key to one
+    #: row but can count (etl.sinks.base.KeyAudit); None for the others.
+    keys_repeated: int | None = None
 
     @property
     def rows_loaded(self) -> int:
@@ -208,9 +218,13 @@ class _Run:
                           "complete" if run.status == RunStatus.COMPLETED else "resumed")
         if opened == "resumed":
             state.set_run_status(run.run_id, RunStatus.RUNNING)
+        notices = _notices(run, self.pipeline, created=created)
+        for notice in notices:
+            log.info("run %s: %s", run.run_id, notice)
         if on_start:
             on_start(RunStart(run, opened, self.distributed, state.url,
-                              _schema_change(run, self.pipeline) if created else None))
+                              _schema_change(run, self.pipeline) if created else None,
+                              notices))
         checkpoints = state.list_checkpoints(run.run_id)
         outcome = RunOutcome(run.run_id, opened, self.distributed, completed=False,
                              before=totals(checkpoints))
@@ -236,6 +250,8 @@ class _Run:
         outcome.completed, outcome.elapsed = completed, work.elapsed
         outcome.dead_letters, outcome.resent = work.dead_letters, work.resent
         outcome.after = totals(work.checkpoints)
+        if completed and isinstance(context.pipeline.sink, KeyAudit):
+            outcome.keys_repeated = context.pipeline.sink.repeated_keys(list(self.pipeline.key))
         outcome.drifted = sum(1 for e in state.list_errors(run.run_id, limit=100_000)
                               if e.stage == "schema")
         if not work.completed:  # masked: records kept before masking existed may hold secrets
@@ -304,6 +320,17 @@ def replay(run_id: str, *, pipeline: str | None = None, stages: "Sequence[str] |
         on_start(run)
     context = RunContext.build(run, fixed, state, stores.objects)
     return replay_rows(context, original, on_batch=on_batch)
+
+
+def _notices(run: "RunRecord", pipeline: "Pipeline", *, created: bool) -> tuple[str, ...]:
+    """The lines worth saying as a run opens (RunStart.notices)."""
+    found = []
+    if created and run.params.get("definition_change"):
+        found.append(f"pipeline {run.params['definition_change']}: a new run loads it again")
+    key = pipeline.key_notice()
+    if key:
+        found.append(key)
+    return tuple(found)
 
 
 def _schema_change(run: "RunRecord", pipeline: "Pipeline") -> str | None:

@@ -58,14 +58,20 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
                               f"{run.plan}, not {pipeline.name} with {plan_name}")
     elif not fresh:
         run = state.latest_run(pipeline.name, plan_name, unfinished=False)
+    changed: str | None = None
     if run is not None:
         recorded = run.params.get("source_fingerprint")
-        if recorded in (None, pipeline.source.fingerprint()):
+        changed = definition_change(run, pipeline)
+        if changed and run.status == RunStatus.COMPLETED and not run_id:
+            log.info("pipeline changed since completed run %s (%s): starting a new run",
+                     run.run_id, changed)
+        elif recorded in (None, pipeline.source.fingerprint()):
             return _with_its_plan(state, run), False
-        if run.status != RunStatus.COMPLETED or run_id:
+        elif run.status != RunStatus.COMPLETED or run_id:
             raise ConfigError(f"the source changed since run {run.run_id} started "
                               f"({pipeline.source.describe()}); start a new run with --fresh")
-        log.info("source changed since completed run %s: starting a new run", run.run_id)
+        else:
+            log.info("source changed since completed run %s: starting a new run", run.run_id)
     if isinstance(pipeline.source, PlanChecked):  # a source that cannot split this way
         pipeline.source.check_plan(pipeline.shards)  # says so before a run exists
     fitted = pipeline.shards.fit(pipeline.source.sample(_plan_columns(pipeline)))
@@ -76,6 +82,9 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
                 "batch_size": pipeline.batch_size,
                 "source_fingerprint": pipeline.source.fingerprint(),
                 "source_rows": pipeline.source.row_count(),
+                "definition": pipeline.definition(),
+                **({"definition_change": f"{changed} since run {run.run_id}"}
+                   if changed and run is not None else {}),
                 **_schemas(state, pipeline, accept=accept_schema), **(params or {})},
     )
     if not state.create_run(run):  # someone created it meanwhile: use theirs
@@ -86,6 +95,17 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
     state.init_checkpoints(run.run_id, run.shards)
     log.info("created run %s (%s, %d shards)", run.run_id, plan_name, run.shards)
     return run, True
+
+
+def definition_change(run: RunRecord, pipeline: Pipeline) -> str | None:
+    """Which parts of the pipeline's definition (stages, sink, key, schema) differ from
+    those `run` was created with; None when they agree or the run recorded none."""
+    recorded = run.params.get("definition")
+    if not isinstance(recorded, dict):
+        return None
+    now = pipeline.definition()
+    parts = [name for name in now if name in recorded and recorded[name] != now[name]]
+    return f"{', '.join(parts)} changed" if parts else None
 
 
 def _with_its_plan(state: StateStore, run: RunRecord) -> RunRecord:

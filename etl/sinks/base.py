@@ -113,6 +113,17 @@ class Sequenced(Protocol):
 
 
 @runtime_checkable
+class KeyAudit(Protocol):
+    """Cannot hold a key to one row, but can count how many keys it holds more than once, so
+    a run summary says so instead of leaving it to be found downstream."""
+
+    def repeated_keys(self, key: Sequence[str]) -> int:
+        """Keys held in more than one batch (a key repeated within one batch: once per
+        batch, the stages decide that)."""
+        raise NotImplementedError
+
+
+@runtime_checkable
 class ParquetWriter(Protocol):
     """Takes a batch that is already Parquet bytes (the staged file) without re-encoding it."""
 
@@ -121,5 +132,5 @@ class ParquetWriter(Protocol):
         raise NotImplementedError
 
 
-__all__ = ["BackfillAware", "DISPOSITIONS", "ParquetWriter", "SEQ_COLUMN", "Sequenced", "Sink",
+__all__ = ["BackfillAware", "DISPOSITIONS", "KeyAudit", "ParquetWriter", "SEQ_COLUMN", "Sequenced", "Sink",
            "check_disposition", "make_seq"]

@@ -2,6 +2,10 @@
 `part-<run>-<shard>-<batch>.parquet`, written atomically, so a batch written twice is held
 once. With write_disposition "replace" (default), finishing a run removes the files of other
 runs, so a finished dataset holds exactly one run's rows; "append" keeps them.
+
+A folder of part files is not a table: it cannot hold the pipeline's key to one row (a key
+in two batches is in two files). It says so (KeyAudit: the run summary counts such keys);
+DeltaSink, SqlSink and MongoSink merge by key.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 import pyarrow as pa
@@ -16,7 +21,8 @@ import pyarrow.parquet as pq
 
 from etl.core.files import TEMP_PREFIX, atomic_write, orphaned
 from etl.core.names import PART_FILE, PART_GLOB, part_file_name
-from etl.sinks.base import BackfillAware, ParquetWriter, Sink
+from etl.core.errors import ConfigError
+from etl.sinks.base import BackfillAware, KeyAudit, ParquetWriter, Sink
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +32,17 @@ DISPOSITIONS = ("replace", "append")
 _STALE_TEMP_SECONDS = 3600.0
 
 
-class ParquetSink(Sink, BackfillAware, ParquetWriter):
+class ParquetSink(Sink, BackfillAware, ParquetWriter, KeyAudit):
     """A local directory of Parquet files, one per batch (path plain or `file://`)."""
 
     def __init__(self, path: str, *, write_disposition: str = "replace") -> None:
         if write_disposition not in DISPOSITIONS:
             raise ValueError(f"write_disposition must be one of {', '.join(DISPOSITIONS)}, "
                              f"not {write_disposition!r}")
+        scheme, found, _ = str(path).partition("://")
+        if found and scheme != "file":
+            raise ConfigError(f"ParquetSink({path!r}): ParquetSink writes a local folder, not "
+                              f"{scheme}:// (use DeltaSink({path!r}) for a table there)")
         self.path = Path(path[len("file://"):] if path.startswith("file://") else path)
         self.write_disposition = write_disposition
 
@@ -87,6 +97,20 @@ class ParquetSink(Sink, BackfillAware, ParquetWriter):
                 removed += 1
         if removed:
             log.info("%s: run %s replaced %d file(s) of earlier runs", self.path, run_id, removed)
+
+    def repeated_keys(self, key: Sequence[str]) -> int:
+        """Keys found in more than one part file of the dataset (reads only key columns)."""
+        files = sorted(self.path.glob(PART_GLOB)) if self.path.is_dir() else []
+        frames = []
+        for number, file in enumerate(files):
+            names = set(pq.read_schema(file).names)
+            if all(k in names for k in key):
+                frames.append(pq.read_table(file, columns=list(key)).to_pandas()
+                              .drop_duplicates().assign(_file=number))
+        if len(frames) < 2:
+            return 0
+        keys = pd.concat(frames, ignore_index=True)
+        return int((keys.groupby(list(key), dropna=False).size() > 1).sum())
 
     def read_all(self) -> pd.DataFrame:
         files = sorted(self.path.glob(PART_GLOB)) if self.path.is_dir() else []
