@@ -56,3 +56,16 @@ def pipeline() -> Pipeline:
         batch_size=50_000,
         window_column="time_hour",  # scheduled hour, UTC: `etl backfill --start 2013-03-01 ...`
     )
+
+
+def merged() -> Pipeline:
+    """The demo into a Delta table merged by key (`etl run -p etl.demo:merged`): the same
+    flights, one row per flight however often it is run or backfilled. Next to the
+    `demo_output` folder, with `_delta` appended (default out/flights_delta)."""
+    import dataclasses
+
+    from etl.sinks.delta import DeltaSink
+
+    base = pipeline()
+    return dataclasses.replace(base, name="flights_merged",
+                               sink=DeltaSink(f"{load_settings().demo_output}_delta"))
