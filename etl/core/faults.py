@@ -8,6 +8,9 @@ writes of a batch step, where a crash is hardest to survive:
   fetch.after_put      raw object written, RawPayload not yet recorded
   fetch.after_record   RawPayload recorded, next batch not yet sent
   clean.after_stage    staged object written, clean not yet counted
+  sink.before_commit   a sink's rows prepared (staged, files written), not yet committed
+  sink.mid_transaction a SQL sink's rows inserted in its open transaction, ledger row and
+                       COMMIT not yet
   load.after_sink      sink written, load not yet counted
   load.after_count     load counted, run not yet finalised
   replay.after_sink    a replayed batch written to the sink, its load not yet counted
@@ -27,8 +30,9 @@ from collections import Counter
 
 from etl.core.config import environment_setting
 
-POINTS = ("run.after_create", "fetch.after_put", "fetch.after_record", "clean.after_stage", "load.after_sink",
-          "load.after_count", "replay.after_sink")
+POINTS = ("run.after_create", "fetch.after_put", "fetch.after_record", "clean.after_stage",
+          "sink.before_commit", "sink.mid_transaction", "load.after_sink", "load.after_count",
+          "replay.after_sink")
 
 
 def _parse(spec: str) -> dict[str, int]:
