@@ -5,7 +5,6 @@ one line naming the stage. Real subprocesses, real files, real databases."""
 
 from __future__ import annotations
 
-import json
 import textwrap
 import uuid
 from pathlib import Path
@@ -141,7 +140,7 @@ def test_run_backfill_and_replay_into_a_merge_sink_leave_one_row_per_key(tmp_pat
     (tmp_path / "fixed.py").write_text((tmp_path / "feedpipes.py").read_text().replace(
         stages, '[MapValues("amount", {"n/a": None}), Cast({"amount": "float64"})]'))
     run_id = _first_run(tmp_path)
-    replayed = etl(tmp_path, "quarantine", "replay", run_id, "-p", "fixed:feed", "--no-progress")
+    replayed = etl(tmp_path, "quarantine", "replay", run_id, "-p", "fixed:feed")
     assert replayed.returncode == 0, replayed.stderr
     # Then the table holds one row per id, its newest version: a replayed old version did
     # not overwrite a newer one, a replayed newest version is there
@@ -154,10 +153,11 @@ def test_run_backfill_and_replay_into_a_merge_sink_leave_one_row_per_key(tmp_pat
 
 
 def _first_run(workdir: Path) -> str:
-    """The id of the pipeline's first (non-backfill) run, from `etl status --json` of it."""
-    status = json.loads(etl(workdir, "checkpoints", "--json").stdout)
-    runs = sorted({row["run_id"] for row in status if "backfill" not in row["run_id"]})
-    return runs[0]
+    """The id of the first run the working directory's state store holds."""
+    import sqlite3
+
+    with sqlite3.connect(workdir / ".etl" / "state.db") as conn:
+        return conn.execute("SELECT run_id FROM EtlRun ORDER BY created_at LIMIT 1").fetchone()[0]
 
 
 def test_a_parquet_dataset_says_it_does_not_enforce_the_key_and_counts_repeats(
