@@ -137,6 +137,32 @@ def test_replace_drops_older_runs_when_the_run_finishes(tmp_path: Path) -> None:
     assert sorted(sink.read_all()["id"]) == [3, 9]
 
 
+def test_finishing_a_run_compacts_many_small_files(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    # Given an append table of 5 one-row batches, and a threshold of 3 small files
+    monkeypatch.setattr(delta_module, "COMPACT_FILES", 3)
+    path = str(tmp_path / "t")
+    sink = DeltaSink(path, write_disposition="append")
+    for number in range(5):
+        write(sink, batch([(number, f"v{number}")], number=number), number=number)
+    from deltalake import DeltaTable
+
+    assert len(DeltaTable(path).file_uris()) == 5
+    # When the run finishes
+    sink.finish_run("r1", first_seq=make_seq(RUN_STAMP, 0, 0, 0))
+    # Then the table is one file with the same rows
+    assert len(DeltaTable(path).file_uris()) == 1
+    assert sorted(sink.read_all()["id"]) == [0, 1, 2, 3, 4]
+    # And a batch redelivered afterwards is still known to the log: held once
+    write(sink, batch([(4, "v4")], number=4), number=4)
+    assert sorted(sink.read_all()["id"]) == [0, 1, 2, 3, 4]
+    # And a table below the threshold is left as it is
+    monkeypatch.setattr(delta_module, "COMPACT_FILES", 100)
+    write(sink, batch([(9, "v9")], number=9), number=9)
+    sink.finish_run("r1", first_seq=make_seq(RUN_STAMP, 0, 0, 0))
+    assert len(DeltaTable(path).file_uris()) == 2
+
+
 def test_for_backfill_and_with_key(tmp_path: Path) -> None:
     # Given a sink of each disposition
     path = str(tmp_path / "t")
@@ -150,6 +176,7 @@ def test_for_backfill_and_with_key(tmp_path: Path) -> None:
     # And with_key binds a key on a copy, leaving the original unbound
     bound = merge.with_key(["id", "day"])
     assert bound.key == ("id", "day") and merge.key == () and bound.uri == merge.uri
+    assert DeltaSink("file://" + path).uri == path  # file:// is a local path
     with pytest.raises(ValueError, match="list of column names"):
         merge.with_key("id")  # type: ignore[arg-type]
 
@@ -278,6 +305,26 @@ def test_a_commit_that_lost_a_race_is_retried_and_held_once(
     held = sorted(map(tuple, DeltaSink(path).read_all()[["id", "v"]].values.tolist()))
     expected = [(1, "b"), (2, "c")] if disposition == "merge" else [(1, "a"), (1, "b"), (2, "c")]
     assert held == expected
+
+
+def test_a_merge_of_other_keys_is_rebased_without_a_retry(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    # Given a table at version 1, where another worker merged keys 1 and 2
+    path = str(tmp_path / "t")
+    other = DeltaSink(path, key=["id"])
+    write(other, batch([(1, "a")]))
+    write(other, batch([(1, "b"), (2, "c")], number=1), number=1)
+    # When this worker, having read version 0, merges keys 50 and 60 only
+    sink = DeltaSink(path, key=["id"])
+    used = _stale_tables(monkeypatch, sink, stale=1)
+    write(sink, batch([(50, "x"), (60, "y")], number=2), number=2)
+    # Then delta-rs finds nothing it read changed (the merge read keys 50..60 only) and
+    # commits it on top, in one attempt, losing nothing
+    assert used == [0]
+    from deltalake import DeltaTable
+
+    held = DeltaTable(path).to_pandas().sort_values("id")
+    assert held[["id", "v"]].values.tolist() == [[1, "b"], [2, "c"], [50, "x"], [60, "y"]]
 
 
 def test_conflicts_that_never_end_raise_a_retryable_error(monkeypatch: pytest.MonkeyPatch,
@@ -431,7 +478,7 @@ def test_three_processes_load_one_table_at_once(tmp_path: Path, disposition: str
     else:
         rows = pd.concat(frames, ignore_index=True).drop(columns=SEQ_COLUMN)
         same_rows(held, rows, ["id", "v"])
-    assert all(r >= 0 for r in retries)
+    assert len(retries) == 3  # every process got through its batches
 
 
 # -- S3 ---------------------------------------------------------------------------------
