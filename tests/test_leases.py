@@ -83,6 +83,37 @@ def test_the_heartbeat_keeps_a_lease_alive_past_its_ttl(state) -> None:  # type:
     keeper.close()
 
 
+def test_loads_queued_on_one_destination_take_turns(state) -> None:  # type: ignore[no-untyped-def]
+    # Given a keeper, and 4 threads that each hold the "commit:t" queue for 50 ms
+    keeper = LeaseKeeper(state, ttl=30)
+    inside, overlaps, done = [], [], []
+    guard = threading.Lock()
+
+    def load(number: int) -> None:
+        with keeper.queue_on("commit:t", patience=30):
+            with guard:
+                inside.append(number)
+                overlaps.append(len(inside))
+            time.sleep(0.05)
+            with guard:
+                inside.remove(number)
+        done.append(number)
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    # Then every one got its turn, and never two at once
+    assert sorted(done) == [0, 1, 2, 3] and max(overlaps) == 1
+    # And a queue held longer than the patience of a newcomer makes it LeaseBusy
+    with keeper.hold("commit:t"):
+        started = time.monotonic()
+        box = _in_thread(lambda: keeper.queue_on("commit:t", patience=0.3).__enter__())
+        assert isinstance(box.get("error"), LeaseBusy)
+        assert time.monotonic() - started >= 0.3
+
+
 def test_a_stalled_owner_is_taken_over_and_cannot_commit(state) -> None:  # type: ignore[no-untyped-def]
     # Given a run, and owner a holding shard 0's fetch lane with no heartbeat (stalled)
     from etl.stores.state import RunRecord

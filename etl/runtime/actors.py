@@ -46,6 +46,10 @@ PRIORITY = {"load": 0, "clean": 10, "fetch": 20}
 #: having the broker close the channel under every message the worker holds.
 TIME_LIMIT_MS = 10 * 60 * 1000
 
+#: Longest a load waits for its turn on a destination loaded one batch at a time
+#: (etl.sinks.base.SerialCommits); then it is deferred like a busy task.
+COMMIT_PATIENCE_S = 120.0
+
 _DONE = {"clean": "cleaned", "load": "loaded"}
 _RETRY_ATTR = "_etl_retry"  # (permanent, max_retries) set on an exception by the actor
 
@@ -184,7 +188,8 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
         return {"rows": counts[0], "quarantined": counts[1]}
 
     def load(ctx: Any, shard: int, batch: int, fence: Any) -> dict[str, Any]:
-        rows = batches.load(ctx, shard, batch, fence=fence)
+        rows = batches.load(ctx, shard, batch, fence=fence, queue=lambda name: keeper(
+            ctx.state).queue_on(name, patience=COMMIT_PATIENCE_S))
         if rows is not None:
             finalize_if_complete(ctx, shard=shard)
         return {"rows": rows} if rows is not None else {"skipped": "already loaded (dedup)"}

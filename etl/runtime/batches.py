@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ from etl.runtime.framecache import frames
 from etl.core.names import quarantine_key, raw_key, staged_key
 from etl.core.parquet import from_parquet_bytes, stringify_mixed, to_parquet_bytes
 from etl.runtime.keys import missing_key, with_sequence
-from etl.sinks.base import ParquetWriter, Sequenced
+from etl.sinks.base import ParquetWriter, Sequenced, SerialCommits
 from etl.sources.base import SOURCE_COLUMNS, SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN
 from etl.drift import apply_policy, compare
 from etl.core.names import task_fingerprint
@@ -262,9 +263,11 @@ def _staged_bytes(ctx: RunContext, shard: int, batch: int, key: str) -> bytes:
     return data
 
 
-def load(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None) -> int | None:
+def load(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None,
+         queue: Callable[[str], ContextManager[object]] | None = None) -> int | None:
     """Write a cleaned batch to the sink (idempotently). Returns rows written, or None when
-    there was nothing to do."""
+    there was nothing to do. `queue(name)` holds a lease of that name, waiting its turn: a
+    sink whose commits race (SerialCommits) is loaded one batch at a time through it."""
     state = ctx.state
     if state.is_done(task_fingerprint("load", ctx.run_id, shard, batch)):
         return None
@@ -281,7 +284,9 @@ def load(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None)
             frame = from_parquet_bytes(data)
         except Exception as exc:  # noqa: BLE001 - any decoding failure means a malformed batch
             raise BatchError(f"{_where(ctx, shard, batch, key)}: cannot read batch: {exc}") from exc
-        written = sink.write_batch(frame, run_id=ctx.run_id, shard=shard, batch=batch)
+        scope = sink.commit_scope() if isinstance(sink, SerialCommits) else None
+        with (queue(f"commit:{scope}") if scope and queue else nullcontext()):
+            written = sink.write_batch(frame, run_id=ctx.run_id, shard=shard, batch=batch)
     crash_point("load.after_sink")
     state.complete_stage(ctx.run_id, shard, batch, "load", {"rows_loaded": written}, fence=fence)
     crash_point("load.after_count")

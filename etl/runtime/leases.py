@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
-from contextlib import contextmanager
+import time
+from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 from etl.core.config import DEFAULTS, Settings, load_settings
@@ -123,6 +125,23 @@ class LeaseKeeper:
             except Exception:  # noqa: BLE001 - an unreleased lease just expires
                 log.warning("could not release lease %s; it expires in %.0f s", key, self.ttl,
                             exc_info=True)
+
+    @contextmanager
+    def queue_on(self, key: str, *, patience: float) -> Iterator[Fence]:
+        """Hold the lease of `key` for the block, waiting (up to `patience` seconds, then
+        LeaseBusy) while other owners hold it: a queue of loads on one destination."""
+        deadline, pause = time.monotonic() + patience, 0.01
+        with ExitStack() as stack:
+            while True:
+                try:
+                    fence = stack.enter_context(self.hold(key))
+                    break
+                except LeaseBusy:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(pause * random.uniform(0.5, 1.0))
+                    pause = min(pause * 1.5, 0.2)
+            yield fence
 
     def _ensure_heartbeat(self) -> None:
         if self._thread is None or not self._thread.is_alive():

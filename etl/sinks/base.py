@@ -113,6 +113,18 @@ class Sequenced(Protocol):
 
 
 @runtime_checkable
+class SerialCommits(Protocol):
+    """Commits optimistically, so loads racing on one destination redo their work on each
+    lost race (a Delta MERGE re-reads and re-joins the table). The runtime loads into it one
+    batch at a time per `commit_scope()`, holding a lease of that name in the state store,
+    which every worker on every machine shares; None: no need this time (an append)."""
+
+    def commit_scope(self) -> str | None:
+        """The name loads into this destination queue on, or None."""
+        raise NotImplementedError
+
+
+@runtime_checkable
 class KeyAudit(Protocol):
     """Cannot hold a key to one row, but can count how many keys it holds more than once, so
     a run summary says so instead of leaving it to be found downstream."""
@@ -132,5 +144,5 @@ class ParquetWriter(Protocol):
         raise NotImplementedError
 
 
-__all__ = ["BackfillAware", "DISPOSITIONS", "KeyAudit", "ParquetWriter", "SEQ_COLUMN", "Sequenced", "Sink",
+__all__ = ["BackfillAware", "DISPOSITIONS", "KeyAudit", "ParquetWriter", "SEQ_COLUMN", "Sequenced", "SerialCommits", "Sink",
            "check_disposition", "make_seq"]

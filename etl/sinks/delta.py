@@ -61,7 +61,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 from etl.core.errors import BatchError, ConfigError
 from etl.core.faults import crash_point
 from etl.core.urls import mask_url, scheme_of
-from etl.sinks.base import SEQ_COLUMN, BackfillAware, Sequenced, Sink, check_disposition
+from etl.sinks.base import (SEQ_COLUMN, BackfillAware, Sequenced, SerialCommits, Sink,
+                            check_disposition)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -149,7 +150,7 @@ def _family(t: pa.DataType) -> str:
     return str(t)
 
 
-class DeltaSink(Sink, BackfillAware, Sequenced):
+class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits):
     """A Delta Lake table, loaded exactly once per batch (see the module docstring).
 
     `path`: a local path (plain or `file://`) or `s3://bucket/prefix`. `key`: the columns a
@@ -218,6 +219,11 @@ class DeltaSink(Sink, BackfillAware, Sequenced):
         """The sink a backfill or replay loads through: a merge stays a merge (the sequence
         decides), "replace" becomes "append" (other runs' rows are kept), "append" stays."""
         return self._copy(write_disposition="append") if self.write_disposition == "replace" else self
+
+    def commit_scope(self) -> str | None:
+        """Merges queue on the table (racing merges re-join the table on every lost race);
+        appends do not conflict with each other and go at once."""
+        return f"delta:{self.uri}" if self.write_disposition == "merge" else None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
