@@ -1,5 +1,5 @@
-"""One contract, every sink: ParquetSink on a temporary directory and MongoSink on a
-mongomock:// URL. A new sink joins by adding a case to the `sink` fixture.
+"""One contract, every sink: ParquetSink and DeltaSink on a temporary directory, MongoSink on
+a mongomock:// URL. A new sink joins by adding a case to the `sink` fixture.
 
 Idempotence is what makes a load exactly once: a batch written again after a crash between
 the write and its ledger entry must be held once.
@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 
 from etl.core.parquet import to_parquet_bytes
-from etl.sinks.base import BackfillAware, ParquetWriter, Sequenced, Sink, make_seq
+from etl.sinks.base import (BackfillAware, KeyAudit, ParquetWriter, Sequenced, SerialCommits, Sink,
+                            make_seq)
 from tests.contracts import assert_declares_exactly, sequenced
 
-SINKS = ["parquet", "mongo"]
+SINKS = ["parquet", "mongo", "delta"]
 
 
 def _batch(start: int, n: int = 5) -> pd.DataFrame:
@@ -58,6 +59,12 @@ def make_sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
         from etl.sinks.parquet import ParquetSink
 
         yield lambda: ParquetSink(str(tmp_path / "dataset"))
+        return
+    if request.param == "delta":
+        pytest.importorskip("deltalake")
+        from etl.sinks.delta import DeltaSink
+
+        yield lambda: DeltaSink(str(tmp_path / "table"), key=["id"])
         return
     pytest.importorskip("mongomock")
     from etl.sinks.mongo import MongoSink
@@ -128,7 +135,7 @@ def test_finishing_a_run_keeps_its_rows(make_sink: Callable[[], Any]) -> None:
 
 #: Each capability class and the method it stands for (what the runtime used to probe).
 CAPABILITIES = {BackfillAware: "for_backfill", ParquetWriter: "write_parquet",
-                Sequenced: "with_key"}
+                Sequenced: "with_key", SerialCommits: "commit_scope", KeyAudit: "repeated_keys"}
 
 
 def test_a_sink_declares_exactly_the_capabilities_it_has(make_sink: Callable[[], Any]) -> None:
