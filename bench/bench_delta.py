@@ -106,11 +106,11 @@ def profile_append(parts: list[pd.DataFrame], workdir: Path) -> None:
         setattr(owner, name, wrapper)
         return lambda: setattr(owner, name, original)
 
-    undo = [wrap(DeltaSink, "_arrow", "pandas -> arrow, checks"),
+    undo = [wrap(module, "to_arrow", "pandas -> arrow, checks"),
             wrap(DeltaSink, "_table", "open / refresh the table"),
-            wrap(DeltaSink, "_conform", "conform to the table's schema"),
+            wrap(module, "conform", "conform to the table's schema"),
             wrap(deltalake.DeltaTable, "transaction_version", "look up the app transaction"),
-            wrap(module._deltalake(), "write_deltalake", "write_deltalake (files + commit)")]
+            wrap(module.load_deltalake(), "write_deltalake", "write_deltalake (files + commit)")]
     try:
         sink = DeltaSink(str(workdir / "profile"), write_disposition="append")
         total = timed(lambda: load(sink, parts))

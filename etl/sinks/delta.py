@@ -40,12 +40,13 @@ Several processes load into one table at once. Why no commit is lost or doubled:
 
 The table gets the column SEQ_COLUMN (40-digit text). `read_all` leaves it out.
 
-S3 without storage_options takes the endpoint from the settings (ETL_S3_ENDPOINT_URL, with
-AWS_ALLOW_HTTP for an http:// endpoint); delta-rs reads AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_PROFILE... from the environment itself. delta-rs 1.x
-commits to S3 with conditional puts (If-None-Match), which makes concurrent writers safe
-without a locking provider; AWS_S3_ALLOW_UNSAFE_RENAME is deliberately not set, as it would
-switch back to the legacy rename path, which is not.
+delta-rs 1.x commits to S3 with conditional puts (If-None-Match), which makes concurrent
+writers safe without a locking provider; AWS_S3_ALLOW_UNSAFE_RENAME is deliberately not set,
+as it would switch back to the legacy rename path, which is not.
+
+The module holds the commit path; etl.sinks.delta_arrow shapes a batch for the table
+(checks, Arrow, schema), etl.sinks.delta_storage resolves where the table is (local or S3,
+storage options, credential errors).
 """
 
 from __future__ import annotations
@@ -53,16 +54,18 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
-from etl.core.errors import BatchError, ConfigError
+from etl.core.errors import BatchError
 from etl.core.faults import crash_point
-from etl.core.urls import mask_url, scheme_of
+from etl.core.urls import mask_url
 from etl.sinks.base import (SEQ_COLUMN, BackfillAware, Sequenced, SerialCommits, Sink,
                             check_disposition)
+from etl.sinks.delta_arrow import (INSTALL_HINT, SEQ_LENGTH, conform, ident, load_deltalake,
+                                   one_line, to_arrow, without_null_columns, writer_properties)
+from etl.sinks.delta_storage import check_path, resolve_options, storage_error, table_uri
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,8 +73,6 @@ if TYPE_CHECKING:
     from deltalake import DeltaTable
 
 log = logging.getLogger(__name__)
-
-INSTALL_HINT = "DeltaSink needs the deltalake package: pip install 'dramatiq-etl[delta]'"
 
 #: Attempts of one commit that keeps meeting concurrent commits, then DeltaConflict.
 MAX_ATTEMPTS = 8
@@ -83,71 +84,12 @@ BACKOFF_BASE, BACKOFF_CAP = 0.05, 2.0
 #: +35 ms), and compacting 336,776 rows costs ~0.3 s, about what appending them did.
 COMPACT_FILES, SMALL_FILE = 100, 32 * 1024 * 1024
 
-_SEQ_LENGTH = 40
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_CREDENTIAL_HINTS = ("169.254.169.254", "credential", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-                     "ExpiredToken", "InvalidToken", "AccessDenied", "403 Forbidden")
-
 T = TypeVar("T")
 
 
 class DeltaConflict(RuntimeError):
     """Concurrent commits kept winning for MAX_ATTEMPTS attempts: transient, the batch is
     retried later by the framework (on purpose not an EtlError, which would be permanent)."""
-
-
-def _deltalake() -> Any:
-    """The deltalake package, or ConfigError (one line) when it is not installed."""
-    try:
-        import deltalake
-        import deltalake.exceptions  # noqa: F401 - used through the package
-    except ImportError:
-        raise ConfigError(INSTALL_HINT) from None
-    return deltalake
-
-
-def _writer_properties() -> Any:
-    """Parquet settings of the files the sink writes: the defaults, except SEQ_COLUMN, whose
-    values are unique (a dictionary is built for nothing) and share long prefixes (run,
-    shard, batch): DELTA_BYTE_ARRAY stores those once per page. ~5% less time per batch,
-    same size; every Parquet reader decodes it."""
-    dl = _deltalake()
-    return dl.WriterProperties(column_properties={SEQ_COLUMN: dl.ColumnProperties(
-        dictionary_enabled=False, encoding="DELTA_BYTE_ARRAY")})
-
-
-def _one_line(exc: BaseException) -> str:
-    """An error's message on one line (delta-rs nests causes over lines with colour codes)."""
-    text = _ANSI.sub("", str(exc))
-    return " ".join(part.strip(" ↳") for part in text.splitlines() if part.strip(" ↳")) or repr(exc)
-
-
-def _ident(name: str) -> str:
-    """A column name quoted for a Delta predicate (keeps case and odd characters)."""
-    return "`" + name.replace("`", "``") + "`"
-
-
-def _family(t: pa.DataType) -> str:
-    """The kind of values a type holds: types of one family can be cast into each other
-    (delta-rs does so on write), types of two families cannot be merged into one column."""
-    import pyarrow as pa
-
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    checks = (("null", pa.types.is_null), ("boolean", pa.types.is_boolean),
-              ("number", lambda x: pa.types.is_integer(x) or pa.types.is_floating(x)
-               or pa.types.is_decimal(x)),
-              ("text", lambda x: pa.types.is_string(x) or pa.types.is_large_string(x)
-               or pa.types.is_string_view(x)),
-              ("binary", lambda x: pa.types.is_binary(x) or pa.types.is_large_binary(x)
-               or pa.types.is_fixed_size_binary(x) or pa.types.is_binary_view(x)),
-              ("time", lambda x: pa.types.is_timestamp(x) or pa.types.is_date(x)),
-              ("list", lambda x: pa.types.is_list(x) or pa.types.is_large_list(x)
-               or pa.types.is_list_view(x) or pa.types.is_fixed_size_list(x)))
-    for name, check in checks:
-        if check(t):
-            return name
-    return str(t)
 
 
 class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits):
@@ -168,15 +110,9 @@ class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits):
             raise ValueError(f"DeltaSink: partition_by must be a list of column names, not the "
                              f"string {partition_by!r}")
         self.partition_by = tuple(partition_by or ())
-        scheme = scheme_of(path)
-        if scheme not in ("", "file", "s3", "s3a"):
-            raise ValueError(f"DeltaSink: path must be a local path, file:// or s3://bucket/prefix, "
-                             f"not {mask_url(path)!r}")
-        if scheme in ("s3", "s3a") and not path.split("://", 1)[1].split("/", 1)[0]:
-            raise ValueError(f"DeltaSink: {path!r} names no bucket")
+        self._s3 = check_path(path)
         self.path = path
         self.storage_options = dict(storage_options) if storage_options is not None else None
-        self._s3 = scheme in ("s3", "s3a")
         self._options: dict[str, str] | None = None
         self._local = threading.local()  # each thread its own DeltaTable (they are not shared)
 
@@ -239,43 +175,21 @@ class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits):
     @property
     def uri(self) -> str:
         """What delta-rs is given: an absolute local path, or the s3:// URL."""
-        if self._s3:
-            return self.path
-        local = self.path[len("file://"):] if self.path.startswith("file://") else self.path
-        return os.path.abspath(local)
+        return table_uri(self.path, s3=self._s3)
 
     def options(self) -> dict[str, str]:
         """The storage options, resolved at first use (settings are read then, not at import)."""
         if self._options is None:
-            options: dict[str, str] = {}
-            if self._s3:
-                from etl.core.config import load_settings
-
-                endpoint = load_settings().s3_endpoint_url
-                if endpoint:
-                    options["AWS_ENDPOINT_URL"] = endpoint
-                    if endpoint.startswith("http://"):
-                        options["AWS_ALLOW_HTTP"] = "true"
-            options.update(self.storage_options or {})
-            self._options = options
+            self._options = resolve_options(self.storage_options, s3=self._s3)
         return self._options
 
     def _storage_error(self, exc: BaseException) -> BaseException:
-        """A storage failure, as ConfigError (one line, caused by `exc`) when it says the
-        credentials are missing or refused; else `exc` itself (transient: retried)."""
-        text = _one_line(exc)
-        if self._s3 and any(h.lower() in text.lower() for h in _CREDENTIAL_HINTS):
-            error = ConfigError(
-                f"DeltaSink {mask_url(self.path)}: no usable AWS credentials (set AWS_ACCESS_KEY_ID "
-                f"and AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or pass storage_options): "
-                f"{mask_url(text)[:300]}")
-            error.__cause__ = exc
-            return error
-        return exc
+        """A storage failure as what to raise (see delta_storage.storage_error)."""
+        return storage_error(exc, path=self.path, s3=self._s3)
 
     def _table(self) -> DeltaTable | None:
         """This thread's view of the table brought up to date, or None when there is none."""
-        dl = _deltalake()
+        dl = load_deltalake()
         cached = getattr(self._local, "table", None)
         try:
             if cached is not None and self._local.pid == os.getpid():
@@ -296,7 +210,7 @@ class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits):
 
     def _attempts(self, what: str, attempt: Callable[[DeltaTable | None], T]) -> T:
         """Run `attempt` on a fresh view of the table until it commits without conflict."""
-        dl = _deltalake()
+        dl = load_deltalake()
         for number in range(1, MAX_ATTEMPTS + 1):
             table = self._table()
             try:
@@ -311,12 +225,12 @@ class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits):
             self._forget()
             if number == MAX_ATTEMPTS:
                 log.warning("%s: %s still conflicting after %d attempts: %s", self.path, what,
-                            number, _one_line(cause))
+                            number, one_line(cause))
                 raise DeltaConflict(f"DeltaSink {mask_url(self.path)}: {what}: concurrent commits "
-                                    f"won {number} times; retry later ({_one_line(cause)})") from cause
+                                    f"won {number} times; retry later ({one_line(cause)})") from cause
             delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (number - 1)) * random.uniform(0.5, 1.5)
             log.debug("%s: %s conflicted (attempt %d): %s; again in %.2f s", self.path, what,
-                      number, _one_line(cause), delay)
+                      number, one_line(cause), delay)
             time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -326,7 +240,7 @@ class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits):
         With no commit retries: delta-rs (1.6) handles a create that finds version 0 taken
         by committing it as version 1 without any conflict check, which would add the
         loser's rows blindly (keys twice) and its metadata over the winner's."""
-        dl = _deltalake()
+        dl = load_deltalake()
         commit = dl.CommitProperties(
             max_commit_retries=0,
             app_transactions=[dl.Transaction(app_id, 1)] if app_id else None)
@@ -334,7 +248,7 @@ class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits):
         try:
             dl.write_deltalake(self.uri, data, mode="error", partition_by=list(self.partition_by) or None,
                                storage_options=self.options(), commit_properties=commit,
-                               writer_properties=_writer_properties())
+                               writer_properties=writer_properties())
         except dl.exceptions.CommitFailedError:
             raise
         except dl.exceptions.DeltaError as exc:
@@ -348,7 +262,8 @@ class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits):
         """Commit one batch exactly once (see the module docstring); returns the batch's
         rows, also when it was committed before (the caller counts it once)."""
         where = f"run {run_id} shard {shard} batch {batch}"
-        data = self._arrow(frame, where)
+        data = to_arrow(frame, key=self.key, partition_by=self.partition_by,
+                        merge=self.write_disposition == "merge", where=where)
         if data.num_rows == 0:
             return 0
         if self.write_disposition == "merge":
@@ -358,133 +273,44 @@ class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits):
             self._attempts(f"{where} append", lambda table: self._append(table, data, app_id, where))
         return len(frame)
 
-    def _arrow(self, frame: pd.DataFrame, where: str) -> pa.Table:
-        """The batch as Arrow: sequence checked, and for a merge one row per key (the
-        greatest sequence)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        if SEQ_COLUMN not in frame.columns:
-            raise BatchError(f"{where}: the batch has no {SEQ_COLUMN} column; DeltaSink is "
-                             "loaded by the runtime, which adds it")
-        needed = [c for c in (*self.key, *self.partition_by) if c not in frame.columns]
-        if self.write_disposition == "merge" and not self.key:
-            raise BatchError(f"{where}: DeltaSink merge needs a key; give key= or bind it with "
-                             "with_key (a Pipeline does)")
-        if needed:
-            raise BatchError(f"{where}: the batch lacks the column(s) {', '.join(needed)} "
-                             f"the Delta table is keyed or partitioned on")
-        if self.write_disposition == "merge":
-            nulls = [k for k in self.key if frame[k].isna().any()]
-            if nulls:
-                raise BatchError(f"{where}: key column(s) {', '.join(nulls)} hold nulls; a merge "
-                                 "cannot match a row without its key")
-            if frame.duplicated(list(self.key)).any():
-                frame = frame.sort_values(SEQ_COLUMN, kind="stable").drop_duplicates(
-                    list(self.key), keep="last")
-        try:  # one thread: a pool per batch costs more than it saves on 50,000 rows
-            data = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-            raise BatchError(f"{where}: cannot convert the batch for Delta: {_one_line(exc)}") from exc
-        data = data.replace_schema_metadata(None)
-        seq = data.column(SEQ_COLUMN)
-        if _family(seq.type) != "text":
-            raise BatchError(f"{where}: {SEQ_COLUMN} must be text, not {seq.type}")
-        lengths = pc.min_max(pc.binary_length(seq))  # bytes: a digit is one
-        if seq.null_count or (len(seq) and (lengths["min"].as_py() != _SEQ_LENGTH
-                                            or lengths["max"].as_py() != _SEQ_LENGTH)):
-            raise BatchError(f"{where}: {SEQ_COLUMN} must hold {_SEQ_LENGTH}-digit text in every row")
-        return data
-
-    def _conform(self, data: pa.Table, table: DeltaTable, where: str) -> tuple[pa.Table, bool]:
-        """`data` shaped for the table: a column of nulls takes the table's type (pandas
-        gives an all-null column no type, and an integer column with a null becomes float),
-        a number is cast to the table's number type when no value changes, a column the
-        table lacks stays (schema merge) unless it is only nulls, a column the batch lacks
-        is nulls. A column whose kind changed (text into a number column...) is a BatchError.
-        Also says whether the batch adds columns."""
-        import pyarrow as pa
-
-        schema = pa.schema(table.schema().to_arrow())
-        names, columns, adds = [], [], False
-        for field, column in zip(data.schema, data.columns):
-            if pa.types.is_dictionary(field.type):
-                column = column.cast(field.type.value_type)
-            index = schema.get_field_index(field.name)
-            if index < 0:
-                if pa.types.is_null(column.type):
-                    continue  # no type to give it yet: a later batch with values adds it
-                adds = True
-            else:
-                target = schema.field(index).type
-                kind, table_kind = _family(column.type), _family(target)
-                if column.type == target:
-                    pass
-                elif kind == "null":
-                    column = pa.nulls(len(column), target)
-                elif kind != table_kind:
-                    raise BatchError(f"{where}: column {field.name!r} is {column.type} in this batch "
-                                     f"but {target} in the Delta table")
-                elif kind == "number":
-                    try:
-                        column = column.cast(target, safe=True)
-                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                        raise BatchError(f"{where}: column {field.name!r}: {column.type} values do "
-                                         f"not fit the Delta table's {target} column "
-                                         f"({_one_line(exc)[:120]})") from exc
-            names.append(field.name)
-            columns.append(column)
-        for field in schema:
-            if field.name not in names:
-                names.append(field.name)
-                columns.append(pa.nulls(data.num_rows, field.type))
-        return pa.Table.from_arrays(columns, names=names), adds
-
-    @staticmethod
-    def _without_null_columns(data: pa.Table) -> pa.Table:
-        import pyarrow as pa
-
-        keep = [name for name, t in zip(data.column_names, data.schema.types) if not pa.types.is_null(t)]
-        return data.select(keep) if len(keep) != data.num_columns else data
-
     def _merge(self, table: DeltaTable | None, data: pa.Table, where: str) -> None:
         if table is None:
-            self._create(self._without_null_columns(data))
+            self._create(without_null_columns(data))
             log.debug("%s: %s created the table", self.path, where)
             return
-        data, adds = self._conform(data, table, where)
-        on = " AND ".join(f"t.{_ident(k)} = s.{_ident(k)}" for k in self.key)
-        newer = f"s.{_ident(SEQ_COLUMN)} > t.{_ident(SEQ_COLUMN)}"
-        dl = _deltalake()
+        data, adds = conform(data, table, where=where)
+        on = " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in self.key)
+        newer = f"s.{ident(SEQ_COLUMN)} > t.{ident(SEQ_COLUMN)}"
+        dl = load_deltalake()
         crash_point("sink.before_commit")
         try:
             metrics = (table.merge(data, predicate=on, source_alias="s", target_alias="t",
-                                   merge_schema=adds, writer_properties=_writer_properties(),
+                                   merge_schema=adds, writer_properties=writer_properties(),
                                    streamed_exec=False)
                        .when_matched_update_all(predicate=newer)
                        .when_not_matched_insert_all()
                        .execute())
         except dl.exceptions.SchemaMismatchError as exc:
-            raise BatchError(f"{where}: the batch does not fit the Delta table: {_one_line(exc)}") from exc
+            raise BatchError(f"{where}: the batch does not fit the Delta table: {one_line(exc)}") from exc
         log.debug("%s: %s merged: %s inserted, %s updated", self.path, where,
                   metrics.get("num_target_rows_inserted"), metrics.get("num_target_rows_updated"))
 
     def _append(self, table: DeltaTable | None, data: pa.Table, app_id: str, where: str) -> None:
         if table is None:
-            self._create(self._without_null_columns(data), app_id=app_id)
+            self._create(without_null_columns(data), app_id=app_id)
             return
         if table.transaction_version(app_id) is not None:
             log.debug("%s: %s already committed (%s), nothing to do", self.path, where, app_id)
             return
-        data, adds = self._conform(data, table, where)
-        dl = _deltalake()
+        data, adds = conform(data, table, where=where)
+        dl = load_deltalake()
         commit = dl.CommitProperties(app_transactions=[dl.Transaction(app_id, 1)])
         crash_point("sink.before_commit")
         try:
             dl.write_deltalake(table, data, mode="append", schema_mode="merge" if adds else None,
-                               commit_properties=commit, writer_properties=_writer_properties())
+                               commit_properties=commit, writer_properties=writer_properties())
         except dl.exceptions.SchemaMismatchError as exc:
-            raise BatchError(f"{where}: the batch does not fit the Delta table: {_one_line(exc)}") from exc
+            raise BatchError(f"{where}: the batch does not fit the Delta table: {one_line(exc)}") from exc
 
     # -- the end of a run -----------------------------------------------------------------
 
@@ -495,14 +321,14 @@ class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits):
         it conflicts with no reader, and app transactions stay), files are not deleted (no
         vacuum: time travel and running readers keep working), and a failed compaction is
         only logged."""
-        if not (isinstance(first_seq, str) and len(first_seq) == _SEQ_LENGTH and first_seq.isdigit()):
-            raise ValueError(f"DeltaSink.finish_run: first_seq must be {_SEQ_LENGTH} digits, "
+        if not (isinstance(first_seq, str) and len(first_seq) == SEQ_LENGTH and first_seq.isdigit()):
+            raise ValueError(f"DeltaSink.finish_run: first_seq must be {SEQ_LENGTH} digits, "
                              f"not {first_seq!r}")
         if self.write_disposition == "replace":
             def delete(table: DeltaTable | None) -> int:
                 if table is None:
                     return 0
-                result = table.delete(f"{_ident(SEQ_COLUMN)} < '{first_seq}'")
+                result = table.delete(f"{ident(SEQ_COLUMN)} < '{first_seq}'")
                 return int(result.get("num_deleted_rows") or 0)
 
             deleted = self._attempts(f"run {run_id} replace", delete)
@@ -523,7 +349,7 @@ class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits):
             log.info("%s: run %s compacted %s file(s) into %s", self.path, run_id,
                      metrics.get("numFilesRemoved"), metrics.get("numFilesAdded"))
         except Exception as exc:  # noqa: BLE001 - maintenance: the run's rows are loaded already
-            log.warning("%s: compaction after run %s skipped: %s", self.path, run_id, _one_line(exc))
+            log.warning("%s: compaction after run %s skipped: %s", self.path, run_id, one_line(exc))
 
     def read_all(self) -> pd.DataFrame:
         """The table's rows without SEQ_COLUMN (an empty frame when there is no table yet)."""
