@@ -171,3 +171,20 @@ def postgres_url() -> str:
 def mariadb_url() -> str:
     """MariaDB's plain URL (`mysql://...`), database `test`."""
     return sql_server_url("mariadb")
+
+
+@pytest.fixture
+def postgres_table(postgres_url: str) -> Iterator[str]:
+    """A table name of this test's own in PostgreSQL; the table and its SqlSink ledger rows
+    are dropped afterwards."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    yield name
+    engine = sqlalchemy.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f'DROP TABLE IF EXISTS "{name}"'))
+            if sqlalchemy.inspect(conn).has_table("etl_loads"):
+                conn.execute(sqlalchemy.text("DELETE FROM etl_loads WHERE sink_table = :t"), {"t": name})
+    finally:
+        engine.dispose()

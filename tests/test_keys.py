@@ -6,7 +6,6 @@ one line naming the stage. Real subprocesses, real files, real databases."""
 from __future__ import annotations
 
 import textwrap
-import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -50,26 +49,6 @@ def _pipeline(workdir: Path, sink: str, *, stages: str | None = None,
             window_column="day",
         )
     """))
-
-
-@pytest.fixture
-def postgres_table(postgres_url: str) -> Iterator[str]:
-    """A table name of this test's own in PostgreSQL, dropped afterwards."""
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    name = f"feed_{uuid.uuid4().hex[:8]}"
-    yield name
-    engine = sqlalchemy.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text(f'DROP TABLE IF EXISTS "{name}"'))
-        conn.execute(sqlalchemy.text("DELETE FROM etl_loads WHERE sink_table = :t")
-                     if _has_ledger(engine) else sqlalchemy.text("SELECT 1"), {"t": name})
-    engine.dispose()
-
-
-def _has_ledger(engine) -> bool:  # type: ignore[no-untyped-def]
-    import sqlalchemy
-
-    return sqlalchemy.inspect(engine).has_table("etl_loads")
 
 
 def _merge_sink(kind: str, workdir: Path, request: pytest.FixtureRequest) -> tuple[str, callable]:  # type: ignore[valid-type]
