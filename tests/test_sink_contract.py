@@ -1,5 +1,5 @@
-"""One contract, every sink: ParquetSink and DeltaSink on a temporary directory, MongoSink on
-a mongomock:// URL. A new sink joins by adding a case to the `sink` fixture.
+"""One contract, every sink: ParquetSink and DeltaSink on a temporary directory, SqlSink on a
+SQLite file, MongoSink on a mongomock:// URL. A new sink joins by adding a case to the `sink` fixture.
 
 Idempotence is what makes a load exactly once: a batch written again after a crash between
 the write and its ledger entry must be held once.
@@ -21,7 +21,7 @@ from etl.sinks.base import (BackfillAware, KeyAudit, ParquetWriter, Sequenced, S
                             make_seq)
 from tests.contracts import assert_declares_exactly, sequenced
 
-SINKS = ["parquet", "mongo", "delta"]
+SINKS = ["parquet", "mongo", "delta", "sql"]
 
 
 def _batch(start: int, n: int = 5) -> pd.DataFrame:
@@ -65,6 +65,12 @@ def make_sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
         from etl.sinks.delta import DeltaSink
 
         yield lambda: DeltaSink(str(tmp_path / "table"), key=["id"])
+        return
+    if request.param == "sql":
+        pytest.importorskip("sqlalchemy")
+        from etl.sinks.sql import SqlSink
+
+        yield lambda: SqlSink(f"sqlite:///{tmp_path / 'rows.db'}", table="rows", key=["id"])
         return
     pytest.importorskip("mongomock")
     from etl.sinks.mongo import MongoSink
