@@ -122,3 +122,19 @@ def test_a_pipeline_queue_must_be_a_dramatiq_queue_name() -> None:
     # And a name Dramatiq would refuse fails when the pipeline is built, naming the pipeline
     with pytest.raises(ConfigError, match="queue 'urgent flights' \\(from pipeline flights\\)"):
         dataclasses.replace(base, queue="urgent flights")
+
+
+def test_plain_database_urls_are_spoken_through_the_drivers_the_sql_extra_installs() -> None:
+    pytest.importorskip("sqlalchemy")
+    from etl.core.urls import with_sql_driver
+    from etl.sources.sql import SqlSource
+
+    # Given plain database URLs, Then each names the driver the `sql` extra installs
+    assert with_sql_driver("postgresql://u:pw@db/x") == "postgresql+psycopg://u:pw@db/x"
+    assert with_sql_driver("mysql://root@db/x") == "mysql+pymysql://root@db/x"
+    # And a URL that names its driver, or another database, is left as it is
+    assert with_sql_driver("postgresql+psycopg2://db/x") == "postgresql+psycopg2://db/x"
+    assert with_sql_driver("sqlite:///x.db") == "sqlite:///x.db"
+    # And a SqlSource on a plain postgresql:// URL opens psycopg 3, not psycopg2
+    source = SqlSource("postgresql://u:pw@127.0.0.1:1/x", table="t", key="id")
+    assert source._engine().dialect.driver == "psycopg"

@@ -81,6 +81,19 @@ class BackendURL:
         return self.path.split("/", 1)[0]
 
 
+#: Plain database URL schemes and the driver the toolkit speaks each through (the `sql`
+#: extra installs them): SQLAlchemy alone would look for psycopg2 and MySQLdb.
+SQL_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
+               "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+
+
+def with_sql_driver(url: str) -> str:
+    """`url` naming its driver when its scheme is a plain database name (`postgresql://` ->
+    `postgresql+psycopg://`); any other URL as it is."""
+    scheme = scheme_of(url)
+    return SQL_DRIVERS[scheme] + url[len(scheme):] if scheme in SQL_DRIVERS else url
+
+
 def parse_url(url: str) -> BackendURL:
     """`url` taken apart; a plain path is a URL without scheme whose path is itself."""
     scheme = scheme_of(url)

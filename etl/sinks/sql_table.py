@@ -14,7 +14,7 @@ import threading
 from typing import Any, Callable, Sequence
 
 from etl.core.errors import BatchError, ConfigError, UnsupportedURL
-from etl.core.urls import mask_url, scheme_of
+from etl.core.urls import SQL_DRIVERS, mask_url, scheme_of, with_sql_driver
 from etl.sinks.base import SEQ_COLUMN
 from etl.sinks.sql_dialects import Dialect, dialect_for
 from etl.sinks.sql_values import fits
@@ -22,8 +22,7 @@ from etl.sinks.sql_values import fits
 log = logging.getLogger(__name__)
 
 #: Plain schemes and the driver each is spoken through.
-DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg",
-           "mysql": "mysql+pymysql", "mariadb": "mariadb+pymysql"}
+DRIVERS = SQL_DRIVERS
 SCHEMES = frozenset({*DRIVERS, *DRIVERS.values(), "sqlite", "sqlite+pysqlite"})
 INSTALL = "pip install 'dramatiq-etl[sql]'"
 _SESSION = {  # UTC sessions (a naive time is UTC); MySQL: strict mode for every table
@@ -41,7 +40,7 @@ def driver_url(url: str) -> str:
     if scheme not in SCHEMES:
         raise UnsupportedURL(f"SqlSink takes postgresql://, mysql://, mariadb:// or sqlite:/// "
                              f"URLs, not {mask_url(url)}")
-    return DRIVERS.get(scheme, scheme) + url[len(scheme):]
+    return with_sql_driver(url)
 
 
 def open_engine(url: str) -> Any:

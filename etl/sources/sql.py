@@ -33,7 +33,7 @@ import pandas as pd
 import pyarrow as pa
 
 from etl.core.errors import ConfigError, SourceError
-from etl.core.urls import mask_url
+from etl.core.urls import mask_url, with_sql_driver
 from etl.sources.base import Batch, PlanChecked, SchemaKinds, Source, Windowed
 from etl.sources.windows import Window
 from shards import RangeShards, ShardPlan
@@ -103,7 +103,7 @@ class SqlSource(Source, Windowed, PlanChecked, SchemaKinds):
                 for inherited in self._engines.values():  # a forked child: the parent's pool
                     inherited.dispose(close=False)  # is left alone, not closed under it
                 try:
-                    engine = sa.create_engine(self.url, pool_pre_ping=True)
+                    engine = sa.create_engine(with_sql_driver(self.url), pool_pre_ping=True)
                 except Exception as exc:  # noqa: BLE001 - unknown dialect, missing driver
                     raise ConfigError(f"cannot use database URL {mask_url(self.url)}: "
                                       f"{type(exc).__name__}: {mask_url(str(exc))}") from None
