@@ -738,7 +738,9 @@ def test_safe_mongo_keys_output_loads_through_the_mongo_sink(  # type: ignore[no
                      database=mongo_db_name)
     try:
         # When made safe and loaded
-        sink.write_batch(SafeMongoKeys().apply(frame).kept, run_id="r", shard=0, batch=0)
+        from tests.contracts import sequenced
+
+        sink.write_batch(sequenced(SafeMongoKeys().apply(frame).kept), run_id="r", shard=0, batch=0)
         # Then the documents hold the safe names
         held = sink.read_all().sort_values("order_id")
         assert held["doc"].tolist() == [{"_set": {"x_y": 1}, "tags": ["a"]}, {"ok": {"a_b": 2}}]
