@@ -129,9 +129,10 @@ class KeyAudit(Protocol):
     """Cannot hold a key to one row, but can count how many keys it holds more than once, so
     a run summary says so instead of leaving it to be found downstream."""
 
-    def repeated_keys(self, key: Sequence[str]) -> int:
+    def repeated_keys(self, key: Sequence[str]) -> int | None:
         """Keys held in more than one batch (a key repeated within one batch: once per
-        batch, the stages decide that)."""
+        batch, the stages decide that); None when this process cannot see the destination
+        (a folder on the workers' machines)."""
         raise NotImplementedError
 
 

@@ -98,9 +98,12 @@ class ParquetSink(Sink, BackfillAware, ParquetWriter, KeyAudit):
         if removed:
             log.info("%s: run %s replaced %d file(s) of earlier runs", self.path, run_id, removed)
 
-    def repeated_keys(self, key: Sequence[str]) -> int:
-        """Keys found in more than one part file of the dataset (reads only key columns)."""
-        files = sorted(self.path.glob(PART_GLOB)) if self.path.is_dir() else []
+    def repeated_keys(self, key: Sequence[str]) -> int | None:
+        """Keys found in more than one part file of the dataset (reads only key columns);
+        None when the folder is not here (a distributed run's workers write it elsewhere)."""
+        if not self.path.is_dir():
+            return None
+        files = sorted(self.path.glob(PART_GLOB))
         frames = []
         for number, file in enumerate(files):
             names = set(pq.read_schema(file).names)
