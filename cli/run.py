@@ -114,7 +114,8 @@ def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = 
     if not outcome.completed:
         for error in outcome.errors:
             err.print(f"[red]failed[/] {error.stage} shard {error.shard} batch {error.batch}: "
-                      f"{error.error_type}: {mask_url(error.message)}")
+                      f"{error.error_type}: {' '.join(mask_url(error.message).split())}",
+                      soft_wrap=True)
         hint = ("see `etl errors` and `etl dlq list`; after the fix, `etl dlq retry --run "
                 f"{outcome.run_id}`" if outcome.distributed else "fix the cause and run the "
                 "same command again to resume (see `etl errors`)")

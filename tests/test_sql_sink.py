@@ -503,3 +503,20 @@ def test_batch_mistakes_are_one_line_batch_errors(kind: str, tmp_path: Path) -> 
         assert place.loads() == [("r1", 0, 0, 1), ("r1", 0, 8, 2)]
     finally:
         place.drop()
+
+
+def test_a_database_that_does_not_answer_is_one_transient_line_without_the_password() -> None:
+    from etl.core.errors import EtlError
+    from etl.sinks.sql import DatabaseUnavailable
+    from tests.contracts import sequenced
+
+    # Given a sink on a port nothing listens on, with a password in its URL
+    sink = SqlSink("postgresql://etl:hunter2@127.0.0.1:1/test", table="t", key=["id"])
+    # When a batch is written
+    with pytest.raises(DatabaseUnavailable) as caught:
+        sink.write_batch(sequenced(pd.DataFrame({"id": [1]})), run_id="r", shard=0, batch=0)
+    # Then it says so in one line naming the sink and batch, masked, and it is transient
+    message = str(caught.value)
+    assert "cannot reach the database" in message and "run r shard 0 batch 0" in message
+    assert "\n" not in message and "hunter2" not in message
+    assert not isinstance(caught.value, EtlError)

@@ -40,6 +40,27 @@ DEADLOCK_TRIES = 6
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
+class DatabaseUnavailable(ConnectionError):
+    """The sink's database refused or dropped the connection: transient (not an EtlError),
+    so the batch is retried."""
+
+
+def _connection_failed(exc: BaseException) -> bool:
+    """Whether `exc` is SQLAlchemy's word for a connection that could not be made or was
+    lost (not a deadlock or a refused row, which the transaction loop sorts out)."""
+    try:
+        from sqlalchemy import exc as sa_exc
+    except ImportError:
+        return False
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    text = str(getattr(exc, "orig", exc)).lower()
+    return bool(exc.connection_invalidated) or any(
+        hint in text for hint in ("connection refused", "could not connect", "can't connect",
+                                  "connection failed", "server has gone away",
+                                  "lost connection", "server closed the connection"))
+
+
 class _AlreadyLoaded(Exception):
     """The ledger's primary key refused the batch's row: another process loaded it."""
 
@@ -92,7 +113,19 @@ class SqlSink(Sink, BackfillAware, Sequenced):
     # -- loading -------------------------------------------------------------------------
     def write_batch(self, frame: Any, *, run_id: str, shard: int, batch: int) -> int:
         """Load the batch in one transaction with its ledger row; the batch's row count
-        (the recorded one when the ledger already had the batch)."""
+        (the recorded one when the ledger already had the batch). A database that does not
+        answer is DatabaseUnavailable: one line, retried like any transient failure."""
+        try:
+            return self._write(frame, run_id=run_id, shard=shard, batch=batch)
+        except Exception as exc:  # noqa: BLE001 - only a failed connection is reworded
+            if not _connection_failed(exc):
+                raise
+            first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise DatabaseUnavailable(f"{self.describe()}: run {run_id} shard {shard} batch "
+                                      f"{batch}: cannot reach the database: "
+                                      f"{mask_url(first)}") from exc
+
+    def _write(self, frame: Any, *, run_id: str, shard: int, batch: int) -> int:
         where = f"{self.describe()}: run {run_id} shard {shard} batch {batch}"
         recorded = self._lookup(run_id, shard, batch, where)
         if recorded is not None:
