@@ -53,10 +53,17 @@ class Job:
     def result(self, *, timeout: float | None = None, poll: float = 0.1) -> Any:
         """Wait for the job to finish and return its result. ResultNotFound if it is not
         finished after `timeout` seconds (None: wait for ever), JobFailed if it finished
-        without one, JobNotFound if there is no such job."""
+        without one, JobNotFound if no record of it appeared by then. A job just sent may
+        have no record yet (the recorder writes it as the message is enqueued, from
+        another thread or process): its absence is waited out like an unfinished job."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            job = self.info()
+            job = self.store.get(self.job_id)
+            if job is None:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise JobNotFound(self.job_id)
+                time.sleep(poll)
+                continue
             if job.status == JobStatus.COMPLETED.value:
                 return job.result
             if job.finished:

@@ -193,6 +193,27 @@ def test_job_handle_waits_for_the_result(store: ResultStore) -> None:
         Job("missing", store).status()
 
 
+def test_job_result_waits_for_a_record_that_does_not_exist_yet(store: ResultStore) -> None:
+    # Given a job just sent, whose record the recorder writes a moment later
+    job = ResultClient(store).job("late")
+
+    def record() -> None:
+        time.sleep(0.3)
+        store.store(_job("late"))
+        store.update_status("late", "queued")
+        store.update_status("late", "in_progress")
+        store.update_status("late", "completed", result="done")
+
+    threading.Thread(target=record).start()
+    # When its result is awaited, Then the missing record is waited out, not JobNotFound
+    assert job.result(timeout=10, poll=0.05) == "done"
+    # And a job that never gets a record is JobNotFound once the timeout has passed
+    started = time.monotonic()
+    with pytest.raises(JobNotFound):
+        ResultClient(store).job("never").result(timeout=0.3, poll=0.05)
+    assert time.monotonic() - started >= 0.3
+
+
 def test_unknown_scheme_lists_the_supported_ones() -> None:
     with pytest.raises(UnsupportedURL, match="sqlite:///.*redis://.*mongodb://"):
         open_results("memcached://x")
