@@ -1,13 +1,15 @@
 """Task result store: every task's status lifecycle, result, error, timings and history.
 
-Open one by URL: `sqlite:///path` (embedded default), `redis://` / `rediss://`, `mongodb://`.
+Open one by URL: `sqlite:///path` (embedded default), `redis://` / `rediss://`, `mongodb://`;
+`?key_prefix=app` lets several applications share one Redis or MongoDB server.
 """
 
 from __future__ import annotations
 
 import logging
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from etl.core.errors import EtlError, UnsupportedURL
+from etl.core.errors import ConfigError, EtlError, UnsupportedURL
 from etl.core.urls import mask_url, scheme_of
 from results.base import ResultStore
 from results.errors import InvalidTransition, JobNotFound, ResultNotFound
@@ -16,21 +18,42 @@ from results.models import FINISHED, JobResult, JobStatus, Transition
 SCHEMES = "sqlite:///path.db, redis://host:6379/0, rediss://..., mongodb://host/db"
 
 
+def _key_prefix(url: str) -> tuple[str, str | None]:
+    """`url` without its `key_prefix` query option, and that option's value (None: absent).
+    The option names the store's keys (Redis) or collection (MongoDB), so several
+    applications can share one server; drivers would refuse it as an unknown option."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((value for name, value in pairs if name == "key_prefix"), None)
+    if prefix is None:
+        return url, None
+    if not prefix or not all(c.isalnum() or c in "_-" for c in prefix):
+        raise ConfigError(f"result store {mask_url(url)}: key_prefix must be letters, digits, "
+                          f"- or _, not {prefix!r}")
+    query = urlencode([(name, value) for name, value in pairs if name != "key_prefix"])
+    return urlunsplit(parts._replace(query=query)), prefix
+
+
 def open_results(url: str) -> ResultStore:
-    """The result store for `url`; an unknown scheme is an error listing the supported ones."""
+    """The result store for `url`; an unknown scheme is an error listing the supported ones.
+    `?key_prefix=app` prefixes Redis keys (default `etl`) or the MongoDB collection name."""
     scheme = scheme_of(url)
+    given, (url, prefix) = url, _key_prefix(url)
     if scheme == "sqlite":
+        if prefix is not None:
+            raise ConfigError(f"result store {mask_url(given)}: key_prefix does not apply to a "
+                              "SQLite file (the file is the store's own): name another file")
         from results.sqlite import SQLiteResultStore
 
         return SQLiteResultStore(url)
     if scheme in ("redis", "rediss"):
         from results.redis import RedisResultStore
 
-        return RedisResultStore(url)
+        return RedisResultStore(url, prefix=prefix or "etl")
     if scheme in ("mongodb", "mongodb+srv", "mongomock"):
         from results.mongo import MongoResultStore
 
-        return MongoResultStore(url)
+        return MongoResultStore(url, collection=f"{prefix}_JobResult" if prefix else "JobResult")
     raise UnsupportedURL(f"unsupported result store URL scheme {scheme or '(none)'!r}; "
                          f"use one of: {SCHEMES}")
 

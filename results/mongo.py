@@ -31,11 +31,12 @@ def _aware(value: Any) -> Any:
 class MongoResultStore:
     """ResultStore on a MongoDB collection named JobResult."""
 
-    def __init__(self, url: str, *, client: Any = None, database: str | None = None) -> None:
+    def __init__(self, url: str, *, client: Any = None, database: str | None = None,
+                 collection: str = "JobResult") -> None:
         self.url = mask_url(url)
         # short timeouts: a result-store outage must cost a task little (see middleware)
         self.client = client if client is not None else connect(url, timeout_ms=2000)
-        self.jobs = self.client[database or database_of(url)]["JobResult"]
+        self.jobs = self.client[database or database_of(url)][collection]
         self.jobs.create_index([("job_id", ASCENDING)], unique=True)
         self.jobs.create_index([("expires_at", ASCENDING)], expireAfterSeconds=0)
         self.jobs.create_index([("run_id", ASCENDING), ("created_at", DESCENDING)])

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from etl.core.errors import UnsupportedURL
+from etl.core.errors import ConfigError, UnsupportedURL
 from results import InvalidTransition, JobNotFound, JobResult, ResultStore, open_results
 from results.client import Job, JobFailed, ResultClient
 from results.errors import ResultNotFound
@@ -217,3 +217,24 @@ def test_job_result_waits_for_a_record_that_does_not_exist_yet(store: ResultStor
 def test_unknown_scheme_lists_the_supported_ones() -> None:
     with pytest.raises(UnsupportedURL, match="sqlite:///.*redis://.*mongodb://"):
         open_results("memcached://x")
+
+
+def test_a_key_prefix_in_the_url_names_the_stores_keys(redis_url: str) -> None:
+    # Given two Redis result stores on one database, one with ?key_prefix=app
+    from results import open_results
+
+    plain = open_results(redis_url)
+    prefixed = open_results(f"{redis_url}?key_prefix=app_{time.monotonic_ns()}")
+    try:
+        # When a job is stored through the prefixed one
+        prefixed.store(_job("kp1"))
+        # Then it lives under the prefix: the prefixed store finds it, the plain one does not
+        assert prefixed.get("kp1") is not None and plain.get("kp1") is None
+        assert prefixed.prefix.startswith("app_")
+    finally:
+        for key in prefixed.client.scan_iter(match=f"{prefixed.prefix}:*"):
+            prefixed.client.delete(key)
+    # And MongoDB takes it as the collection's prefix; SQLite, a file of its own, refuses it
+    assert open_results("mongomock://localhost/db?key_prefix=app").jobs.name == "app_JobResult"
+    with pytest.raises(ConfigError, match="key_prefix does not apply to a SQLite file"):
+        open_results("sqlite:///x.db?key_prefix=app")
