@@ -183,3 +183,18 @@ def test_a_run_with_a_row_adding_stage_still_adds_up(tmp_path: Path) -> None:
             shown["rows added by stages"]) == ("31", "60", "1", "30")
     loaded = pd.concat(pd.read_parquet(p) for p in (tmp_path / "out" / "items").glob("*.parquet"))
     assert len(loaded) == 60 and not loaded.duplicated(["order_id", "line"]).any()
+
+
+def test_results_url_none_switches_recording_off(tmp_path: Path) -> None:
+    # Given a user pipeline and results switched off
+    _orders(tmp_path)
+    _user_pipeline(tmp_path)
+    off = {"ETL_RESULTS_URL": "none"}
+    # When it runs, Then it completes and no result store is made
+    result = etl(tmp_path, "run", "-p", "mypipes:orders", "--no-progress", env=off)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / ".etl" / "results.db").exists()
+    # And asking for results says in one line that none are recorded, exit 2
+    listed = etl(tmp_path, "results", "list", env=off)
+    assert listed.returncode == 2 and "results are not recorded here" in listed.stderr
+    assert "Traceback" not in listed.stderr

@@ -35,7 +35,7 @@ from etl.core.errors import BatchError, ConfigError, EtlError, ObjectNotFound
 from etl.inspect.tables import (ERROR_COLUMNS, LEDGER_STAGES, PAYLOAD_COLUMNS, RUN_COLUMNS,
                                 SHARD_COLUMNS, TASK_COLUMNS, share_done, table_of)
 from etl.core.names import quarantine_key
-from etl.stores import open_objects, open_results, open_state
+from etl.stores import open_objects, open_results, open_state, results_off
 from etl.stores.objects import ObjectStore
 from etl.core.parquet import from_parquet_bytes
 from etl.inspect.project import (Backend, anchored, configured_backends, find_project_dir,
@@ -87,7 +87,7 @@ class Inspector:
         root = Path(base).resolve() if base is not None else Path.cwd()
         state_url = anchored(state_url, root)
         objects_url = anchored(objects_url, root, plain_path_ok=True)
-        results_url = anchored(results_url, root) if results_url else None
+        results_url = anchored(results_url, root) if not results_off(results_url) else None
         require_sqlite_file(state_url, "state store",
                              "run `etl run` there first, or point ETL_STATE_URL (or "
                              "state_url in etl.toml) at the run's state")

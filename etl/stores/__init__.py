@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from etl.core.errors import EtlError
+from etl.core.errors import ConfigError, EtlError
 from etl.core.urls import mask_url
 
 if TYPE_CHECKING:
@@ -41,12 +41,22 @@ def open_objects(url: str, **options: object) -> "ObjectStore":
     return open_(url, **options)
 
 
+def results_off(url: str | None) -> bool:
+    """Whether `url` switches result recording off (`none`, `off` or empty)."""
+    return (url or "").strip().lower() in ("", "none", "off")
+
+
 def open_results(url: str, *, required: bool = True) -> "ResultStore | None":
-    """The result store for `url`. Not `required` (a run, a worker): a store that does not
+    """The result store for `url` (None when `results_off`: nothing is recorded). Not `required` (a run, a worker): a store that does not
     answer is a logged warning and None. Required (a `results` command): an outage is one
     clear error. A malformed URL is an error either way."""
     from results import open_results as open_, open_results_or_none
 
+    if results_off(url):
+        if required:
+            raise ConfigError("results are not recorded here (results_url is none): set "
+                              "ETL_RESULTS_URL to a store to record and show them")
+        return None
     if not required:
         return open_results_or_none(url)
     try:
