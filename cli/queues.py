@@ -16,6 +16,7 @@ from etl.core.names import stage_of_actor
 from etl.core.statuses import RunStatus, ShardStatus
 from etl.core.urls import mask_url
 from etl.pipeline import load_pipeline
+from etl.stores import results_ttl
 from etl.brokers.base import Match, Queues, of_run
 from results.middleware import ResultRecorder
 
@@ -141,8 +142,9 @@ def dlq_list(queue: str | None, run_id: str | None, limit: int) -> None:
 def dlq_retry(queue: str | None, run_id: str | None, message_ids: tuple[str, ...]) -> None:
     """Re-drive dead letters to their queue, retry counts reset (after fixing the cause)."""
     queues, name, broker = _queues(queue, run_id)
-    results = result_store(settings(), required=False)
-    recorder = ResultRecorder(results) if results is not None else None
+    conf = settings()
+    results = result_store(conf, required=False)
+    recorder = ResultRecorder(results, ttl=results_ttl(conf)) if results is not None else None
     if recorder is not None:
         broker.add_middleware(recorder)  # type: ignore[attr-defined]  # new jobs get records
     try:

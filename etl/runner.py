@@ -267,7 +267,9 @@ class _Run:
             return None
         from etl.runtime.run_record import RunTracker
 
-        return RunTracker(self.stores.results, context)
+        from etl.stores import results_ttl
+
+        return RunTracker(self.stores.results, context, ttl=results_ttl(self.settings))
 
     def _work(self, context: "RunContext", *, created: bool, wait: bool,
               progress: "ProgressCallback | None", processes: int, threads: int,

@@ -21,6 +21,7 @@ import queue
 import socket
 import threading
 import time
+from datetime import timedelta
 from typing import Any, Callable
 
 import dramatiq
@@ -53,11 +54,13 @@ def _take_report() -> tuple[Any, float | None]:
 
 class ResultRecorder(Middleware):
     """Write each transition of messages whose actor name starts with `prefix` (all by
-    default). ETL actors (etl_*) also get their run id and stage recorded."""
+    default). ETL actors (etl_*) also get their run id and stage recorded. Records live
+    `ttl` (default a day); a message option `results_ttl` (seconds) overrides it per job."""
 
     def __init__(self, store: ResultStore, *, prefix: str = "", cooldown: float = 5.0,
-                 max_queue: int = 100_000) -> None:
+                 max_queue: int = 100_000, ttl: timedelta | None = None) -> None:
         self.store = store
+        self.ttl = ttl
         self.prefix = prefix
         self.cooldown = cooldown
         self.failures = 0
@@ -71,6 +74,20 @@ class ResultRecorder(Middleware):
         self._writer: threading.Thread | None = None
         self._writer_pid = 0
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+
+    #: Dramatiq lets actors declare these options (`@dramatiq.actor(results_ttl=60)`).
+    actor_options = {"results_ttl"}
+
+    def _ttl_of(self, broker: dramatiq.Broker, message: dramatiq.Message) -> timedelta | None:
+        """How long the message's record lives: its own `results_ttl` option (seconds), its
+        actor's, else the recorder's."""
+        seconds = message.options.get("results_ttl")
+        if seconds is None:
+            try:
+                seconds = broker.get_actor(message.actor_name).options.get("results_ttl")
+            except Exception:  # noqa: BLE001 - an actor this broker does not know
+                seconds = None
+        return timedelta(seconds=float(seconds)) if seconds is not None else self.ttl
 
     # -- the writer thread ------------------------------------------------------------------
     def _submit(self, what: str, call: Callable[[], Any]) -> None:
@@ -158,7 +175,8 @@ class ResultRecorder(Middleware):
             stage=message.actor_name.removeprefix("etl_") if etl else None,
             max_retries=message.options.get("max_retries"), created_at=now, queued_at=now,
             history=[Transition(JobStatus.PENDING.value, now), Transition(JobStatus.QUEUED.value, now)])
-        self._submit("store", lambda: self.store.store(job))
+        keep = self._ttl_of(broker, message)
+        self._submit("store", lambda: self.store.store(job, ttl=keep))
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         if not self._ours(message):

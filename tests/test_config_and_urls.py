@@ -138,3 +138,22 @@ def test_plain_database_urls_are_spoken_through_the_drivers_the_sql_extra_instal
     # And a SqlSource on a plain postgresql:// URL opens psycopg 3, not psycopg2
     source = SqlSource("postgresql://u:pw@127.0.0.1:1/x", table="t", key="id")
     assert source._engine().dialect.driver == "psycopg"
+
+
+def test_results_ttl_setting_is_seconds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from etl.core.config import load_settings
+    from etl.core.errors import ConfigError
+    from etl.stores import results_ttl
+
+    monkeypatch.chdir(tmp_path)
+    # Given no setting, Then a day; given 90, Then 90 s; given nonsense, Then one line
+    monkeypatch.delenv("ETL_RESULTS_TTL", raising=False)
+    assert results_ttl(load_settings()) == timedelta(days=1)
+    monkeypatch.setenv("ETL_RESULTS_TTL", "90")
+    assert results_ttl(load_settings()) == timedelta(seconds=90)
+    for bad in ("soon", "0"):
+        monkeypatch.setenv("ETL_RESULTS_TTL", bad)
+        with pytest.raises(ConfigError, match="ETL_RESULTS_TTL"):
+            results_ttl(load_settings())

@@ -155,3 +155,37 @@ def test_results_cli(tmp_path: Path) -> None:
     assert "removed 0 expired" in etl(tmp_path, "results", "cleanup").stdout
     missing = etl(tmp_path, "results", "get", "nope")
     assert missing.returncode == 2 and "job 'nope' not found" in missing.stderr
+
+
+def test_records_live_as_long_as_results_ttl_says_and_a_job_may_say_otherwise(
+        tmp_path: Path) -> None:
+    import dramatiq
+    from datetime import timedelta
+    from dramatiq.brokers.stub import StubBroker
+
+    from results.middleware import ResultRecorder
+    from results.models import utcnow
+
+    # Given a broker recording results for an hour, and two actors: one plain, one keeping
+    # its records for 60 s
+    results = open_results(f"sqlite:///{tmp_path}/results.db")
+    broker = StubBroker()
+    recorder = ResultRecorder(results, ttl=timedelta(hours=1))
+    broker.add_middleware(recorder)
+
+    @dramatiq.actor(broker=broker, actor_name="plain")
+    def plain() -> None: ...
+
+    @dramatiq.actor(broker=broker, actor_name="brief", results_ttl=60)
+    def brief() -> None: ...
+
+    # When each is sent, and the plain one once more with its own option of 5 s
+    sent = {"plain": plain.send(), "brief": brief.send(),
+            "own": plain.send_with_options(results_ttl=5)}
+    recorder.flush()
+    # Then each record expires when its setting says
+    expected = {"plain": 3600, "brief": 60, "own": 5}
+    for name, message in sent.items():
+        left = (results.get(message.message_id).expires_at - utcnow()).total_seconds()
+        assert expected[name] * 0.5 < left <= expected[name], (name, left)
+    broker.close()

@@ -12,6 +12,9 @@ Each setting is read, first found wins, from:
 Settings of particular parts, resolved the same way and documented where they are read:
   lease_ttl        ETL_LEASE_TTL, seconds a task's lease lives without a heartbeat
                    (etl.runtime.leases)
+  results_ttl      ETL_RESULTS_TTL, seconds a task's result record is kept (default a
+                   day; a message option `results_ttl` overrides it per job;
+                   results.middleware)
   s3_endpoint_url  ETL_S3_ENDPOINT_URL, the S3-compatible endpoint of s3:// object stores
                    (etl.stores.objects.s3)
   demo_output      ETL_DEMO_OUTPUT, where the built-in demo writes its dataset (etl.demo)
@@ -40,6 +43,7 @@ DEFAULTS = {
     "pipeline": "",
     "queue": "etl",
     "lease_ttl": "30",
+    "results_ttl": "86400",
     "s3_endpoint_url": "",
     "demo_output": "out/flights",
     "crash_at": "",
@@ -65,6 +69,7 @@ class Settings:
     pipeline: str
     queue: str
     lease_ttl: str
+    results_ttl: str
     s3_endpoint_url: str
     demo_output: str
     crash_at: str

@@ -28,6 +28,7 @@ from etl.runtime.context import ContextCache
 from etl.core.errors import USER_ERRORS, LeaseLost, is_environment_error
 from etl.core.names import DEFERRED_OPTION, actor_name, task_fingerprint, task_key
 from etl.runtime.leases import LeaseBusy, LeaseKeeper, lease_ttl
+from etl.stores import results_ttl
 from etl.runtime.middleware import ErrorLog
 from etl.pipeline import Pipeline, RetryPolicy
 from etl.runtime.runs import finalize_if_complete
@@ -129,7 +130,8 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
     if not any(isinstance(m, ErrorLog) for m in broker.middleware):
         broker.add_middleware(ErrorLog(contexts), before=Retries)
     if results is not None and not any(isinstance(m, ResultRecorder) for m in broker.middleware):
-        broker.add_middleware(ResultRecorder(results), before=Retries)
+        broker.add_middleware(ResultRecorder(results, ttl=results_ttl(contexts.settings)),
+                              before=Retries)
     if metrics is not None and metrics not in broker.middleware:
         broker.add_middleware(metrics, before=Retries)  # its after-hook: after Retries, before the recorder
     holder: dict[str, Any] = {"leases": leases}

@@ -13,6 +13,8 @@ from results.base import ResultStore
 from results.models import JobResult, JobStatus, Transition, utcnow
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from etl.runtime.context import RunContext
     from etl.stores.state import Checkpoint
 
@@ -22,8 +24,9 @@ log = logging.getLogger(__name__)
 class RunTracker:
     """Keeps the run's record in the result store up to date."""
 
-    def __init__(self, store: ResultStore, ctx: "RunContext", *, every: float = 1.0) -> None:
-        self.store, self.ctx, self.every = store, ctx, every
+    def __init__(self, store: ResultStore, ctx: "RunContext", *, every: float = 1.0,
+                 ttl: "timedelta | None" = None) -> None:
+        self.store, self.ctx, self.every, self.ttl = store, ctx, every, ttl
         self.total = ctx.run.params.get("source_rows") or 0
         self._last = 0.0
         now = utcnow()
@@ -33,7 +36,7 @@ class RunTracker:
             stage="run", created_at=now, queued_at=now, started_at=now,
             history=[Transition(JobStatus.PENDING.value, now), Transition(JobStatus.QUEUED.value, now),
                      Transition(JobStatus.IN_PROGRESS.value, now)])
-        self._write(lambda: self.store.store(self.job))
+        self._write(lambda: self.store.store(self.job, ttl=self.ttl))
 
     def _write(self, call: Callable[[], object]) -> None:
         try:
@@ -53,7 +56,7 @@ class RunTracker:
             if time.monotonic() - self._last >= self.every:
                 self._last = time.monotonic()
                 self.job.progress = self._progress(checkpoints)
-                self._write(lambda: self.store.store(self.job))
+                self._write(lambda: self.store.store(self.job, ttl=self.ttl))
         return on_progress
 
     def finish(self, completed: bool, checkpoints: list["Checkpoint"]) -> None:

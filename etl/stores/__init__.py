@@ -20,6 +20,8 @@ from etl.core.errors import ConfigError, EtlError
 from etl.core.urls import mask_url
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
     from etl.core.config import Settings
     from etl.stores.objects import ObjectStore
     from etl.stores.state import StateStore
@@ -39,6 +41,20 @@ def open_objects(url: str, **options: object) -> "ObjectStore":
     from etl.stores.objects import open_objects as open_
 
     return open_(url, **options)
+
+
+def results_ttl(settings: "Settings") -> "timedelta":
+    """The `results_ttl` setting (seconds a result record is kept) as a timedelta."""
+    from datetime import timedelta
+
+    raw = settings.results_ttl
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(f"ETL_RESULTS_TTL must be a number of seconds, got {raw!r}") from None
+    if seconds <= 0:
+        raise ConfigError(f"ETL_RESULTS_TTL must be > 0 seconds, got {raw!r}")
+    return timedelta(seconds=seconds)
 
 
 def results_off(url: str | None) -> bool:
