@@ -27,8 +27,10 @@ from etl.runtime.worker import WorkerOptions, probe_broker, require_broker, serv
 @click.option("--preload", "preload", multiple=True, metavar="MODULE:ATTR",
               help="Parse this pipeline's source at start, before work arrives (repeatable; "
                    "default: the `pipeline` setting when set).")
+@click.option("--burst", is_flag=True,
+              help="Exit (status 0) once the queue(s) are empty and nothing is in flight.")
 def worker_command(processes: int, threads: int, queues: tuple[str, ...],
-                   metrics_port: int | None, preload: tuple[str, ...]) -> None:
+                   metrics_port: int | None, preload: tuple[str, ...], burst: bool) -> None:
     """Work the ETL queue(s) of the configured broker until SIGTERM or Ctrl-C."""
     conf = settings()
     for queue in queues:
@@ -37,7 +39,8 @@ def worker_command(processes: int, threads: int, queues: tuple[str, ...],
     probe_broker(conf)  # a refused login or a dead broker: one line, exit 3, nothing started
     options = WorkerOptions(threads=threads, queues=tuple(dict.fromkeys(queues)),
                             metrics_port=metrics_port,
-                            preload=preload or ((conf.pipeline,) if conf.pipeline else ()))
+                            preload=preload or ((conf.pipeline,) if conf.pipeline else ()),
+                            burst=burst)
     err.print(f"worker: {processes} process(es) x {threads} thread(s) on "
               f"{mask_url(conf.broker_url)} queue(s) {', '.join(options.queues_of(conf))}; "
               f"state {mask_url(conf.state_url)}")

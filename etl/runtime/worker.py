@@ -61,6 +61,8 @@ class WorkerOptions:
     queues: tuple[str, ...] = ()
     metrics_port: int | None = None
     preload: tuple[str, ...] = ()
+    #: Exit once the queues are empty and nothing is in flight here (`etl worker --burst`).
+    burst: bool = False
 
     def queues_of(self, settings: Settings) -> tuple[str, ...]:
         return self.queues or (settings.queue,)
@@ -117,6 +119,8 @@ def run_worker(settings: Settings, options: WorkerOptions, *, stop: threading.Ev
     log.info("worker %d: %d threads on queue(s) %s of %s", os.getpid(), options.threads,
              ", ".join(queues), mask_url(settings.broker_url))
     try:
+        if options.burst:
+            _until_idle(worker, queues_of(broker), queues, stop=stop)
         stop.wait()
     finally:
         log.info("worker %d stopping", os.getpid())
@@ -124,6 +128,38 @@ def run_worker(settings: Settings, options: WorkerOptions, *, stop: threading.Ev
         leases.close()
         broker.close()
         state.close()
+
+
+#: A burst worker stops once it found nothing to do this many checks in a row...
+IDLE_CHECKS = 3
+#: ... this many seconds apart.
+IDLE_EVERY = 0.5
+
+
+def _busy(worker: dramatiq.Worker) -> bool:
+    """Whether this process's Dramatiq worker holds a message: prefetched, delayed by its
+    consumers, or being worked on."""
+    if worker.work_queue.unfinished_tasks:
+        return True
+    return any(consumer.delay_queue.unfinished_tasks for consumer in worker.consumers.values())
+
+
+def _until_idle(worker: dramatiq.Worker, view: object, queues: tuple[str, ...], *,
+                stop: threading.Event) -> None:
+    """Return (setting `stop`) once the broker shows no ready or delayed message on
+    `queues` and this worker holds none, IDLE_CHECKS times in a row: a batch step sends the
+    next one before it is acked, so a quiet moment between them is not the end."""
+    quiet = 0
+    try:
+        while not stop.wait(IDLE_EVERY):
+            waiting = sum(view.counts(q).outstanding for q in queues)  # type: ignore[attr-defined]
+            quiet = quiet + 1 if not waiting and not _busy(worker) else 0
+            if quiet >= IDLE_CHECKS:
+                log.info("worker %d: queue(s) %s empty, nothing in flight: burst done",
+                         os.getpid(), ", ".join(queues))
+                stop.set()
+    finally:
+        view.close()  # type: ignore[attr-defined]
 
 
 def _serve_metrics(broker: dramatiq.Broker, state: StateStore, contexts: ContextCache,
@@ -190,11 +226,14 @@ def _supervise(settings: Settings, options: WorkerOptions, *, processes: int,
 
     children = {index: start(index) for index in range(processes)}
     try:
-        while not stop.is_set():
+        while not stop.is_set() and children:
             ended = wait([c.sentinel for c in children.values()], timeout=0.5)
             for index, child in list(children.items()):
                 if child.sentinel in ended and not stop.is_set():
                     child.join()
+                    if options.burst and child.exitcode == 0:  # its burst is done
+                        del children[index]
+                        continue
                     log.error("%s (pid %d) exited with %s; restarting it", child.name, child.pid,
                               child.exitcode)
                     time.sleep(RESTART_DELAY)
