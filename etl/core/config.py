@@ -145,6 +145,19 @@ def environment_setting(name: str, *, env: dict[str, str] | None = None) -> str:
     return env.get(ENV_NAMES[name]) or DEFAULTS[name]
 
 
+def seconds_setting(settings: Settings, name: str) -> float:
+    """A setting that is a number of seconds > 0 (lease_ttl, results_ttl); empty is its
+    default. ConfigError (one line, naming the variable) otherwise."""
+    raw = getattr(settings, name) or DEFAULTS[name]
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_NAMES[name]} must be a number of seconds, got {raw!r}") from None
+    if seconds <= 0:
+        raise ConfigError(f"{ENV_NAMES[name]} must be > 0, got {raw!r}")
+    return seconds
+
+
 def check_queue_name(name: str, *, where: str) -> str:
     """`name` if Dramatiq accepts it as a queue name; else a ConfigError saying where it came from."""
     if not _QUEUE_NAME.fullmatch(name):
@@ -154,4 +167,5 @@ def check_queue_name(name: str, *, where: str) -> str:
 
 
 __all__ = ["DEFAULTS", "ENVIRONMENT_ONLY", "ENV_NAMES", "Settings", "check_queue_name",
+           "seconds_setting",
            "environment_setting", "load_settings"]

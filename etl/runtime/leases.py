@@ -28,8 +28,8 @@ import time
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
-from etl.core.config import DEFAULTS, Settings, load_settings
-from etl.core.errors import ConfigError, EtlError
+from etl.core.config import DEFAULTS, Settings, load_settings, seconds_setting
+from etl.core.errors import EtlError
 from etl.core.processes import owner_is_dead, process_name
 from etl.stores.state import Fence, Lease, StateStore
 from etl.stores.state.base import utcnow
@@ -49,14 +49,7 @@ class LeaseBusy(EtlError):
 
 def lease_ttl(settings: Settings | None = None) -> float:
     """The `lease_ttl` setting in seconds (of `settings`, else as load_settings resolves it)."""
-    raw = (settings or load_settings()).lease_ttl
-    try:
-        ttl = float(raw) if raw else DEFAULT_TTL
-    except ValueError:
-        raise ConfigError(f"ETL_LEASE_TTL must be a number of seconds, got {raw!r}") from None
-    if ttl <= 0:
-        raise ConfigError(f"ETL_LEASE_TTL must be > 0, got {raw!r}")
-    return ttl
+    return seconds_setting(settings or load_settings(), "lease_ttl")
 
 
 class LeaseKeeper:

@@ -47,14 +47,9 @@ def results_ttl(settings: "Settings") -> "timedelta":
     """The `results_ttl` setting (seconds a result record is kept) as a timedelta."""
     from datetime import timedelta
 
-    raw = settings.results_ttl
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise ConfigError(f"ETL_RESULTS_TTL must be a number of seconds, got {raw!r}") from None
-    if seconds <= 0:
-        raise ConfigError(f"ETL_RESULTS_TTL must be > 0 seconds, got {raw!r}")
-    return timedelta(seconds=seconds)
+    from etl.core.config import seconds_setting
+
+    return timedelta(seconds=seconds_setting(settings, "results_ttl"))
 
 
 def results_off(url: str | None) -> bool:
