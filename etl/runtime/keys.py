@@ -17,13 +17,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.sinks.base import SEQ_COLUMN, make_seq
+from etl.sinks.base import SEQ_COLUMN, SEQ_ROW_DIGITS, make_seq
 from stages.base import stage_without
 
 if TYPE_CHECKING:
     from etl.stores.state import RunRecord, StateStore
 
-_ROW_DIGITS = 12
 
 
 def run_stamp(run: "RunRecord", state: "StateStore") -> int:
@@ -43,10 +42,10 @@ def with_sequence(frame: pd.DataFrame, *, stamp: int, shard: int, batch: int,
     ordinals = np.asarray(rows, dtype=np.int64)
     if len(ordinals) != len(frame):
         raise ValueError(f"{len(ordinals)} ordinals for {len(frame)} rows")
-    if len(ordinals) and (ordinals.min() < 0 or ordinals.max() >= 10 ** _ROW_DIGITS):
+    if len(ordinals) and (ordinals.min() < 0 or ordinals.max() >= 10 ** SEQ_ROW_DIGITS):
         raise ValueError("row ordinal out of range for a sequence")
-    prefix = make_seq(stamp, shard, batch, 0)[:-_ROW_DIGITS]
-    digits = pc.utf8_lpad(pc.cast(pa.array(ordinals), pa.string()), _ROW_DIGITS, "0")
+    prefix = make_seq(stamp, shard, batch, 0)[:-SEQ_ROW_DIGITS]
+    digits = pc.utf8_lpad(pc.cast(pa.array(ordinals), pa.string()), SEQ_ROW_DIGITS, "0")
     text = pc.binary_join_element_wise(prefix, digits, "")
     out = frame.copy(deep=False)
     out[SEQ_COLUMN] = pd.array(text, dtype=pd.ArrowDtype(pa.string()))
@@ -78,13 +77,12 @@ def missing_key(key: Sequence[str], stages: Sequence[object], raw: pd.DataFrame,
 def check_first_batch(pipeline: Any, *, rows: int = 1000) -> tuple[int, int, str | None]:
     """Clean the source's first `rows` rows (one shard) with the pipeline's stages, as
     `etl describe --check` does: (rows read, rows clean, the key problem or None)."""
+    from etl.runtime.runs import plan_columns
     from etl.sources.base import SOURCE_COLUMNS
     from stages import run_stages
 
     single = pipeline.with_shards(1)
-    plan_columns = getattr(single.shards, "columns", None) or [single.shards.column]
-    plan_columns = [plan_columns] if isinstance(plan_columns, str) else list(plan_columns)
-    plan = single.shards.fit(single.source.sample(plan_columns))
+    plan = single.shards.fit(single.source.sample(plan_columns(single)))
     single.source.prepare(plan)
     frame = single.source.read_batch(plan, 0, after=None, limit=rows).frame
     frame = frame.drop(columns=[c for c in SOURCE_COLUMNS if c in frame.columns])

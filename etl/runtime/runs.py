@@ -74,7 +74,7 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
             log.info("source changed since completed run %s: starting a new run", run.run_id)
     if isinstance(pipeline.source, PlanChecked):  # a source that cannot split this way
         pipeline.source.check_plan(pipeline.shards)  # says so before a run exists
-    fitted = pipeline.shards.fit(pipeline.source.sample(_plan_columns(pipeline)))
+    fitted = pipeline.shards.fit(pipeline.source.sample(plan_columns(pipeline)))
     run = RunRecord(
         run_id=run_id or new_run_id(pipeline.name), pipeline=pipeline.name, plan=plan_name,
         shards=fitted.shards,
@@ -143,7 +143,8 @@ def _schemas(state: StateStore, pipeline: Pipeline, *, accept: bool) -> dict[str
     return found
 
 
-def _plan_columns(pipeline: Pipeline) -> list[str]:
+def plan_columns(pipeline: Pipeline) -> list[str]:
+    """The source columns the pipeline's shard plan is fitted on."""
     plan = pipeline.shards
     columns = getattr(plan, "columns", None) or [getattr(plan, "column")]
     return [columns] if isinstance(columns, str) else list(columns)

@@ -69,6 +69,8 @@ SEQ_COLUMN = "_etl_seq"
 DISPOSITIONS = ("append", "replace", "merge")
 
 _SEQ_WIDTHS = (13, 6, 9, 12)  # run stamp (ms since the epoch), shard, batch, row
+#: Digits of a sequence, and of its last part (the row).
+SEQ_LENGTH, SEQ_ROW_DIGITS = sum(_SEQ_WIDTHS), _SEQ_WIDTHS[-1]
 
 
 def make_seq(run_stamp: int, shard: int, batch: int, row: int) -> str:
@@ -145,5 +147,5 @@ class ParquetWriter(Protocol):
         raise NotImplementedError
 
 
-__all__ = ["BackfillAware", "DISPOSITIONS", "KeyAudit", "ParquetWriter", "SEQ_COLUMN", "Sequenced", "SerialCommits", "Sink",
-           "check_disposition", "make_seq"]
+__all__ = ["BackfillAware", "DISPOSITIONS", "KeyAudit", "ParquetWriter", "SEQ_COLUMN", "SEQ_LENGTH",
+           "SEQ_ROW_DIGITS", "Sequenced", "SerialCommits", "Sink", "check_disposition", "make_seq"]

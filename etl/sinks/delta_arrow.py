@@ -18,7 +18,7 @@ import re
 from typing import TYPE_CHECKING, Any, Sequence
 
 from etl.core.errors import BatchError, ConfigError
-from etl.sinks.base import SEQ_COLUMN
+from etl.sinks.base import SEQ_COLUMN, SEQ_LENGTH
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     from deltalake import DeltaTable
 
 INSTALL_HINT = "DeltaSink needs the deltalake package: pip install 'dramatiq-etl[delta]'"
-
-#: Characters of a SEQ_COLUMN value (etl.sinks.base.make_seq).
-SEQ_LENGTH = 40
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

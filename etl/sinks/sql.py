@@ -30,7 +30,7 @@ from typing import Any, Sequence
 from etl.core.errors import BatchError
 from etl.core.faults import crash_point
 from etl.core.urls import mask_url
-from etl.sinks.base import SEQ_COLUMN, BackfillAware, Sequenced, Sink, check_disposition
+from etl.sinks.base import SEQ_COLUMN, SEQ_LENGTH, BackfillAware, Sequenced, Sink, check_disposition
 from etl.sinks.sql_table import SqlTable
 
 log = logging.getLogger(__name__)
@@ -195,8 +195,9 @@ class SqlSink(Sink, BackfillAware, Sequenced):
         if SEQ_COLUMN not in names:
             raise BatchError(f"{where}: the batch lacks the sequence column {SEQ_COLUMN}")
         seq = frame[SEQ_COLUMN]
-        if seq.isna().any() or not (seq.astype(str).str.len() == 40).all():
-            raise BatchError(f"{where}: {SEQ_COLUMN} must be a 40-digit text in every row")
+        if seq.isna().any() or not (seq.astype(str).str.len() == SEQ_LENGTH).all():
+            raise BatchError(f"{where}: {SEQ_COLUMN} must be a {SEQ_LENGTH}-digit text in every "
+                             "row")
         if self.write_disposition == "merge" and not self.key:
             raise BatchError(f"{where}: a merge needs a key (SqlSink(key=...) or the pipeline's)")
         missing = [k for k in self.key if k not in names]
