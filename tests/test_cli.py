@@ -15,12 +15,18 @@ import pytest
 from etl.core.urls import mask_url
 
 
-def etl(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def etl_env(workdir: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of an `etl` a user runs in `workdir`: no ETL_ setting of ours, the
+    folder importable, plus `env`."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
     base["PYTHONPATH"] = str(workdir)
     base.update(env or {})
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=workdir, env=base,
-                          text=True, capture_output=True, timeout=300)
+    return base
+
+
+def etl(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=workdir,
+                          env=etl_env(workdir, env), text=True, capture_output=True, timeout=300)
 
 
 def _user_pipeline(workdir: Path, *, stages: str = "[]", source: str = "orders.csv") -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.cluster import RABBITMQ, Cluster
 from tests.conftest import port_open, service_missing
-from tests.test_cli import etl
+from tests.test_cli import etl, etl_env
 from tests.test_keys import _feed, _merge_sink, _pipeline
 
 pytestmark = pytest.mark.slow
@@ -52,7 +52,7 @@ def test_sigkill_during_loads_into_a_merge_sink_then_resume_leaves_the_reference
         assert result.returncode == -signal.SIGKILL, (point, result.stderr[-2000:])
     # And once more at a moment picked at random, with two worker processes
     process = subprocess.Popen([sys.executable, "-m", "cli.main", *RUN, "--processes", "2"],
-                               cwd=tmp_path, env={**_env(tmp_path)}, text=True,
+                               cwd=tmp_path, env=etl_env(tmp_path), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(random.uniform(1.0, 2.5))
     process.send_signal(signal.SIGKILL)
@@ -62,14 +62,6 @@ def test_sigkill_during_loads_into_a_merge_sink_then_resume_leaves_the_reference
     assert final.returncode == 0, final.stderr
     # Then the table equals the reference: each id once, its newest version
     _assert_reference(read(), feed)
-
-
-def _env(workdir: Path) -> dict[str, str]:
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-    env["PYTHONPATH"] = str(workdir)
-    return env
 
 
 def test_two_workers_on_rabbitmq_merge_into_one_delta_table(tmp_path: Path) -> None:

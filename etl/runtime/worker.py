@@ -33,6 +33,7 @@ import dramatiq
 
 from etl.runtime.actors import declare_actors
 from etl.brokers import broker_module, is_embedded, open_broker, queues_of
+from etl.brokers.base import Queues
 from etl.core.config import Settings
 from etl.runtime.context import ContextCache
 from etl.core.errors import ConfigError
@@ -144,7 +145,7 @@ def _busy(worker: dramatiq.Worker) -> bool:
     return any(consumer.delay_queue.unfinished_tasks for consumer in worker.consumers.values())
 
 
-def _until_idle(worker: dramatiq.Worker, view: object, queues: tuple[str, ...], *,
+def _until_idle(worker: dramatiq.Worker, view: Queues, queues: tuple[str, ...], *,
                 stop: threading.Event) -> None:
     """Return (setting `stop`) once the broker shows no ready or delayed message on
     `queues` and this worker holds none, IDLE_CHECKS times in a row: a batch step sends the
@@ -152,14 +153,14 @@ def _until_idle(worker: dramatiq.Worker, view: object, queues: tuple[str, ...], 
     quiet = 0
     try:
         while not stop.wait(IDLE_EVERY):
-            waiting = sum(view.counts(q).outstanding for q in queues)  # type: ignore[attr-defined]
+            waiting = sum(view.counts(q).outstanding for q in queues)
             quiet = quiet + 1 if not waiting and not _busy(worker) else 0
             if quiet >= IDLE_CHECKS:
                 log.info("worker %d: queue(s) %s empty, nothing in flight: burst done",
                          os.getpid(), ", ".join(queues))
                 stop.set()
     finally:
-        view.close()  # type: ignore[attr-defined]
+        view.close()
 
 
 def _serve_metrics(broker: dramatiq.Broker, state: StateStore, contexts: ContextCache,

@@ -120,7 +120,7 @@ class MongoSink(Sink, Sequenced):
             if held is None or held[SEQ_COLUMN] < doc[SEQ_COLUMN]:
                 docs[key] = doc
         pending = list(docs.values())
-        for attempt in range(2):  # the second pass: keys another process inserted meanwhile
+        for _ in range(2):  # the second pass: keys another process inserted meanwhile
             pending = self._merge(pending)
             if not pending:
                 break
