@@ -89,8 +89,7 @@ def _sql_case(url: str) -> Iterator[Case]:
         yield Case(write, make)
     finally:
         for source in made:  # release the sources' pools before dropping their table
-            for pool in source._engines.values():
-                pool.dispose()
+            source.close()
         meta.drop_all(engine)
         engine.dispose()
 

@@ -9,11 +9,10 @@ at once, the loser's error is ignored once the definition is found in place.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from typing import Any, Callable, Sequence
 
 from etl.core.errors import BatchError, ConfigError, UnsupportedURL
+from etl.core.sql_engines import ProcessEngines
 from etl.core.urls import SQL_DRIVERS, mask_url, scheme_of, with_sql_driver
 from etl.sinks.base import SEQ_COLUMN
 from etl.sinks.sql_dialects import Dialect, dialect_for
@@ -83,8 +82,8 @@ class SqlTable:
         self._reset()
 
     def _reset(self) -> None:
-        self._lock = threading.Lock()
-        self._engines: dict[int, tuple[Any, Dialect]] = {}
+        self._engines = ProcessEngines(lambda: open_engine(self.url))
+        self._dialect: Dialect | None = None
         self.known: Known | None = None  # as last seen by this process
         self._ledger_ready = False
 
@@ -97,24 +96,17 @@ class SqlTable:
 
     def open(self) -> tuple[Any, Dialect]:
         """This process's engine and dialect."""
-        with self._lock:
-            opened = self._engines.get(os.getpid())
-            if opened is None:
-                for engine, _ in self._engines.values():  # a forked child leaves the
-                    engine.dispose(close=False)  # parent's pool alone
-                engine = open_engine(self.url)
-                opened = self._engines[os.getpid()] = (engine, dialect_for(engine))
-            return opened
+        engine, dialect = self._engines.get(), self._dialect
+        if dialect is None or dialect.engine is not engine:
+            dialect = self._dialect = dialect_for(engine)
+        return engine, dialect
 
     def forget(self) -> None:
         """Look at the table and ledger again: they may have been dropped or altered."""
         self.known, self._ledger_ready = None, False
 
     def close(self) -> None:
-        with self._lock:
-            for engine, _ in self._engines.values():
-                engine.dispose()
-            self._engines = {}
+        self._engines.close()
 
     @property
     def dialect(self) -> Dialect:

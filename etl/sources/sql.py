@@ -23,8 +23,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
-import threading
 import time
 from datetime import date, datetime, timezone
 from typing import Any
@@ -33,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 
 from etl.core.errors import ConfigError, SourceError
+from etl.core.sql_engines import ProcessEngines
 from etl.core.urls import mask_url, with_sql_driver
 from etl.sources.base import Batch, PlanChecked, SchemaKinds, Source, Windowed
 from etl.sources.windows import Window
@@ -54,8 +53,7 @@ class SqlSource(Source, Windowed, PlanChecked, SchemaKinds):
                  columns: list[str] | None = None) -> None:
         self.url, self.table_name, self.key, self.schema = url, table, key, schema
         self.columns = list(columns) if columns else None
-        self._lock = threading.Lock()
-        self._engines: dict[int, Any] = {}  # per process: a forked child opens its own
+        self._engines = ProcessEngines(self._open_engine)  # a forked child opens its own
         self._table: Any = None
         self._checked = False
         self._stats_read: tuple[float, tuple[int, Any, Any]] | None = None
@@ -92,23 +90,23 @@ class SqlSource(Source, Windowed, PlanChecked, SchemaKinds):
 
     # -- connection and table ------------------------------------------------------------
     def _engine(self) -> Any:
+        return self._engines.get()
+
+    def close(self) -> None:
+        """Close this process's connections (opened again when the source is next read)."""
+        self._engines.close()
+
+    def _open_engine(self) -> Any:
         try:
             import sqlalchemy as sa
         except ImportError:
             raise ConfigError("SqlSource needs SQLAlchemy and a driver: pip install "
                               "'dramatiq-etl[sql]'") from None
-        with self._lock:
-            engine = self._engines.get(os.getpid())
-            if engine is None:
-                for inherited in self._engines.values():  # a forked child: the parent's pool
-                    inherited.dispose(close=False)  # is left alone, not closed under it
-                try:
-                    engine = sa.create_engine(with_sql_driver(self.url), pool_pre_ping=True)
-                except Exception as exc:  # noqa: BLE001 - unknown dialect, missing driver
-                    raise ConfigError(f"cannot use database URL {mask_url(self.url)}: "
-                                      f"{type(exc).__name__}: {mask_url(str(exc))}") from None
-                self._engines = {os.getpid(): engine}
-            return engine
+        try:
+            return sa.create_engine(with_sql_driver(self.url), pool_pre_ping=True)
+        except Exception as exc:  # noqa: BLE001 - unknown dialect, missing driver
+            raise ConfigError(f"cannot use database URL {mask_url(self.url)}: "
+                              f"{type(exc).__name__}: {mask_url(str(exc))}") from None
 
     def _sa_table(self) -> Any:
         import sqlalchemy as sa
