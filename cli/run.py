@@ -159,7 +159,7 @@ class _ProgressBar:
         else:
             err.print(f"resuming run [bold]{run.run_id}[/] ({run.plan}, state {start.state_url})")
         for notice in start.notices:
-            err.print(f"[yellow]note[/] {notice}", markup=True, highlight=False)
+            err.print(f"[yellow]note[/] {notice}", markup=True, highlight=False, soft_wrap=True)
         self.bar.disable = not (self.enabled and (self.wait or not start.distributed))
         self.rows_task = self.bar.add_task("rows loaded+quarantined",
                                            total=run.params.get("source_rows"))
