@@ -19,7 +19,7 @@ from etl.core.config import check_queue_name
 from etl.drift import POLICIES, normalise_kind
 from etl.core.errors import USER_ERRORS, ConfigError
 from etl.sinks.base import BackfillAware, Sequenced
-from etl.sources.base import Windowed
+from etl.sources.base import Recuttable, Windowed
 from etl.sources.windows import Window
 from shards import HashShards, RangeShards, ShardPlan
 from stages import Stage
@@ -44,6 +44,10 @@ class RetryPolicy:
                               "0 <= min_backoff_ms <= max_backoff_ms")
 
 
+#: Pipeline.raw_landing's choices.
+RAW_LANDINGS = ("auto", "copy")
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """What to move, how to clean it, where to put it, and how to split the work."""
@@ -62,6 +66,11 @@ class Pipeline:
     #: The broker queue of this pipeline's messages, so workers can be dedicated to it
     #: (`etl worker --queue`); None: the `queue` setting. Embedded mode ignores it.
     queue: str | None = None
+    #: How a fetched batch lands: "auto" keeps a pointer (the source's fingerprint and the
+    #: batch's cursor range, cut again when needed) for a source that gives the same rows
+    #: again (etl.sources.base.Recuttable: a file, by its content hash) and a copy in the
+    #: object store for any other; "copy" always copies, so raw batches outlive the source.
+    raw_landing: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -80,6 +89,9 @@ class Pipeline:
         if self.schema_drift not in POLICIES:
             raise ConfigError(f"pipeline {self.name}: schema_drift must be one of "
                               f"{', '.join(POLICIES)}, not {self.schema_drift!r}")
+        if self.raw_landing not in RAW_LANDINGS:
+            raise ConfigError(f"pipeline {self.name}: raw_landing must be one of "
+                              f"{', '.join(RAW_LANDINGS)}, not {self.raw_landing!r}")
         if self.queue is not None:
             check_queue_name(self.queue, where=f"pipeline {self.name}")
         for kind in (self.expected_schema or {}).values():
@@ -140,6 +152,10 @@ class Pipeline:
                 "loaded by several batches or runs is held once per load (a sink with "
                 'write_disposition="merge" holds one row per key)')
 
+    def raw_pointers(self) -> bool:
+        """Whether fetched batches land as pointers into the source rather than copies."""
+        return self.raw_landing == "auto" and isinstance(self.source, Recuttable)
+
     def describe(self) -> str:
         """Several lines naming every part, for `etl describe` and logs."""
         lines = [
@@ -147,6 +163,8 @@ class Pipeline:
             f"  source:  {self.source.describe()}",
             f"  shards:  {self.shards.describe()}",
             f"  batch:   {self.batch_size} rows",
+            "  raw:     " + ("pointers into the source (cut again when needed)"
+                             if self.raw_pointers() else "copies in the object store"),
             f"  key:     {', '.join(self.key)}" + ("" if self.key_notice() is None
                                                        else " (not enforced by the sink)"),
             *([f"  queue:   {self.queue}"] if self.queue else []),

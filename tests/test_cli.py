@@ -29,7 +29,8 @@ def etl(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subproc
                           env=etl_env(workdir, env), text=True, capture_output=True, timeout=300)
 
 
-def _user_pipeline(workdir: Path, *, stages: str = "[]", source: str = "orders.csv") -> None:
+def _user_pipeline(workdir: Path, *, stages: str = "[]", source: str = "orders.csv",
+                   raw_landing: str = "auto") -> None:
     (workdir / "mypipes.py").write_text(textwrap.dedent(f"""
         from etl import FileSource, ParquetSink, Pipeline
         from shards import HashShards
@@ -43,6 +44,7 @@ def _user_pipeline(workdir: Path, *, stages: str = "[]", source: str = "orders.c
             key=["order_id"],
             shards=HashShards(["order_id"], 3),
             batch_size=40,
+            raw_landing={raw_landing!r},
         )
     """))
 

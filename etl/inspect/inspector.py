@@ -38,6 +38,7 @@ from etl.core.names import quarantine_key
 from etl.stores import open_objects, open_results, open_state, results_off
 from etl.stores.objects import ObjectStore
 from etl.core.parquet import from_parquet_bytes
+from etl.runtime.raw import is_pointer, recut
 from etl.inspect.project import (Backend, anchored, configured_backends, find_project_dir,
                          require_sqlite_file)
 from etl.core.names import task_fingerprint
@@ -235,11 +236,15 @@ class Inspector:
         return payload
 
     def raw_batch(self, run_id: str | None, shard: int, batch: int) -> pd.DataFrame:
-        """The raw rows of one fetched batch, read from the object store by its pointer, after
-        checking the bytes against the pointer's size and sha256 (PayloadMismatch if they
-        differ: the object was overwritten or corrupted since the fetch)."""
+        """The raw rows of one fetched batch. A copy is read from the object store by its
+        pointer, after checking the bytes against the pointer's size and sha256
+        (PayloadMismatch if they differ: the object was overwritten or corrupted since the
+        fetch); a batch landed as a pointer into its source is cut again from the source of
+        the run's pipeline (BatchError if the source changed since)."""
         payload = self.payload(run_id, shard, batch)
         shard, batch = payload.shard, payload.batch
+        if is_pointer(payload):
+            return self._recut(payload).to_pandas()
         where = (f"run {payload.run_id} shard {shard} batch {batch} "
                  f"(object {self.objects.uri(payload.key)})")
         try:
@@ -253,6 +258,20 @@ class Inspector:
                 f"..., {len(data):,} bytes; recorded {payload.sha256[:12]}..., "
                 f"{payload.bytes:,} bytes)")
         return from_parquet_bytes(data)
+
+    def _recut(self, payload: RawPayload) -> Any:
+        """A pointer payload's rows, cut again from the source of its run's pipeline."""
+        from etl.pipeline import load_pipeline
+        from etl.runtime.context import RunContext
+
+        run = self.run(payload.run_id)
+        where = f"run {run.run_id} shard {payload.shard} batch {payload.batch}"
+        spec = run.params.get("pipeline_spec")
+        if not spec:
+            raise BatchError(f"{where}: the batch is a pointer into its source, and the run "
+                             "does not record its pipeline, so it cannot be cut again")
+        ctx = RunContext.build(run, load_pipeline(spec), self.state, self.objects)
+        return recut(ctx.pipeline.source, ctx.plan, payload, where=where)
 
     # -- quarantine ------------------------------------------------------------------------
     def quarantine(self, run_id: str | None = None, *, shard: int | None = None,

@@ -21,8 +21,9 @@ import pyarrow as pa
 from etl.runtime.context import RunContext
 from etl.core.errors import BatchError, ObjectNotFound
 from etl.core.faults import crash_point
-from etl.runtime.framecache import frames
-from etl.core.names import quarantine_key, raw_key, staged_key
+from etl.runtime.framecache import cleaned, frames
+from etl.runtime.raw import is_pointer, land, recut
+from etl.core.names import quarantine_key, staged_key
 from etl.core.parquet import from_parquet_bytes, stringify_mixed, to_parquet_bytes
 from etl.runtime.keys import missing_key, with_sequence
 from etl.sinks.base import ParquetWriter, Sequenced, SerialCommits
@@ -58,7 +59,7 @@ def _where(ctx: RunContext, shard: int, batch: int, key: str | None = None) -> s
 
 
 def fetch(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None) -> FetchOutcome:
-    """Read batch `batch` of `shard` from the source into the object store."""
+    """Read batch `batch` of `shard` from the source and land it (etl.runtime.raw)."""
     state = ctx.state
     checkpoint = state.get_checkpoint(ctx.run_id, shard)
     if checkpoint is None:
@@ -76,13 +77,8 @@ def fetch(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None
     if not rows:
         state.finish_fetch(ctx.run_id, shard, batch, fence=fence)
         return FetchOutcome(None, fetch_next=False)
-    key = raw_key(ctx.run_id, shard, batch)
-    info = ctx.objects.put_bytes(key, to_parquet_bytes(found.table))
-    frames.put(key, info.sha256, found.table)
+    payload = land(ctx, shard, batch, found)
     crash_point("fetch.after_put")
-    payload = RawPayload(run_id=ctx.run_id, shard=shard, batch=batch, key=key, bytes=info.bytes,
-                         sha256=info.sha256, rows=rows,
-                         cursor_start=found.cursor_start, cursor_end=found.cursor_end)
     state.record_fetch(payload, exhausted=found.exhausted, fence=fence)
     state.mark_done(task_fingerprint("fetch", ctx.run_id, shard, batch), "fetch", ctx.run_id)
     crash_point("fetch.after_record")
@@ -126,9 +122,12 @@ def _raw_bytes(ctx: RunContext, payload: RawPayload) -> bytes:
 def read_frame(ctx: RunContext, shard: int, batch: int, key: str, *,
                 sha256: str | None = None, payload: RawPayload | None = None) -> pd.DataFrame:
     """A stored batch as a DataFrame, checked against `sha256` when given. With the raw
-    `payload` it describes, a missing object is cut again from the source (_raw_bytes)."""
+    `payload` it describes, a pointer or a missing copy is cut again from the source."""
     if sha256 is not None and (cached := frames.pop(key, sha256)) is not None:
         return cached.to_pandas()
+    if payload is not None and is_pointer(payload):
+        return recut(ctx.pipeline.source, ctx.plan, payload,
+                     where=_where(ctx, shard, batch)).to_pandas()
     data = _raw_bytes(ctx, payload) if payload is not None else _read_bytes(ctx, shard, batch, key)
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise BatchError(f"{_where(ctx, shard, batch, key)}: content does not match its "
@@ -158,7 +157,11 @@ def clean(ctx: RunContext, shard: int, batch: int, *,
         raise BatchError(f"{_where(ctx, shard, batch, payload.key)}: the cleaned batch cannot be "
                          f"written as Parquet ({exc}); a column mixes types: end the stages with "
                          "CastSchema to give it one") from exc
-    ctx.objects.put_bytes(staged_key(ctx.run_id, shard, batch), staged)
+    if ctx.staged_copies:
+        ctx.objects.put_bytes(staged_key(ctx.run_id, shard, batch), staged)
+    else:  # the load follows in this process; elsewhere it cleans the raw rows again
+        cleaned.put(staged_key(ctx.run_id, shard, batch), ctx.run_id, (staged, clean_rows),
+                    rows=len(clean_rows))
     if len(quarantined):
         ctx.objects.put_bytes(quarantine_key(ctx.run_id, shard, batch), quarantine_bytes(quarantined))
     crash_point("clean.after_stage")
@@ -209,13 +212,22 @@ def clean_frame(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame, *,
 
 
 def quarantine_bytes(quarantined: pd.DataFrame) -> bytes:
-    """Quarantined rows as Parquet: every value as text (rows rejected for a bad value hold
-    values of mixed kinds), ROW_COLUMN kept as an integer."""
+    """Quarantined rows as Parquet, ROW_COLUMN as an integer. Columns keep their own types;
+    a column whose values are of mixed kinds (rows rejected for a bad value often hold
+    numbers and text in one column) is stored as text, and if the frame still cannot be
+    stored as it is, every value is stored as text."""
     rows = quarantined[ROW_COLUMN] if ROW_COLUMN in quarantined.columns else None
-    text = stringify_mixed(quarantined.drop(columns=[ROW_COLUMN], errors="ignore").astype("string"))
-    if rows is not None:
-        text[ROW_COLUMN] = rows.astype("Int64").to_numpy()
-    return to_parquet_bytes(text)
+    values = quarantined.drop(columns=[ROW_COLUMN], errors="ignore")
+    for as_text in (False, True):
+        kept = stringify_mixed(values.astype("string") if as_text else values)
+        if rows is not None:
+            kept = kept.assign(**{ROW_COLUMN: rows.astype("Int64").to_numpy()})
+        try:
+            return to_parquet_bytes(kept)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            if as_text:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _check_schema(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame,
@@ -243,13 +255,24 @@ def _check_schema(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame,
     return apply_policy(frame, drift, ctx.pipeline.schema_drift, where=_where(ctx, shard, batch, key))
 
 
+def _staged(ctx: RunContext, shard: int, batch: int, key: str) -> tuple[bytes, pd.DataFrame | None]:
+    """A cleaned batch: its Parquet bytes, and its frame when this process cleaned it. A run
+    that keeps no staged copies hands the batch from clean to load in memory; a load in
+    another process (after a crash or a restart) cleans the raw rows again: stages are
+    pure, so the rows are those the clean counted."""
+    if not ctx.staged_copies and (held := cleaned.pop(key, ctx.run_id)) is not None:
+        return held
+    if ctx.staged_copies:
+        try:
+            return ctx.objects.get_bytes(key), None
+        except ObjectNotFound:
+            pass
+    return _staged_bytes(ctx, shard, batch, key), None
+
+
 def _staged_bytes(ctx: RunContext, shard: int, batch: int, key: str) -> bytes:
-    """A cleaned batch's bytes. Stages are pure, so a staged object lost after its clean
-    was counted is made again from the raw payload (which may itself be cut again)."""
-    try:
-        return ctx.objects.get_bytes(key)
-    except ObjectNotFound:
-        pass
+    """A cleaned batch's bytes made again from the raw payload (which may itself be cut
+    again): stages are pure. A staged copy that was lost is written again."""
     payload = ctx.state.get_payload(ctx.run_id, shard, batch)
     if payload is None:
         raise BatchError(f"{_where(ctx, shard, batch, key)}: object is missing and the batch "
@@ -257,9 +280,12 @@ def _staged_bytes(ctx: RunContext, shard: int, batch: int, key: str) -> bytes:
     frame = read_frame(ctx, shard, batch, payload.key, sha256=payload.sha256, payload=payload)
     clean_rows, _ = clean_frame(ctx, shard, batch, frame, key=payload.key)
     data = to_parquet_bytes(clean_rows)
-    ctx.objects.put_bytes(key, data)
-    log.warning("%s: staged batch was missing; cleaned again from its raw payload",
-                _where(ctx, shard, batch, key))
+    if ctx.staged_copies:
+        ctx.objects.put_bytes(key, data)
+        log.warning("%s: staged batch was missing; cleaned again from its raw payload",
+                    _where(ctx, shard, batch, key))
+    else:
+        log.debug("%s: cleaned again from its raw payload for the load", _where(ctx, shard, batch))
     return data
 
 
@@ -276,12 +302,12 @@ def load(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None,
         return None  # the clean of this batch, when it happens, sends its own load
     key = staged_key(ctx.run_id, shard, batch)
     sink = ctx.pipeline.sink
-    data = _staged_bytes(ctx, shard, batch, key)
+    data, frame = _staged(ctx, shard, batch, key)
     if isinstance(sink, ParquetWriter):  # a Parquet sink takes the staged file as it is
         written = sink.write_parquet(data, run_id=ctx.run_id, shard=shard, batch=batch)
     else:
         try:
-            frame = from_parquet_bytes(data)
+            frame = from_parquet_bytes(data) if frame is None else frame
         except Exception as exc:  # noqa: BLE001 - any decoding failure means a malformed batch
             raise BatchError(f"{_where(ctx, shard, batch, key)}: cannot read batch: {exc}") from exc
         scope = sink.commit_scope() if isinstance(sink, SerialCommits) else None

@@ -34,6 +34,11 @@ class RunContext:
     plan: ShardPlan
     state: StateStore
     objects: ObjectStore
+    #: Whether a cleaned batch is written to the object store for its load. Workers on a
+    #: broker do (the load may run on another machine); embedded mode does not: its load
+    #: runs in the same process and takes the batch from memory, and a load anywhere else
+    #: (after a crash) cleans the raw rows again, which stages, being pure, allow.
+    staged_copies: bool = True
 
     @property
     def run_id(self) -> str:

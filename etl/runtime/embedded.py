@@ -131,6 +131,7 @@ def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int = 1, poll:
     """Work the run's pending batches to the end (or until only failures remain); with a
     result store, record every message there. Completing the run is the runner's."""
     started = time.perf_counter()
+    ctx.staged_copies = False  # each batch's load runs in the process that cleaned it
     pending = find_pending(ctx.state, ctx.run_id)
     log.info("run %s: %d fetch, %d clean, %d load pipelines to start", ctx.run_id,
              len(pending.fetch), len(pending.clean), len(pending.load))

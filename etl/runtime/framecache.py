@@ -1,50 +1,64 @@
-"""A small in-process cache of fetched batches (Arrow tables), keyed by object key and content hash.
+"""Small in-process caches of batches between steps, keyed by object key and a content tag.
 
 When the step after a fetch (or a clean) runs in the same process, as it does in embedded
-mode, it gets the rows it would otherwise read back from the object store and decode.
-The object is still written first and the cache is only read when the recorded sha256
-matches, so the claim check and the crash guarantees are unchanged; this only saves a read and a decode.
+mode, it takes the rows the step before left here instead of reading them back from the
+object store (or cutting them again from the source) and decoding them. A cached batch is
+only used when its tag (the sha256 or pointer its RawPayload records) matches, and each is
+taken once; what is durable is unchanged, so the crash guarantees are too: a step that
+finds nothing here reads the durable copy, or rebuilds it (etl.runtime.raw, batches).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from typing import Any
 
-import pyarrow as pa
-
-#: Rows kept at most across all cached frames (memory bound, about 100-300 MB).
+#: Rows kept at most across all cached batches of one cache (memory bound, ~100-300 MB).
 MAX_ROWS = 1_000_000
 
 
 class FrameCache:
-    """Bounded LRU of (key, sha256) -> DataFrame."""
+    """Bounded LRU of (key, tag) -> a batch (an Arrow table, or what the caller stores)."""
 
     def __init__(self, *, max_rows: int = MAX_ROWS) -> None:
         self.max_rows = max_rows
-        self._frames: OrderedDict[tuple[str, str], pa.Table] = OrderedDict()
+        self._frames: OrderedDict[tuple[str, str], tuple[Any, int]] = OrderedDict()
         self._rows = 0
         self._lock = threading.Lock()
 
-    def put(self, key: str, sha256: str, frame: pa.Table) -> None:
-        if frame.num_rows > self.max_rows:
+    def put(self, key: str, tag: str, frame: Any, *, rows: int | None = None) -> None:
+        """Keep `frame` (`rows` rows; default its num_rows) until taken or pushed out."""
+        rows = frame.num_rows if rows is None else rows
+        if rows > self.max_rows:
             return
         with self._lock:
-            old = self._frames.pop((key, sha256), None)
-            self._rows -= old.num_rows if old is not None else 0
-            self._frames[(key, sha256)] = frame
-            self._rows += frame.num_rows
+            old = self._frames.pop((key, tag), None)
+            self._rows -= old[1] if old is not None else 0
+            self._frames[(key, tag)] = (frame, rows)
+            self._rows += rows
             while self._rows > self.max_rows:
-                _, dropped = self._frames.popitem(last=False)
-                self._rows -= dropped.num_rows
+                _, (_, dropped) = self._frames.popitem(last=False)
+                self._rows -= dropped
 
-    def pop(self, key: str, sha256: str) -> pa.Table | None:
-        """The cached frame, removed from the cache (each batch is consumed once)."""
+    def pop(self, key: str, tag: str) -> Any | None:
+        """The cached batch, removed from the cache (each batch is consumed once)."""
         with self._lock:
-            frame = self._frames.pop((key, sha256), None)
-            if frame is not None:
-                self._rows -= frame.num_rows
-            return frame
+            found = self._frames.pop((key, tag), None)
+            if found is None:
+                return None
+            self._rows -= found[1]
+            return found[0]
+
+    def clear(self) -> None:
+        """Forget every cached batch."""
+        with self._lock:
+            self._frames.clear()
+            self._rows = 0
 
 
+#: Fetched batches (Arrow tables) waiting for their clean.
 frames = FrameCache()
+#: Cleaned batches (staged Parquet bytes and the frame) waiting for their load, when the
+#: run keeps no staged copies (RunContext.staged_copies).
+cleaned = FrameCache()

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from etl.runtime.batches import ROW_COLUMN, clean_frame, quarantine_bytes, read_frame
+from etl.runtime.raw import is_pointer
 from etl.runtime.context import RunContext
 from etl.core.errors import ConfigError, ObjectNotFound
 from etl.core.faults import crash_point
@@ -145,7 +146,8 @@ def replay(ctx: RunContext, original: RunRecord, *,
 def _clean(ctx: RunContext, original: RunRecord, shard: int, batch: int, rows: list[int]):  # type: ignore[no-untyped-def]
     pointer = ctx.state.get_payload(original.run_id, shard, batch)
     assert pointer is not None
-    raw = read_frame(ctx, shard, batch, pointer.key, sha256=pointer.sha256)
+    raw = read_frame(ctx, shard, batch, pointer.key, sha256=pointer.sha256,
+                     payload=pointer if is_pointer(pointer) else None)
     return clean_frame(ctx, shard, batch, raw.iloc[rows], key=pointer.key, rows=rows)
 
 

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from etl.core.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from etl.sources.base import (SOURCE_ERROR_COLUMN, Batch, PlanChecked, SchemaKinds, Source,
+    from etl.sources.base import (SOURCE_ERROR_COLUMN, Batch, PlanChecked, Recuttable,
+                                  SchemaKinds, Source,
                                   WholeTable, Windowed)
     from etl.sources.files import FileSource
     from etl.sources.sql import SqlSource
@@ -25,6 +26,7 @@ _EXPORTS = {
     "Source": "etl.sources.base",
     "Windowed": "etl.sources.base",
     "PlanChecked": "etl.sources.base",
+    "Recuttable": "etl.sources.base",
     "SchemaKinds": "etl.sources.base",
     "WholeTable": "etl.sources.base",
     "Window": "etl.sources.windows",

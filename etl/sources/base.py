@@ -130,5 +130,20 @@ class WholeTable(Protocol):
         raise NotImplementedError
 
 
+@runtime_checkable
+class Recuttable(Protocol):
+    """Gives the same rows for the same cursor range for as long as its fingerprint is
+    unchanged (a file, whose fingerprint is its content hash). A fetched batch of such a
+    source can be landed as a pointer (fingerprint and cursor range) and cut again when it
+    is needed, instead of being copied to the object store (etl.runtime.raw)."""
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def recut(self, plan: ShardPlan, shard: int, *, after: Any, rows: int) -> Batch:
+        """The `rows` rows of `shard` after cursor `after`: the batch a fetch cut there."""
+        raise NotImplementedError
+
+
 __all__ = ["SOURCE_COLUMNS", "SOURCE_ERROR_COLUMN", "SOURCE_LINE_COLUMN", "SOURCE_TEXT_COLUMN",
-           "Batch", "PlanChecked", "SchemaKinds", "Source", "WholeTable", "Windowed"]
+           "Batch", "PlanChecked", "Recuttable", "SchemaKinds", "Source", "WholeTable", "Windowed"]

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from etl.core.errors import ConfigError, ObjectNotFound, SourceError
 from etl.core.urls import mask_url
-from etl.sources.base import Batch, Source, WholeTable, Windowed
+from etl.sources.base import Batch, Recuttable, Source, WholeTable, Windowed
 from etl.sources.lines import parse_csv, parse_jsonl
 from etl.sources.windows import Window
 from shards import ShardPlan
@@ -117,7 +117,7 @@ class ParsedCache:
 _parsed = ParsedCache()
 
 
-class FileSource(Source, Windowed, WholeTable):
+class FileSource(Source, Windowed, WholeTable, Recuttable):
     """A CSV, JSON-lines or Parquet file, local or on the object store (s3://bucket/key)."""
 
     def __init__(self, path: str, *, format: str | None = None, delimiter: str = ",",
@@ -244,3 +244,8 @@ class FileSource(Source, Windowed, WholeTable):
         return Batch(table=table, cursor_start=after, cursor_end=end,
                      exhausted=begin + len(picked) >= len(rows),
                      shard_progress=(begin + len(picked)) / len(rows) if len(rows) else 1.0)
+
+    def recut(self, plan: ShardPlan, shard: int, *, after: Any, rows: int) -> Batch:
+        """The batch a fetch cut at `after`: the file's rows are in a fixed order per shard,
+        so the same cursor and row count give the same rows while the file is unchanged."""
+        return self.read_batch(plan, shard, after=after, limit=rows)
