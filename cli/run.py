@@ -37,9 +37,10 @@ def _pipeline(spec: str | None, shards: int | None,
 @click.option("--fresh", is_flag=True, help="Start a new run instead of resuming.")
 @click.option("--run-id", help="Work on (or create) the run with this id.")
 @click.option("--batch-size", type=click.IntRange(min=1),
-              help="Rows per batch for a new run (a resumed run keeps its own).")
+              help="Rows per batch for a new run (a resumed run keeps its own). Default: the "
+                   "pipeline's, else a shard's rows (10,000 to 250,000).")
 @click.option("--processes", type=click.IntRange(min=1), default=None,
-              show_default="cores, at most 4",
+              show_default="cores, at most 4; 1 under 50,000 source rows",
               help="Local worker processes in embedded mode (each owns a share of the shards).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="Worker threads per process in embedded mode.")
@@ -72,7 +73,8 @@ def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh:
 @click.option("--shards", type=click.IntRange(min=1), help="Split the window into N shards.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Rows per batch for a new run.")
 @click.option("--processes", type=click.IntRange(min=1), default=None,
-              show_default="cores, at most 4", help="Local worker processes in embedded mode.")
+              show_default="cores, at most 4; 1 under 50,000 source rows",
+              help="Local worker processes in embedded mode.")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="Worker threads per process in embedded mode.")
 @click.option("--wait/--no-wait", default=False, help="Distributed mode: follow the run.")

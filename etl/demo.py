@@ -53,7 +53,6 @@ def pipeline() -> Pipeline:
         sink=ParquetSink(load_settings().demo_output),
         key=KEY,
         shards=HashShards(["carrier", "flight", "origin"], 20),
-        batch_size=50_000,
         window_column="time_hour",  # scheduled hour, UTC: `etl backfill --start 2013-03-01 ...`
     )
 

@@ -44,6 +44,21 @@ class RetryPolicy:
                               "0 <= min_backoff_ms <= max_backoff_ms")
 
 
+#: The rows per batch of a pipeline that sets none: a shard's rows in one batch (a batch
+#: has a fixed cost, so fewer and larger ones are cheaper), within these bounds (memory,
+#: and progress that moves); DEFAULT_BATCH_ROWS when the source cannot tell its size.
+AUTO_BATCH_ROWS = (10_000, 250_000)
+DEFAULT_BATCH_ROWS = 50_000
+
+
+def auto_batch_size(rows: int | None, shards: int) -> int:
+    """The batch size a new run of a pipeline without one gets, for `rows` source rows."""
+    if rows is None:
+        return DEFAULT_BATCH_ROWS
+    low, high = AUTO_BATCH_ROWS
+    return max(low, min(high, -(-rows // max(1, shards))))
+
+
 #: Pipeline.raw_landing's choices.
 RAW_LANDINGS = ("auto", "copy")
 
@@ -58,7 +73,8 @@ class Pipeline:
     key: Sequence[str]
     shards: ShardPlan
     stages: Sequence[Stage] = field(default_factory=tuple)
-    batch_size: int = 50_000
+    #: Rows per batch; None: chosen when a run is created (`auto_batch_size`).
+    batch_size: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     window_column: str | None = None  # the column `etl backfill --start/--end` windows on
     expected_schema: dict[str, str] | None = None  # source column -> kind (etl.drift)
@@ -75,7 +91,7 @@ class Pipeline:
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
             raise ConfigError(f"pipeline name {self.name!r} must be letters, digits, - or _")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"pipeline {self.name}: batch_size must be >= 1, got {self.batch_size}")
         if not self.key or isinstance(self.key, str):
             raise ConfigError(f"pipeline {self.name}: key must be a list naming at least one "
@@ -162,7 +178,8 @@ class Pipeline:
             f"pipeline {self.name}",
             f"  source:  {self.source.describe()}",
             f"  shards:  {self.shards.describe()}",
-            f"  batch:   {self.batch_size} rows",
+            f"  batch:   {self.batch_size} rows" if self.batch_size else
+            f"  batch:   auto (a shard's rows, {AUTO_BATCH_ROWS[0]:,} to {AUTO_BATCH_ROWS[1]:,})",
             "  raw:     " + ("pointers into the source (cut again when needed)"
                              if self.raw_pointers() else "copies in the object store"),
             f"  key:     {', '.join(self.key)}" + ("" if self.key_notice() is None

@@ -116,7 +116,8 @@ class RunOutcome:
 
 def default_processes() -> int:
     """Local worker processes in embedded mode unless told: the cores, at most 4 (more
-    processes than that contend for the state store more than they add)."""
+    processes than that contend for the state store more than they add). A run over fewer
+    rows than etl.runtime.embedded.SMALL_INPUT_ROWS works in this process instead."""
     return min(os.cpu_count() or 1, 4)
 
 
@@ -169,7 +170,7 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
     stores = stores or Stores.from_settings(conf)
     return _Run(pipeline, spec=spec, settings=conf, stores=stores, distributed=distributed).go(
         fresh=fresh, run_id=run_id, params=params, accept_schema=accept_schema, wait=wait,
-        progress=progress, processes=processes or default_processes(), threads=threads,
+        progress=progress, processes=processes, threads=threads,
         on_start=on_start, on_enqueued=on_enqueued)
 
 
@@ -205,7 +206,7 @@ class _Run:
 
     def go(self, *, fresh: bool, run_id: str | None, params: dict[str, Any] | None,
            accept_schema: bool, wait: bool, progress: "ProgressCallback | None",
-           processes: int, threads: int, on_start: Callable[[RunStart], None] | None,
+           processes: int | None, threads: int, on_start: Callable[[RunStart], None] | None,
            on_enqueued: Callable[[Enqueued], None] | None) -> RunOutcome:
         from etl.core.statuses import RunStatus
         from etl.runtime.context import RunContext
@@ -272,7 +273,7 @@ class _Run:
         return RunTracker(self.stores.results, context, ttl=results_ttl(self.settings))
 
     def _work(self, context: "RunContext", *, created: bool, wait: bool,
-              progress: "ProgressCallback | None", processes: int, threads: int,
+              progress: "ProgressCallback | None", processes: int | None, threads: int,
               on_enqueued: Callable[[Enqueued], None] | None) -> "WorkOutcome | None":
         if not self.distributed:
             from etl.runtime.embedded import run_embedded

@@ -17,7 +17,7 @@ from etl.core.config import Settings, load_settings
 from etl.core.errors import ConfigError
 from etl.stores import Stores
 from etl.stores.objects import ObjectStore
-from etl.pipeline import Pipeline, load_pipeline
+from etl.pipeline import DEFAULT_BATCH_ROWS, Pipeline, load_pipeline
 from etl.sources.base import Windowed
 from etl.stores.state import RunRecord, StateStore
 from shards import ShardPlan, plan_from_dict
@@ -60,7 +60,7 @@ class RunContext:
         if window and (not isinstance(pipeline.source, Windowed)  # a backfill run
                        or pipeline.source.window is None):
             pipeline = pipeline.for_window(window["start"], window["end"], column=window["column"])
-        batch_size = int(run.params.get("batch_size", pipeline.batch_size))
+        batch_size = int(run.params.get("batch_size") or pipeline.batch_size or DEFAULT_BATCH_ROWS)
         if batch_size != pipeline.batch_size:
             pipeline = dataclasses.replace(pipeline, batch_size=batch_size)
         return cls(run, pipeline, plan_from_dict(run.params["plan"]), state, objects)

@@ -125,17 +125,35 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
 RESTARTS = 2
 
 
-def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int = 1, poll: float = 0.2,
-                 on_progress: ProgressCallback | None = None,
+#: A run over fewer source rows than this works in the calling process: forking worker
+#: processes and starting their brokers costs more than sharing so little work saves.
+SMALL_INPUT_ROWS = 50_000
+
+
+def choose_processes(ctx: RunContext) -> int:
+    """Worker processes for a run when the user did not say: the cores (at most 4), or
+    one for a small input."""
+    from etl.runner import default_processes
+
+    rows = ctx.run.params.get("source_rows")
+    if isinstance(rows, int) and rows < SMALL_INPUT_ROWS:
+        return 1
+    return default_processes()
+
+
+def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int | None = 1,
+                 poll: float = 0.2, on_progress: ProgressCallback | None = None,
                  results: ResultStore | None = None) -> WorkOutcome:
     """Work the run's pending batches to the end (or until only failures remain); with a
-    result store, record every message there. Completing the run is the runner's."""
+    result store, record every message there. `processes` None: `choose_processes`.
+    Completing the run is the runner's."""
     started = time.perf_counter()
     ctx.staged_copies = False  # each batch's load runs in the process that cleaned it
     pending = find_pending(ctx.state, ctx.run_id)
     log.info("run %s: %d fetch, %d clean, %d load pipelines to start", ctx.run_id,
              len(pending.fetch), len(pending.clean), len(pending.load))
-    processes = max(1, min(processes, len({s for s, _ in pending.fetch + pending.clean + pending.load})))
+    processes = max(1, min(processes or choose_processes(ctx),
+                           len({s for s, _ in pending.fetch + pending.clean + pending.load})))
     if processes == 1:
         dead = _work(ctx, pending, threads=threads, poll=poll, on_progress=on_progress,
                      results=results)

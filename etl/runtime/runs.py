@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from etl.drift import source_schema
 from etl.core.errors import ConfigError
 from etl.core.faults import crash_point
-from etl.pipeline import Pipeline
+from etl.pipeline import Pipeline, auto_batch_size
 from etl.sinks.base import Sequenced, make_seq
 from etl.sources.base import PlanChecked
 from etl.core.names import task_fingerprint
@@ -79,7 +79,8 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
         run_id=run_id or new_run_id(pipeline.name), pipeline=pipeline.name, plan=plan_name,
         shards=fitted.shards,
         params={"pipeline_spec": spec, "plan": fitted.to_dict(),
-                "batch_size": pipeline.batch_size,
+                "batch_size": pipeline.batch_size or auto_batch_size(
+                    pipeline.source.row_count(), fitted.shards),
                 "source_fingerprint": pipeline.source.fingerprint(),
                 "source_rows": pipeline.source.row_count(),
                 "definition": pipeline.definition(),
