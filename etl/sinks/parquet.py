@@ -23,6 +23,7 @@ from etl.core.files import TEMP_PREFIX, atomic_write, orphaned
 from etl.core.names import PART_FILE, PART_GLOB, part_file_name
 from etl.core.errors import ConfigError
 from etl.sinks.base import BackfillAware, KeyAudit, ParquetWriter, Sink
+from etl.sinks.parquet_keys import keys_in_several, read_keys
 
 log = logging.getLogger(__name__)
 
@@ -99,21 +100,12 @@ class ParquetSink(Sink, BackfillAware, ParquetWriter, KeyAudit):
             log.info("%s: run %s replaced %d file(s) of earlier runs", self.path, run_id, removed)
 
     def repeated_keys(self, key: Sequence[str]) -> int | None:
-        """Keys found in more than one part file of the dataset (reads only key columns);
-        None when the folder is not here (a distributed run's workers write it elsewhere)."""
+        """Keys found in more than one part file of the dataset (reads only key columns,
+        counts in Arrow: etl.sinks.parquet_keys); None when the folder is not here (a
+        distributed run's workers write it elsewhere)."""
         if not self.path.is_dir():
             return None
-        files = sorted(self.path.glob(PART_GLOB))
-        frames = []
-        for number, file in enumerate(files):
-            names = set(pq.read_schema(file).names)
-            if all(k in names for k in key):
-                frames.append(pq.read_table(file, columns=list(key)).to_pandas()
-                              .drop_duplicates().assign(_file=number))
-        if len(frames) < 2:
-            return 0
-        keys = pd.concat(frames, ignore_index=True)
-        return int((keys.groupby(list(key), dropna=False).size() > 1).sum())
+        return keys_in_several(read_keys(sorted(self.path.glob(PART_GLOB)), key), key)
 
     def read_all(self) -> pd.DataFrame:
         files = sorted(self.path.glob(PART_GLOB)) if self.path.is_dir() else []
