@@ -59,21 +59,25 @@ class Sender:
     def wait(self, ctx: RunContext, *, poll: float = 0.25, quiet_polls: int = 3,
              on_progress: ProgressCallback | None = None,
              timeout: float | None = None) -> WorkOutcome:
-        """Follow the run until it completes or only failures are left."""
+        """Follow the run until it completes or only failures are left. The checkpoints are
+        read every 50 ms at first, slowing to every `poll` seconds (a short run is not kept
+        waiting for a slow poll); the queue and leases are looked at once a second."""
         started = time.monotonic()
-        quiet, resent, polls = 0, 0, 0
+        quiet, resent, looked = 0, 0, started
         while True:
             checkpoints = ctx.state.list_checkpoints(ctx.run_id)
             if on_progress:
                 on_progress(checkpoints)
+            now = time.monotonic()
             if all_loaded(checkpoints, ctx.run.shards):
-                return WorkOutcome(True, time.monotonic() - started, checkpoints, resent=resent)
-            if timeout is not None and time.monotonic() - started > timeout:
-                return WorkOutcome(False, time.monotonic() - started, checkpoints, resent=resent)
-            polls += 1
-            if polls % 4:  # look at the queue and the leases once a second
-                time.sleep(poll)
+                return WorkOutcome(True, now - started, checkpoints, resent=resent)
+            if timeout is not None and now - started > timeout:
+                return WorkOutcome(False, now - started, checkpoints, resent=resent)
+            pause = min(poll, 0.05 + (now - started) / 20)
+            if now - looked < 1.0:
+                time.sleep(pause)
                 continue
+            looked = now
             look = reconcile(ctx, None, queues=self.queues, queue=self.queue_of(ctx), dry_run=True)
             quiet = quiet + 1 if look.queue_idle and not look.leased else 0
             if quiet >= quiet_polls:
@@ -87,4 +91,4 @@ class Sender:
                 log.warning("run %s went quiet unfinished: re-sent %d lost step(s)",
                             ctx.run_id, len(again.sent))
                 quiet = 0
-            time.sleep(poll)
+            time.sleep(pause)
