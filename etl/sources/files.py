@@ -38,7 +38,7 @@ from etl.core.urls import mask_url
 from etl.sources.base import Batch, Recuttable, Source, WholeTable, Windowed
 from etl.sources.lines import parse_csv, parse_jsonl
 from etl.sources.windows import Window
-from shards import ShardPlan
+from shards import ShardPlan, rows_by_shard
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +221,7 @@ class FileSource(Source, Windowed, WholeTable, Recuttable):
             return cached
         keys = self.sample(list(getattr(plan, "columns", None) or []) or
                            self.table().column_names)
-        assigned = np.asarray(plan.assign(keys), dtype=np.int64)
-        order = np.argsort(assigned, kind="stable")  # file order within each shard
-        starts = np.searchsorted(assigned[order], np.arange(plan.shards + 1), side="left")
+        order, starts = rows_by_shard(plan.assign(keys), plan.shards)
         ordered = self.table().take(pa.array(order, type=pa.int64()))
         with self._lock:
             self._orders[key] = (order, starts, ordered)
