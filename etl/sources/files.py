@@ -131,6 +131,8 @@ class FileSource(Source, Windowed, WholeTable, Recuttable):
         self.window = window
         self._lock = threading.Lock()
         self._loaded: tuple[str, pa.Table] | None = None  # (fingerprint, rows)
+        self._content_hash: str | None = None  # of the file's bytes, read once
+        self._unparsed: bytes | None = None  # those bytes, until parsed
         self._orders: dict[str, tuple[np.ndarray, np.ndarray, pa.Table]] = {}
 
     def __repr__(self) -> str:
@@ -175,28 +177,44 @@ class FileSource(Source, Windowed, WholeTable, Recuttable):
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
             raise SourceError(f"cannot parse {self.format} source {mask_url(self.path)}: {exc}") from exc
 
+    def _content(self) -> tuple[str, bytes | None]:
+        """The file's content hash, and its bytes while they are not parsed yet (the parse
+        then reads the very bytes that were hashed). Call with the lock held."""
+        if self._content_hash is None:
+            data = self._read_bytes()
+            self._content_hash, self._unparsed = hashlib.sha256(data).hexdigest(), data
+        return self._content_hash, self._unparsed
+
     def table(self) -> pa.Table:
         """The whole source as an Arrow table (parsed once per process, then cached)."""
         with self._lock:
             if self._loaded is None:
-                data = self._read_bytes()
-                digest = hashlib.sha256(data).hexdigest()
-                table = _parsed.get((digest, self.format, self.delimiter), lambda: self._parse(data))
+                digest, data = self._content()
+                raw = data if data is not None else self._read_bytes()
+                table = _parsed.get((digest, self.format, self.delimiter), lambda: self._parse(raw))
+                self._unparsed = None
                 if self.window is not None:
                     table = self.window.apply(table)
-                    digest = hashlib.sha256(f"{digest}|{self.window.describe()}".encode()).hexdigest()
                 log.info("read %s: %d rows", self.describe(), table.num_rows)
-                self._loaded = (digest, table)
+                self._loaded = (self._windowed_digest(digest), table)
             return self._loaded[1]
+
+    def _windowed_digest(self, digest: str) -> str:
+        if self.window is None:
+            return digest
+        return hashlib.sha256(f"{digest}|{self.window.describe()}".encode()).hexdigest()
 
     def frame(self) -> pd.DataFrame:
         """The whole source as a DataFrame."""
         return self.table().to_pandas()
 
     def fingerprint(self) -> str:
-        self.table()
-        assert self._loaded is not None
-        return self._loaded[0]
+        """The content hash of the file (with the window, if any): read, not parsed, so a
+        resumed or completed run is recognised without parsing the file."""
+        with self._lock:
+            if self._loaded is not None:
+                return self._loaded[0]
+            return self._windowed_digest(self._content()[0])
 
     def row_count(self) -> int | None:
         return self.table().num_rows
