@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cli.common import err, out, settings, totals
@@ -14,6 +14,9 @@ from etl.pipeline import Pipeline, load_pipeline
 from etl.runner import Enqueued, RunOutcome, RunStart, run as etl_run
 from etl.stores import Stores
 from etl.stores.state import Checkpoint
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 pipeline_option = click.option(
     "-p", "--pipeline", "spec", metavar="MODULE:ATTR",
@@ -133,19 +136,22 @@ def _enqueued(sent: Enqueued) -> None:
 
 class _ProgressBar:
     """A progress bar of rows and shards on stderr, made once the run is open (its totals
-    come from the run) and fed with checkpoints; it also prints the opening line."""
+    come from the run) and fed with checkpoints; it also prints the opening line. A run
+    that shows no bar (--no-progress, a distributed run not followed) does not make one,
+    nor import rich.progress: the parent of an embedded run pays every import before its
+    workers fork."""
 
     def __init__(self, *, enabled: bool, wait: bool) -> None:
         self.enabled, self.wait = enabled, wait
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=err, disable=True, transient=False)
+        self.bar: Progress | None = None
         self.rows_task = self.shards_task = None
 
     def __enter__(self) -> "_ProgressBar":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
+        if self.bar is not None:
+            self.bar.stop()
 
     def start(self, start: RunStart) -> None:
         run = start.run
@@ -162,14 +168,20 @@ class _ProgressBar:
             err.print(f"resuming run [bold]{run.run_id}[/] ({run.plan}, state {start.state_url})")
         for notice in start.notices:
             err.print(f"[yellow]note[/] {notice}", markup=True, highlight=False, soft_wrap=True)
-        self.bar.disable = not (self.enabled and (self.wait or not start.distributed))
+        if not (self.enabled and (self.wait or not start.distributed)):
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=err, transient=False)
         self.rows_task = self.bar.add_task("rows loaded+quarantined",
                                            total=run.params.get("source_rows"))
         self.shards_task = self.bar.add_task("shards done", total=run.shards)
         self.bar.start()
 
     def update(self, checkpoints: list[Checkpoint]) -> None:
-        if self.rows_task is None:
+        if self.bar is None or self.rows_task is None:
             return
         now = totals(checkpoints)
         self.bar.update(self.rows_task, completed=now["rows_loaded"] + now["rows_quarantined"])
