@@ -32,6 +32,7 @@ from etl.stores import results_ttl
 from etl.runtime.middleware import ErrorLog
 from etl.pipeline import Pipeline, RetryPolicy
 from etl.runtime.runs import finalize_if_complete
+from etl.runtime.settled import SettledSteps
 from results.base import ResultStore
 from results.middleware import ResultRecorder, report
 
@@ -135,6 +136,7 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
     if metrics is not None and metrics not in broker.middleware:
         broker.add_middleware(metrics, before=Retries)  # its after-hook: after Retries, before the recorder
     holder: dict[str, Any] = {"leases": leases}
+    settled = SettledSteps()  # steps the ledger said were done: their duplicates need no read
 
     def keeper(state: Any) -> LeaseKeeper:
         if holder["leases"] is None:
@@ -146,8 +148,13 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
             proxy = CurrentMessage.get_current_message()
             if proxy is not None:
                 proxy.options.pop(DEFERRED_OPTION, None)
+            step = (stage, run_id, shard, batch)
+            if step in settled:  # the ledger said so before, and it only ever grows
+                report({"skipped": f"already {_DONE[stage]} (dedup)"})
+                return  # a duplicate: settled without a read, without touching the lease
             ctx = contexts.get(run_id)
             if stage != "fetch" and ctx.state.is_done(task_fingerprint(stage, run_id, shard, batch)):
+                settled.add(step)
                 report({"skipped": f"already {_DONE[stage]} (dedup)"})
                 return  # a duplicate: settled without touching the lease
             try:
