@@ -127,9 +127,10 @@ def _one_row_per_line(raw: bytes, table: pa.Table) -> bool:
     is not empty (pyarrow skips empty lines), so rows <= non-empty lines - 1 <= lines - 1:
     rows == lines - 1 proves it with a count of line ends; any other row count is settled
     by the exact count of non-empty lines (`_line_spans`). A line break can only be inside
-    a quoted field (the reader has no escape character), so a file without a quote
-    character needs no search of its values. A column name that is not UTF-8 raises
-    UnicodeDecodeError from `_broken_rows`, and is False here: the header is broken."""
+    a quoted field (parse_csv reads with pyarrow's default quote character, ", and no
+    escape character), so a file without a " needs no search of its values. A column name
+    that is not UTF-8 raises UnicodeDecodeError from `_broken_rows`, and is False here: the
+    header is broken."""
     rows = table.num_rows
     if rows != _line_count(raw) - 1:
         starts, stops = _line_spans(raw)
