@@ -41,7 +41,7 @@ def _pipeline(spec: str | None, shards: int | None,
 @click.option("--run-id", help="Work on (or create) the run with this id.")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Rows per batch for a new run (a resumed run keeps its own). Default: the "
-                   "pipeline's, else a shard's rows (10,000 to 250,000).")
+                   "pipeline's, else a shard's rows and half again (10,000 to 250,000).")
 @click.option("--processes", type=click.IntRange(min=1), default=None,
               show_default="cores, at most 4; 1 under 50,000 source rows",
               help="Local worker processes in embedded mode (each owns a share of the shards).")

@@ -45,8 +45,9 @@ class RetryPolicy:
 
 
 #: The rows per batch of a pipeline that sets none: a shard's rows in one batch (a batch
-#: has a fixed cost, so fewer and larger ones are cheaper), within these bounds (memory,
-#: and progress that moves); DEFAULT_BATCH_ROWS when the source cannot tell its size.
+#: has a fixed cost, so fewer and larger ones are cheaper), counting half as many again as
+#: the mean shard's (shards differ in size), within these bounds (memory, and progress
+#: that moves); DEFAULT_BATCH_ROWS when the source cannot tell its size.
 AUTO_BATCH_ROWS = (10_000, 250_000)
 DEFAULT_BATCH_ROWS = 50_000
 
@@ -56,7 +57,7 @@ def auto_batch_size(rows: int | None, shards: int) -> int:
     if rows is None:
         return DEFAULT_BATCH_ROWS
     low, high = AUTO_BATCH_ROWS
-    return max(low, min(high, -(-rows // max(1, shards))))
+    return max(low, min(high, -(-rows * 3 // (2 * max(1, shards)))))
 
 
 #: Pipeline.raw_landing's choices.

@@ -168,7 +168,9 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
     if window is not None:
         pipeline, run_id, params = _windowed(pipeline, window, run_id=run_id)
     stores = stores or Stores.from_settings(conf)
-    return _Run(pipeline, spec=spec, settings=conf, stores=stores, distributed=distributed).go(
+    planner = distributed and stores.shared  # a worker creating the run opens the same stores
+    return _Run(pipeline, spec=spec, settings=conf, stores=stores, distributed=distributed,
+                worker_plans=planner).go(
         fresh=fresh, run_id=run_id, params=params, accept_schema=accept_schema, wait=wait,
         progress=progress, processes=processes, threads=threads,
         on_start=on_start, on_enqueued=on_enqueued)
@@ -200,9 +202,33 @@ class _Run:
     """One call of the runner: open, announce, work, finalize, sum up."""
 
     def __init__(self, pipeline: "Pipeline", *, spec: str, settings: "Settings",
-                 stores: "Stores", distributed: bool) -> None:
+                 stores: "Stores", distributed: bool, worker_plans: bool = False) -> None:
         self.pipeline, self.spec, self.settings = pipeline, spec, settings
         self.stores, self.distributed = stores, distributed
+        #: A new run may be created by a worker (etl.runtime.planning) when followed.
+        self.worker_plans = worker_plans
+
+    def _open(self, *, fresh: bool, run_id: str | None, params: dict[str, Any] | None,
+              accept_schema: bool, wait: bool) -> "tuple[RunRecord, bool]":
+        """open_run; a new run of a followed distributed run is created by a worker, where
+        its source is parsed anyway (etl.runtime.planning)."""
+        from etl.runtime.planning import plan_on_worker, plans_remotely
+        from etl.runtime.runs import open_run
+
+        window = bool(params and "window" in params)
+        if not (self.worker_plans and wait and plans_remotely(self.pipeline, self.spec, window=window)):
+            return open_run(self.stores.state, self.pipeline, spec=self.spec, fresh=fresh,
+                            run_id=run_id, params=params, accept_schema=accept_schema)
+        from etl.runtime.distributed import Sender
+
+        sender = Sender(self.settings)
+        try:
+            return plan_on_worker(sender.planner, self.stores.state, self.pipeline,
+                                  spec=self.spec, queue=sender.actors.queue_for(self.pipeline),
+                                  fresh=fresh, run_id=run_id, params=params,
+                                  accept_schema=accept_schema)
+        finally:
+            sender.close()
 
     def go(self, *, fresh: bool, run_id: str | None, params: dict[str, Any] | None,
            accept_schema: bool, wait: bool, progress: "ProgressCallback | None",
@@ -210,11 +236,11 @@ class _Run:
            on_enqueued: Callable[[Enqueued], None] | None) -> RunOutcome:
         from etl.core.statuses import RunStatus
         from etl.runtime.context import RunContext
-        from etl.runtime.runs import finalize_if_complete, open_run, totals
+        from etl.runtime.runs import finalize_if_complete, totals
 
         state = self.stores.state
-        run, created = open_run(state, self.pipeline, spec=self.spec, fresh=fresh,
-                                run_id=run_id, params=params, accept_schema=accept_schema)
+        run, created = self._open(fresh=fresh, run_id=run_id, params=params,
+                                  accept_schema=accept_schema, wait=wait)
         opened: Opened = ("new" if created else
                           "complete" if run.status == RunStatus.COMPLETED else "resumed")
         if opened == "resumed":

@@ -75,7 +75,7 @@ def test_a_run_taken_for_complete_on_no_shards_is_repaired_on_resume(tmp_path: P
 
 
 def test_a_pipeline_without_a_batch_size_gets_one_from_the_source_size(tmp_path: Path) -> None:
-    # Given a 30,000-row file and a pipeline that sets no batch size, split in 2 and in 4
+    # Given a 30,000-row file and a pipeline that sets no batch size, split in 2 and in 8
     import dataclasses
 
     from etl.pipeline import AUTO_BATCH_ROWS, Pipeline, auto_batch_size
@@ -90,11 +90,12 @@ def test_a_pipeline_without_a_batch_size_gets_one_from_the_source_size(tmp_path:
     state = open_state(f"sqlite:///{tmp_path}/state.db")
     # When runs are created
     halves, _ = open_run(state, base, spec="ids", fresh=True)
-    quarters, _ = open_run(state, base.with_shards(4), spec="ids", fresh=True)
+    eighths, _ = open_run(state, base.with_shards(8), spec="ids", fresh=True)
     explicit, _ = open_run(state, dataclasses.replace(base, batch_size=123), spec="ids", fresh=True)
-    # Then each records a shard's rows per batch, within the bounds; a set size is kept
-    assert halves.params["batch_size"] == 15_000
-    assert quarters.params["batch_size"] == AUTO_BATCH_ROWS[0]  # 7,500 is below the floor
+    # Then each records a shard's rows per batch and half again (shards differ in size),
+    # within the bounds; a size the pipeline sets is kept
+    assert halves.params["batch_size"] == 22_500
+    assert eighths.params["batch_size"] == AUTO_BATCH_ROWS[0]  # 5,625 is below the floor
     assert explicit.params["batch_size"] == 123
     assert auto_batch_size(10_000_000, 4) == AUTO_BATCH_ROWS[1]
     assert auto_batch_size(None, 4) == 50_000

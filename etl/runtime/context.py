@@ -87,20 +87,28 @@ class ContextCache:
         with self._lock:
             self._contexts[context.run_id] = context
 
+    def _stores(self) -> tuple[StateStore, ObjectStore]:
+        if self._state is None or self._objects is None:
+            stores = Stores.from_settings(self.settings, results=False)
+            self._state, self._objects = stores.state, stores.objects
+        return self._state, self._objects
+
+    def stores(self) -> tuple[StateStore, ObjectStore]:
+        """The state and object stores of the settings (opened on first use)."""
+        with self._lock:
+            return self._stores()
+
     def get(self, run_id: str) -> RunContext:
         with self._lock:
             context = self._contexts.get(run_id)
             if context is not None:
                 return context
-            if self._state is None:
-                stores = Stores.from_settings(self.settings, results=False)
-                self._state, self._objects = stores.state, stores.objects
-            run = self._state.get_run(run_id)
+            state, objects = self._stores()
+            run = state.get_run(run_id)
             if run is None:
-                raise ConfigError(f"run {run_id!r} not found in {self._state.url}")
-            assert self._objects is not None
+                raise ConfigError(f"run {run_id!r} not found in {state.url}")
             context = RunContext.build(run, load_pipeline(run.params["pipeline_spec"]),
-                                       self._state, self._objects)
+                                       state, objects)
             self._contexts[run_id] = context
             log.info("worker context for run %s: %s", run_id, context.plan.describe())
             return context

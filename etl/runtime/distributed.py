@@ -16,6 +16,7 @@ from etl.runtime.actors import EtlActors, declare_actors
 from etl.brokers import open_broker, queues_of
 from etl.core.config import Settings
 from etl.runtime.context import ContextCache, RunContext
+from etl.runtime.planning import declare_planner
 from etl.brokers.base import Queues, of_run
 from etl.core.statuses import ShardStatus
 from etl.runtime.reconcile import Reconciled, reconcile
@@ -34,6 +35,7 @@ class Sender:
         self.actors: EtlActors = declare_actors(self.broker, self.contexts, queue=settings.queue,
                                                 results=results)  # type: ignore[arg-type]
         self.queues: Queues = queues_of(self.broker)
+        self.planner = declare_planner(self.broker, self.contexts, queue=settings.queue)
 
     def close(self) -> None:
         for middleware in self.broker.middleware:

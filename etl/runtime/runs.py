@@ -49,6 +49,41 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
     schema and, unless the pipeline declares one or `accept_schema`, expects the schema of
     the pipeline's newest completed run (etl.drift).
     """
+    found, changed, previous = existing_run(state, pipeline, fresh=fresh, run_id=run_id)
+    if found is not None:
+        return found, False
+    plan_name = pipeline.shards.describe()
+    if isinstance(pipeline.source, PlanChecked):  # a source that cannot split this way
+        pipeline.source.check_plan(pipeline.shards)  # says so before a run exists
+    fitted = pipeline.shards.fit(pipeline.source.sample(plan_columns(pipeline)))
+    run = RunRecord(
+        run_id=run_id or new_run_id(pipeline.name), pipeline=pipeline.name, plan=plan_name,
+        shards=fitted.shards,
+        params={"pipeline_spec": spec, "plan": fitted.to_dict(),
+                "batch_size": pipeline.batch_size or auto_batch_size(
+                    pipeline.source.row_count(), fitted.shards),
+                "source_fingerprint": pipeline.source.fingerprint(),
+                "source_rows": pipeline.source.row_count(),
+                "definition": pipeline.definition(),
+                **({"definition_change": f"{changed} since run {previous.run_id}"}
+                   if changed and previous is not None else {}),
+                **_schemas(state, pipeline, accept=accept_schema), **(params or {})},
+    )
+    if not state.create_run(run):  # someone created it meanwhile: use theirs
+        existing = state.get_run(run.run_id)
+        assert existing is not None
+        run = existing
+    crash_point("run.after_create")
+    state.init_checkpoints(run.run_id, run.shards)
+    log.info("created run %s (%s, %d shards)", run.run_id, plan_name, run.shards)
+    return run, True
+
+
+def existing_run(state: StateStore, pipeline: Pipeline, *, fresh: bool = False,
+                 run_id: str | None = None) -> tuple[RunRecord | None, str | None, RunRecord | None]:
+    """What `open_run` decides before creating anything: (the run to take up, else None
+    when a new run is due; what changed in the pipeline since the run it looked at; that
+    run). Reads the source's fingerprint, never its rows."""
     plan_name = pipeline.shards.describe()
     run = None
     if run_id:
@@ -66,36 +101,13 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
             log.info("pipeline changed since completed run %s (%s): starting a new run",
                      run.run_id, changed)
         elif recorded in (None, pipeline.source.fingerprint()):
-            return _with_its_plan(state, run), False
+            return _with_its_plan(state, run), None, run
         elif run.status != RunStatus.COMPLETED or run_id:
             raise ConfigError(f"the source changed since run {run.run_id} started "
                               f"({pipeline.source.describe()}); start a new run with --fresh")
         else:
             log.info("source changed since completed run %s: starting a new run", run.run_id)
-    if isinstance(pipeline.source, PlanChecked):  # a source that cannot split this way
-        pipeline.source.check_plan(pipeline.shards)  # says so before a run exists
-    fitted = pipeline.shards.fit(pipeline.source.sample(plan_columns(pipeline)))
-    run = RunRecord(
-        run_id=run_id or new_run_id(pipeline.name), pipeline=pipeline.name, plan=plan_name,
-        shards=fitted.shards,
-        params={"pipeline_spec": spec, "plan": fitted.to_dict(),
-                "batch_size": pipeline.batch_size or auto_batch_size(
-                    pipeline.source.row_count(), fitted.shards),
-                "source_fingerprint": pipeline.source.fingerprint(),
-                "source_rows": pipeline.source.row_count(),
-                "definition": pipeline.definition(),
-                **({"definition_change": f"{changed} since run {run.run_id}"}
-                   if changed and run is not None else {}),
-                **_schemas(state, pipeline, accept=accept_schema), **(params or {})},
-    )
-    if not state.create_run(run):  # someone created it meanwhile: use theirs
-        existing = state.get_run(run.run_id)
-        assert existing is not None
-        run = existing
-    crash_point("run.after_create")
-    state.init_checkpoints(run.run_id, run.shards)
-    log.info("created run %s (%s, %d shards)", run.run_id, plan_name, run.shards)
-    return run, True
+    return None, changed, run
 
 
 def definition_change(run: RunRecord, pipeline: Pipeline) -> str | None:

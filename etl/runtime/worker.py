@@ -36,6 +36,7 @@ from etl.brokers import broker_module, is_embedded, open_broker, queues_of
 from etl.brokers.base import Queues
 from etl.core.config import Settings
 from etl.runtime.context import ContextCache
+from etl.runtime.planning import declare_planner
 from etl.core.errors import ConfigError
 from etl.runtime.leases import LeaseKeeper, lease_ttl
 from etl.pipeline import load_pipeline
@@ -107,6 +108,7 @@ def run_worker(settings: Settings, options: WorkerOptions, *, stop: threading.Ev
                if options.metrics_port else None)
     declare_actors(broker, contexts, queue=settings.queue, leases=leases, metrics=metrics,
                    results=open_results(settings.results_url, required=False))
+    declare_planner(broker, contexts, queue=settings.queue)
     for queue in queues:  # the actors live on the `queue` setting; pipelines may use others
         if queue not in broker.get_declared_queues():
             broker.declare_queue(queue)

@@ -117,6 +117,39 @@ class ParsedCache:
 _parsed = ParsedCache()
 
 
+class ShardOrders:
+    """Sources in shard order in this process, by (content fingerprint, fitted plan): made
+    once (a thread asking meanwhile waits for it instead of making it again) and shared by
+    every FileSource over the same content, as a worker loads a pipeline anew for each run
+    (the worker that creates a run makes it then, before its first fetch)."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._orders: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._making: dict[tuple[str, str], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._orders:
+                return self._orders[key]
+            making = self._making.setdefault(key, threading.Lock())
+        with making:
+            with self._lock:
+                if key in self._orders:
+                    return self._orders[key]
+            made = make()
+            with self._lock:
+                self._orders[key] = made
+                self._making.pop(key, None)
+                while len(self._orders) > self.size:
+                    self._orders.popitem(last=False)
+            return made
+
+
+_ordered = ShardOrders()
+
+
 class FileSource(Source, Windowed, WholeTable, Recuttable):
     """A CSV, JSON-lines or Parquet file, local or on the object store (s3://bucket/key)."""
 
@@ -133,7 +166,6 @@ class FileSource(Source, Windowed, WholeTable, Recuttable):
         self._loaded: tuple[str, pa.Table] | None = None  # (fingerprint, rows)
         self._content_hash: str | None = None  # of the file's bytes, read once
         self._unparsed: bytes | None = None  # those bytes, until parsed
-        self._orders: dict[str, tuple[np.ndarray, np.ndarray, pa.Table]] = {}
 
     def __repr__(self) -> str:
         return f"FileSource({mask_url(self.path)!r}, format={self.format!r})"
@@ -232,18 +264,14 @@ class FileSource(Source, Windowed, WholeTable, Recuttable):
         """Row ordinals grouped by shard, where each shard's group starts, and the table in
         that order (taken once: a batch is then a zero-copy slice of it, where a take per
         batch from the parsed table's many chunks cost ~8 ms whatever the batch's size)."""
-        key = json.dumps(plan.to_dict(), sort_keys=True, default=str)
-        with self._lock:
-            cached = self._orders.get(key)
-        if cached is not None:
-            return cached
+        key = (self.fingerprint(), json.dumps(plan.to_dict(), sort_keys=True, default=str))
+        return _ordered.get(key, lambda: self._order_by_shard(plan))
+
+    def _order_by_shard(self, plan: ShardPlan) -> tuple[np.ndarray, np.ndarray, pa.Table]:
         keys = self.sample(list(getattr(plan, "columns", None) or []) or
                            self.table().column_names)
         order, starts = rows_by_shard(plan.assign(keys), plan.shards)
-        ordered = self.table().take(pa.array(order, type=pa.int64()))
-        with self._lock:
-            self._orders[key] = (order, starts, ordered)
-        return order, starts, ordered
+        return order, starts, self.table().take(pa.array(order, type=pa.int64()))
 
     def prepare(self, plan: ShardPlan) -> None:
         self._shard_rows(plan)

@@ -86,6 +86,9 @@ class Stores:
     state: "StateStore"
     objects: "ObjectStore"
     results: "ResultStore | None" = None
+    #: Opened from the settings, so any process with the same settings opens the same ones
+    #: (a worker may then act for this process: etl.runtime.planning).
+    shared: bool = False
 
     @classmethod
     def from_settings(cls, settings: "Settings", *, results: bool = True) -> "Stores":
@@ -93,7 +96,8 @@ class Stores:
         as a run does (an outage means no recording, not no run)."""
         return cls(state=open_state(settings.state_url),
                    objects=open_objects(settings.objects_url),
-                   results=open_results(settings.results_url, required=False) if results else None)
+                   results=open_results(settings.results_url, required=False) if results else None,
+                   shared=True)
 
 
 __all__ = ["Stores", "open_objects", "open_results", "open_state"]
