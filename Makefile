@@ -27,8 +27,15 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed-dev
-	$(BIN)/python bench/bench_embedded.py
+# make bench BENCH_ARGS="--quick --only embedded,tenx": see bench/bench_all.py for sections
+BENCH_ARGS ?=
+
+$(VENV)/.installed-bench: $(VENV)/.installed-dev
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python bench/bench_all.py --write-readme $(BENCH_ARGS)
 
 clean:
 	rm -rf .etl out

