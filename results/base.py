@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence, runtime_checkable
 
 from results.models import JobResult, Transition
+
+if TYPE_CHECKING:
+    from results.changes import Change, Outcome
 
 
 @runtime_checkable
@@ -26,6 +29,14 @@ class ResultStore(Protocol):
         """Move the job to `status` if the lifecycle allows it from its current status,
         set `fields` and the status's timestamps, append to history. Raises JobNotFound or
         InvalidTransition."""
+
+    def write_many(self, changes: "Sequence[Change]") -> "list[Outcome]":
+        """Apply a batch of new records (as `store`) and status changes (as `update_status`,
+        stamped with their own time), in order per job, in as few round trips as the
+        backend allows. Per change: None when applied, else the JobNotFound or
+        InvalidTransition that refused it (the job's later changes go on from there).
+        Any other error (an outage) is raised; part of the batch may then be written.
+        Optional: results.changes.write_changes falls back to store/update_status."""
 
     def get(self, job_id: str) -> JobResult | None: ...
 

@@ -1,18 +1,21 @@
 """MongoDB result store: one document per job, a TTL index on expires_at (MongoDB removes
 expired records by itself; cleanup_expired does it at once), status changes as a
-compare-and-set on the status the change was computed from."""
+compare-and-set on the status the change was computed from. A batch of changes
+(`write_many`) is one find and one unordered bulk write, each job written once."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReplaceOne, ReturnDocument, UpdateOne
 
 from etl.core.mongo_client import connect, database_of
 from etl.core.urls import mask_url
 from results.base import job_history, summarise
+from results.changes import Change, Outcome, StatusChange, settle, to_read
 from results.errors import InvalidTransition, JobNotFound
 from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, mask_change,
                             mask_job, stamp_fields, utcnow)
@@ -80,6 +83,59 @@ class MongoResultStore:
                 return self._job(updated)  # type: ignore[return-value]
             time.sleep(0.001)  # changed meanwhile: recompute from the new state
         raise InvalidTransition(f"job {job_id}: status kept changing; gave up moving it to {status}")
+
+    def write_many(self, changes: Sequence[Change]) -> list[Outcome]:
+        """Apply a batch of new records and status changes in two round trips: one find of
+        the records it moves, one unordered bulk write (a new record replaced whole; a moved
+        one updated on the status and history length it was read with, and tagged with this
+        batch's id). A job someone else changed meanwhile has its changes applied again, one
+        by one, with update_status."""
+        if not changes:
+            return []
+        ids = to_read(changes)
+        stored = self.get_many(ids) if ids else {}
+        jobs, outcomes = settle(changes, stored)
+        batch, now = uuid.uuid4().hex, utcnow()
+        writes: list[Any] = []
+        moved: list[Any] = []
+        for settled in jobs:
+            job = settled.final
+            if job is None or not settled.changed:
+                continue
+            mask_job(job)
+            if settled.created is not None:
+                job.expires_at = now + (settled.created.ttl or DEFAULT_TTL)
+                writes.append(ReplaceOne({"job_id": job.job_id}, job.to_dict(), upsert=True))
+                continue
+            assert settled.expected is not None
+            status, length = settled.expected
+            values = {name: getattr(job, name) for name in settled.fields}
+            values.update(status=job.status, written_by=batch)
+            writes.append(UpdateOne(
+                {"job_id": job.job_id, "status": status, "history": {"$size": length}},
+                {"$set": values,
+                 "$push": {"history": {"$each": [t.__dict__ for t in job.history[length:]]}}}))
+            moved.append(settled)
+        if not writes:
+            return outcomes
+        done = self.jobs.bulk_write(writes, ordered=False)
+        if moved and done.matched_count < len(moved) + sum(
+                isinstance(w, ReplaceOne) for w in writes) - done.upserted_count:
+            landed = {doc["job_id"] for doc in self.jobs.find(
+                {"job_id": {"$in": [m.job_id for m in moved]}, "written_by": batch}, {"job_id": 1})}
+            for settled in moved:
+                if settled.job_id in landed:
+                    continue
+                for position in settled.positions:  # raced, or deleted: as update_status would
+                    change = changes[position]
+                    assert isinstance(change, StatusChange)
+                    try:
+                        self.update_status(change.job_id, change.status, note=change.note,
+                                           **dict(change.fields))
+                        outcomes[position] = None
+                    except (JobNotFound, InvalidTransition) as refused:
+                        outcomes[position] = refused
+        return outcomes
 
     def get(self, job_id: str) -> JobResult | None:
         return self._job(self.jobs.find_one({"job_id": job_id, **self._live()}))

@@ -8,20 +8,23 @@ first, and cleanup drops expired members with one ZREMRANGEBYSCORE per index.
 
 A status change is an optimistic compare-and-set in a Lua script (the status must still be
 the one the change was computed from), retried on a race, so two workers can never both move
-a job out of the same status. Multi-key writes go through pipelines, over redis-py's
-connection pool; short socket timeouts keep an outage from stalling a caller.
+a job out of the same status. A batch of changes (`write_many`) is one pipeline of reads and
+one of writes, each job moved once by a compare-and-set on its status and history length.
+Multi-key writes go through pipelines, over redis-py's connection pool; short socket
+timeouts keep an outage from stalling a caller.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import redis
 
 from etl.core.urls import mask_url
 from results.base import job_history, dumps, loads, summarise
+from results.changes import Change, Outcome, StatusChange, settle, to_read
 from results.errors import InvalidTransition, JobNotFound
 from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, mask_change,
                             mask_job, stamp_fields, utcnow)
@@ -39,6 +42,23 @@ if ttl > 0 then redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl) end
 return 1
 """
 
+
+# A job's changes of one batch: compare its status and history length with those it was
+# read with, then set the final status, append the steps and set the fields.
+# ARGV = expected status, expected length, final status, n, n steps, then field/value pairs.
+_MOVE = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return 0 end
+local length = tonumber(redis.call('HGET', KEYS[1], 'hn') or '-1')
+if current ~= ARGV[1] or length ~= tonumber(ARGV[2]) then return -1 end
+local n = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'hn', length + n)
+for i = 1, n do redis.call('HSET', KEYS[1], 'h:' .. (length + i - 1), ARGV[4 + i]) end
+for i = 5 + n, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('SET', KEYS[2], ARGV[3], 'PX', ttl) end
+return 1
+"""
 
 # Bulk write: ARGV = ttl_ms, job_prefix, status_prefix, then per record: id, status, and its
 # field/value pairs joined by \x1e (JSON escapes that byte, so it never occurs inside one).
@@ -110,6 +130,7 @@ class RedisResultStore:
             url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30)
         self._cas = self.client.register_script(_CAS)
         self._store = self.client.register_script(_STORE)
+        self._move = self.client.register_script(_MOVE)
 
     def _job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -131,6 +152,13 @@ class RedisResultStore:
         """Write many records in one pipelined round trip (MULTI/EXEC)."""
         if not jobs:
             return jobs
+        with self.client.pipeline(transaction=True) as pipe:
+            self._queue_store(pipe, jobs, ttl)
+            pipe.execute()
+        return jobs
+
+    def _queue_store(self, pipe: Any, jobs: list[JobResult], ttl: timedelta | None) -> None:
+        """Queue on `pipe` the writes of whole records living `ttl`, and their index entries."""
         ttl = ttl or DEFAULT_TTL
         expires = utcnow() + ttl
         millis = int(ttl.total_seconds() * 1000)
@@ -149,14 +177,69 @@ class RedisResultStore:
                      _SEP.join(f"{name}{_SEP}{value}" for name, value in mapping.items())]
             for index in self._indexes(job):
                 indexes.setdefault(index, {})[job.job_id] = expires.timestamp()
+        self._store(args=args, client=pipe)
+        for index, members in indexes.items():
+            pipe.zadd(index, members)
+            pipe.pexpire(index, millis, gt=True)
+            pipe.pexpire(index, millis, nx=True)
+
+    def write_many(self, changes: Sequence[Change]) -> list[Outcome]:
+        """Apply a batch of new records and status changes in two round trips: the records
+        it moves read in one pipeline, then each job written once in another (a new record
+        whole; a moved one by a compare-and-set on the status and history length it was
+        read with). A job someone else changed meanwhile has its changes applied again, one
+        by one, with update_status."""
+        if not changes:
+            return []
+        ids = to_read(changes)
+        stored: dict[str, JobResult] = {}
+        if ids:
+            with self.client.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hgetall(self._job(job_id))
+                stored = {job_id: job for job_id, raw in zip(ids, pipe.execute())
+                          if (job := _decode(raw)) is not None}
+        jobs, outcomes = settle(changes, stored)
+        new: dict[timedelta | None, list[JobResult]] = {}
+        moves: list[tuple[Any, int]] = []  # (the job's Settled, its reply's place)
         with self.client.pipeline(transaction=True) as pipe:
-            self._store(args=args, client=pipe)
-            for index, members in indexes.items():
-                pipe.zadd(index, members)
-                pipe.pexpire(index, millis, gt=True)
-                pipe.pexpire(index, millis, nx=True)
-            pipe.execute()
-        return jobs
+            for settled in jobs:
+                job = settled.final
+                if job is None or not settled.changed:
+                    continue
+                if settled.created is not None:
+                    new.setdefault(settled.created.ttl, []).append(job)
+                    continue
+                assert settled.expected is not None
+                status, length = settled.expected
+                mask_job(job)
+                compact = job.to_compact()
+                steps = [_step(t) for t in job.history[length:]]
+                pairs: list[str] = []
+                for name in settled.fields:
+                    pairs += [name, dumps(compact.get(name, getattr(job, name)))]
+                moves.append((settled, len(pipe)))
+                self._move(keys=[self._job(job.job_id), self._status(job.job_id)],
+                           args=[status, length, job.status, len(steps), *steps, *pairs],
+                           client=pipe)
+            for ttl, created in new.items():
+                self._queue_store(pipe, created, ttl)
+            replies = pipe.execute() if len(pipe) else []
+        for settled, place in moves:
+            if replies[place] == 1:
+                continue
+            for position in settled.positions:  # raced, or deleted: as update_status would
+                change = changes[position]
+                assert isinstance(change, StatusChange)
+                try:
+                    if replies[place] == 0:
+                        raise JobNotFound(change.job_id)
+                    self.update_status(change.job_id, change.status, note=change.note,
+                                       **dict(change.fields))
+                    outcomes[position] = None
+                except (JobNotFound, InvalidTransition) as refused:
+                    outcomes[position] = refused
+        return outcomes
 
     def update_status(self, job_id: str, status: str, *, note: str | None = None,
                       **fields: Any) -> JobResult:

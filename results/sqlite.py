@@ -1,15 +1,17 @@
 """SQLite result store: the embedded default. One row per job: indexed columns for queries,
-the whole record as JSON. Status changes are read-check-write in one IMMEDIATE transaction.
+the whole record as JSON. Status changes are read-check-write in one IMMEDIATE transaction; `write_many` writes a
+whole batch of them (and new records) in one.
 Connections are handled as for the state store (etl.core.sqlite_db)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from etl.core.sqlite_db import Connections, open_path, write
 from etl.core.urls import mask_url
 from results.base import job_history, dumps, loads, summarise
+from results.changes import Change, Outcome, settle, to_read
 from results.errors import JobNotFound
 from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, mask_job,
                             stamp_fields, utcnow)
@@ -76,6 +78,40 @@ class SQLiteResultStore:
             conn.execute("UPDATE JobResult SET status = ?, duration = ?, data = ? WHERE job_id = ?",
                          (job.status, job.duration, dumps(job.to_dict()), job_id))
             return job
+
+    def write_many(self, changes: Sequence[Change]) -> list[Outcome]:
+        """Apply a batch of new records and status changes in one transaction: each job's
+        record read once, moved through its changes in order, written once."""
+        if not changes:
+            return []
+        with write(self._db) as conn:
+            stored: dict[str, JobResult] = {}
+            ids, live = to_read(changes), self._live()
+            for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+                chunk = ids[start:start + 900]
+                for (data,) in conn.execute(
+                        f"SELECT data FROM JobResult WHERE job_id IN ({','.join('?' * len(chunk))})"
+                        " AND expires_at > ?", (*chunk, live)):
+                    job = JobResult.from_dict(loads(data))
+                    stored[job.job_id] = job
+            jobs, outcomes = settle(changes, stored)
+            now, created, moved = utcnow(), [], []
+            for settled in jobs:
+                job = settled.final
+                if job is None or not settled.changed:
+                    continue
+                mask_job(job)
+                if settled.created is not None:
+                    job.expires_at = now + (settled.created.ttl or DEFAULT_TTL)
+                    created.append(self._row(job))
+                else:
+                    moved.append((job.status, job.duration, dumps(job.to_dict()), job.job_id))
+            if created:
+                conn.executemany("INSERT OR REPLACE INTO JobResult VALUES (?,?,?,?,?,?,?,?)", created)
+            if moved:
+                conn.executemany("UPDATE JobResult SET status = ?, duration = ?, data = ? "
+                                 "WHERE job_id = ?", moved)
+        return outcomes
 
     def get(self, job_id: str) -> JobResult | None:
         rows = self._read("SELECT data FROM JobResult WHERE job_id = ? AND expires_at > ?",
