@@ -278,7 +278,8 @@ class _Run:
         outcome.dead_letters, outcome.resent = work.dead_letters, work.resent
         outcome.after = totals(work.checkpoints)
         if completed and isinstance(context.pipeline.sink, KeyAudit):
-            outcome.keys_repeated = context.pipeline.sink.repeated_keys(list(self.pipeline.key))
+            outcome.keys_repeated = context.pipeline.sink.repeated_keys(
+                list(self.pipeline.key), shard_columns=_hash_columns(context.plan))
         outcome.drifted = sum(1 for e in state.list_errors(run.run_id, limit=100_000)
                               if e.stage == "schema")
         if not work.completed:  # masked: records kept before masking existed may hold secrets
@@ -349,6 +350,13 @@ def replay(run_id: str, *, pipeline: str | None = None, stages: "Sequence[str] |
         on_start(run)
     context = RunContext.build(run, fixed, state, stores.objects)
     return replay_rows(context, original, on_batch=on_batch)
+
+
+def _hash_columns(plan: Any) -> tuple[str, ...]:
+    """The columns a hash shard plan assigns rows by (none for other plans)."""
+    from shards import HashShards
+
+    return tuple(plan.columns) if isinstance(plan, HashShards) else ()
 
 
 def _notices(run: "RunRecord", pipeline: "Pipeline", *, created: bool) -> tuple[str, ...]:

@@ -128,3 +128,35 @@ def test_the_arrow_count_equals_the_pandas_groupby(files: list[list[tuple[Any, A
         pandas = parquet_keys._in_several_pandas(tables, key)
         # Then both counts agree, and agree with plain Python sets
         assert arrow == pandas == _reference(tables, key)
+
+
+def test_with_hash_shard_columns_only_shards_of_several_files_are_read(tmp_path: Path) -> None:
+    # Given one run's files: shard 0 in two batches sharing key (1, a), shard 1 in one file,
+    # and shard 2 in one file that could not be read (it would fail the count if opened)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": [1, 2], "g": ["a", "a"]}), folder / part_file_name("run-1", 0, 0))
+    pq.write_table(pa.table({"id": [1, 3], "g": ["a", "a"]}), folder / part_file_name("run-1", 0, 1))
+    pq.write_table(pa.table({"id": [4], "g": ["b"]}), folder / part_file_name("run-1", 1, 0))
+    (folder / part_file_name("run-1", 2, 0)).write_bytes(b"not parquet")
+    sink = ParquetSink(str(folder))
+    # When counted knowing the run's hash plan assigns rows by g, a column of the key
+    # Then only shard 0's two files are read, and its one shared key is counted
+    assert sink.repeated_keys(["id", "g"], shard_columns=["g"]) == 1
+    # And a plan column outside the key, or files of two runs, read every file as before
+    with pytest.raises(Exception):
+        sink.repeated_keys(["id"], shard_columns=["g"])
+    pq.write_table(pa.table({"id": [4], "g": ["b"]}), folder / part_file_name("run-2", 1, 0))
+    with pytest.raises(Exception):
+        sink.repeated_keys(["id", "g"], shard_columns=["g"])
+
+
+def test_with_hash_shard_columns_one_file_per_shard_reads_nothing(tmp_path: Path) -> None:
+    # Given one run that wrote each shard in one batch (the file contents do not matter)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for shard in range(3):
+        (folder / part_file_name("run-1", shard, 0)).write_bytes(b"never read")
+    # When counted with the run's hash columns inside the key
+    # Then no key can be in two files: 0, without opening any
+    assert ParquetSink(str(folder)).repeated_keys(["id", "g"], shard_columns=["g"]) == 0

@@ -131,10 +131,12 @@ class KeyAudit(Protocol):
     """Cannot hold a key to one row, but can count how many keys it holds more than once, so
     a run summary says so instead of leaving it to be found downstream."""
 
-    def repeated_keys(self, key: Sequence[str]) -> int | None:
+    def repeated_keys(self, key: Sequence[str], *, shard_columns: Sequence[str] = ()) -> int | None:
         """Keys held in more than one batch (a key repeated within one batch: once per
         batch, the stages decide that); None when this process cannot see the destination
-        (a folder on the workers' machines)."""
+        (a folder on the workers' machines). `shard_columns`: the columns a run's hash shard
+        plan assigns rows by; when the key holds them all, rows of one key are in one shard
+        of a run, which an audit may use to look at less."""
         raise NotImplementedError
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -99,13 +100,25 @@ class ParquetSink(Sink, BackfillAware, ParquetWriter, KeyAudit):
         if removed:
             log.info("%s: run %s replaced %d file(s) of earlier runs", self.path, run_id, removed)
 
-    def repeated_keys(self, key: Sequence[str]) -> int | None:
+    def repeated_keys(self, key: Sequence[str], *, shard_columns: Sequence[str] = ()) -> int | None:
         """Keys found in more than one part file of the dataset (reads only key columns,
         counts in Arrow: etl.sinks.parquet_keys); None when the folder is not here (a
-        distributed run's workers write it elsewhere)."""
+        distributed run's workers write it elsewhere). When every file is of one run and
+        the key holds the run's `shard_columns`, a key's rows are all in one shard, so only
+        shards written in several files are read (none, when each shard is one batch)."""
         if not self.path.is_dir():
             return None
-        return keys_in_several(read_keys(sorted(self.path.glob(PART_GLOB)), key), key)
+        files = sorted(self.path.glob(PART_GLOB))
+        names = [PART_FILE.match(f.name) for f in files]
+        if (shard_columns and set(shard_columns) <= set(key) and all(names)
+                and len({n["run"] for n in names if n}) <= 1):
+            per_shard = Counter(n["shard"] for n in names if n)
+            files = [f for f, n in zip(files, names) if n and per_shard[n["shard"]] > 1]
+            if not files:
+                return 0
+            return sum(keys_in_several(read_keys(group, key), key)
+                       for group in _by_shard(files).values())
+        return keys_in_several(read_keys(files, key), key)
 
     def read_all(self) -> pd.DataFrame:
         files = sorted(self.path.glob(PART_GLOB)) if self.path.is_dir() else []
@@ -114,6 +127,15 @@ class ParquetSink(Sink, BackfillAware, ParquetWriter, KeyAudit):
         if not frames:
             return pd.DataFrame()
         return pd.concat(frames, ignore_index=True)
+
+
+def _by_shard(files: Sequence[Path]) -> dict[str, list[Path]]:
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        match = PART_FILE.match(path.name)
+        if match:
+            groups.setdefault(match["shard"], []).append(path)
+    return groups
 
 
 __all__ = ["DISPOSITIONS", "ParquetSink"]
