@@ -160,8 +160,9 @@ def clean(ctx: RunContext, shard: int, batch: int, *,
     if ctx.staged_copies:
         ctx.objects.put_bytes(staged_key(ctx.run_id, shard, batch), staged)
     else:  # the load follows in this process; elsewhere it cleans the raw rows again
-        cleaned.put(staged_key(ctx.run_id, shard, batch), ctx.run_id, (staged, clean_rows),
-                    rows=len(clean_rows))
+        held = None if isinstance(ctx.pipeline.sink, ParquetWriter) else clean_rows
+        weight = len(staged) + (0 if held is None else int(held.memory_usage().sum()))
+        cleaned.put(staged_key(ctx.run_id, shard, batch), ctx.run_id, (staged, held), rows=weight)
     if len(quarantined):
         ctx.objects.put_bytes(quarantine_key(ctx.run_id, shard, batch), quarantine_bytes(quarantined))
     crash_point("clean.after_stage")

@@ -19,7 +19,8 @@ MAX_ROWS = 1_000_000
 
 
 class FrameCache:
-    """Bounded LRU of (key, tag) -> a batch (an Arrow table, or what the caller stores)."""
+    """Bounded LRU of (key, tag) -> a batch (an Arrow table, or what the caller stores),
+    bounded by the sum of the batches' weights (rows, unless the caller weighs otherwise)."""
 
     def __init__(self, *, max_rows: int = MAX_ROWS) -> None:
         self.max_rows = max_rows
@@ -59,6 +60,9 @@ class FrameCache:
 
 #: Fetched batches (Arrow tables) waiting for their clean.
 frames = FrameCache()
-#: Cleaned batches (staged Parquet bytes and the frame) waiting for their load, when the
-#: run keeps no staged copies (RunContext.staged_copies).
-cleaned = FrameCache()
+#: Cleaned batches (staged Parquet bytes, and the frame for a sink that does not take the
+#: bytes) waiting for their load when the run keeps no staged copies
+#: (RunContext.staged_copies), weighed in bytes: loads may lag their cleans by every
+#: batch a process holds, and a batch pushed out is cleaned again from its raw rows.
+CLEANED_BYTES = 1 << 30
+cleaned = FrameCache(max_rows=CLEANED_BYTES)
