@@ -144,18 +144,20 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
         return holder["leases"]
 
     def leased(stage: str, work: Callable[..., dict[str, Any]]) -> Callable[[str, int, int], Any]:
+        duplicate = f"already {_DONE.get(stage, 'done')} (dedup)"
+
         def actor(run_id: str, shard: int, batch: int) -> None:
             proxy = CurrentMessage.get_current_message()
             if proxy is not None:
                 proxy.options.pop(DEFERRED_OPTION, None)
             step = (stage, run_id, shard, batch)
             if step in settled:  # the ledger said so before, and it only ever grows
-                report({"skipped": f"already {_DONE[stage]} (dedup)"})
+                report({"skipped": duplicate})
                 return  # a duplicate: settled without a read, without touching the lease
             ctx = contexts.get(run_id)
             if stage != "fetch" and ctx.state.is_done(task_fingerprint(stage, run_id, shard, batch)):
                 settled.add(step)
-                report({"skipped": f"already {_DONE[stage]} (dedup)"})
+                report({"skipped": duplicate})
                 return  # a duplicate: settled without touching the lease
             try:
                 with keeper(ctx.state).hold(task_key(stage, run_id, shard, batch)) as fence:

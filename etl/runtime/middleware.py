@@ -41,10 +41,11 @@ class ErrorLog(Middleware):
 
     def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
-        if exception is not None:  # Retries has put the traceback in; a dead letter keeps it
-            self.before_enqueue(broker, message, 0)
+        if exception is None:
+            return  # the common case, first: every message pays for this hook
+        self.before_enqueue(broker, message, 0)  # Retries put the traceback in; a dead letter keeps it
         stage = stage_of_actor(message.actor_name)
-        if exception is None or stage is None:
+        if stage is None:
             return
         run_id, shard, batch = message.args[:3]
         text = mask_url(f"{type(exception).__name__}: {exception}")  # the stores mask it too
