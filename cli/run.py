@@ -45,7 +45,8 @@ def _pipeline(spec: str | None, shards: int | None,
 @click.option("--processes", type=click.IntRange(min=1), default=None,
               show_default="cores, at most 4; 1 under 50,000 source rows",
               help="Local worker processes in embedded mode (each owns a share of the shards).")
-@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              show_default="1 per process with several processes, else 2",
               help="Worker threads per process in embedded mode.")
 @click.option("--wait/--no-wait", default=False,
               help="Distributed mode: follow the run until it is done (default: print the "
@@ -57,7 +58,7 @@ def _pipeline(spec: str | None, shards: int | None,
 @click.pass_context
 def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh: bool,
                 run_id: str | None, batch_size: int | None, processes: int | None,
-                threads: int, wait: bool, accept_schema: bool, progress: bool) -> None:
+                threads: int | None, wait: bool, accept_schema: bool, progress: bool) -> None:
     """Run fetch -> clean -> load over every shard; resumes an unfinished run.
 
     With the embedded default broker (stub://) the work runs here, in local worker
@@ -78,7 +79,8 @@ def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh:
 @click.option("--processes", type=click.IntRange(min=1), default=None,
               show_default="cores, at most 4; 1 under 50,000 source rows",
               help="Local worker processes in embedded mode.")
-@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              show_default="1 per process with several processes, else 2",
               help="Worker threads per process in embedded mode.")
 @click.option("--wait/--no-wait", default=False, help="Distributed mode: follow the run.")
 @click.option("--accept-schema", is_flag=True,
@@ -87,7 +89,8 @@ def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh:
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @click.pass_context
 def backfill_command(ctx: click.Context, spec: str | None, start: str, end: str,
-                     shards: int | None, batch_size: int | None, processes: int | None, threads: int,
+                     shards: int | None, batch_size: int | None, processes: int | None,
+                     threads: int | None,
                      wait: bool, accept_schema: bool, progress: bool) -> None:
     """Load the rows with START <= window column < END, once, whoever triggers it.
 
@@ -100,7 +103,7 @@ def backfill_command(ctx: click.Context, spec: str | None, start: str, end: str,
 
 def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = False,
             run_id: str | None = None, window: tuple[str, str] | None = None,
-            processes: int | None = None, threads: int = 2, wait: bool = False,
+            processes: int | None = None, threads: int | None = None, wait: bool = False,
             accept_schema: bool = False, progress: bool = True) -> None:
     """Run through the runner (etl.runner) and print what it says: the opening line, the
     progress bar, the summary, and the failures of a run that did not complete."""

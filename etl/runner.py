@@ -126,7 +126,7 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
         window: "tuple[str, str] | Mapping[str, str] | None" = None,
         batch_size: int | None = None, wait: bool = True,
         progress: "ProgressCallback | None" = None, processes: int | None = None,
-        threads: int = 2, accept_schema: bool = False, settings: "Settings | None" = None,
+        threads: int | None = None, accept_schema: bool = False, settings: "Settings | None" = None,
         stores: "Stores | None" = None,
         on_start: Callable[[RunStart], None] | None = None,
         on_enqueued: Callable[[Enqueued], None] | None = None) -> RunOutcome:
@@ -232,7 +232,7 @@ class _Run:
 
     def go(self, *, fresh: bool, run_id: str | None, params: dict[str, Any] | None,
            accept_schema: bool, wait: bool, progress: "ProgressCallback | None",
-           processes: int | None, threads: int, on_start: Callable[[RunStart], None] | None,
+           processes: int | None, threads: int | None, on_start: Callable[[RunStart], None] | None,
            on_enqueued: Callable[[Enqueued], None] | None) -> RunOutcome:
         from etl.core.statuses import RunStatus
         from etl.runtime.context import RunContext
@@ -300,7 +300,7 @@ class _Run:
         return RunTracker(self.stores.results, context, ttl=results_ttl(self.settings))
 
     def _work(self, context: "RunContext", *, created: bool, wait: bool,
-              progress: "ProgressCallback | None", processes: int | None, threads: int,
+              progress: "ProgressCallback | None", processes: int | None, threads: int | None,
               on_enqueued: Callable[[Enqueued], None] | None) -> "WorkOutcome | None":
         if not self.distributed:
             from etl.runtime.embedded import run_embedded

@@ -141,12 +141,14 @@ def choose_processes(ctx: RunContext) -> int:
     return default_processes()
 
 
-def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int | None = 1,
+def run_embedded(ctx: RunContext, *, threads: int | None = None, processes: int | None = 1,
                  poll: float = 0.2, on_progress: ProgressCallback | None = None,
                  results: ResultStore | None = None) -> WorkOutcome:
     """Work the run's pending batches to the end (or until only failures remain); with a
-    result store, record every message there. `processes` None: `choose_processes`.
-    Completing the run is the runner's."""
+    result store, record every message there. `processes` None: `choose_processes`;
+    `threads` None: one per process when there are several (each process then has a core,
+    and a second thread mostly contends for its GIL), else two (a thread's file writes
+    overlap the other's work). Completing the run is the runner's."""
     started = time.perf_counter()
     ctx.staged_copies = False  # each batch's load runs in the process that cleaned it
     pending = find_pending(ctx.state, ctx.run_id)
@@ -154,6 +156,7 @@ def run_embedded(ctx: RunContext, *, threads: int = 2, processes: int | None = 1
              len(pending.fetch), len(pending.clean), len(pending.load))
     processes = max(1, min(processes or choose_processes(ctx),
                            len({s for s, _ in pending.fetch + pending.clean + pending.load})))
+    threads = threads or (1 if processes > 1 else 2)
     if processes == 1:
         dead = _work(ctx, pending, threads=threads, poll=poll, on_progress=on_progress,
                      results=results)
