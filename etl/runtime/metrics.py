@@ -54,12 +54,28 @@ class Metrics(Middleware):
         self.latency = Histogram("etl_batch_seconds", "Time of one batch step",
                                  ["pipeline", "stage"], buckets=LATENCY_BUCKETS, registry=registry)
         self._started = threading.local()
+        #: Per message, a run's pipeline name and the labelled series were looked up under
+        #: locks (the context cache's, each metric's): ~8 us a message, kept here instead.
+        self._pipelines: dict[str, str] = {}
+        self._series: dict[tuple[Any, ...], Any] = {}
 
     def _pipeline(self, message: dramatiq.Message) -> str:
-        try:
-            return self.contexts.get(message.args[0]).pipeline.name
-        except Exception:  # noqa: BLE001 - an unknown run still counts
-            return "unknown"
+        run_id = message.args[0]
+        name = self._pipelines.get(run_id)
+        if name is None:
+            try:
+                name = self._pipelines[run_id] = self.contexts.get(run_id).pipeline.name
+            except Exception:  # noqa: BLE001 - an unknown run still counts (and is asked again)
+                return "unknown"
+        return name
+
+    def _labelled(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, made once per label set (the series lives for good)."""
+        key = (id(metric), *labels)  # the metrics live as long as this middleware
+        series = self._series.get(key)
+        if series is None:
+            series = self._series.setdefault(key, metric.labels(*labels))
+        return series
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         self._started.at = time.perf_counter()
@@ -72,18 +88,18 @@ class Metrics(Middleware):
         pipeline = self._pipeline(message)
         started = getattr(self._started, "at", None)
         if started is not None:
-            self.latency.labels(pipeline, stage).observe(time.perf_counter() - started)
+            self._labelled(self.latency, pipeline, stage).observe(time.perf_counter() - started)
         if exception is not None:
             outcome = "failed" if getattr(message, "failed", False) else "retried"
-            self.batches.labels(pipeline, stage, outcome).inc()
+            self._labelled(self.batches, pipeline, stage, outcome).inc()
             return
         reported, _ = peek_report()
         reported = reported if isinstance(reported, dict) else {}
         outcome = "deferred" if reported.get("deferred") else "skipped" if reported.get("skipped") else "done"
-        self.batches.labels(pipeline, stage, outcome).inc()
+        self._labelled(self.batches, pipeline, stage, outcome).inc()
         for field, kind in _ROW_KINDS.get(stage, {}).items():
             if isinstance(reported.get(field), int) and reported[field]:
-                self.rows.labels(pipeline, stage, kind).inc(reported[field])
+                self._labelled(self.rows, pipeline, stage, kind).inc(reported[field])
 
 
 class StateCollector(Collector):
