@@ -32,6 +32,7 @@ import weakref
 from typing import Any
 
 from etl.core.errors import EtlError
+from etl.core.urls import mask_url
 from results.changes import Change, StatusChange, write_changes
 from results.errors import JobNotFound
 
@@ -144,10 +145,10 @@ class BatchWriter:
             with self._lock:
                 self.failures += len(batch)
                 self._quiet_until = time.monotonic() + self.cooldown
-            log.warning("result store %s: %d write(s) (%s) failed (%s: %s); the tasks go on, "
+            log.warning("result store %s: %d write(s) (%s) failed (%s: %s); the task goes on, "
                         "writes paused for %.0f s", self.store.url, len(batch),
-                        ", ".join(sorted({what for what, _ in batch})), type(exc).__name__, exc,
-                        self.cooldown)
+                        ", ".join(sorted({what for what, _ in batch})), type(exc).__name__,
+                        mask_url(str(exc)), self.cooldown)
             self._settle(len(batch))
             return
         parked: list[tuple[str, Change]] = []
