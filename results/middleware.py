@@ -104,9 +104,9 @@ class ResultRecorder(Middleware):
                 seconds = None
         return timedelta(seconds=float(seconds)) if seconds is not None else self.ttl
 
-    def _move(self, what: str, job_id: str, status: JobStatus, note: str | None = None,
-              **fields: Any) -> None:
-        self.writer.submit(what, StatusChange(job_id, status.value, note, fields))
+    def _move(self, what: str, job_id: str, status: JobStatus, note: str | None = None, *,
+              urgent: bool = False, **fields: Any) -> None:
+        self.writer.submit(what, StatusChange(job_id, status.value, note, fields), urgent=urgent)
 
     def _ours(self, message: dramatiq.Message) -> bool:
         return message.actor_name.startswith(self.prefix)
@@ -122,16 +122,19 @@ class ResultRecorder(Middleware):
         deferred = message.options.get("etl_deferred")
         if deferred and not delay:
             return  # a deferred message moving from the delay queue: recorded when deferred
+        # A re-enqueue's two steps are written at once, not an interval later: the next
+        # delivery may start in another process within a short backoff, and its
+        # in_progress must find them there.
         if deferred:
             self._move("deferred", message.message_id, JobStatus.RETRYING, f"deferred: {deferred}")
-            self._move("requeue", message.message_id, JobStatus.QUEUED)
+            self._move("requeue", message.message_id, JobStatus.QUEUED, urgent=True)
             return
         if retries:
             last = (message.options.get("traceback") or "").strip().splitlines()[-1:] or [""]
             error_type, _, error = last[0].partition(": ")
             self._move("retrying", message.message_id, JobStatus.RETRYING, last[0] or None,
                        error=error or None, error_type=error_type or None, retry_count=retries)
-            self._move("requeue", message.message_id, JobStatus.QUEUED)
+            self._move("requeue", message.message_id, JobStatus.QUEUED, urgent=True)
             return
         now = utcnow()
         args = list(message.args)

@@ -63,23 +63,28 @@ class BatchWriter:
         self._queue: list[tuple[str, Change]] = []
         self._parked: list[tuple[str, Change]] = []  # waiting for their record to appear
         self._pending = 0  # submitted, not yet written, refused or given up
-        self._hurry = False
+        self._hurry = False  # a flush waits: no interval until everything is written
+        self._urgent = False  # an urgent change waits: no interval for the batch it joins
         self._quiet_until = 0.0
         self._thread: threading.Thread | None = None
 
     # -- the callers' side ---------------------------------------------------------------
-    def submit(self, what: str, change: Change) -> None:
-        """Queue `change` (`what` names it in log lines); never blocks on the store."""
+    def submit(self, what: str, change: Change, *, urgent: bool = False) -> None:
+        """Queue `change` (`what` names it in log lines); never blocks on the store.
+        `urgent`: write the batch it joins without waiting out the interval (a retry's
+        retrying -> queued: rare, and another process may pick the retry up within a
+        backoff shorter than an interval)."""
         with self._lock:
             if len(self._queue) >= self.max_queue:
                 self.dropped += 1
                 return
             self._queue.append((what, change))
             self._pending += 1
+            self._urgent = self._urgent or urgent
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="etl-results", daemon=True)
                 self._thread.start()
-            elif len(self._queue) == 1 or len(self._queue) >= self.max_batch:
+            elif urgent or len(self._queue) == 1 or len(self._queue) >= self.max_batch:
                 self._wake.notify()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -121,14 +126,14 @@ class BatchWriter:
                     break  # time to try the parked ones again
             if self._queue:
                 until = time.monotonic() + self.interval
-                while not self._hurry and len(self._queue) < self.max_batch:
+                while not (self._hurry or self._urgent) and len(self._queue) < self.max_batch:
                     left = until - time.monotonic()
                     if left <= 0:
                         break
                     self._wake.wait(left)
             room = max(0, self.max_batch - len(self._parked))
             batch, self._queue = self._parked + self._queue[:room], self._queue[room:]
-            self._parked = []
+            self._parked, self._urgent = [], False
             return batch
 
     def _write(self, batch: list[tuple[str, Change]]) -> None:

@@ -77,6 +77,23 @@ def test_changes_reach_the_store_in_batches_and_are_readable_within_an_interval(
     assert time.monotonic() - started < 0.5
 
 
+def test_a_retrys_requeue_is_written_without_waiting_out_the_interval(tmp_path: Path) -> None:
+    # Given a writer that gathers changes for 5 s, holding a job's record not yet written
+    store = open_results(f"sqlite:///{tmp_path}/results.db")
+    writer = BatchWriter(store, interval=5.0)
+    writer.submit("store", NewRecord(_job("r")))
+    # When a retry's retrying -> queued comes, urgent (another worker may pick it up soon)
+    started = time.monotonic()
+    writer.submit("start", StatusChange("r", "in_progress"))
+    writer.submit("retrying", StatusChange("r", "retrying"))
+    writer.submit("requeue", StatusChange("r", "queued"), urgent=True)
+    # Then the batch holding it is written at once, not 5 s later
+    while store.get_status("r") != "queued":
+        assert time.monotonic() - started < 2.0, store.get_status("r")
+        time.sleep(0.005)
+    assert [t.status for t in store.history("r")] == ["queued", "in_progress", "retrying", "queued"]
+
+
 def test_a_change_whose_record_is_on_its_way_waits_for_it(tmp_path: Path) -> None:
     # Given a writer, and a job whose "queued" record another process will write late
     store = open_results(f"sqlite:///{tmp_path}/results.db")
