@@ -265,14 +265,15 @@ def test_embedded_run_with_objects_on_s3(tmp_path: Path, s3_endpoint: str, s3_bu
 
     frame = pd.DataFrame({"id": range(1200), "v": [str(i) if i % 100 else "bad" for i in range(1200)]})
     frame.to_parquet(tmp_path / "src.parquet")
-    # The source file itself is read from S3 too
+    # The source file itself is read from S3 too; raw batches are copies (not pointers into
+    # the file), so they are written to the store as well
     objects = S3ObjectStore(f"s3://{s3_bucket}/etl", endpoint_url=s3_endpoint)
     S3ObjectStore(f"s3://{s3_bucket}", endpoint_url=s3_endpoint).put_bytes(
         "input/src.parquet", (tmp_path / "src.parquet").read_bytes())
     pipeline = Pipeline(name="s3demo",
                         source=FileSource(f"s3://{s3_bucket}/input/src.parquet", s3_endpoint_url=s3_endpoint),
                         sink=ParquetSink(str(tmp_path / "sink")), key=["id"], shards=HashShards("id", 4),
-                        stages=[Cast({"v": "Int64"})], batch_size=200)
+                        stages=[Cast({"v": "Int64"})], batch_size=200, raw_landing="copy")
     state = open_state(f"sqlite:///{tmp_path}/state.db")
     # When the run is worked
     started = time.monotonic()

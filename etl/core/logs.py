@@ -96,14 +96,27 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__()
         self.guard = guard
 
+    def write_summary(self) -> None:
+        """Write the summary of what was held back so far, and start counting afresh."""
+        for line in self.guard.summary():
+            self.stream.write(line + "\n")
+        self.guard.seen.clear()
+        self.flush()
+
     def close(self) -> None:
         try:
-            for line in self.guard.summary():
-                self.stream.write(line + "\n")
-            self.guard.seen.clear()
-            self.flush()
+            self.write_summary()
         finally:
             super().close()
+
+
+def summarize_floods() -> None:
+    """Write the flood guard's summary now. The work that flooded is over (an embedded run
+    worked in this process), so the counts come before the run's closing lines, as a forked
+    worker's do when it ends."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _StderrHandler):
+            handler.write_summary()
 
 
 def setup_logging(*, verbose: int = 0) -> None:

@@ -24,6 +24,7 @@ import dramatiq
 from etl.brokers import open_broker
 from etl.runtime.actors import QUEUE, declare_actors
 from etl.runtime.context import ContextCache, RunContext
+from etl.core.logs import summarize_floods
 from etl.core.processes import die_with_parent
 from etl.runtime.runs import Pending, ProgressCallback, WorkOutcome, all_loaded, find_pending
 from results.base import ResultStore
@@ -160,6 +161,7 @@ def run_embedded(ctx: RunContext, *, threads: int | None = None, processes: int 
     if processes == 1:
         dead = _work(ctx, pending, threads=threads, poll=poll, on_progress=on_progress,
                      results=results)
+        summarize_floods()  # as a worker process does when it ends
     else:
         dead = 0
         for restart in range(RESTARTS + 1):
