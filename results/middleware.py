@@ -1,7 +1,8 @@
 """Dramatiq middleware recording every ETL message's lifecycle in the result store.
 
 enqueue -> queued; worker picks it up -> in_progress; success -> completed (with what the
-actor reported, e.g. rows, or that the dedup ledger made it a no-op); an error Dramatiq
+actor reported, e.g. rows, or that the dedup ledger made it a no-op), or cancelled when the
+actor reported {"cancelled": reason} (acked without work); an error Dramatiq
 retries -> retrying, then queued when Retries re-enqueues it; retries exhausted or a
 permanent error -> failed (error type and message); worker shutdown with the message
 unfinished -> retrying (the broker redelivers it).
@@ -167,6 +168,10 @@ class ResultRecorder(Middleware):
         reported, progress = _take_report()
         if exception is None and isinstance(reported, dict) and reported.get("deferred"):
             return  # re-enqueued by the actor (lease held elsewhere): before_enqueue recorded it
+        if exception is None and isinstance(reported, dict) and reported.get("cancelled"):
+            self._move("cancel", message.message_id, JobStatus.CANCELLED, reported["cancelled"],
+                       result=reported)  # acked without work (its run was cancelled)
+            return
         if exception is None:
             self._move("complete", message.message_id, JobStatus.COMPLETED, result=reported,
                        progress=1.0 if progress is None else progress)
