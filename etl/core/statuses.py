@@ -12,11 +12,13 @@ import enum
 
 class RunStatus(enum.StrEnum):
     """A run: working until every shard is loaded, then completed; failed when it gave up
-    (it can be resumed)."""
+    (it can be resumed); cancelled when told to stop (`etl cancel`: taken up again only
+    when asked to, `etl run --resume`)."""
 
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class ShardStatus(enum.StrEnum):
