@@ -18,6 +18,12 @@ Settings of particular parts, resolved the same way and documented where they ar
   s3_endpoint_url  ETL_S3_ENDPOINT_URL, the S3-compatible endpoint of s3:// object stores
                    (etl.stores.objects.s3)
   demo_output      ETL_DEMO_OUTPUT, where the built-in demo writes its dataset (etl.demo)
+  api_token        ETL_API_TOKEN, the bearer token `etl serve` asks of every call that
+                   changes something, and without which it binds only to loopback
+                   (etl.serve.security)
+  serve_pipelines  ETL_SERVE_PIPELINES, the module:attribute specs `etl serve` may start,
+                   comma separated (default: the `pipeline` setting, else the demo;
+                   etl.serve.security)
   crash_at         ETL_CRASH_AT, crash points for chaos tests (etl.core.faults): from the
                    environment only, read at import, so forked children and worker
                    processes see it as their parent does
@@ -46,6 +52,8 @@ DEFAULTS = {
     "results_ttl": "86400",
     "s3_endpoint_url": "",
     "demo_output": "out/flights",
+    "api_token": "",
+    "serve_pipelines": "",
     "crash_at": "",
 }
 
@@ -72,6 +80,8 @@ class Settings:
     results_ttl: str
     s3_endpoint_url: str
     demo_output: str
+    api_token: str
+    serve_pipelines: str
     crash_at: str
     sources: dict[str, str]
 
