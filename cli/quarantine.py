@@ -23,7 +23,8 @@ def quarantine_group() -> None:
 @click.option("--shard", type=click.IntRange(min=0), help="Only this shard.")
 @click.option("--stage", "stage", help="Only rows this stage rejected (e.g. cast, dedupe).")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="JSON lines for machines.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output: one JSON array of the rows (at most --limit).")
 def quarantine_list(run_id: str, shard: int | None, stage: str | None, limit: int,
                     as_json: bool) -> None:
     """Quarantined rows of RUN_ID with the stage and reason, and a count by reason."""
@@ -34,12 +35,13 @@ def quarantine_list(run_id: str, shard: int | None, stage: str | None, limit: in
     rows = inspector.quarantine(run_id, shard=shard)
     if stage:
         rows = rows[rows["_stage"] == stage]
-    if as_json:
-        for record in rows.head(limit).to_dict(orient="records"):
-            out.print(to_json(record).replace("\n", ""), markup=False, soft_wrap=True)
+    if as_json:  # one document, as every --json: NaN and NA become null
+        records = rows.head(limit).astype(object).where(rows.head(limit).notna(), None)
+        out.print(to_json(records.to_dict(orient="records")), markup=False, soft_wrap=True)
         return
     counts = rows.groupby(["_stage", "_reason"], dropna=False).size().sort_values(ascending=False)
-    summary = Table(title=f"quarantine of {run_id}: {len(rows):,} rows")
+    title = f"quarantine of {run_id}: {len(rows):,} rows"
+    summary = Table(title=title, min_width=len(title))
     for column in ("stage", "reason", "rows"):
         summary.add_column(column, justify="right" if column == "rows" else "left")
     for (name, reason), count in counts.head(20).items():
@@ -68,12 +70,17 @@ def quarantine_replay(run_id: str, spec: str | None, stages: tuple[str, ...]) ->
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=err) as bar:
         task = bar.add_task("batches", total=None)
+        # on_batch says how many batches were done as the next one starts: the last call is
+        # 9 of 10, so the bar is filled when the replay returns
         result = replay(run_id, pipeline=spec, stages=stages or None, settings=settings(),
                         on_start=lambda run: err.print(
                             f"replaying the quarantine of {run.params['replay_of']} as "
                             f"[bold]{run.run_id}[/]"),
                         on_batch=lambda done, total: bar.update(task, completed=done, total=total))
-    table = Table(title=f"replay {result.run_id} (generation {result.generation}): completed")
+        total = bar.tasks[0].total
+        bar.update(task, completed=total or 0, total=total or 0)
+    title = f"replay {result.run_id} (generation {result.generation}): completed"
+    table = Table(title=title, min_width=len(title))  # a run id is never broken mid-word
     table.add_column("measure")
     table.add_column("value", justify="right")
     for label, value in (("rows replayed", result.rows_replayed),

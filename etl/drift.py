@@ -15,12 +15,15 @@ of the same pipeline as its expectation (`etl run --accept-schema` starts from t
 it is now). A feed that gained, lost or retyped a column is then reported on its first run.
 
 Every drift is reported in TaskErrorLog (error type SchemaDrift, the differences in its
-context) and counted in the run summary, whatever the policy.
+context) and counted in the run summary, whatever the policy. The log says it once per run,
+when the run completes, with the number of batches affected (`drift_report`); each batch's
+own line is at INFO (-v).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -176,6 +179,20 @@ def apply_policy(frame: pd.DataFrame, drift: Drift, policy: str, *, where: str) 
         raise SchemaDrift(f"{where}: schema drift ({drift.describe()}); policy {policy} "
                           "fails the batch")
     return frame.drop(columns=drift.extra)
+
+
+def drift_report(messages: list[str], *, batches: int, policy: str) -> str | None:
+    """One line for a run's log: how many of its `batches` drifted and how (`messages`: the
+    Drift.describe() of each drifted batch, as TaskErrorLog holds them), most common first;
+    None when none drifted."""
+    if not messages:
+        return None
+    kinds = Counter(messages).most_common()
+    shown = "; ".join(f"{text} ({count})" if len(kinds) > 1 else text
+                      for text, count in kinds[:3])
+    more = f"; and {len(kinds) - 3} other kind(s)" if len(kinds) > 3 else ""
+    return (f"schema drift in {len(messages):,} of {batches:,} batch(es): {shown}{more}; "
+            f"policy {policy}")
 
 
 class SchemaDrift(BatchError):

@@ -80,9 +80,9 @@ def test_quarantine_list_counts_rows_by_stage_and_reason(workdir: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     assert "negative amount" in listed.stdout and f"{NEGATIVE:,}" in listed.stdout
     assert "duplicate" in listed.stdout and f"{DUPLICATES:,}" in listed.stdout
-    # And --json gives whole rows, each with the raw row it came from
-    rows = [json.loads(line) for line in _etl(workdir, "quarantine", "list", run_id, "--stage",
-                                              "drop_rows", "--json", "--limit", "1000").stdout.splitlines()]
+    # And --json gives whole rows, each with the raw row it came from, as one JSON array
+    rows = json.loads(_etl(workdir, "quarantine", "list", run_id, "--stage", "drop_rows",
+                           "--json", "--limit", "1000").stdout)
     assert len(rows) == NEGATIVE and all(float(r["amount"]) < 0 and r["_row"] is not None for r in rows)
     # And an unknown run is a clear error
     missing = _etl(workdir, "quarantine", "list", "nope")

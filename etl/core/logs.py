@@ -3,8 +3,32 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from etl.core.urls import mask_url
+
+#: The place a batch error's message starts with ("run R shard S batch B (object URI): "):
+#: a log line or a status column that already says where shows what follows it, the cause.
+_WHERE = re.compile(r"run \S+ shard \d+ batch \d+(?: \(object [^)]*\))?: ")
+
+
+def without_where(text: str) -> str:
+    """`text` (an error's "Type: message") without the run/shard/batch/object prefix our
+    batch errors start their message with: "BatchError: run r shard 0 batch 3 (object
+    file:///...): amount is not a number" -> "BatchError: amount is not a number"."""
+    return _WHERE.sub("", text, count=1)
+
+
+def cause_of(exc: BaseException) -> str:
+    """An exception as one line, "Type: cause": the where-prefix of a batch error dropped,
+    and the type of the exception it wraps (`raise BatchError(...) from exc`) named, since
+    the wrapper's message carries only the wrapped one's text. Whitespace is folded, so a
+    multi-line message stays one log line."""
+    inner = exc.__cause__
+    name = type(inner).__name__ if inner is not None and str(inner) and str(inner) in str(exc) \
+        else type(exc).__name__
+    text = " ".join(without_where(str(exc)).split())
+    return mask_url(f"{name}: {text}" if text else name)
 
 
 class MaskSecrets(logging.Filter):
@@ -28,11 +52,14 @@ class MaskSecrets(logging.Filter):
 class ExpectedErrors(logging.Filter):
     """Drop the traceback from a record about one of our own errors (USER_ERRORS): its message
     is written for the person running the job, and the full traceback is kept in
-    TaskErrorLog (`etl errors --traceback`). Unexpected errors keep theirs."""
+    TaskErrorLog (`etl errors --traceback`). Unexpected errors keep theirs, and a DEBUG
+    record (-vv) keeps its traceback whatever the error."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         from etl.core.errors import USER_ERRORS
 
+        if record.levelno <= logging.DEBUG:
+            return True  # -vv asked for tracebacks
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, USER_ERRORS):
             record.msg = f"{record.getMessage()} {type(exc).__name__}: {exc}"

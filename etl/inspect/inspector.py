@@ -33,7 +33,8 @@ import pandas as pd
 from etl.core.config import load_settings
 from etl.core.errors import BatchError, ConfigError, EtlError, ObjectNotFound
 from etl.inspect.tables import (ERROR_COLUMNS, LEDGER_STAGES, PAYLOAD_COLUMNS, RUN_COLUMNS,
-                                SHARD_COLUMNS, TASK_COLUMNS, share_done, table_of)
+                                SHARD_COLUMNS, TASK_COLUMNS, share_done, shown_error,
+                                table_of)
 from etl.core.names import quarantine_key
 from etl.stores import open_objects, open_results, open_state, results_off
 from etl.stores.objects import ObjectStore
@@ -180,7 +181,8 @@ class Inspector:
     def shards(self, run_id: str | None = None) -> pd.DataFrame:
         """Per-shard progress (TaskCheckpoint) of one run, one row per shard: status ("done"
         once every fetched batch is loaded), cursor (last key read), batches and rows per
-        stage, estimated share done (see `share_done`), last update and last error."""
+        stage, estimated share done (see `share_done`), last update and, for a shard not done, the
+        cause of its last error (`shown_error`)."""
         run = self.run(run_id)
         checkpoints = self.state.list_checkpoints(run.run_id)
         source_rows = run.params.get("source_rows")
@@ -193,7 +195,7 @@ class Inspector:
                         "rows_cleaned": c.rows_cleaned, "rows_quarantined": c.rows_quarantined,
                         "rows_loaded": c.rows_loaded, "share_done": share_done(c, expected),
                         "updated_at": c.updated_at,
-                        "last_error": mask_url(c.last_error) if c.last_error else None}
+                        "last_error": shown_error(c)}
                        for c in checkpoints), SHARD_COLUMNS)
 
     # -- dedup ledger ----------------------------------------------------------------------

@@ -8,6 +8,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from etl.core.logs import without_where
+from etl.core.urls import mask_url
 from etl.stores.state import Checkpoint
 
 #: Stages that write a TaskDedup entry per batch, in pipeline order.
@@ -63,6 +65,14 @@ def share_done(checkpoint: Checkpoint, expected_rows: float | None) -> float:
     return min(loaded * min(checkpoint.rows_fetched / expected_rows, 1.0), 0.99)
 
 
+def shown_error(checkpoint: Checkpoint) -> str | None:
+    """The last error to show beside a shard: none once the shard is done (an error a retry
+    or a resume got past is history, in TaskErrorLog), else its cause, without the run /
+    shard / batch prefix a batch error's message starts with, password masked."""
+    if checkpoint.complete or not checkpoint.last_error:
+        return None
+    return without_where(mask_url(checkpoint.last_error))
+
 
 __all__ = ["ERROR_COLUMNS", "LEDGER_STAGES", "PAYLOAD_COLUMNS", "RUN_COLUMNS", "SHARD_COLUMNS",
-           "TASK_COLUMNS", "share_done", "table_of"]
+           "TASK_COLUMNS", "share_done", "shown_error", "table_of"]

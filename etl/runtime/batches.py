@@ -251,8 +251,9 @@ def _check_schema(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame,
                                        else f"run {ctx.run.params.get('schema_from')}"),
                      **drift.to_dict()}))
         ctx.state.mark_done(noted, "drift", ctx.run_id)
-        log.warning("%s: schema drift (%s), policy %s", _where(ctx, shard, batch), drift.describe(),
-                    ctx.pipeline.schema_drift)
+        # said once per run, with the count of drifted batches, when it completes (runs.py)
+        log.info("%s: schema drift (%s), policy %s", _where(ctx, shard, batch), drift.describe(),
+                 ctx.pipeline.schema_drift)
     return apply_policy(frame, drift, ctx.pipeline.schema_drift, where=_where(ctx, shard, batch, key))
 
 

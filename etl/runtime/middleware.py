@@ -1,9 +1,10 @@
 """Dramatiq middleware of the toolkit.
 
 ErrorLog writes each failure of an ETL message to the state store: the shard's last_error on
-every failed attempt, and, once Dramatiq gives up on the message (retries exhausted, or an
-error marked permanent), a TaskErrorLog entry with traceback and context and the shard marked
-failed. It sits before Retries in the middleware list, so its after-hook runs after Retries
+every failed attempt (the step, the batch and the cause), and, once Dramatiq gives up on the
+message (retries exhausted, or an error marked permanent), a TaskErrorLog entry with
+traceback and context and the shard marked failed. It logs one WARNING line per failed batch,
+with its cause; an attempt that will be retried is an INFO line (-v), tracebacks DEBUG (-vv). It sits before Retries in the middleware list, so its after-hook runs after Retries
 has decided whether the message is retried or dead-lettered. URL passwords are masked in all
 it writes, and in the traceback a retried or dead-lettered message carries to the broker.
 """
@@ -17,6 +18,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import Middleware
 
+from etl.core.logs import cause_of
 from etl.core.names import stage_of_actor
 from etl.core.statuses import ShardStatus
 from etl.core.urls import mask_url
@@ -48,25 +50,28 @@ class ErrorLog(Middleware):
         if stage is None:
             return
         run_id, shard, batch = message.args[:3]
-        text = mask_url(f"{type(exception).__name__}: {exception}")  # the stores mask it too
+        cause = cause_of(exception)  # "Type: cause", one line, no run/shard/batch prefix
         try:
             state = self.contexts.get(run_id).state
             final = bool(getattr(message, "failed", False))
+            # the shard's last error says which step and batch, and the cause in full
             state.set_shard_status(run_id, shard, ShardStatus.FAILED if final else ShardStatus.RUNNING,
-                                   last_error=text)
+                                   last_error=f"{stage} batch {batch}: {cause}")
+            attempts = message.options.get("retries", 1)  # Retries has counted this one
             if final:
                 trace = "".join(tb.format_exception(type(exception), exception, exception.__traceback__))
                 state.log_error(ErrorRecord(
                     run_id=run_id, stage=stage, shard=shard, batch=batch,
                     error_type=type(exception).__name__, message=str(exception), traceback=trace,
                     context={"message_id": message.message_id, "queue": message.queue_name,
-                             # Retries has counted this last attempt already
-                             "attempts": message.options.get("retries", 1),
-                             "retries": max(0, message.options.get("retries", 1) - 1)}))
-                log.error("%s of run %s shard %s batch %s failed for good: %s",
-                          stage, run_id, shard, batch, text)
+                             "attempts": attempts, "retries": max(0, attempts - 1)}))
+                # one line per failed batch; the traceback is in TaskErrorLog, and at -vv
+                log.warning("%s of run %s shard %s batch %s failed: %s (traceback: `etl errors "
+                            "--traceback`)", stage, run_id, shard, batch, cause)
             else:
-                log.warning("%s of run %s shard %s batch %s failed, will retry: %s",
-                            stage, run_id, shard, batch, text)
+                log.info("%s of run %s shard %s batch %s failed (attempt %s), will retry: %s",
+                         stage, run_id, shard, batch, attempts, cause)
+            log.debug("%s of run %s shard %s batch %s raised", stage, run_id, shard, batch,
+                      exc_info=exception)
         except Exception:  # noqa: BLE001 - never let error reporting break the worker
             log.exception("could not record the failure of message %s", message.message_id)

@@ -258,4 +258,19 @@ def finalize_if_complete(ctx: "RunContext", *, shard: int | None = None) -> bool
     if run is not None and run.status != RunStatus.COMPLETED:
         state.set_run_status(ctx.run_id, RunStatus.COMPLETED)
         log.info("run %s completed", ctx.run_id)
+        _report_drift(ctx)
     return True
+
+
+def _report_drift(ctx: "RunContext") -> None:
+    """Schema drift, said once per run as it completes: how many batches drifted, and how
+    (each drifted batch is in TaskErrorLog, stage "schema", and at INFO as it is cleaned)."""
+    from etl.drift import drift_report
+
+    drifted = [e.message for e in ctx.state.list_errors(ctx.run_id, limit=100_000)
+               if e.stage == "schema"]
+    if drifted:
+        batches = sum(c.batches_fetched for c in ctx.state.list_checkpoints(ctx.run_id))
+        log.warning("run %s: %s (`etl errors --run %s`)", ctx.run_id,
+                    drift_report(drifted, batches=batches, policy=ctx.pipeline.schema_drift),
+                    ctx.run_id)
