@@ -37,8 +37,11 @@ COMMANDS: dict[str, Entry] = {
     "reconcile": Entry("cli.worker:reconcile_command",
                        "Re-send the work RUN_ID is missing (no live lease, no message on its "
                        "way)."),
-    "queues": Entry("cli.queues:queues_command",
+    "queues": Entry("cli.control:queues_group",
                     "Depth, delayed, dead-letter depth and consumers of the ETL queue(s)."),
+    "cancel": Entry("cli.control:cancel_command",
+                    "Cancel RUN: workers ack its messages without work, an embedded `etl run` "
+                    "stops."),
     "dlq": Entry("cli.queues:dlq_group",
                  "Dead-lettered messages: list, re-drive after a fix, purge."),
     "metrics": Entry("cli.metrics:metrics_command",
