@@ -48,6 +48,8 @@ COMMANDS: dict[str, Entry] = {
                      "A snapshot of the metrics: counters, gauges, and per stage the batch "
                      "latency p50/p95 and the rows per second of busy time (rows through the "
                      "stage / time in its batches)."),
+    "serve": Entry("cli.serve:serve_command",
+                   "HTTP API and dashboard: start, watch and read runs (http://HOST:PORT/)."),
     "quarantine": Entry("cli.quarantine:quarantine_group",
                         "Rows the stages rejected: look at them, and re-drive them after a "
                         "fix."),
