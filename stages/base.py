@@ -10,10 +10,14 @@ Stages are pure: the same input gives the same output on every machine.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import pandas as pd
+
+from stages.errors import StageError
 
 #: Column added to quarantined rows: why the row was rejected.
 REASON_COLUMN = "_reason"
@@ -41,6 +45,107 @@ class Stage(Protocol):
     def apply(self, frame: pd.DataFrame) -> StageResult:
         """Clean `frame`. Raise etl.core.errors.StageError for a configuration mistake (unknown
         column...), never for a bad row: bad rows are rejected with a reason."""
+
+
+class _CheckedArguments(type):
+    """The metaclass of BaseStage: calling a stage class checks the arguments against its
+    constructor's signature first, so a wrong keyword, a missing or an extra argument is a
+    StageError naming the stage and what it takes, not a bare TypeError from deep inside
+    (dataclass or hand-written __init__ alike). A TypeError or ValueError the constructor
+    itself raises on a value (a number where column names go) says the same. Unpickling and
+    copying do not call the class, so they are not checked."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        problem = _argument_problem(cls, args, kwargs)
+        if problem:
+            raise StageError(f"{cls.__name__}: {problem}; {cls.__name__} takes "
+                             f"{takes(cls)}")
+        try:
+            return super().__call__(*args, **kwargs)
+        except StageError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise StageError(f"{cls.__name__}: {exc}; {cls.__name__} takes {takes(cls)}") from exc
+
+
+class BaseStage(metaclass=_CheckedArguments):
+    """Base of every stage class in `stages`: building one with arguments it does not take
+    raises StageError, e.g. `Trim: unknown argument 'column' (did you mean 'columns'?); Trim
+    takes columns=[...]`, which the CLI prints as one line (exit status 2). A stage of your
+    own gets the same by deriving from it."""
+
+    __slots__ = ()
+
+
+def _parameters(cls: type) -> list[inspect.Parameter]:
+    """The constructor's parameters, without self (none for a class without __init__)."""
+    init = cls.__init__  # type: ignore[misc]
+    if init is object.__init__:
+        return []
+    return list(inspect.signature(init).parameters.values())[1:]
+
+
+def _argument_problem(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """What is wrong with calling `cls(*args, **kwargs)`, or None."""
+    params = _parameters(cls)
+    kinds = {p.kind for p in params}
+    if inspect.Parameter.VAR_KEYWORD not in kinds:
+        names = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        for given in kwargs:
+            if given not in names:
+                close = difflib.get_close_matches(given, names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                return f"unknown argument {given!r}{hint}"
+    try:
+        inspect.Signature(params).bind(*args, **kwargs)
+    except TypeError as exc:
+        return str(exc).replace("missing a required argument:", "missing argument")
+    return None
+
+
+def _placeholder(param: inspect.Parameter) -> str:
+    """What a value of `param` looks like, from its annotation: [...] for column lists..."""
+    hint = str(param.annotation)
+    if param.annotation is inspect.Parameter.empty:
+        return "..."
+    if "Mapping" in hint or "dict" in hint:
+        return "{...}"
+    if "Sequence" in hint or "list" in hint or "tuple" in hint:
+        return "[...]"
+    if hint.startswith(("str", "Literal")):
+        return "'...'"
+    if "Callable" in hint:
+        return "<function>"
+    if hint.startswith(("int", "float")):
+        return "<number>"
+    return "..."
+
+
+def takes(cls: type) -> str:
+    """The arguments of stage class `cls`, as a call would give them: `column='...', *,
+    format='%Y-%m-%d', tz='UTC'` (required ones show what their value looks like, optional
+    ones their default)."""
+    parts: list[str] = []
+    starred = False
+    for param in _parameters(cls):
+        if param.kind is param.VAR_POSITIONAL:
+            parts.append(f"*{param.name}")
+            starred = True
+            continue
+        if param.kind is param.VAR_KEYWORD:
+            parts.append(f"**{param.name}")
+            continue
+        if param.kind is param.KEYWORD_ONLY and not starred:
+            parts.append("*")
+            starred = True
+        default = param.default
+        if default is param.empty or "factory" in repr(default):
+            shown = _placeholder(param)
+        else:
+            shown = repr(default)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        parts.append(f"{param.name}={shown}")
+    return ", ".join(parts) if parts else "no arguments"
 
 
 @dataclass

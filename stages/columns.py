@@ -9,7 +9,7 @@ import pandas as pd
 
 from stages.errors import StageError
 from stages._util import as_list, require_columns, show
-from stages.base import StageResult
+from stages.base import BaseStage, StageResult
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NON_WORD = re.compile(r"[^0-9a-zA-Z]+")
@@ -20,7 +20,7 @@ def snake_case(name: str) -> str:
     return _NON_WORD.sub("_", _CAMEL.sub("_", str(name).strip())).strip("_").lower()
 
 
-class SnakeCaseColumns:
+class SnakeCaseColumns(BaseStage):
     """Rename every column to snake_case; two columns colliding is a configuration error."""
 
     name = "snake_case_columns"
@@ -38,7 +38,7 @@ class SnakeCaseColumns:
         return StageResult(kept=frame.set_axis(names, axis=1))
 
 
-class Rename:
+class Rename(BaseStage):
     """Rename columns by an explicit mapping."""
 
     name = "rename"
@@ -59,7 +59,7 @@ class Rename:
         return StageResult(kept=frame.rename(columns=self.mapping))
 
 
-class Select:
+class Select(BaseStage):
     """Keep only these columns, in this order."""
 
     name = "select"
@@ -75,7 +75,7 @@ class Select:
         return StageResult(kept=frame[self.columns])
 
 
-class DropColumns:
+class DropColumns(BaseStage):
     """Remove these columns."""
 
     name = "drop_columns"

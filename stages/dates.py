@@ -12,7 +12,7 @@ import pandas as pd
 
 from stages.errors import StageError
 from stages._util import as_list, call_repr, require_columns, shown, split
-from stages.base import StageResult
+from stages.base import BaseStage, StageResult
 from stages.timestamps import check_zone
 
 #: strptime codes whose meaning comes from the LC_TIME locale (month and day names, AM/PM).
@@ -30,7 +30,7 @@ def _check_names(stage: object, fmt: str) -> None:
 
 
 @dataclass(frozen=True, repr=False)
-class ParseDate:
+class ParseDate(BaseStage):
     """Parse `column` into calendar dates (dtype date32[pyarrow]: a Parquet DATE, a date in
     MongoDB) written to `target` (default: the column itself). `format` uses strptime codes
     and must match the whole value ("%d/%m/%Y"; default ISO "%Y-%m-%d"). Values carrying an
@@ -83,7 +83,7 @@ class ParseDate:
 
 
 @dataclass(frozen=True, repr=False)
-class ConvertTimezone:
+class ConvertTimezone(BaseStage):
     """Show time zone aware timestamp columns in zone `tz` ("UTC" for storage, a local zone
     for reports). The instants do not change, only the wall clock they are shown in. A
     column without a zone is a configuration error: ParseTimestamp(tz=...) says what zone

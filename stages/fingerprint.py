@@ -18,7 +18,7 @@ import pandas as pd
 
 from stages.errors import StageError
 from stages._util import as_list, call_repr, is_null, require_columns, shown, split
-from stages.base import StageResult
+from stages.base import BaseStage, StageResult
 
 _HASHES: dict[str, Callable[[bytes], Any]] = {"sha256": hashlib.sha256,
                                               "blake2b": hashlib.blake2b}
@@ -110,7 +110,7 @@ def _fragments(values: pd.Series) -> tuple[list[str], dict[int, Unencodable]]:
 
 
 @dataclass(frozen=True, repr=False)
-class Fingerprint:
+class Fingerprint(BaseStage):
     """Add `target` (default "fingerprint"): the hex `algorithm` digest ("sha256", or
     "blake2b" with its full 64-byte digest) of the UTF-8 `canonical_json` of the row's
     `columns`, e.g. {"flight":1545,"sched_dep":{"$timestamp":"2013-01-01T10:15:00+00:00"}}.

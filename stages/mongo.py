@@ -13,7 +13,7 @@ import pandas as pd
 
 from stages.errors import StageError
 from stages._util import call_repr
-from stages.base import StageResult
+from stages.base import BaseStage, StageResult
 
 _UNSAFE = ("$", ".", "\x00")
 _LISTS = (list, tuple, np.ndarray)
@@ -57,7 +57,7 @@ def _nests(value: Any) -> bool:
 
 
 @dataclass(frozen=True, repr=False)
-class SafeMongoKeys:
+class SafeMongoKeys(BaseStage):
     """Rename columns, and (with `nested=True`) the keys of dicts inside cells at any depth,
     so MongoDB accepts them: "$", "." and NUL become `replacement`, other keys are kept,
     non-text keys become text, and names that would then collide are told apart by a

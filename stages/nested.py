@@ -13,13 +13,13 @@ import pandas as pd
 
 from stages.errors import StageError
 from stages._util import call_repr, is_null, require_columns, shown, split
-from stages.base import StageResult
+from stages.base import BaseStage, StageResult
 
 _LISTS = (list, tuple, np.ndarray)  # a list read back from Parquet is a NumPy array
 
 
 @dataclass(frozen=True, repr=False)
-class Explode:
+class Explode(BaseStage):
     """One row per element of the list in `column` (order lines of an order); the other
     columns repeat. `position` names an optional column with the element's 0-based place in
     its list (with the parent key, a unique key for the new rows). A null or empty list
@@ -90,7 +90,7 @@ def _leaves(value: dict[Any, Any], path: str, sep: str) -> Iterator[tuple[str, A
 
 
 @dataclass(frozen=True, repr=False)
-class Flatten:
+class Flatten(BaseStage):
     """Turn the dicts in `column` (or JSON object text, as an API returns it) into columns:
     {"user": {"id": 7}} in column "payload" becomes column "payload.user.id" (or
     "payload_user_id" with sep="_"; without the "payload" part with prefix=False). The new

@@ -14,7 +14,7 @@ import pandas as pd
 
 from stages.errors import StageError
 from stages._util import call_repr, is_null, require_columns, shown, split
-from stages.base import StageResult
+from stages.base import BaseStage, StageResult
 from stages.types import convert, failed
 
 _DTYPES = ("Float64", "Int64")
@@ -22,7 +22,7 @@ _INT64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True, repr=False)
-class ParseNumber:
+class ParseNumber(BaseStage):
     """Parse `column` into numbers ("Float64", or "Int64" for whole numbers) in `target`
     (default: the column itself). `decimal` and `thousands` are single characters; with
     `thousands` set, digit groups must be exactly three long ("1,5" is not 15 when the

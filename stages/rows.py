@@ -12,7 +12,7 @@ import pandas as pd
 
 from stages.errors import StageError
 from stages._util import as_list, require_columns, show, split
-from stages.base import StageResult
+from stages.base import BaseStage, StageResult
 
 
 class _Columns(dict):  # type: ignore[type-arg]
@@ -66,7 +66,7 @@ def _condition(stage: object, frame: pd.DataFrame, expr: str) -> np.ndarray:
     return result.fillna(False).to_numpy(dtype=bool)
 
 
-class DropRows:
+class DropRows(BaseStage):
     """Reject the rows where `where` (a pandas expression) is true, with `reason`."""
 
     name = "drop_rows"
@@ -81,7 +81,7 @@ class DropRows:
         return split(frame, _condition(self, frame, self.where), self.reason, stage=self)
 
 
-class Filter:
+class Filter(BaseStage):
     """Keep the rows where `expr` is true; reject the others with `reason`."""
 
     name = "filter"
@@ -96,7 +96,7 @@ class Filter:
         return split(frame, ~_condition(self, frame, self.expr), self.reason, stage=self)
 
 
-class NotNull:
+class NotNull(BaseStage):
     """Validation: reject rows with a null in any of `columns`; the reason names the first
     such column ("not-null: column 'x' is null")."""
 
@@ -144,7 +144,7 @@ class DropNulls(NotNull):
         return self.reason if self.reason is not None else f"null in column '{column}'"
 
 
-class Dedupe:
+class Dedupe(BaseStage):
     """Keep one row per key (the first or last seen); reject the others as duplicates."""
 
     name = "dedupe"
@@ -163,7 +163,7 @@ class Dedupe:
         return split(frame, dup, f"duplicate key ({', '.join(self.key)})", stage=self)
 
 
-class Derive:
+class Derive(BaseStage):
     """Add or replace `column` from a pandas expression or a function of the frame."""
 
     name = "derive"

@@ -15,7 +15,7 @@ import pandas as pd
 
 from stages.errors import StageError
 from stages._util import as_list, call_repr, is_null, require_columns, shown, split
-from stages.base import StageResult
+from stages.base import BaseStage, StageResult
 from stages.types import _numbers
 
 
@@ -31,7 +31,7 @@ class Rule(Protocol):
         """Per row: why it fails, or None. Raise StageError for a configuration mistake."""
 
 
-class _Rule:
+class _Rule(BaseStage):
     """A rule is also a stage on its own: it rejects the rows that fail it."""
 
     __repr__ = call_repr

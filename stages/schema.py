@@ -14,7 +14,7 @@ from pandas.api.types import pandas_dtype
 
 from stages.errors import StageError
 from stages._util import call_repr, require_columns, shown, split
-from stages.base import StageResult
+from stages.base import BaseStage, StageResult
 from stages.types import convert, failed
 
 _EXTRA = ("keep", "drop", "error")
@@ -64,7 +64,7 @@ def cast_column(values: pd.Series, dtype: Any, column: str) -> tuple[pd.Series, 
 
 
 @dataclass(frozen=True, repr=False)
-class CastSchema:
+class CastSchema(BaseStage):
     """Cast every column of `schema` to its dtype: pandas nullable dtypes ("Int64", "Float64",
     "boolean", "string"), NumPy ones ("int64", "float64", "bool": these hold no nulls, so a
     null rejects its row), times ("datetime64[ns, UTC]") and pyarrow ones ("int64[pyarrow]",

@@ -11,12 +11,12 @@ import pandas as pd
 
 from stages.errors import StageError
 from stages._util import as_list, require_columns, show
-from stages.base import StageResult
+from stages.base import BaseStage, StageResult
 
 _SPACES = re.compile(r"\s+")  # Python's Unicode whitespace: tabs, newlines, NBSP, U+3000...
 
 
-class _TextStage:
+class _TextStage(BaseStage):
     name = "text"
     label = "Text"
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from stages.errors import StageError
 from stages._util import require_columns, split
-from stages.base import StageResult
+from stages.base import BaseStage, StageResult
 from stages.types import _numbers, to_unit
 
 Ambiguous = Literal["reject", "earliest", "latest"]
@@ -45,7 +45,7 @@ def _reasons(frame: pd.DataFrame, bad: np.ndarray, say: Callable[..., str],
     return reasons
 
 
-class ParseTimestamp:
+class ParseTimestamp(BaseStage):
     """Parse `column` (text, or numbers since the epoch in `unit`) into UTC times, or into
     `tz` times when `to_utc=False`, written to `target` (default: the column itself). Text
     without an offset is wall-clock time in `tz`; text with one keeps it. `format` (strptime
@@ -113,7 +113,7 @@ class ParseTimestamp:
         return split(out, bad, reasons, original=frame, stage=self)
 
 
-class DeriveTimestamp:
+class DeriveTimestamp(BaseStage):
     """Build `target` from date parts and an HHMM number (517 -> 05:17; 2400 -> midnight
     ending the day), read as wall-clock time in `tz` and stored as UTC (or in `tz` when
     `to_utc=False`). Rows whose parts are missing, not whole numbers or not a real date and

@@ -13,7 +13,7 @@ from pandas.api.types import pandas_dtype
 
 from stages.errors import StageError
 from stages._util import require_columns, split
-from stages.base import StageResult
+from stages.base import BaseStage, StageResult
 
 _TRUE = ["true", "t", "yes", "y", "1"]
 _FALSE = ["false", "f", "no", "n", "0"]
@@ -119,7 +119,7 @@ def failed(original: pd.Series, result: pd.Series, dtype: Any) -> np.ndarray:
     return np.asarray(bad, dtype=bool)
 
 
-class Cast:
+class Cast(BaseStage):
     """Cast columns to pandas dtypes ("Int64", "float64", "string", "boolean",
     "datetime64[ns, UTC]", ...); rows with unconvertible values are rejected."""
 

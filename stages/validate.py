@@ -12,12 +12,12 @@ import pandas as pd
 
 from stages.errors import StageError
 from stages._util import call_repr, split
-from stages.base import StageResult
+from stages.base import BaseStage, StageResult
 from stages.rules import Rule
 
 
 @dataclass(frozen=True, repr=False)
-class Validate:
+class Validate(BaseStage):
     """Check every row against `rules` (Range, AllowedValues, Regex, NotNull, Unique, or
     any object with `check(frame)`); rows failing any rule are rejected with every failure,
     joined by "; " in rule order."""

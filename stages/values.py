@@ -12,7 +12,7 @@ import pandas as pd
 
 from stages.errors import StageError
 from stages._util import call_repr, is_null, require_columns, shown, split
-from stages.base import StageResult
+from stages.base import BaseStage, StageResult
 
 _UNMAPPED = ("keep", "null", "reject")
 _MISSING = object()
@@ -35,7 +35,7 @@ def _fill(column: str, values: pd.Series, value: Any) -> pd.Series:
 
 
 @dataclass(frozen=True, repr=False)
-class FillNulls:
+class FillNulls(BaseStage):
     """Replace nulls per column: FillNulls({"country": "unknown", "qty": 0}). A value that does
     not fit the column's dtype (text into an integer column) is a configuration error, not a
     silent change of the column's type."""
@@ -73,7 +73,7 @@ def _dtype_of(values: list[Any]) -> str | None:
 
 
 @dataclass(frozen=True, repr=False)
-class MapValues:
+class MapValues(BaseStage):
     """Replace the values of `column` through `mapping` (codes to labels, spellings to one
     spelling), into `target` (default: the column itself). `unmapped` says what happens to a
     value not in the mapping: "keep" it as it is, make it "null", or "reject" its row. Nulls
