@@ -39,6 +39,9 @@ def _pipeline(spec: str | None, shards: int | None,
 @click.option("--shards", type=click.IntRange(min=1), help="Split the source into N shards.")
 @click.option("--fresh", is_flag=True, help="Start a new run instead of resuming.")
 @click.option("--run-id", help="Work on (or create) the run with this id.")
+@click.option("--resume", is_flag=True,
+              help="Take up a cancelled run (`etl cancel`) again where it stopped; without "
+                   "it, a cancelled run is refused (exit status 4).")
 @click.option("--batch-size", type=click.IntRange(min=1),
               help="Rows per batch for a new run (a resumed run keeps its own). Default: the "
                    "pipeline's, else a shard's rows and half again (10,000 to 250,000).")
@@ -57,7 +60,7 @@ def _pipeline(spec: str | None, shards: int | None,
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @click.pass_context
 def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh: bool,
-                run_id: str | None, batch_size: int | None, processes: int | None,
+                run_id: str | None, resume: bool, batch_size: int | None, processes: int | None,
                 threads: int | None, wait: bool, accept_schema: bool, progress: bool) -> None:
     """Run fetch -> clean -> load over every shard; resumes an unfinished run.
 
@@ -67,7 +70,8 @@ def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh:
         raise click.UsageError("--fresh and --run-id exclude each other")
     chosen, pipeline = _pipeline(spec, shards, batch_size)
     execute(ctx, pipeline, spec=chosen, fresh=fresh, run_id=run_id, processes=processes,
-            threads=threads, wait=wait, accept_schema=accept_schema, progress=progress)
+            threads=threads, wait=wait, accept_schema=accept_schema, progress=progress,
+            resume=resume)
 
 
 @click.command("backfill")
@@ -83,6 +87,8 @@ def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh:
               show_default="1 per process with several processes, else 2",
               help="Worker threads per process in embedded mode.")
 @click.option("--wait/--no-wait", default=False, help="Distributed mode: follow the run.")
+@click.option("--resume", is_flag=True,
+              help="Take up the window's cancelled run again where it stopped.")
 @click.option("--accept-schema", is_flag=True,
               help="A new run takes the source's columns as they are now, instead of "
                    "expecting those of the pipeline's last completed run.")
@@ -90,31 +96,44 @@ def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh:
 @click.pass_context
 def backfill_command(ctx: click.Context, spec: str | None, start: str, end: str,
                      shards: int | None, batch_size: int | None, processes: int | None,
-                     threads: int | None,
-                     wait: bool, accept_schema: bool, progress: bool) -> None:
+                     threads: int | None, wait: bool, resume: bool, accept_schema: bool,
+                     progress: bool) -> None:
     """Load the rows with START <= window column < END, once, whoever triggers it.
 
     The run id derives from pipeline, shard plan and window: triggering the same window
     again resumes its run, or does nothing if it finished. Made for cron."""
     chosen, pipeline = _pipeline(spec, shards, batch_size)
     execute(ctx, pipeline, spec=chosen, window=(start, end), processes=processes,
-            threads=threads, wait=wait, accept_schema=accept_schema, progress=progress)
+            threads=threads, wait=wait, accept_schema=accept_schema, progress=progress,
+            resume=resume)
 
 
 def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = False,
             run_id: str | None = None, window: tuple[str, str] | None = None,
             processes: int | None = None, threads: int | None = None, wait: bool = False,
-            accept_schema: bool = False, progress: bool = True) -> None:
+            accept_schema: bool = False, progress: bool = True, resume: bool = False) -> None:
     """Run through the runner (etl.runner) and print what it says: the opening line, the
-    progress bar, the summary, and the failures of a run that did not complete."""
+    progress bar, the summary, and the failures of a run that did not complete. A cancelled
+    run (refused without --resume, or cancelled while it works) is one line, exit 4."""
+    from etl.runtime.cancel import EXIT_CANCELLED, RunCancelled
+
     conf = settings()
     bar = _ProgressBar(enabled=progress, wait=wait)
-    with bar:
-        outcome = etl_run(pipeline, spec=spec, fresh=fresh, run_id=run_id, window=window,
-                          wait=wait, processes=processes, threads=threads,
-                          accept_schema=accept_schema, settings=conf,
-                          stores=Stores.from_settings(conf),
-                          on_start=bar.start, on_enqueued=_enqueued, progress=bar.update)
+    try:
+        with bar:
+            outcome = etl_run(pipeline, spec=spec, fresh=fresh, run_id=run_id, window=window,
+                              wait=wait, processes=processes, threads=threads,
+                              accept_schema=accept_schema, settings=conf, resume=resume,
+                              stores=Stores.from_settings(conf),
+                              on_start=bar.start, on_enqueued=_enqueued, progress=bar.update)
+    except RunCancelled as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        ctx.exit(EXIT_CANCELLED)
+    if outcome.cancelled:
+        err.print(f"run {outcome.run_id} cancelled: stopped with {outcome.rows_loaded:,} rows "
+                  f"loaded; `etl run --run-id {outcome.run_id} --resume` takes it up again",
+                  markup=False, highlight=False, soft_wrap=True)
+        ctx.exit(EXIT_CANCELLED)
     if outcome.enqueued or (outcome.opened == "complete" and outcome.distributed and not wait):
         out.print(outcome.run_id)
         return

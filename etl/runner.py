@@ -25,6 +25,7 @@ from etl.sinks.base import KeyAudit
 if TYPE_CHECKING:
     from etl.core.config import Settings
     from etl.pipeline import Pipeline
+    from etl.runtime.cancel import Cancelled
     from etl.runtime.context import RunContext
     from etl.runtime.replay import ReplayResult
     from etl.runtime.run_record import RunTracker
@@ -86,6 +87,8 @@ class RunOutcome:
     #: Keys the sink holds in more than one batch, for a sink that cannot hold a key to one
     #: row but can count (etl.sinks.base.KeyAudit); None for the others.
     keys_repeated: int | None = None
+    #: The run was cancelled while this call worked or followed it (`etl.cancel`).
+    cancelled: bool = False
 
     @property
     def rows_loaded(self) -> int:
@@ -127,7 +130,7 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
         batch_size: int | None = None, wait: bool = True,
         progress: "ProgressCallback | None" = None, processes: int | None = None,
         threads: int | None = None, accept_schema: bool = False, settings: "Settings | None" = None,
-        stores: "Stores | None" = None,
+        stores: "Stores | None" = None, resume: bool = False,
         on_start: Callable[[RunStart], None] | None = None,
         on_enqueued: Callable[[Enqueued], None] | None = None) -> RunOutcome:
     """Run `pipeline` (a Pipeline, or a `module:attribute` spec) to its end.
@@ -139,6 +142,9 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
     `processes` local processes; with RabbitMQ or Redis it is sent to `etl worker`s and,
     when `wait`, followed to its end. `progress` gets the checkpoints about 5 times a
     second; `on_start` and `on_enqueued` say what was opened and sent.
+
+    A cancelled run (`cancel`) is taken up only with `resume` (else RunCancelled is raised);
+    if it is cancelled while this call works, the work stops and `outcome.cancelled` is set.
 
     `spec` names the pipeline for workers (`module:attribute`); it is required for a
     distributed run of a Pipeline object. `settings` default to those of the current
@@ -172,7 +178,7 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
     return _Run(pipeline, spec=spec, settings=conf, stores=stores, distributed=distributed,
                 worker_plans=planner).go(
         fresh=fresh, run_id=run_id, params=params, accept_schema=accept_schema, wait=wait,
-        progress=progress, processes=processes, threads=threads,
+        progress=progress, processes=processes, threads=threads, resume=resume,
         on_start=on_start, on_enqueued=on_enqueued)
 
 
@@ -233,8 +239,9 @@ class _Run:
     def go(self, *, fresh: bool, run_id: str | None, params: dict[str, Any] | None,
            accept_schema: bool, wait: bool, progress: "ProgressCallback | None",
            processes: int | None, threads: int | None, on_start: Callable[[RunStart], None] | None,
-           on_enqueued: Callable[[Enqueued], None] | None) -> RunOutcome:
+           on_enqueued: Callable[[Enqueued], None] | None, resume: bool = False) -> RunOutcome:
         from etl.core.statuses import RunStatus
+        from etl.runtime.cancel import RunCancelled
         from etl.runtime.context import RunContext
         from etl.runtime.runs import finalize_if_complete, totals
 
@@ -243,6 +250,9 @@ class _Run:
                                   accept_schema=accept_schema, wait=wait)
         opened: Opened = ("new" if created else
                           "complete" if run.status == RunStatus.COMPLETED else "resumed")
+        was_cancelled = run.status == RunStatus.CANCELLED
+        if was_cancelled and not resume:
+            raise RunCancelled(run.run_id, newest=run_id is None)
         if opened == "resumed":
             state.set_run_status(run.run_id, RunStatus.RUNNING)
         notices = _notices(run, self.pipeline, created=created)
@@ -262,6 +272,8 @@ class _Run:
         tracker = self._tracker(context)
         if tracker:
             progress = tracker.wrap(progress)
+        if was_cancelled and self.distributed:
+            self._settle_cancel()
         work = self._work(context, created=created, wait=wait, progress=progress,
                           processes=processes, threads=threads, on_enqueued=on_enqueued)
         if work is None:  # sent, not followed
@@ -270,10 +282,11 @@ class _Run:
         # Finalize once, here: the sink finishes the run and the run is marked completed
         # (the load that finished the last shard may have done it already; it is idempotent).
         completed = work.completed and finalize_if_complete(context)
-        if not completed and not self.distributed:
+        outcome.cancelled = work.cancelled and not completed
+        if not completed and not self.distributed and not outcome.cancelled:
             state.set_run_status(run.run_id, RunStatus.FAILED)  # resumable: run it again
         if tracker:
-            tracker.finish(completed, work.checkpoints)
+            tracker.finish(completed, work.checkpoints, cancelled=outcome.cancelled)
         outcome.completed, outcome.elapsed = completed, work.elapsed
         outcome.dead_letters, outcome.resent = work.dead_letters, work.resent
         outcome.after = totals(work.checkpoints)
@@ -287,6 +300,17 @@ class _Run:
 
             outcome.errors = [masked_error(e) for e in state.list_errors(run.run_id, limit=5)]
         return outcome
+
+    @staticmethod
+    def _settle_cancel() -> None:
+        """Before a resumed cancelled run's work is sent: wait until no worker can still
+        believe it cancelled (each reads the status at most CHECK_EVERY_S old), or one would
+        ack the resumed steps without work."""
+        import time
+
+        from etl.runtime.cancel import CHECK_EVERY_S
+
+        time.sleep(CHECK_EVERY_S * 1.2)
 
     def _tracker(self, context: "RunContext") -> "RunTracker | None":
         """The run's own record in the result store (embedded mode: this process works the
@@ -352,6 +376,45 @@ def replay(run_id: str, *, pipeline: str | None = None, stages: "Sequence[str] |
     return replay_rows(context, original, on_batch=on_batch)
 
 
+def cancel(run_id: str, *, purge: bool = False, settings: "Settings | None" = None,
+           stores: "Stores | None" = None) -> "Cancelled":
+    """Cancel run `run_id`: its status becomes `cancelled`; workers ack its remaining
+    messages without work (each notices within about a second), an embedded `etl run`
+    working it stops once the steps in hand end, and `run(..., resume=True)` takes it up
+    again where it stopped. With `purge`, its pending messages are also removed from the
+    broker's queue at once (distributed runs). A completed run cannot be cancelled
+    (ConfigError); cancelling a cancelled run changes nothing."""
+    import dataclasses as dc
+
+    from etl.core.config import load_settings
+    from etl.runtime.cancel import cancel_run, purge_run
+    from etl.stores import Stores
+
+    conf = settings or load_settings()
+    stores = stores or Stores.from_settings(conf)
+    done = cancel_run(stores.state, run_id, results=stores.results)
+    if purge:
+        done = dc.replace(done, purged=purge_run(conf, stores.state, run_id,
+                                                 results=stores.results))
+    return done
+
+
+def purge(run_id: str, *, queue: str | None = None, settings: "Settings | None" = None,
+          stores: "Stores | None" = None) -> int:
+    """Remove run `run_id`'s pending messages from its queue (default: its pipeline's, else
+    the `queue` setting) on the configured RabbitMQ or Redis broker, leaving other runs'
+    messages; their result records end `cancelled`. How many were removed. The run's status
+    is not changed: what was purged is missing work that a resume or `etl reconcile` sends
+    again."""
+    from etl.core.config import load_settings
+    from etl.runtime.cancel import purge_run
+    from etl.stores import Stores
+
+    conf = settings or load_settings()
+    stores = stores or Stores.from_settings(conf)
+    return purge_run(conf, stores.state, run_id, queue=queue, results=stores.results)
+
+
 def _hash_columns(plan: Any) -> tuple[str, ...]:
     """The columns a hash shard plan assigns rows by (none for other plans)."""
     from shards import HashShards
@@ -385,4 +448,5 @@ def _schema_change(run: "RunRecord", pipeline: "Pipeline") -> str | None:
             f"{pipeline.schema_drift}")
 
 
-__all__ = ["Enqueued", "RunOutcome", "RunStart", "default_processes", "replay", "run"]
+__all__ = ["Enqueued", "RunOutcome", "RunStart", "cancel", "default_processes", "purge", "replay",
+           "run"]

@@ -10,7 +10,8 @@ Every step holds the lease of its task (etl.runtime.leases) while it works and c
 lease's fence. A message whose task is leased by another live worker, or whose lease was
 lost before the commit, is deferred: re-enqueued with a delay, never dropped, never run
 alongside its twin. Retries follow the pipeline's RetryPolicy (Dramatiq's Retries, through
-`retry_when`); exhausted or permanent failures go to the dead-letter queue.
+`retry_when`); exhausted or permanent failures go to the dead-letter queue. A step of a
+cancelled run (etl.runtime.cancel) is acknowledged without work and without piping on.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage, Middleware, Retries
 
 from etl.runtime import batches
+from etl.runtime.cancel import CancelWatch
 from etl.runtime.context import ContextCache
 from etl.core.errors import USER_ERRORS, LeaseLost, is_environment_error
 from etl.core.names import DEFERRED_OPTION, actor_name, task_fingerprint, task_key
@@ -137,6 +139,7 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
         broker.add_middleware(metrics, before=Retries)  # its after-hook: after Retries, before the recorder
     holder: dict[str, Any] = {"leases": leases}
     settled = SettledSteps()  # steps the ledger said were done: their duplicates need no read
+    watch = CancelWatch()  # cancelled runs, each read at most once a second
 
     def keeper(state: Any) -> LeaseKeeper:
         if holder["leases"] is None:
@@ -155,6 +158,11 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
                 report({"skipped": duplicate})
                 return  # a duplicate: settled without a read, without touching the lease
             ctx = contexts.get(run_id)
+            if watch.cancelled(run_id, ctx.state):  # acked without work, pipeline not piped on
+                if proxy is not None:
+                    proxy.options.pop("pipe_target", None)
+                report({"cancelled": f"run {run_id} cancelled"})
+                return
             if stage != "fetch" and ctx.state.is_done(task_fingerprint(stage, run_id, shard, batch)):
                 settled.add(step)
                 report({"skipped": duplicate})

@@ -4,7 +4,8 @@
 reconciler finds missing for a resumed one) and returns, or with `--wait` follows the
 checkpoints until the run is complete. Workers (`etl worker`) do the work. While waiting,
 a run that has gone quiet (queue empty, no live lease) without completing either has
-failures (dead letters, failed shards: exit and say so) or lost messages (re-sent).
+failures (dead letters, failed shards: exit and say so) or lost messages (re-sent). A run
+cancelled meanwhile (etl.runtime.cancel) is followed no further.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import time
 
 from etl.runtime.actors import EtlActors, declare_actors
+from etl.runtime.cancel import is_cancelled
 from etl.brokers import open_broker, queues_of
 from etl.core.config import Settings
 from etl.runtime.context import ContextCache, RunContext
@@ -80,6 +82,8 @@ class Sender:
                 time.sleep(pause)
                 continue
             looked = now
+            if is_cancelled(ctx.state, ctx.run_id):
+                return WorkOutcome(False, now - started, checkpoints, resent=resent, cancelled=True)
             look = reconcile(ctx, None, queues=self.queues, queue=self.queue_of(ctx), dry_run=True)
             quiet = quiet + 1 if look.queue_idle and not look.leased else 0
             if quiet >= quiet_polls:

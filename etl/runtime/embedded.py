@@ -5,6 +5,9 @@ worker threads, and owns a disjoint set of shards (shard % processes), so proces
 contend for the same shard and pandas work uses every core despite the GIL. Processes are
 forked after the source is parsed and indexed, so they share it instead of re-reading it.
 
+A cancelled run (etl.runtime.cancel) is seen by every process on its next poll: its
+steps are acked without work, the steps in hand finish, and the processes end.
+
 After a crash nothing of an in-memory broker survives; what survives is the state store,
 and `find_pending` turns it back into exactly the messages still needed. That is how
 `etl run` resumes.
@@ -23,6 +26,7 @@ import dramatiq
 
 from etl.brokers import open_broker
 from etl.runtime.actors import QUEUE, declare_actors
+from etl.runtime.cancel import is_cancelled
 from etl.runtime.context import ContextCache, RunContext
 from etl.core.logs import summarize_floods
 from etl.core.processes import die_with_parent
@@ -30,6 +34,11 @@ from etl.runtime.runs import Pending, ProgressCallback, WorkOutcome, all_loaded,
 from results.base import ResultStore
 
 log = logging.getLogger(__name__)
+
+#: How long a cancelled run's queue is given to drain (its messages acked without work,
+#: within about a second) before the worker stops with what is left on a delay.
+CANCEL_DRAIN_S = 3.0
+
 
 def _only(pending: Pending, shards: set[int]) -> Pending:
     return Pending(fetch=[p for p in pending.fetch if p[0] in shards],
@@ -59,12 +68,19 @@ def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
             done.set()
 
     threading.Thread(target=wait_for_queue, name="etl-join", daemon=True).start()
+    cancelled_at: float | None = None
     try:
         while not done.wait(poll):
             if on_progress:
                 on_progress(ctx.state.list_checkpoints(ctx.run_id))
+            if cancelled_at is None and is_cancelled(ctx.state, ctx.run_id):
+                # the actors ack what is queued without work (their records end cancelled)
+                log.info("run %s cancelled: stopping once the steps in hand end", ctx.run_id)
+                cancelled_at = time.monotonic()
+            if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_DRAIN_S:
+                break  # what is left waits on a delay (a deferral, a retry's back-off)
     finally:
-        worker.stop()
+        worker.stop()  # steps in hand finish (a load commits or rolls back, leases are released)
         broker.close()
     return len(broker.dead_letters_by_queue.get(QUEUE, []))
 
@@ -169,7 +185,8 @@ def run_embedded(ctx: RunContext, *, threads: int | None = None, processes: int 
                                               poll=poll, on_progress=on_progress, results=results)
             dead += lost
             pending = find_pending(ctx.state, ctx.run_id)
-            if not killed or not pending.total or restart == RESTARTS:
+            if not killed or not pending.total or restart == RESTARTS or is_cancelled(
+                    ctx.state, ctx.run_id):
                 break
             log.warning("%d worker process(es) killed: starting their %d unfinished batch "
                         "pipeline(s) again", killed, pending.total)
@@ -177,4 +194,5 @@ def run_embedded(ctx: RunContext, *, threads: int | None = None, processes: int 
     if on_progress:
         on_progress(checkpoints)
     return WorkOutcome(completed=all_loaded(checkpoints, ctx.run.shards), dead_letters=dead,
-                          elapsed=time.perf_counter() - started, checkpoints=checkpoints)
+                       elapsed=time.perf_counter() - started, checkpoints=checkpoints,
+                       cancelled=is_cancelled(ctx.state, ctx.run_id))

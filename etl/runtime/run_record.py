@@ -1,7 +1,7 @@
 """The run itself as a task in the result store: job id = run id, function "etl.run",
 progress = rows settled (loaded or quarantined) / rows in the source, updated at most once a
-second, then completed or failed. Writes are guarded like the middleware's: a result-store
-outage never stops a run."""
+second, then completed, failed or cancelled. Writes are guarded like the middleware's: a
+result-store outage never stops a run."""
 
 from __future__ import annotations
 
@@ -59,9 +59,15 @@ class RunTracker:
                 self._write(lambda: self.store.store(self.job, ttl=self.ttl))
         return on_progress
 
-    def finish(self, completed: bool, checkpoints: list["Checkpoint"]) -> None:
+    def finish(self, completed: bool, checkpoints: list["Checkpoint"], *,
+               cancelled: bool = False) -> None:
         loaded = sum(c.rows_loaded for c in checkpoints)
         quarantined = sum(c.rows_quarantined for c in checkpoints)
+        if cancelled and not completed:
+            from etl.runtime.cancel import close_run_record
+
+            close_run_record(self.store, self.ctx.run_id)  # `etl cancel` may have closed it
+            return
         if completed:
             self._write(lambda: self.store.update_status(
                 self.ctx.run_id, JobStatus.COMPLETED.value, progress=1.0,

@@ -188,6 +188,7 @@ class WorkOutcome:
     checkpoints: list[Checkpoint]
     dead_letters: int = 0
     resent: int = 0  # lost steps the reconciler sent again (distributed)
+    cancelled: bool = False  # the run was cancelled while it worked (etl.runtime.cancel)
 
 
 @dataclass
