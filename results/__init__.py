@@ -1,13 +1,16 @@
 """Task result store: every task's status lifecycle, result, error, timings and history.
 
-Open one by URL: `sqlite:///path` (embedded default), `redis://` / `rediss://`, `mongodb://`;
-`?key_prefix=app` lets several applications share one Redis or MongoDB server.
+Open one by URL: `sqlite:///path` (embedded default), `redis://` / `rediss://`, `mongodb://`,
+`postgresql://` and `mysql://` / `mariadb://` (SQLAlchemy, the `sql` extra); `none` records
+nothing (etl.stores.open_results). `?key_prefix=app` lets several applications share one
+server or file: it prefixes Redis keys, and names the MongoDB collection or SQL table
+`app_JobResult`.
 """
 
 from __future__ import annotations
 
 import logging
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from etl.core.errors import ConfigError, EtlError, UnsupportedURL
 from etl.core.urls import mask_url, scheme_of
@@ -15,12 +18,13 @@ from results.base import ResultStore
 from results.errors import InvalidTransition, JobNotFound, ResultNotFound
 from results.models import FINISHED, JobResult, JobStatus, Transition
 
-SCHEMES = "sqlite:///path.db, redis://host:6379/0, rediss://..., mongodb://host/db"
+SCHEMES = ("sqlite:///path.db, redis://host:6379/0, rediss://..., mongodb://host/db, "
+           "postgresql://host/db, mysql://host/db, mariadb://host/db")
 
 
 def _key_prefix(url: str) -> tuple[str, str | None]:
     """`url` without its `key_prefix` query option, and that option's value (None: absent).
-    The option names the store's keys (Redis) or collection (MongoDB), so several
+    The option names the store's keys (Redis), collection (MongoDB) or table (SQL), so several
     applications can share one server; drivers would refuse it as an unknown option."""
     parts = urlsplit(url)
     pairs = parse_qsl(parts.query, keep_blank_values=True)
@@ -31,21 +35,23 @@ def _key_prefix(url: str) -> tuple[str, str | None]:
         raise ConfigError(f"result store {mask_url(url)}: key_prefix must be letters, digits, "
                           f"- or _, not {prefix!r}")
     query = urlencode([(name, value) for name, value in pairs if name != "key_prefix"])
-    return urlunsplit(parts._replace(query=query)), prefix
+    # cut by hand: urlunsplit would fold sqlite://// (an absolute path) into sqlite://
+    head, _, rest = url.partition("?")
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return head + (f"?{query}" if query else "") + fragment, prefix
 
 
 def open_results(url: str) -> ResultStore:
     """The result store for `url`; an unknown scheme is an error listing the supported ones.
-    `?key_prefix=app` prefixes Redis keys (default `etl`) or the MongoDB collection name."""
+    `?key_prefix=app` prefixes Redis keys (default `etl`), or names the MongoDB collection
+    or SQL table `app_JobResult` (default `JobResult`)."""
     scheme = scheme_of(url)
-    given, (url, prefix) = url, _key_prefix(url)
+    url, prefix = _key_prefix(url)
+    table = f"{prefix}_JobResult" if prefix else "JobResult"
     if scheme == "sqlite":
-        if prefix is not None:
-            raise ConfigError(f"result store {mask_url(given)}: key_prefix does not apply to a "
-                              "SQLite file (the file is the store's own): name another file")
         from results.sqlite import SQLiteResultStore
 
-        return SQLiteResultStore(url)
+        return SQLiteResultStore(url, table=table)
     if scheme in ("redis", "rediss"):
         from results.redis import RedisResultStore
 
@@ -53,7 +59,11 @@ def open_results(url: str) -> ResultStore:
     if scheme in ("mongodb", "mongodb+srv", "mongomock"):
         from results.mongo import MongoResultStore
 
-        return MongoResultStore(url, collection=f"{prefix}_JobResult" if prefix else "JobResult")
+        return MongoResultStore(url, collection=table)
+    if scheme.split("+")[0] in ("postgresql", "postgres", "mysql", "mariadb"):
+        from results.sql import SqlResultStore
+
+        return SqlResultStore(url, table=table)
     raise UnsupportedURL(f"unsupported result store URL scheme {scheme or '(none)'!r}; "
                          f"use one of: {SCHEMES}")
 

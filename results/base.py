@@ -58,7 +58,8 @@ class ResultStore(Protocol):
         """Remove what has expired (records, or index entries of expired records); count."""
 
     def stats(self) -> dict[str, Any]:
-        """{"total": n, "by_status": {...}, "by_queue": {...}, "avg_duration": s or None}."""
+        """{"store": kind, "total": n, "by_status": {...}, "by_queue": {...},
+        "success_rate": completed/finished or None, "avg_duration": s or None}."""
 
     def close(self) -> None: ...
 
@@ -105,8 +106,12 @@ def job_history(store: ResultStore, job_id: str) -> list[Transition]:
     return job.history
 
 
-def summarise(jobs: Iterable[tuple[str, str, float | None]]) -> dict[str, Any]:
-    """Stats from (status, queue, duration) triples."""
+def summarise(jobs: Iterable[tuple[str, str, float | None]], *, store: str) -> dict[str, Any]:
+    """Stats from (status, queue, duration) triples of the live records of a `store` (its
+    kind: sqlite, redis, mongodb, postgresql, mysql). `success_rate` is completed over
+    finished records (None while none has finished)."""
+    from results.models import FINISHED, JobStatus
+
     by_status: dict[str, int] = {}
     by_queue: dict[str, int] = {}
     durations: list[float] = []
@@ -117,5 +122,8 @@ def summarise(jobs: Iterable[tuple[str, str, float | None]]) -> dict[str, Any]:
         by_queue[queue] = by_queue.get(queue, 0) + 1
         if duration is not None:
             durations.append(duration)
-    return {"total": total, "by_status": by_status, "by_queue": by_queue,
+    finished = sum(n for s, n in by_status.items() if JobStatus(s) in FINISHED)
+    completed = by_status.get(JobStatus.COMPLETED.value, 0)
+    return {"store": store, "total": total, "by_status": by_status, "by_queue": by_queue,
+            "success_rate": completed / finished if finished else None,
             "avg_duration": sum(durations) / len(durations) if durations else None}

@@ -112,6 +112,7 @@ def settle(changes: Sequence[Change], stored: Mapping[str, JobResult]) -> tuple[
         settled.positions.append(position)
         if isinstance(change, NewRecord):
             job = change.job
+            job.updated_at = job.updated_at or job.created_at
             if not job.history:
                 job.history = [Transition(job.status, job.created_at)]
             settled.final, settled.created = job, change

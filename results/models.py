@@ -4,6 +4,8 @@
                                         | cancelled
     retrying -> queued                  (the retry is enqueued again)
     pending | queued -> cancelled | aborted
+    in_progress -> aborting             (abort asked: the worker interrupts it, or it ends)
+    aborting -> aborted | completed | failed | timeout | cancelled
 
 Every transition is kept, with its time, in the record's history.
 """
@@ -28,6 +30,7 @@ class JobStatus(str, Enum):
     FAILED = "failed"
     RETRYING = "retrying"
     ABORTED = "aborted"
+    ABORTING = "aborting"
     TIMEOUT = "timeout"
     CANCELLED = "cancelled"
 
@@ -37,7 +40,9 @@ S = JobStatus
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.PENDING: frozenset({S.QUEUED, S.CANCELLED, S.ABORTED}),
     S.QUEUED: frozenset({S.IN_PROGRESS, S.CANCELLED, S.ABORTED}),
-    S.IN_PROGRESS: frozenset({S.COMPLETED, S.FAILED, S.RETRYING, S.ABORTED, S.TIMEOUT, S.CANCELLED}),
+    S.IN_PROGRESS: frozenset({S.COMPLETED, S.FAILED, S.RETRYING, S.ABORTED, S.TIMEOUT, S.CANCELLED,
+                              S.ABORTING}),
+    S.ABORTING: frozenset({S.ABORTED, S.COMPLETED, S.FAILED, S.TIMEOUT, S.CANCELLED}),
     S.RETRYING: frozenset({S.QUEUED, S.IN_PROGRESS, S.FAILED, S.CANCELLED, S.ABORTED}),
     S.COMPLETED: frozenset(),
     S.FAILED: frozenset(),
@@ -85,6 +90,8 @@ class JobResult:
     completed_at: datetime | None = None
     duration: float | None = None  # seconds from start to finish
     expires_at: datetime | None = None
+    updated_at: datetime | None = None  # the last write: its creation or latest transition
+    metadata: dict[str, Any] = field(default_factory=dict)  # the sender's own notes (enqueue_job)
     history: list[Transition] = field(default_factory=list)
 
     @property
@@ -115,7 +122,8 @@ class JobResult:
     @classmethod
     def from_compact(cls, data: dict[str, Any], history: list[Transition]) -> "JobResult":
         values = {k: (datetime.fromtimestamp(v, tz=timezone.utc) if k in _TIMES and v is not None else v)
-                  for k, v in data.items() if k in _FIELDS}
+                  for k, v in data.items() if k in _FIELDS
+                  and not (v is None and _DEFAULTS.get(k) is not None)}  # a default kept as null
         return cls(**values, history=history)
 
     @classmethod
@@ -128,7 +136,8 @@ class JobResult:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(JobResult))
-_TIMES = frozenset({"created_at", "queued_at", "started_at", "completed_at", "expires_at"})
+_TIMES = frozenset({"created_at", "queued_at", "started_at", "completed_at", "expires_at",
+                    "updated_at"})
 _REQUIRED = frozenset({"job_id", "function", "status", "queue"})
 _DEFAULTS: dict[str, Any] = {
     f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)  # type: ignore[misc]
@@ -164,14 +173,14 @@ def check_transition(job_id: str, current: str, target: str) -> None:
 
 
 def stamp_fields(status: str, now: datetime, started_at: datetime | None) -> dict[str, Any]:
-    """Timestamps a transition to `status` sets: queued_at, started_at, completed_at and
-    duration."""
+    """Timestamps a transition to `status` sets: updated_at always, and queued_at,
+    started_at, or completed_at and duration."""
     target = JobStatus(status)
     if target is JobStatus.QUEUED:
-        return {"queued_at": now}
+        return {"queued_at": now, "updated_at": now}
     if target is JobStatus.IN_PROGRESS:
-        return {"started_at": now}
+        return {"started_at": now, "updated_at": now}
     if target in FINISHED:
         duration = (now - started_at).total_seconds() if started_at else None
-        return {"completed_at": now, "duration": duration}
-    return {}
+        return {"completed_at": now, "duration": duration, "updated_at": now}
+    return {"updated_at": now}

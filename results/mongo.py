@@ -58,6 +58,7 @@ class MongoResultStore:
 
     def store(self, job: JobResult, *, ttl: timedelta | None = None) -> JobResult:
         job.expires_at = utcnow() + (ttl or DEFAULT_TTL)
+        job.updated_at = job.updated_at or utcnow()
         if not job.history:
             job.history = [Transition(job.status, job.created_at)]
         mask_job(job)
@@ -168,7 +169,8 @@ class MongoResultStore:
 
     def stats(self) -> dict[str, Any]:
         docs = self.jobs.find(self._live(), {"status": 1, "queue": 1, "duration": 1})
-        return summarise((d["status"], d["queue"], d.get("duration")) for d in docs)
+        return summarise(((d["status"], d["queue"], d.get("duration")) for d in docs),
+                         store="mongodb")
 
     def close(self) -> None:
         self.client.close()

@@ -181,6 +181,7 @@ class RedisResultStore:
         args: list[Any] = [millis, self._job(""), self._status("")]
         for job in jobs:
             job.expires_at = expires
+            job.updated_at = job.updated_at or expires - ttl
             if not job.history:
                 job.history = [Transition(job.status, job.created_at)]
             mask_job(job)
@@ -290,8 +291,8 @@ class RedisResultStore:
             job.history.append(entry)
             compact = job.to_compact()
             pairs: list[str] = []
-            for name in changes:
-                pairs += [name, dumps(compact.get(name))]
+            for name in changes:  # a default (retry_count 0) is absent from compact: not null
+                pairs += [name, dumps(compact.get(name, getattr(job, name)))]
             outcome = self._cas(keys=[self._job(job_id), self._status(job_id)],
                                 args=[previous, status, _step(entry), *pairs])
             if outcome == 1:
@@ -382,7 +383,7 @@ class RedisResultStore:
                             for s, q, d in replies if s is not None)
                 if cursor == 0:
                     break
-        return summarise(rows)
+        return summarise(rows, store="redis")
 
     def close(self) -> None:
         self.client.close()

@@ -17,25 +17,26 @@ from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition
                             stamp_fields, utcnow)
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS JobResult (
+CREATE TABLE IF NOT EXISTS {t} (
     job_id TEXT PRIMARY KEY, status TEXT NOT NULL, queue TEXT NOT NULL, run_id TEXT,
     duration REAL, created_at TEXT NOT NULL, expires_at TEXT NOT NULL, data TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS JobResult_run ON JobResult (run_id, created_at);
-CREATE INDEX IF NOT EXISTS JobResult_status ON JobResult (status);
-CREATE INDEX IF NOT EXISTS JobResult_queue ON JobResult (queue, created_at);
-CREATE INDEX IF NOT EXISTS JobResult_expires ON JobResult (expires_at);
+CREATE INDEX IF NOT EXISTS {t}_run ON {t} (run_id, created_at);
+CREATE INDEX IF NOT EXISTS {t}_status ON {t} (status);
+CREATE INDEX IF NOT EXISTS {t}_queue ON {t} (queue, created_at);
+CREATE INDEX IF NOT EXISTS {t}_expires ON {t} (expires_at);
 """
 
 
 class SQLiteResultStore:
     """ResultStore on one SQLite file (WAL, busy timeout, a connection per thread)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, table: str = "JobResult") -> None:
         self.url = mask_url(url)
         self.path = open_path(url)
+        self.table = table  # `<key_prefix>_JobResult` with a key_prefix: several share a file
         self._db = Connections(self.path)
         with write(self._db) as conn:
-            for statement in filter(str.strip, SCHEMA.split(";")):
+            for statement in filter(str.strip, SCHEMA.format(t=table).split(";")):
                 conn.execute(statement)
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
@@ -53,17 +54,18 @@ class SQLiteResultStore:
 
     def store(self, job: JobResult, *, ttl: timedelta | None = None) -> JobResult:
         job.expires_at = utcnow() + (ttl or DEFAULT_TTL)
+        job.updated_at = job.updated_at or utcnow()
         if not job.history:
             job.history = [Transition(job.status, job.created_at)]
         mask_job(job)
         with write(self._db) as conn:
-            conn.execute("INSERT OR REPLACE INTO JobResult VALUES (?,?,?,?,?,?,?,?)", self._row(job))
+            conn.execute(f"INSERT OR REPLACE INTO {self.table} VALUES (?,?,?,?,?,?,?,?)", self._row(job))
         return job
 
     def update_status(self, job_id: str, status: str, *, note: str | None = None,
                       **fields: Any) -> JobResult:
         with write(self._db) as conn:
-            row = conn.execute("SELECT data FROM JobResult WHERE job_id = ? AND expires_at > ?",
+            row = conn.execute(f"SELECT data FROM {self.table} WHERE job_id = ? AND expires_at > ?",
                                (job_id, self._live())).fetchone()
             if row is None:
                 raise JobNotFound(job_id)
@@ -75,7 +77,7 @@ class SQLiteResultStore:
             job.status = status
             job.history.append(Transition(status, now, note))
             mask_job(job)  # the change, and anything kept before masking existed
-            conn.execute("UPDATE JobResult SET status = ?, duration = ?, data = ? WHERE job_id = ?",
+            conn.execute(f"UPDATE {self.table} SET status = ?, duration = ?, data = ? WHERE job_id = ?",
                          (job.status, job.duration, dumps(job.to_dict()), job_id))
             return job
 
@@ -90,7 +92,7 @@ class SQLiteResultStore:
             for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
                 chunk = ids[start:start + 900]
                 for (data,) in conn.execute(
-                        f"SELECT data FROM JobResult WHERE job_id IN ({','.join('?' * len(chunk))})"
+                        f"SELECT data FROM {self.table} WHERE job_id IN ({','.join('?' * len(chunk))})"
                         " AND expires_at > ?", (*chunk, live)):
                     job = JobResult.from_dict(loads(data))
                     stored[job.job_id] = job
@@ -107,14 +109,14 @@ class SQLiteResultStore:
                 else:
                     moved.append((job.status, job.duration, dumps(job.to_dict()), job.job_id))
             if created:
-                conn.executemany("INSERT OR REPLACE INTO JobResult VALUES (?,?,?,?,?,?,?,?)", created)
+                conn.executemany(f"INSERT OR REPLACE INTO {self.table} VALUES (?,?,?,?,?,?,?,?)", created)
             if moved:
-                conn.executemany("UPDATE JobResult SET status = ?, duration = ?, data = ? "
+                conn.executemany(f"UPDATE {self.table} SET status = ?, duration = ?, data = ? "
                                  "WHERE job_id = ?", moved)
         return outcomes
 
     def get(self, job_id: str) -> JobResult | None:
-        rows = self._read("SELECT data FROM JobResult WHERE job_id = ? AND expires_at > ?",
+        rows = self._read(f"SELECT data FROM {self.table} WHERE job_id = ? AND expires_at > ?",
                           (job_id, self._live()))
         return JobResult.from_dict(loads(rows[0][0])) if rows else None
 
@@ -125,14 +127,14 @@ class SQLiteResultStore:
             chunk = ids[start:start + 900]
             marks = ",".join("?" * len(chunk))
             for (data,) in self._read(
-                    f"SELECT data FROM JobResult WHERE job_id IN ({marks}) AND expires_at > ?",
+                    f"SELECT data FROM {self.table} WHERE job_id IN ({marks}) AND expires_at > ?",
                     (*chunk, self._live())):
                 job = JobResult.from_dict(loads(data))
                 found[job.job_id] = job
         return found
 
     def get_status(self, job_id: str) -> str | None:
-        rows = self._read("SELECT status FROM JobResult WHERE job_id = ? AND expires_at > ?",
+        rows = self._read(f"SELECT status FROM {self.table} WHERE job_id = ? AND expires_at > ?",
                           (job_id, self._live()))
         return rows[0][0] if rows else None
 
@@ -141,7 +143,7 @@ class SQLiteResultStore:
 
     def delete(self, job_id: str) -> bool:
         with write(self._db) as conn:
-            return conn.execute("DELETE FROM JobResult WHERE job_id = ?", (job_id,)).rowcount == 1
+            return conn.execute(f"DELETE FROM {self.table} WHERE job_id = ?", (job_id,)).rowcount == 1
 
     def list(self, *, run_id: str | None = None, status: str | None = None,
              queue: str | None = None, limit: int = 100) -> list[JobResult]:
@@ -151,17 +153,17 @@ class SQLiteResultStore:
                 where.append(f"{column} = ?")
                 args.append(value)
         rows = self._read(
-            f"SELECT data FROM JobResult WHERE {' AND '.join(where)} "
+            f"SELECT data FROM {self.table} WHERE {' AND '.join(where)} "
             "ORDER BY created_at DESC, rowid DESC LIMIT ?", (*args, limit))
         return [JobResult.from_dict(loads(data)) for (data,) in rows]
 
     def cleanup_expired(self) -> int:
         with write(self._db) as conn:
-            return conn.execute("DELETE FROM JobResult WHERE expires_at <= ?", (self._live(),)).rowcount
+            return conn.execute(f"DELETE FROM {self.table} WHERE expires_at <= ?", (self._live(),)).rowcount
 
     def stats(self) -> dict[str, Any]:
-        return summarise(self._read("SELECT status, queue, duration FROM JobResult "
-                                    "WHERE expires_at > ?", (self._live(),)))
+        return summarise(self._read(f"SELECT status, queue, duration FROM {self.table} "
+                                    "WHERE expires_at > ?", (self._live(),)), store="sqlite")
 
     def close(self) -> None:
         self._db.close()

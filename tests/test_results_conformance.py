@@ -3,7 +3,6 @@ this machine) and MongoDB (mongomock, or a real server with ETL_TEST_MONGO_URL).
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 import uuid
@@ -19,7 +18,30 @@ from results.client import Job, JobFailed, ResultClient
 from results.errors import ResultNotFound
 
 
-@pytest.fixture(params=["sqlite", "redis", "mongo"])
+def _serialized(store: ResultStore) -> ResultStore:
+    """`store` (on mongomock, an in-process fake that is not thread-safe) with every public
+    method taken one call at a time, so tests that read while another thread writes are
+    deterministic there; a real server needs no such help."""
+    lock = threading.RLock()
+
+    class Serialized(type(store)):  # type: ignore[misc, valid-type]
+        __module__ = type(store).__module__
+
+    for name in dir(type(store)):
+        method = getattr(type(store), name)
+        if name.startswith("_") or not callable(method):
+            continue
+
+        def locked(self, *args, _method=method, **kwargs):  # type: ignore[no-untyped-def]
+            with lock:
+                return _method(self, *args, **kwargs)
+
+        setattr(Serialized, name, locked)
+    store.__class__ = Serialized
+    return store
+
+
+@pytest.fixture(params=["sqlite", "redis", "mongo", "postgres", "mariadb"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultStore]:
     if request.param == "sqlite":
         yield open_results(f"sqlite:///{tmp_path}/results.db")
@@ -32,13 +54,21 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultStor
         yield redis_store
         for key in redis_store.client.scan_iter(match=f"{prefix}:*"):
             redis_store.client.delete(key)
-    else:
+    elif request.param == "mongo":
         from results.mongo import MongoResultStore
 
         client = request.getfixturevalue("mongo_client")
         name = request.getfixturevalue("mongo_db_name")
-        yield MongoResultStore("mongodb://unused/x", client=client, database=name)
+        mongo = MongoResultStore("mongodb://unused/x", client=client, database=name)
+        yield _serialized(mongo) if _in_process_fake(mongo) else mongo
         client.drop_database(name)
+    else:
+        pytest.importorskip("sqlalchemy")
+        url = request.getfixturevalue(f"{request.param}_url")
+        sql = open_results(f"{url}?key_prefix=t{uuid.uuid4().hex[:10]}")
+        yield sql
+        sql.drop()  # type: ignore[attr-defined]
+        sql.close()
 
 
 def _job(job_id: str, **kw) -> JobResult:  # type: ignore[no-untyped-def]
@@ -145,15 +175,13 @@ def test_concurrent_writers_move_a_job_once(store: ResultStore) -> None:
     store.update_status("race", "queued")
     outcomes: list[str] = []
     lock = threading.Lock()
-    # (mongomock is not thread-safe: its calls are taken one at a time, so the test checks
-    # the store's compare-and-set there, and the race itself on SQLite, Redis and a real
-    # MongoDB server with ETL_TEST_MONGO_URL)
-    fake = threading.Lock() if _in_process_fake(store) else contextlib.nullcontext()
+    # (mongomock is not thread-safe: the fixture takes its calls one at a time, so the test
+    # checks the store's compare-and-set there, and the race itself on SQLite, Redis,
+    # PostgreSQL, MariaDB and a real MongoDB server with ETL_TEST_MONGO_URL)
 
     def start(worker: int) -> None:
         try:
-            with fake:
-                store.update_status("race", "in_progress", worker_id=f"w{worker}")
+            store.update_status("race", "in_progress", worker_id=f"w{worker}")
             result = "won"
         except InvalidTransition:
             result = "lost"
@@ -219,25 +247,68 @@ def test_unknown_scheme_lists_the_supported_ones() -> None:
         open_results("memcached://x")
 
 
-def test_a_key_prefix_in_the_url_names_the_stores_keys(redis_url: str) -> None:
-    # Given two Redis result stores on one database, one with ?key_prefix=app
-    from results import open_results
-
-    plain = open_results(redis_url)
-    prefixed = open_results(f"{redis_url}?key_prefix=app_{time.monotonic_ns()}")
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgres", "mariadb", "mongomock"])
+def test_a_key_prefix_in_the_url_isolates_stores_on_one_server(
+        kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    # Given two result stores on one server (or SQLite file), each with its own ?key_prefix=
+    base = {"sqlite": f"sqlite:///{tmp_path}/shared.db", "mongomock": "mongomock://localhost/kp"}.get(
+        kind) or request.getfixturevalue(f"{kind}_url")
+    tag = uuid.uuid4().hex[:8]
+    one, two = (open_results(f"{base}?key_prefix={name}{tag}") for name in ("a", "b"))
     try:
-        # When a job is stored through the prefixed one
-        prefixed.store(_job("kp1"))
-        # Then it lives under the prefix: the prefixed store finds it, the plain one does not
-        assert prefixed.get("kp1") is not None and plain.get("kp1") is None
-        assert prefixed.prefix.startswith("app_")
+        # When each stores a job with the same id, and one more
+        one.store(_job("kp1", status="queued"))
+        two.store(_job("kp1", status="in_progress"))
+        two.store(_job("kp2"), ttl=timedelta(milliseconds=200))
+        # Then each sees only its own records, in reads, lists, stats and cleanup
+        assert one.get_status("kp1") == "queued" and two.get_status("kp1") == "in_progress"
+        assert one.get("kp2") is None and two.get("kp2") is not None
+        assert one.stats()["total"] == 1 and two.stats()["total"] == 2
+        assert [j.job_id for j in one.list(run_id="run-1")] == ["kp1"]
+        time.sleep(0.4)
+        assert one.cleanup_expired() == 0 and two.cleanup_expired() in (0, 1)
+        assert one.get("kp1") is not None and two.get("kp2") is None
     finally:
-        for key in prefixed.client.scan_iter(match=f"{prefixed.prefix}:*"):
-            prefixed.client.delete(key)
-    # And MongoDB takes it as the collection's prefix; SQLite, a file of its own, refuses it
-    assert open_results("mongomock://localhost/db?key_prefix=app").jobs.name == "app_JobResult"
-    with pytest.raises(ConfigError, match="key_prefix does not apply to a SQLite file"):
-        open_results("sqlite:///x.db?key_prefix=app")
+        for store in (one, two):
+            if kind == "redis":
+                for key in store.client.scan_iter(match=f"{store.prefix}:*"):
+                    store.client.delete(key)
+            elif kind in ("postgres", "mariadb"):
+                store.drop()
+            store.close()
+
+
+def test_a_key_prefix_must_be_a_plain_name() -> None:
+    with pytest.raises(ConfigError, match="key_prefix must be letters, digits"):
+        open_results("sqlite:///x.db?key_prefix=a:b")
+
+
+def test_record_keeps_defaults_metadata_and_updated_at(store: ResultStore) -> None:
+    # Given a record with metadata and a retry count of 0
+    store.store(_job("md", status="queued", metadata={"owner": "team-a", "n": 2}))
+    first = store.get("md")
+    assert first is not None and first.updated_at is not None
+    # When it is moved with retry_count=0 (the default value) and then again by a batch
+    time.sleep(0.01)
+    store.update_status("md", "in_progress", retry_count=0)
+    from results.changes import StatusChange
+
+    store.write_many([StatusChange("md", "completed", fields={"result": 7})])
+    # Then 0 reads back as 0 (not null), the metadata is kept, updated_at follows the moves
+    job = store.get("md")
+    assert job is not None and job.retry_count == 0 and job.metadata == {"owner": "team-a", "n": 2}
+    assert job.updated_at is not None and job.updated_at >= job.started_at > first.updated_at
+    assert job.updated_at == job.completed_at
+
+
+def test_stats_give_success_rate_and_store_kind(store: ResultStore) -> None:
+    for i, status in enumerate(["completed", "completed", "completed", "failed", "queued"]):
+        store.store(_job(f"s{i}", status=status, queue="q1" if i < 2 else "q2"))
+    stats = store.stats()
+    assert stats["total"] == 5 and stats["by_status"] == {"completed": 3, "failed": 1, "queued": 1}
+    assert stats["by_queue"] == {"q1": 2, "q2": 3}
+    assert stats["success_rate"] == 0.75
+    assert stats["store"] in ("sqlite", "redis", "mongodb", "postgresql", "mysql", "mariadb")
 
 
 def test_a_batch_of_changes_settles_each_job_in_order(store: ResultStore) -> None:
@@ -292,6 +363,8 @@ def test_a_batch_whose_record_changed_meanwhile_is_applied_as_update_status_woul
 
     if type(store).__name__ == "SQLiteResultStore":
         pytest.skip("SQLite reads and writes a batch under one write lock: nothing comes between")
+    if type(store).__name__ == "SqlResultStore":
+        pytest.skip("a SQL batch locks the rows it moves (FOR UPDATE): nothing comes between")
     # Given a queued job, and another writer that moves it just after the batch read it
     store.store(_job("raced", status="queued"))
     module = importlib.import_module(type(store).__module__)
