@@ -58,7 +58,7 @@ def _run(workdir: Path) -> tuple[subprocess.CompletedProcess[str], dict, list[di
     listed = etl(workdir, "quarantine", "list", status["run"]["run_id"], "--json",
                  "--limit", "1000")
     assert listed.returncode == 0, listed.stderr
-    rows = [json.loads(line) for line in listed.stdout.splitlines() if line.startswith("{")]
+    rows = json.loads(listed.stdout)  # one JSON array, as every --json
     return result, status["totals"], rows
 
 
