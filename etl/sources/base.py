@@ -145,5 +145,17 @@ class Recuttable(Protocol):
         raise NotImplementedError
 
 
+@runtime_checkable
+class Reparsable(Protocol):
+    """Can read again the raw lines it could not parse (SOURCE_TEXT_COLUMN), with the
+    options it has now: a quarantine replay recovers them after a fixed source option."""
+
+    def reparse(self, texts: list[str]) -> pa.Table:
+        """One row per line of `texts`, in order: its values, or an error row carrying
+        SOURCE_COLUMNS when the line still cannot be read."""
+        raise NotImplementedError
+
+
 __all__ = ["SOURCE_COLUMNS", "SOURCE_ERROR_COLUMN", "SOURCE_LINE_COLUMN", "SOURCE_TEXT_COLUMN",
-           "Batch", "PlanChecked", "Recuttable", "SchemaKinds", "Source", "WholeTable", "Windowed"]
+           "Batch", "PlanChecked", "Recuttable", "Reparsable", "SchemaKinds", "Source",
+           "WholeTable", "Windowed"]

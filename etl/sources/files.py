@@ -11,11 +11,19 @@ SOURCE_COLUMNS (the reason with the line number, the line number, the line's who
 and cleaning sends them to quarantine. A CSV record is one physical line: a quote that is not
 closed on its line costs that line, never the lines after it (see etl.sources.lines), and a line
 whose bytes are not UTF-8 costs that line, not its batch. A file that cannot be read at all (a
-broken archive, no header) is one SourceError.
+broken archive, no header) is one SourceError. A JSON field whose values are of different
+kinds in different lines is kept as text, for the stages to decide (`mixed_types`).
+
+How a CSV is read follows pandas' and pyarrow's habits (`null_values`, `delimiter`,
+`quotechar`, `encoding`, `header`/`column_names`, `skip_rows`, `column_types`), checked when
+the source is made (a ConfigError naming the option). Options that change the parsed table
+are part of the fingerprint, so a resumed run notices a change; a replay reads the kept raw
+text of rejected lines again with the options of the fixed source (`reparse`).
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
@@ -26,7 +34,8 @@ import zipfile
 import zlib
 from pathlib import Path
 from collections import OrderedDict
-from typing import Any, Callable
+from dataclasses import fields
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,8 +44,9 @@ import pyarrow.parquet as pq
 
 from etl.core.errors import ConfigError, ObjectNotFound, SourceError
 from etl.core.urls import mask_url
-from etl.sources.base import Batch, Recuttable, Source, WholeTable, Windowed
-from etl.sources.lines import parse_csv, parse_jsonl
+from etl.sources.base import SOURCE_COLUMNS, Batch, Recuttable, Reparsable, Source, WholeTable, Windowed
+from etl.sources.lines import (DEFAULT_NULL_VALUES, MIXED_TYPES, CsvOptions, JsonOptions,
+                               parse_csv, parse_jsonl, reparse_lines)
 from etl.sources.windows import Window
 from shards import ShardPlan, rows_by_shard
 
@@ -150,16 +160,138 @@ class ShardOrders:
 _ordered = ShardOrders()
 
 
-class FileSource(Source, Windowed, WholeTable, Recuttable):
-    """A CSV, JSON-lines or Parquet file, local or on the object store (s3://bucket/key)."""
+def _bad(option: str, problem: str) -> ConfigError:
+    return ConfigError(f"FileSource: {option} {problem}")
+
+
+def _one_character(option: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) != 1 or value in "\r\n":
+        raise _bad(option, f"must be one character other than a line break, not {value!r}")
+    return value
+
+
+def _strings(option: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or \
+            not all(isinstance(v, str) for v in value):
+        raise _bad(option, f"must be a list of strings, not {value!r}")
+    return tuple(value)
+
+
+def _type_name(column: str, kind: Any) -> str:
+    name = str(kind) if isinstance(kind, pa.DataType) else kind
+    try:
+        if not isinstance(name, str) or pa.type_for_alias(name) is None:
+            raise ValueError(name)
+    except (ValueError, KeyError, TypeError):
+        raise _bad(f"column_types[{column!r}]", f"is {kind!r}, not a pyarrow type name "
+                   "(int64, float64, string, bool, date32, timestamp[s], ...)") from None
+    return name
+
+
+def csv_options(*, delimiter: Any, quotechar: Any, encoding: Any, header: Any, column_names: Any,
+                skip_rows: Any, null_values: Any, column_types: Any) -> CsvOptions:
+    """FileSource's CSV options, checked: a ConfigError naming the option otherwise."""
+    delimiter = _one_character("delimiter", delimiter)
+    if quotechar is not None:
+        quotechar = _one_character("quotechar", quotechar)
+        if quotechar == delimiter:
+            raise _bad("quotechar", f"must differ from the delimiter ({delimiter!r})")
+    if not isinstance(header, bool):
+        raise _bad("header", f"must be True (the first line names the columns) or False, "
+                   f"not {header!r}")
+    if column_names is not None:
+        column_names = _strings("column_names", column_names)
+        if not column_names or len(set(column_names)) != len(column_names):
+            raise _bad("column_names", f"must be distinct names, at least one: {column_names!r}")
+        if quotechar is None and any(delimiter in name for name in column_names):
+            raise _bad("column_names", f"hold the delimiter {delimiter!r}, and quotechar is None")
+    if isinstance(skip_rows, bool) or not isinstance(skip_rows, int) or skip_rows < 0:
+        raise _bad("skip_rows", f"must be a whole number of lines, 0 or more, not {skip_rows!r}")
+    nulls = DEFAULT_NULL_VALUES if null_values is None else _strings("null_values", null_values)
+    types: tuple[tuple[str, str], ...] = ()
+    if column_types is not None:
+        if not isinstance(column_types, Mapping):
+            raise _bad("column_types", f"must map column names to type names, not {column_types!r}")
+        types = tuple((str(column), _type_name(str(column), kind))
+                      for column, kind in column_types.items())
+    return CsvOptions(delimiter=delimiter, quotechar=quotechar, encoding=encoding, header=header,
+                      column_names=column_names, skip_rows=skip_rows, null_values=nulls,
+                      column_types=types)
+
+
+def _differences(options: Any) -> dict[str, Any]:
+    """The options that differ from their defaults, by name."""
+    default = type(options)()
+    return {f.name: getattr(options, f.name) for f in fields(options)
+            if getattr(options, f.name) != getattr(default, f.name)}
+
+
+class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable):
+    """A CSV, JSON-lines or Parquet file, local or on the object store (s3://bucket/key).
+
+    Options, keyword-only, as pandas.read_csv and pyarrow.csv name them:
+
+    - `null_values` (CSV): the texts read as null in every column, numbers and text alike;
+      default pandas' list ("", "NA", "N/A", "NULL", "NaN", "null", "nan", ...). `[]` keeps
+      every text as it is.
+    - `delimiter` (CSV, default ","), `quotechar` (CSV, default '"'; None: no quoting).
+    - `encoding` (CSV and JSON lines, default "utf-8"): any codec Python knows ("latin-1",
+      "cp1252", "utf-16", ...); a line that is not text in it is an error row.
+    - `header` (CSV, default True: the first line names the columns) and `column_names`:
+      with header=True they replace the file's names, with header=False the first line is
+      data (no names given: f0, f1, ... as pyarrow names them).
+    - `skip_rows` (CSV): lines skipped before the header (a title, a comment block).
+    - `column_types` (CSV): {column: type name} ("int64", "float64", "string", "bool",
+      "date32", "timestamp[s]", or a pyarrow DataType); a line whose value does not convert
+      is an error row naming the column, value and type, never a failed source.
+    - `mixed_types` (JSON lines): a field whose values are of different kinds in different
+      lines (a number in most, a string in some) arrives as "text" (default: strings as
+      they are, other values as their JSON), as "json" (every value as JSON text, so "12"
+      and 12 stay apart), or "quarantine" (the lines of the rarer kinds are error rows).
+    """
 
     def __init__(self, path: str, *, format: str | None = None, delimiter: str = ",",
+                 quotechar: str | None = '"', encoding: str = "utf-8", header: bool = True,
+                 column_names: Sequence[str] | None = None, skip_rows: int = 0,
+                 null_values: Sequence[str] | None = None,
+                 column_types: Mapping[str, Any] | None = None, mixed_types: str = "text",
                  s3_endpoint_url: str | None = None, window: Window | None = None) -> None:
         self.path = str(path)
         self.format = format or _guess_format(self.path)
         if self.format not in FORMATS:
             raise ConfigError(f"unknown source format {self.format!r}; use one of {', '.join(FORMATS)}")
+        if not isinstance(encoding, str):
+            raise _bad("encoding", f"must be a codec name such as 'utf-8' or 'latin-1', not {encoding!r}")
+        try:
+            encoding = codecs.lookup(encoding).name
+        except LookupError:
+            raise _bad("encoding", f"{encoding!r} is not a codec Python knows "
+                       "('utf-8', 'latin-1', 'cp1252', 'utf-16', ...)") from None
+        if mixed_types not in MIXED_TYPES:
+            raise _bad("mixed_types", f"must be one of {', '.join(map(repr, MIXED_TYPES))}, "
+                       f"not {mixed_types!r}")
+        csv = csv_options(delimiter=delimiter, quotechar=quotechar, encoding=encoding,
+                          header=header, column_names=column_names, skip_rows=skip_rows,
+                          null_values=null_values, column_types=column_types)
         self.delimiter = delimiter
+        self.options: CsvOptions | JsonOptions | None
+        if self.format == "csv":
+            self.options = csv
+        else:
+            given = [name for name in _differences(csv) if name != "encoding"]
+            if given:
+                raise _bad(given[0], f"applies to CSV files only, and {mask_url(self.path)} is "
+                           f"read as {self.format}")
+            if self.format == "jsonl":
+                self.options = JsonOptions(encoding=encoding, mixed_types=mixed_types)
+            elif encoding != "utf-8" or mixed_types != "text":
+                raise _bad("encoding" if encoding != "utf-8" else "mixed_types",
+                           f"does not apply to a parquet file ({mask_url(self.path)})")
+            else:
+                self.options = None
+        if self.format != "jsonl" and mixed_types != "text":
+            raise _bad("mixed_types", f"applies to JSON lines only, and {mask_url(self.path)} "
+                       f"is read as {self.format}")
         self._s3_endpoint_url = s3_endpoint_url
         self.window = window
         self._lock = threading.Lock()
@@ -170,14 +302,31 @@ class FileSource(Source, Windowed, WholeTable, Recuttable):
     def __repr__(self) -> str:
         return f"FileSource({mask_url(self.path)!r}, format={self.format!r})"
 
+    def _options_text(self) -> str:
+        """The options that differ from the defaults ('' for none): they change the table."""
+        if self.options is None:
+            return ""
+        changed = _differences(self.options)
+        if "column_types" in changed:
+            changed["column_types"] = dict(changed["column_types"])
+        if "null_values" in changed:
+            changed["null_values"] = list(changed["null_values"])
+        if "column_names" in changed:
+            changed["column_names"] = list(changed["column_names"])
+        return ", ".join(f"{name} {value!r}" for name, value in changed.items())
+
     def describe(self) -> str:
         text = f"{self.format} file {mask_url(self.path)}"
+        if options := self._options_text():
+            text = f"{text} ({options})"
         return f"{text}, rows with {self.window.describe()}" if self.window else text
 
     def windowed(self, window: Window) -> "FileSource":
         """The same file, restricted to the rows inside `window` (a backfill)."""
-        return FileSource(self.path, format=self.format, delimiter=self.delimiter,
-                          s3_endpoint_url=self._s3_endpoint_url, window=window)
+        source = FileSource(self.path, format=self.format, s3_endpoint_url=self._s3_endpoint_url,
+                            window=window)
+        source.delimiter, source.options = self.delimiter, self.options
+        return source
 
     # -- reading the whole file once ---------------------------------------------------
     def _read_bytes(self) -> bytes:
@@ -201,13 +350,21 @@ class FileSource(Source, Windowed, WholeTable, Recuttable):
     def _parse(self, data: bytes) -> pa.Table:
         raw = _decompress(self.path, data) if self.format != "parquet" else data
         try:
-            if self.format == "csv":
-                return parse_csv(raw, delimiter=self.delimiter)
-            if self.format == "jsonl":
-                return parse_jsonl(raw)
-            return pq.read_table(io.BytesIO(raw))
+            if isinstance(self.options, CsvOptions):
+                table = parse_csv(raw, options=self.options)
+            elif isinstance(self.options, JsonOptions):
+                table = parse_jsonl(raw, options=self.options)
+            else:
+                table = pq.read_table(io.BytesIO(raw))
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
             raise SourceError(f"cannot parse {self.format} source {mask_url(self.path)}: {exc}") from exc
+        if isinstance(self.options, CsvOptions) and self.options.column_types:
+            missing = [c for c, _ in self.options.column_types if c not in table.column_names]
+            if missing:
+                raise SourceError(f"column_types names column(s) {', '.join(map(repr, missing))} "
+                                  f"not in {self.describe()}; columns are: "
+                                  f"{', '.join(c for c in table.column_names if c not in SOURCE_COLUMNS)}")
+        return table
 
     def _content(self) -> tuple[str, bytes | None]:
         """The file's content hash, and its bytes while they are not parsed yet (the parse
@@ -223,7 +380,8 @@ class FileSource(Source, Windowed, WholeTable, Recuttable):
             if self._loaded is None:
                 digest, data = self._content()
                 raw = data if data is not None else self._read_bytes()
-                table = _parsed.get((digest, self.format, self.delimiter), lambda: self._parse(raw))
+                table = _parsed.get((digest, self.format, repr(self.options)),
+                                    lambda: self._parse(raw))
                 self._unparsed = None
                 if self.window is not None:
                     table = self.window.apply(table)
@@ -232,6 +390,10 @@ class FileSource(Source, Windowed, WholeTable, Recuttable):
             return self._loaded[1]
 
     def _windowed_digest(self, digest: str) -> str:
+        """The content hash, with the options that change the parsed table (none: the
+        content hash itself) and the window, if any."""
+        if options := self._options_text():
+            digest = hashlib.sha256(f"{digest}|{options}".encode()).hexdigest()
         if self.window is None:
             return digest
         return hashlib.sha256(f"{digest}|{self.window.describe()}".encode()).hexdigest()
@@ -241,8 +403,9 @@ class FileSource(Source, Windowed, WholeTable, Recuttable):
         return self.table().to_pandas()
 
     def fingerprint(self) -> str:
-        """The content hash of the file (with the window, if any): read, not parsed, so a
-        resumed or completed run is recognised without parsing the file."""
+        """The content hash of the file (with the options that change its table and the
+        window, if any): read, not parsed, so a resumed or completed run is recognised
+        without parsing the file, and a changed option is noticed."""
         with self._lock:
             if self._loaded is not None:
                 return self._loaded[0]
@@ -293,3 +456,14 @@ class FileSource(Source, Windowed, WholeTable, Recuttable):
         """The batch a fetch cut at `after`: the file's rows are in a fixed order per shard,
         so the same cursor and row count give the same rows while the file is unchanged."""
         return self.read_batch(plan, shard, after=after, limit=rows)
+
+    def reparse(self, texts: list[str]) -> pa.Table:
+        """Lines this source could not parse (their kept raw text), read again with its
+        options as they are now: one row per line, an error row for a line still unread.
+        CSV lines are read under the file's columns (its header read with these options)."""
+        if isinstance(self.options, CsvOptions):
+            names = [c for c in self.table().column_names if c not in SOURCE_COLUMNS]
+            return reparse_lines(texts, csv=self.options, column_names=names)
+        if isinstance(self.options, JsonOptions):
+            return reparse_lines(texts, json_options=self.options)
+        raise SourceError(f"{self.describe()} has no lines to read again")
