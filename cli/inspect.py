@@ -140,13 +140,41 @@ def errors_command(run_id: str | None, limit: int, show_traceback: bool, as_json
             out.print(mask_url(e.traceback), markup=False)
 
 
+#: Settings a worker reads from its own environment and files, never from the `etl run` that
+#: sent the work: sender and workers must agree on them. The reason is shown by `etl config`.
+SHARED_WITH_WORKERS = {
+    "broker_url": "the broker they take work from",
+    "queue": "the queue they consume",
+    "state_url": "checkpoints, dedup ledger and leases",
+    "objects_url": "raw and staged batches",
+    "results_url": "task records",
+    "s3_endpoint_url": "where s3:// objects are",
+    "lease_ttl": "how long a silent worker's lease lives",
+    "results_ttl": "how long task records are kept",
+    "demo_output": "where the demo pipeline writes (in the worker)",
+}
+
+
 @click.command("config")
-def config_command() -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output: one JSON array of settings.")
+def config_command(as_json: bool) -> None:
     """Show the settings in force (passwords masked) and where each came from."""
     conf = settings()
+    rows = [{"setting": name, "value": mask_url(getattr(conf, name)), "from": conf.sources[name],
+             "environment_variable": env_name,
+             "workers_must_share": SHARED_WITH_WORKERS.get(name)}
+            for name, env_name in ENV_NAMES.items()]
+    if as_json:
+        out.print_json(to_json(rows))
+        return
     table = Table(title="settings")
-    for column in ("setting", "value", "from", "environment variable"):
+    for column in ("setting", "value", "from", "environment variable", "workers must share"):
         table.add_column(column)
-    for name, env_name in ENV_NAMES.items():
-        table.add_row(name, mask_url(getattr(conf, name)) or "-", conf.sources[name], env_name)
+    for row in rows:
+        table.add_row(row["setting"], row["value"] or "-", row["from"], row["environment_variable"],
+                      row["workers_must_share"] or "")
+    table.caption = ("`etl worker` reads its settings where it runs, not from the `etl run` "
+                     "that sent the work: give workers the same values for the settings in "
+                     "the last column (environment, etl.toml or setup.cfg).")
     out.print(table)

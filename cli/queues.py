@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import click
 from dramatiq import Message
 from rich.table import Table
 
-from cli.common import err, out, result_store, settings, state_store
+from cli.common import err, out, result_store, settings, state_store, to_json
 from etl.brokers import is_embedded, open_broker, queues_of
 from etl.core.config import Settings
 from etl.core.errors import ConfigError, EtlError
 from etl.core.names import stage_of_actor
 from etl.core.statuses import RunStatus, ShardStatus
+from etl.core.logs import without_where
 from etl.core.urls import mask_url
 from etl.pipeline import load_pipeline
 from etl.stores import results_ttl
-from etl.brokers.base import Match, Queues, of_run
+from etl.brokers.base import DeadLetter, Match, Queues, of_run
+from etl.stores.state import ErrorRecord
 from results.middleware import ResultRecorder
 
 #: How many of the newest runs `etl queues` looks at for pipelines with queues of their own.
@@ -114,25 +117,69 @@ def dlq_group() -> None:
 @queue_option
 @click.option("--run", "run_id", help="Only this run's messages.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
-def dlq_list(queue: str | None, run_id: str | None, limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output: one JSON array of dead letters.")
+def dlq_list(queue: str | None, run_id: str | None, limit: int, as_json: bool) -> None:
     """Dead letters, oldest first, with their last error."""
     queues, name, broker = _queues(queue, run_id)
     try:
         letters = queues.dead_letters(name, limit=limit, match=of_run(run_id) if run_id else None)
     finally:
         broker.close()  # type: ignore[attr-defined]
-    table = Table(title=f"dead letters of {name}: {len(letters)}")
-    for column in ("message id", "actor", "run", "shard", "batch", "retries", "dead since", "error"):
-        table.add_column(column)
+    failures = _last_failures(settings(), letters)
+    rows = []
     for letter in letters:
         m = letter.message
         args = list(m.args) + [None] * 3
-        error = (m.options.get("traceback") or "").strip().splitlines()[-1:] or [""]
-        since = (dt.datetime.fromtimestamp(letter.dead_since, dt.timezone.utc).isoformat(timespec="seconds")
-                 if letter.dead_since else "-")
-        table.add_row(m.message_id, m.actor_name, str(args[0]), str(args[1]), str(args[2]),
-                      str(m.options.get("retries", 0)), since, mask_url(error[0])[-400:])
+        logged = failures.get((m.actor_name, *args[:3]))
+        # the error: TaskErrorLog's, written when the message failed for good (a dead letter
+        # on RabbitMQ is the body as it was delivered, without that last error), else the
+        # last line of the traceback a retry left in the message
+        trace = (m.options.get("traceback") or "").strip().splitlines()[-1:] or [""]
+        error = f"{logged.error_type}: {logged.message}" if logged else trace[0]
+        since = letter.dead_since or (logged.at.timestamp() if logged else None)
+        rows.append({"message_id": m.message_id, "actor": m.actor_name, "run": args[0],
+                     "shard": args[1], "batch": args[2], "retries": m.options.get("retries", 0),
+                     "dead_since": (dt.datetime.fromtimestamp(since, dt.timezone.utc)
+                                    .isoformat(timespec="seconds") if since else None),
+                     "error": " ".join(without_where(mask_url(error)).split()) or None})
+    if as_json:
+        out.print_json(to_json(rows))
+        return
+    table = Table(title=f"dead letters of {name}: {len(letters)}")
+    for column in ("message id", "actor", "run", "shard", "batch", "retries", "dead since", "error"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["message_id"], row["actor"], str(row["run"]), str(row["shard"]),
+                      str(row["batch"]), str(row["retries"]), row["dead_since"] or "-",
+                      (row["error"] or "-")[-400:])
     out.print(table)
+
+
+def _last_failures(conf: Settings, letters: list[DeadLetter]) -> dict[tuple[Any, ...], ErrorRecord]:
+    """The newest TaskErrorLog entry of each dead ETL message, by (actor, run, shard,
+    batch); none when the state store cannot be read (the broker's view is still shown)."""
+    runs = {letter.message.args[0] for letter in letters
+            if stage_of_actor(letter.message.actor_name) and letter.message.args}
+    found: dict[tuple[Any, ...], ErrorRecord] = {}
+    if not runs:
+        return found
+    try:
+        state = state_store(conf)
+        try:
+            for run_id in runs:
+                for error in state.list_errors(run_id, limit=10_000):  # newest first
+                    for letter in letters:
+                        m = letter.message
+                        if (m.args[:3] == (error.run_id, error.shard, error.batch)
+                                and stage_of_actor(m.actor_name) == error.stage):
+                            found.setdefault((m.actor_name, *m.args[:3]), error)
+        finally:
+            state.close()
+    except Exception as exc:  # noqa: BLE001 - the dead letters are still worth listing
+        err.print(f"[yellow]cannot read the errors of the dead letters ({type(exc).__name__}); "
+                  "showing what the broker holds[/]")
+    return found
 
 
 @dlq_group.command("retry")
@@ -140,7 +187,8 @@ def dlq_list(queue: str | None, run_id: str | None, limit: int) -> None:
 @click.option("--run", "run_id", help="Only this run's messages.")
 @click.option("--message-id", "message_ids", multiple=True, help="Only these messages.")
 def dlq_retry(queue: str | None, run_id: str | None, message_ids: tuple[str, ...]) -> None:
-    """Re-drive dead letters to their queue, retry counts reset (after fixing the cause)."""
+    """Re-drive dead letters to their queue, retry counts reset (after fixing the cause and
+    restarting the workers, which run the code they started with)."""
     queues, name, broker = _queues(queue, run_id)
     conf = settings()
     results = result_store(conf, required=False)
@@ -161,6 +209,10 @@ def dlq_retry(queue: str | None, run_id: str | None, message_ids: tuple[str, ...
     out.print(f"re-drove {len(moved)} message(s) to {name}")
     if not moved:
         err.print("no dead letter matched")
+    elif not is_embedded(conf.broker_url):
+        err.print("[yellow]note[/] a worker loads pipeline and stage code when it starts: "
+                  "workers started before the fix still run the old code and fail these "
+                  "messages again; restart them (`etl worker`) to take the fix", soft_wrap=True)
 
 
 @dlq_group.command("purge")

@@ -14,13 +14,33 @@ from etl.core.urls import mask_url
 from etl.runtime.worker import WorkerOptions, probe_broker, require_broker, serve
 
 
+class _QueueOption(click.Option):
+    """--queue, whose help names the `queue` setting in force where the help is shown (from
+    ETL_QUEUE, etl.toml or setup.cfg), not a fixed default: a worker started with ETL_QUEUE
+    set does not work the queue `etl`."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        try:
+            conf = settings()
+            where = conf.sources["queue"]
+            now = f", now {conf.queue!r} from {'ETL_QUEUE' if where == 'environment' else where}"
+        except Exception:  # noqa: BLE001 - a broken etl.toml is said when the worker starts
+            now = ""
+        original = self.help
+        self.help = (original or "").replace("{now}", now)
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.help = original
+
+
 @click.command("worker")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes (supervised: one that dies is restarted).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="Worker threads per process.")
-@click.option("--queue", "queues", multiple=True,
-              help="Queue to consume (repeatable; default: the `queue` setting, etl). A "
+@click.option("--queue", "queues", multiple=True, cls=_QueueOption,
+              help="Queue to consume (repeatable; default: the `queue` setting{now}). A "
                    "pipeline with its own Pipeline.queue is worked only where it is named.")
 @click.option("--metrics-port", type=click.IntRange(min=1, max=65535),
               help="Serve Prometheus metrics on this port (process i of N on port + i).")
