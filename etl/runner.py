@@ -391,12 +391,16 @@ def cancel(run_id: str, *, purge: bool = False, settings: "Settings | None" = No
     from etl.stores import Stores
 
     conf = settings or load_settings()
-    stores = stores or Stores.from_settings(conf)
-    done = cancel_run(stores.state, run_id, results=stores.results)
-    if purge:
-        done = dc.replace(done, purged=purge_run(conf, stores.state, run_id,
-                                                 results=stores.results))
-    return done
+    opened = stores or Stores.from_settings(conf)
+    try:
+        done = cancel_run(opened.state, run_id, results=opened.results)
+        if purge:
+            done = dc.replace(done, purged=purge_run(conf, opened.state, run_id,
+                                                     results=opened.results))
+        return done
+    finally:
+        if stores is None:
+            _close(opened)
 
 
 def purge(run_id: str, *, queue: str | None = None, settings: "Settings | None" = None,
@@ -411,8 +415,19 @@ def purge(run_id: str, *, queue: str | None = None, settings: "Settings | None" 
     from etl.stores import Stores
 
     conf = settings or load_settings()
-    stores = stores or Stores.from_settings(conf)
-    return purge_run(conf, stores.state, run_id, queue=queue, results=stores.results)
+    opened = stores or Stores.from_settings(conf)
+    try:
+        return purge_run(conf, opened.state, run_id, queue=queue, results=opened.results)
+    finally:
+        if stores is None:
+            _close(opened)
+
+
+def _close(stores: "Stores") -> None:
+    """Close the state and result stores a call opened for itself."""
+    stores.state.close()
+    if stores.results is not None:
+        stores.results.close()
 
 
 def _hash_columns(plan: Any) -> tuple[str, ...]:

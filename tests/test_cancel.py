@@ -145,6 +145,8 @@ def test_cancel_stops_an_embedded_run_and_resume_loads_every_row_once(tmp_path: 
     loaded = rows_loaded(tmp_path, run_id)
     assert 0 < loaded < ROWS
     assert _held_leases(tmp_path) == 0
+    # And no batch was cut in half: the sink holds exactly the rows the checkpoints count
+    assert len(_sink_ids(tmp_path)) == loaded and _sink_ids(tmp_path).is_unique
     # And its task records are settled: the run's own record and the steps acked without
     # work end cancelled, none is left queued or in progress
     records = _record_statuses(tmp_path, run_id)
@@ -190,6 +192,7 @@ def test_cancel_of_a_distributed_run_acks_its_messages_and_resume_completes_it(
         assert 0 < loaded < ROWS
         assert _run_status(tmp_path, run_id) == "cancelled"
         assert _held_leases(tmp_path) == 0
+        assert len(_sink_ids(tmp_path)) == loaded and _sink_ids(tmp_path).is_unique
         # And its steps' records are cancelled or completed, none left queued or running
         records = _record_statuses(tmp_path, run_id)
         assert "cancelled" in records.values()
@@ -276,3 +279,45 @@ def test_cancel_of_an_unknown_or_completed_run_is_one_line_exit_2(tmp_path: Path
         assert result.returncode == 2
         assert result.stderr.strip().count("\n") == 0 and words in result.stderr
     assert _run_status(tmp_path, "small") == "completed"
+
+
+def test_the_python_entry_points_cancel_refuse_and_resume(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a project whose run is created but not yet worked, used from Python
+    import etl
+    from etl.core.config import load_settings
+    from etl.core.errors import ConfigError
+    from etl.pipeline import load_pipeline
+    from etl.runtime.cancel import RunCancelled
+    from etl.runtime.runs import open_run
+    from etl.stores import Stores
+
+    _project(tmp_path)
+    (tmp_path / "slowpipes.py").write_text(SLOW_PIPELINE.replace("time.sleep(0.25)", "pass"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [n for n in os.environ if n.startswith("ETL_")]:
+        monkeypatch.delenv(name)
+    conf = load_settings(cwd=tmp_path)
+    stores = Stores.from_settings(conf)
+    open_run(stores.state, load_pipeline("slowpipes:pipeline"), spec="slowpipes:pipeline",
+             run_id="py-run")
+    # When it is cancelled twice
+    first = etl.cancel("py-run", settings=conf, stores=stores)
+    second = etl.cancel("py-run", settings=conf, stores=stores)
+    # Then the first cancel found it running, the second found it cancelled already
+    assert (first.was, first.already) == ("running", False)
+    assert second.already
+    assert stores.state.get_run("py-run").status == "cancelled"
+    # And running it without resume raises RunCancelled, loading nothing
+    with pytest.raises(RunCancelled, match="--resume"):
+        etl.run("slowpipes:pipeline", run_id="py-run", settings=conf, stores=stores)
+    assert rows_loaded(tmp_path, "py-run") == 0
+    # When it is resumed
+    outcome = etl.run("slowpipes:pipeline", run_id="py-run", resume=True, processes=1,
+                      settings=conf, stores=stores)
+    # Then it completes with every row once, and a completed run cannot be cancelled
+    assert outcome.completed and not outcome.cancelled and outcome.rows_loaded == ROWS
+    _assert_loaded_once(tmp_path)
+    with pytest.raises(ConfigError, match="completed"):
+        etl.cancel("py-run", settings=conf, stores=stores)
