@@ -21,11 +21,13 @@ import logging
 import os
 import socket
 import threading
+import time
 from datetime import timedelta
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
+from dramatiq.middleware.threading import Interrupt, raise_thread_exception
 
 from results.base import ResultStore
 from results.changes import NewRecord, StatusChange
@@ -33,6 +35,21 @@ from results.models import JobResult, JobStatus, Transition, utcnow
 from results.writer import BatchWriter
 
 log = logging.getLogger(__name__)
+
+#: Message option set by results.client.enqueue_job: the job may be aborted, so the worker
+#: reads its status before it starts and watches it while it runs.
+ABORTABLE = "etl_abortable"
+#: Statuses that tell a worker to stop a job (results.client.Job.abort wrote them).
+_STOP = frozenset({JobStatus.ABORTING.value, JobStatus.ABORTED.value})
+
+
+#: Message option marking a message sent with a delay (see before_enqueue).
+_DELAYED = "etl_delayed"
+
+
+class JobAborted(Interrupt):
+    """Raised in a worker thread whose job was aborted (results.client.Job.abort)."""
+
 
 _reported = threading.local()
 
@@ -68,6 +85,11 @@ class ResultRecorder(Middleware):
         self.writer = BatchWriter(store, interval=interval, max_queue=max_queue, cooldown=cooldown)
         self._lock = threading.Lock()
         self._in_progress: set[str] = set()
+        self._errors: dict[str, BaseException] = {}  # raised, left to Retries (after_nack)
+        self._running: dict[str, tuple[int, dramatiq.Message]] = {}  # abortable: thread, message
+        self._skipped: set[str] = set()  # aborted before they started
+        self._watcher: threading.Thread | None = None
+        self.abort_poll = 0.2  # seconds between reads of running abortable jobs' statuses
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     #: Dramatiq lets actors declare these options (`@dramatiq.actor(results_ttl=60)`).
@@ -121,8 +143,12 @@ class ResultRecorder(Middleware):
             return
         retries = message.options.get("retries", 0)
         deferred = message.options.get("etl_deferred")
+        if not delay and message.options.pop(_DELAYED, None):
+            return  # moving from the delay queue when due: recorded when it was delayed
         if deferred and not delay:
             return  # a deferred message moving from the delay queue: recorded when deferred
+        if delay:
+            message.options[_DELAYED] = 1  # sent with it, so its move when due is known
         # A re-enqueue's two steps are written at once, not an interval later: the next
         # delivery may start in another process within a short backoff, and its
         # in_progress must find them there.
@@ -152,6 +178,8 @@ class ResultRecorder(Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         if not self._ours(message):
             return
+        if message.options.get(ABORTABLE):
+            self._before_abortable(message)
         with self._lock:
             self._in_progress.add(message.message_id)
         _take_report()
@@ -159,12 +187,65 @@ class ResultRecorder(Middleware):
                    worker_id=f"{self.worker_id}:{threading.current_thread().name}",
                    retry_count=message.options.get("retries", 0))
 
+    def _before_abortable(self, message: dramatiq.Message) -> None:
+        """A job sent by enqueue_job: skip it if it was aborted while queued (one read of
+        its status), else watch it while it runs."""
+        try:
+            status = self.store.get_status(message.message_id)
+        except Exception as exc:  # noqa: BLE001 - an outage: run it rather than lose it
+            log.warning("result store %s: cannot read job %s's status (%s); running it",
+                        self.store.url, message.message_id, type(exc).__name__)
+            status = None
+        if status in _STOP:
+            with self._lock:
+                self._skipped.add(message.message_id)
+            if status == JobStatus.ABORTING.value:  # asked while a retry waited
+                self._move("aborted", message.message_id, JobStatus.ABORTED, "aborted before it ran")
+            raise SkipMessage(f"job {message.message_id} was aborted")
+        with self._lock:
+            self._running[message.message_id] = (threading.get_ident(), message)
+            if self._watcher is None or not self._watcher.is_alive():
+                self._watcher = threading.Thread(target=self._watch, name="etl-results-abort",
+                                                 daemon=True)
+                self._watcher.start()
+
+    def _watch(self) -> None:
+        """While abortable jobs run here, read their statuses every `abort_poll` seconds and
+        interrupt the thread of any that Job.abort asked to stop (Dramatiq raises the
+        exception in that thread at its next Python instruction, as TimeLimit does)."""
+        while True:
+            time.sleep(self.abort_poll)
+            with self._lock:
+                running = dict(self._running)
+                if not running:
+                    self._watcher = None
+                    return
+            try:
+                jobs = self.store.get_many(running)
+            except Exception:  # noqa: BLE001 - an outage: try again next time
+                continue
+            for job_id, job in jobs.items():
+                if job.status not in _STOP:
+                    continue
+                with self._lock:  # held while raising: its thread cannot finish meanwhile
+                    entry = self._running.pop(job_id, None)
+                    if entry is None:
+                        continue  # finished meanwhile
+                    thread_id, message = entry
+                    # Retries must fail it, not retry it: set only now, in this process's
+                    # copy (a class is no JSON, and a failed message is not sent again).
+                    message.options["throws"] = (JobAborted,)
+                    log.info("aborting job %s", job_id)
+                    raise_thread_exception(thread_id, JobAborted)
+
     def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
         if not self._ours(message):
             return
         with self._lock:
             self._in_progress.discard(message.message_id)
+            if self._running:
+                self._running.pop(message.message_id, None)
         reported, progress = _take_report()
         if exception is None and isinstance(reported, dict) and reported.get("deferred"):
             return  # re-enqueued by the actor (lease held elsewhere): before_enqueue recorded it
@@ -177,16 +258,50 @@ class ResultRecorder(Middleware):
                        progress=1.0 if progress is None else progress)
             return
         if not getattr(message, "failed", False):
-            return  # Retries re-enqueues it: before_enqueue records retrying -> queued
-        self._move("failed", message.message_id, JobStatus.FAILED,
-                   f"{type(exception).__name__}: {exception}", error=str(exception),
-                   error_type=type(exception).__name__,
-                   retry_count=max(0, message.options.get("retries", 1) - 1))  # last attempt counted
+            # Retries re-enqueues it (before_enqueue records retrying -> queued), or, when
+            # this recorder's hook runs before Retries' (added after it), Retries may fail
+            # it yet: the nack says so (after_nack), whatever the middleware order.
+            with self._lock:
+                self._errors[message.message_id] = exception
+            return
+        self._failed(message, exception)
+
+    def _failed(self, message: dramatiq.Message, exception: BaseException) -> None:
+        """Record the end of a message that raised and will not be retried: aborted when
+        it was stopped by Job.abort (which wrote that already if the job had not started),
+        timeout when Dramatiq's TimeLimit interrupted it, else failed."""
+        retry_count = max(0, message.options.get("retries", 1) - 1)  # last attempt counted
+        if isinstance(exception, JobAborted):
+            self._move("aborted", message.message_id, JobStatus.ABORTED, "aborted while running",
+                       retry_count=retry_count)
+            return
+        status = JobStatus.TIMEOUT if isinstance(exception, TimeLimitExceeded) else JobStatus.FAILED
+        text = str(exception) or ("time limit exceeded" if status is JobStatus.TIMEOUT else "")
+        self._move(status.value, message.message_id, status, f"{type(exception).__name__}: {text}",
+                   error=text, error_type=type(exception).__name__, retry_count=retry_count)
+
+    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        """A failed message is rejected: record it failed if after_process_message left it
+        to Retries (this recorder placed after Retries)."""
+        with self._lock:
+            exception = self._errors.pop(message.message_id, None)
+        if exception is not None:
+            self._failed(message, exception)
+
+    def after_ack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        if self._errors:
+            with self._lock:
+                self._errors.pop(message.message_id, None)  # retried: before_enqueue recorded it
 
     def after_skip_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         if self._ours(message):
             with self._lock:
                 self._in_progress.discard(message.message_id)
+                self._running.pop(message.message_id, None)
+                aborted = message.message_id in self._skipped
+                self._skipped.discard(message.message_id)
+            if aborted:
+                return  # Job.abort recorded it aborted before it started
             self._move("skip", message.message_id, JobStatus.ABORTED, "skipped by middleware")
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
