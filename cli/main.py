@@ -1,9 +1,10 @@
 """The `etl` command line.
 
-Errors the user can fix (bad config, missing file, unknown column...) are printed as one
-line and exit with status 2; a run that ends with failed batches exits with status 1; a
-broker or store that does not answer, or a disk that refuses a write (full, read-only, no
-permission), is one line and exit status 3.
+Errors the user can fix (bad config, missing file, unknown column, a stage given an argument
+it does not take, an optional package not installed...) are printed as one line and exit
+with status 2; a run that ends with failed batches exits with status 1; a broker, store or
+database that refuses us (wrong password, no S3 credentials) or does not answer, or a disk
+that refuses a write (full, read-only, no permission), is one line and exit status 3.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import sys
 import click
 
 from cli.commands import COMMANDS
-from etl.core.errors import USER_ERRORS, StoreUnwritable, is_environment_error
+from etl.core.errors import (USER_ERRORS, ServiceUnreachable, StoreUnwritable,
+                             is_environment_error)
+from etl.core.extras import missing_extra
 from etl.core.logs import setup_logging
 from etl.core.urls import mask_url
 
@@ -70,33 +73,56 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (StoreUnwritable, OSError) as exc:
-        if not is_environment_error(exc):
+    except Exception as exc:  # noqa: BLE001 - sorted below; a bug keeps its traceback
+        failure = _failure(exc)
+        if failure is None:
             raise
-        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        text = str(exc) if isinstance(exc, StoreUnwritable) else f"cannot write{where}: {exc.strerror}"
-        click.echo(f"error: {mask_url(text)}", err=True)
-        sys.exit(3)
-    except USER_ERRORS as exc:
-        click.echo(f"error: {mask_url(str(exc))}", err=True)
-        sys.exit(2)
-    except service_errors() as exc:  # a broker or store that does not answer: not a bug
-        click.echo(f"error: {mask_url(_service_line(exc))}", err=True)
-        sys.exit(3)
+        status, text = failure
+        click.echo(f"error: {' '.join(mask_url(text).split())}", err=True)
+        sys.exit(status)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _failure(exc: Exception) -> tuple[int, str] | None:
+    """The exit status and the line for an error the user can act on; None for a bug.
+
+    3: a disk that refuses a write, a service that refuses us or does not answer (S3
+    credentials included); 2: a mistake in the command, config or pipeline, and an optional
+    package that is not installed (with the `pip install` that brings it)."""
+    if is_environment_error(exc):
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        return 3, (str(exc) if isinstance(exc, StoreUnwritable)
+                   else f"cannot write{where}: {exc.strerror}")  # type: ignore[attr-defined]
+    if isinstance(exc, ServiceUnreachable):
+        return 3, str(exc)
+    if isinstance(exc, USER_ERRORS):
+        return 2, str(exc)
+    extra = missing_extra(exc)
+    if extra is not None:
+        return 2, str(extra)
+    if isinstance(exc, service_errors()):  # a broker or store that does not answer: not a bug
+        return 3, _service_line(exc)
+    return None
 
 
 def service_errors() -> tuple[type[BaseException], ...]:
     """Outages of the services the CLI talks to, and an object store (S3) that refuses us:
     they end a command with exit status 3. Looked up only when a command fails, so the
-    clients are not imported before."""
+    clients are not imported before; a client that is not installed has no errors to give."""
     from dramatiq.errors import BrokerError
-    from pymongo.errors import ConnectionFailure
 
     from etl.brokers import outage_errors
 
-    return (BrokerError, *outage_errors(), ConnectionFailure, ConnectionRefusedError,
-            *_s3_errors())
+    return (BrokerError, *outage_errors(), ConnectionRefusedError, *_mongo_errors(),
+            *_s3_errors(), *_sql_errors())
+
+
+def _mongo_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from pymongo.errors import ConnectionFailure
+    except ImportError:  # the mongo extra is not installed: no MongoDB error can happen
+        return ()
+    return (ConnectionFailure,)
 
 
 def _s3_errors() -> tuple[type[BaseException], ...]:
@@ -107,15 +133,37 @@ def _s3_errors() -> tuple[type[BaseException], ...]:
     return (BotoCoreError, ClientError)
 
 
+def _sql_errors() -> tuple[type[BaseException], ...]:
+    """A database that refuses the connection or the login (OperationalError covers both;
+    a table or statement problem is a ProgrammingError and stays a traceback)."""
+    try:
+        from sqlalchemy.exc import OperationalError
+    except ImportError:  # the sql extra is not installed: no database error can happen
+        return ()
+    return (OperationalError,)
+
+
+#: Words of a service error that say it refused the login rather than did not answer.
+_LOGIN_REFUSED = ("access_refused", "access denied", "authentication failed",
+                  "password authentication", "auth failed", "invalid username-password",
+                  "wrongpass", "noauth", "not authorized", "does not exist")
+
+
 def _service_line(exc: BaseException) -> str:
     """What to say about a service error, in one line."""
-    detail = str(exc) or (repr(exc.args[0]) if exc.args else "") or "no detail"
+    detail = str(getattr(exc, "orig", None) or exc) or (repr(exc.args[0]) if exc.args else "") \
+        or "no detail"
+    for cut in (", Topology Description:", " (configured timeouts:", " (Background on this error"):
+        detail = detail.split(cut)[0]  # pymongo and SQLAlchemy append pages of diagnostics
     name = type(exc).__name__
     if name in ("NoCredentialsError", "PartialCredentialsError"):
         return (f"S3: {detail}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile, "
                 "AWS_PROFILE) and run the command again")
     if name == "ClientError":
         return f"S3 refused the request ({detail}); check the bucket, the key and the credentials"
+    if any(word in detail.lower() for word in _LOGIN_REFUSED):
+        return (f"a service refused the login ({name}: {detail}); check the user and password "
+                "in its URL and run the command again")
     return f"a service did not answer ({name}: {detail}); check it and run the command again"
 
 

@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 
 from etl.core.config import check_queue_name
 from etl.drift import POLICIES, normalise_kind
-from etl.core.errors import USER_ERRORS, ConfigError
+from etl.core.errors import USER_ERRORS, ConfigError, MissingExtra
+from etl.core.extras import check_extras, missing_extra
 from etl.sinks.base import BackfillAware, Sequenced
 from etl.sources.base import Recuttable, Windowed
 from etl.sources.windows import Window
@@ -211,11 +212,26 @@ def _user_code_error(exc: BaseException) -> str:
     raised (file:line of the innermost frame, or of the syntax error)."""
     if isinstance(exc, SyntaxError):
         return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    return f"{type(exc).__name__}: {exc}{_where(exc)}"
+
+
+def _where(exc: BaseException) -> str:
+    """" (file, line N)" of the innermost frame of the user's own code in `exc`'s traceback
+    (not the toolkit's, not an installed package's), or ""."""
     toolkit = str(Path(__file__).resolve().parents[1])
     own = [frame for frame in traceback.extract_tb(exc.__traceback__)
            if not frame.filename.startswith(("<", toolkit)) and "site-packages" not in frame.filename]
-    where = f" ({own[-1].filename}, line {own[-1].lineno})" if own else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    return f" ({own[-1].filename}, line {own[-1].lineno})" if own else ""
+
+
+def _spec_error(spec: str, exc: BaseException) -> ConfigError:
+    """A toolkit error raised while the pipeline module was imported or its factory ran (a
+    stage given a wrong argument, a bad pipeline option), as one line naming the spec and
+    the user's line that raised it; a missing optional package keeps its install hint."""
+    extra = missing_extra(exc)
+    if extra is not None:
+        return MissingExtra(f"{spec}: {extra}")
+    return ConfigError(f"{spec}{_where(exc)}: {exc}")
 
 
 def load_pipeline(spec: str) -> Pipeline:
@@ -227,10 +243,12 @@ def load_pipeline(spec: str) -> Pipeline:
         raise ConfigError(f"pipeline {spec!r} must look like package.module:attribute")
     try:
         module = importlib.import_module(module_name)
-    except USER_ERRORS:
-        raise  # a bad stage or pipeline option: its own message says what to change
+    except USER_ERRORS as exc:  # a bad stage or pipeline option: its message says what to change
+        raise _spec_error(spec, exc) from exc
     except Exception as exc:  # noqa: BLE001 - a SyntaxError, or any error the module raises
-        raise ConfigError(f"cannot import pipeline module {module_name!r}: "
+        if missing_extra(exc) is not None:
+            raise _spec_error(spec, exc) from exc
+        raise ConfigError(f"{spec}: cannot import pipeline module {module_name!r}: "
                           f"{_user_code_error(exc)}") from exc
     try:
         target: Pipeline | Callable[[], Pipeline] = getattr(module, attr)
@@ -238,10 +256,16 @@ def load_pipeline(spec: str) -> Pipeline:
         raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
     try:
         pipeline = target() if callable(target) and not isinstance(target, Pipeline) else target
-    except USER_ERRORS:
-        raise
+    except USER_ERRORS as exc:
+        raise _spec_error(spec, exc) from exc
     except Exception as exc:  # noqa: BLE001 - the user's factory failed
+        if missing_extra(exc) is not None:
+            raise _spec_error(spec, exc) from exc
         raise ConfigError(f"{spec}() failed: {_user_code_error(exc)}") from exc
     if not isinstance(pipeline, Pipeline):
         raise ConfigError(f"{spec} is a {type(pipeline).__name__}, not an etl Pipeline")
+    try:  # a sink's package missed now is one line, not a failure of every batch
+        check_extras(pipeline)
+    except MissingExtra as exc:
+        raise MissingExtra(f"{spec}: {exc}") from None
     return pipeline

@@ -28,6 +28,16 @@ class SourceError(EtlError):
     """The source cannot be read (missing file, bad format, unknown column)."""
 
 
+class ServiceUnreachable(EtlError):
+    """A database, broker or store refused the connection or the login, or did not answer:
+    not a mistake in the pipeline; the CLI ends with one line and exit status 3."""
+
+
+class SourceUnreachable(SourceError, ServiceUnreachable):
+    """The source's database cannot be reached with the URL given (refused, wrong
+    password, unknown host)."""
+
+
 class BatchError(EtlError):
     """One batch cannot be processed; the message names run, shard, batch and object key.
 
@@ -51,6 +61,11 @@ class LeaseLost(EtlError):
 class StoreUnwritable(EtlError):
     """The machine refused a write: a full disk, a read-only file system, no permission.
     Retrying does not help until someone frees space or fixes the path (exit status 3)."""
+
+
+class MissingExtra(ConfigError):
+    """An optional package a feature needs is not installed; the message says which
+    `pip install 'dramatiq-etl[extra]'` brings it (exit status 2, like any setup mistake)."""
 
 
 class StoreCorrupt(ConfigError):

@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from etl.core.errors import ConfigError, SourceError
+from etl.core.errors import ConfigError, SourceError, SourceUnreachable
 from etl.core.sql_engines import ProcessEngines
 from etl.core.urls import mask_url, with_sql_driver
 from etl.sources.base import Batch, PlanChecked, SchemaKinds, Source, Windowed
@@ -118,7 +118,7 @@ class SqlSource(Source, Windowed, PlanChecked, SchemaKinds):
             except sa.exc.NoSuchTableError:
                 raise SourceError(f"{self.describe()}: no such table") from None
             except sa.exc.OperationalError as exc:
-                raise SourceError(f"{self.describe()}: cannot connect: "
+                raise SourceUnreachable(f"{self.describe()}: cannot connect: "
                                   f"{mask_url(str(exc.orig))}") from None
             names = [c.name for c in self._table.columns]
             wanted = [self.key, *(self.columns or [])]
