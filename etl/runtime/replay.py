@@ -8,9 +8,18 @@ own run id. Per batch it records a pointer, counts clean and load exactly once t
 state store and writes the sink idempotently, like any run: killed at any point, running
 the same command again finishes it, and a finished generation is never loaded twice.
 
-Rows rejected as duplicates (by a stage named "dedupe") and lines the source parser could not
-read (stage "source") are not replayed unless asked for by `stages`: the first copy of a
-duplicate is loaded already, and an unreadable line reads no better the second time.
+A line the source could not read (stage "source") keeps its whole raw text in the quarantine
+(SOURCE_TEXT_COLUMN); a replay reads that text again with the source options of the fixed
+pipeline (a Reparsable source: a FileSource whose delimiter, quotechar, encoding or
+column_types was fixed) and cleans what it reads like any row. It reads the quarantine file
+only, never the raw payload, so it also works when the fixed options changed the source's
+fingerprint. A raw row that was such a line (rejected by a stage in an earlier replay) is
+read again the same way.
+
+Rows rejected as duplicates (by a stage named "dedupe") and lines the source could not read
+(stage "source") are not replayed unless asked for by `stages` (`--stage source`): the first
+copy of a duplicate is loaded already, and a line reads no better until a source option is
+fixed.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from etl.runtime.batches import ROW_COLUMN, clean_frame, quarantine_bytes, read_frame
@@ -30,6 +40,8 @@ from etl.core.faults import crash_point
 from etl.core.names import quarantine_key, replay_run_id, task_fingerprint
 from etl.core.parquet import from_parquet_bytes
 from etl.core.statuses import RunStatus
+from etl.sources.base import (SOURCE_COLUMNS, SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN,
+                              SOURCE_TEXT_COLUMN, Reparsable)
 from etl.stores.state import RawPayload, RunRecord, StateStore
 from stages.base import STAGE_COLUMN
 
@@ -112,17 +124,21 @@ def replay(ctx: RunContext, original: RunRecord, *,
         except ObjectNotFound:
             rejected = None
         rows: list[int] = []
+        lines: dict[int, tuple[str, int | None]] = {}  # ordinal -> (raw text, line number)
         if rejected is not None and len(rejected):
             chosen = rejected[rejected[STAGE_COLUMN].map(wanted)]
             known = (chosen[ROW_COLUMN].notna() if ROW_COLUMN in chosen.columns
                      else pd.Series(False, index=chosen.index))  # quarantined before rows were kept
+            if isinstance(ctx.pipeline.source, Reparsable) and SOURCE_TEXT_COLUMN in chosen.columns:
+                lines = _unread_lines(chosen[known])
             rows = sorted(int(r) for r in chosen.loc[known, ROW_COLUMN])
             result.rows_skipped += len(rejected) - len(rows)
         digest = hashlib.sha256(repr(rows).encode()).hexdigest()
         state.record_fetch(RawPayload(run_id=run.run_id, shard=shard, batch=batch, key=source_key,
                                       bytes=0, sha256=digest, rows=len(rows), cursor_start=None,
                                       cursor_end=None), exhausted=False)
-        clean, quarantined = (_clean(ctx, original, shard, batch, rows) if rows else (None, None))
+        clean, quarantined = (_clean(ctx, original, shard, batch, rows, lines) if rows
+                              else (None, None))
         if quarantined is not None and len(quarantined):
             objects.put_bytes(quarantine_key(run.run_id, shard, batch), quarantine_bytes(quarantined))
         cleaned = 0 if clean is None else len(clean)
@@ -143,12 +159,64 @@ def replay(ctx: RunContext, original: RunRecord, *,
     return result
 
 
-def _clean(ctx: RunContext, original: RunRecord, shard: int, batch: int, rows: list[int]):  # type: ignore[no-untyped-def]
+def _unread_lines(rows: pd.DataFrame) -> dict[int, tuple[str, int | None]]:
+    """Ordinal -> (raw text, line number) of the `rows` that keep a source line's text."""
+    if SOURCE_TEXT_COLUMN not in rows.columns:
+        return {}
+    rows = rows[rows[SOURCE_TEXT_COLUMN].notna()]
+    numbers = (rows[SOURCE_LINE_COLUMN] if SOURCE_LINE_COLUMN in rows.columns
+               else pd.Series(None, index=rows.index))
+    return {int(r): (str(text), None if pd.isna(n) else int(n))
+            for r, text, n in zip(rows[ROW_COLUMN], rows[SOURCE_TEXT_COLUMN], numbers)}
+
+
+def _clean(ctx: RunContext, original: RunRecord, shard: int, batch: int, rows: list[int],  # type: ignore[no-untyped-def]
+           lines: dict[int, tuple[str, int | None]]):
+    """Clean the chosen rows of a batch: raw rows from the payload, and lines the source
+    could not read from their kept text, read again with the fixed source's options."""
     pointer = ctx.state.get_payload(original.run_id, shard, batch)
     assert pointer is not None
-    raw = read_frame(ctx, shard, batch, pointer.key, sha256=pointer.sha256,
-                     payload=pointer if is_pointer(pointer) else None)
-    return clean_frame(ctx, shard, batch, raw.iloc[rows], key=pointer.key, rows=rows)
+    others = [r for r in rows if r not in lines]
+    pieces, ordinals = [], []
+    if others:
+        raw = read_frame(ctx, shard, batch, pointer.key, sha256=pointer.sha256,
+                         payload=pointer if is_pointer(pointer) else None).iloc[others]
+        raw = raw.reset_index(drop=True)
+        unread = (raw[SOURCE_ERROR_COLUMN].notna().to_numpy()
+                  if SOURCE_ERROR_COLUMN in raw.columns and SOURCE_TEXT_COLUMN in raw.columns
+                  else np.zeros(len(raw), dtype=bool))
+        if unread.any() and isinstance(ctx.pipeline.source, Reparsable):
+            # a raw row that is a line the source could not read: its text, read again
+            lines = {**lines, **_unread_lines(raw.loc[unread].assign(
+                **{ROW_COLUMN: [others[i] for i in np.flatnonzero(unread)]}))}
+            keep = ~unread
+            raw = raw.loc[keep].drop(columns=[c for c in SOURCE_COLUMNS if c in raw.columns])
+            others = [r for r, k in zip(others, keep) if k]
+        pieces.append(raw)
+        ordinals.extend(others)
+    if lines:
+        order = sorted(lines)
+        read_again = ctx.pipeline.source.reparse([lines[r][0] for r in order],
+                                                 [lines[r][1] for r in order]).to_pandas()
+        log.info("replay %s shard %d batch %d: %d line(s) the source could not read, read again "
+                 "with %s", ctx.run_id, shard, batch, len(order), ctx.pipeline.source.describe())
+        pieces.append(read_again)
+        ordinals.extend(order)
+    frame = pieces[0] if len(pieces) == 1 else pd.concat(pieces, ignore_index=True)
+    by_row = np.argsort(np.asarray(ordinals, dtype=np.int64), kind="stable")
+    frame = frame.iloc[by_row].reset_index(drop=True)
+    clean, quarantined = clean_frame(ctx, shard, batch, frame, key=pointer.key,
+                                     rows=[ordinals[i] for i in by_row])
+    if lines and len(quarantined) and ROW_COLUMN in quarantined.columns:
+        # a line read again and rejected by a stage keeps its text: the next replay reads it
+        # from there, not from a raw payload cut with the source options of the first run
+        kept = quarantined[ROW_COLUMN].map(lambda r: lines.get(int(r)) if pd.notna(r) else None)
+        for column, part in ((SOURCE_TEXT_COLUMN, 0), (SOURCE_LINE_COLUMN, 1)):
+            found = kept.map(lambda found: None if found is None else found[part])
+            if column in quarantined.columns:
+                found = quarantined[column].where(quarantined[column].notna(), found)
+            quarantined[column] = found.astype("string" if part == 0 else "Int64")
+    return clean, quarantined
 
 
 __all__ = ["ReplayResult", "open_replay", "replay"]

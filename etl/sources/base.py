@@ -150,9 +150,10 @@ class Reparsable(Protocol):
     """Can read again the raw lines it could not parse (SOURCE_TEXT_COLUMN), with the
     options it has now: a quarantine replay recovers them after a fixed source option."""
 
-    def reparse(self, texts: list[str]) -> pa.Table:
+    def reparse(self, texts: list[str], numbers: list[int | None] | None = None) -> pa.Table:
         """One row per line of `texts`, in order: its values, or an error row carrying
-        SOURCE_COLUMNS when the line still cannot be read."""
+        SOURCE_COLUMNS (with the line's number in the file, from `numbers`) when the line
+        still cannot be read."""
         raise NotImplementedError
 
 

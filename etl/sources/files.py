@@ -457,13 +457,14 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable):
         so the same cursor and row count give the same rows while the file is unchanged."""
         return self.read_batch(plan, shard, after=after, limit=rows)
 
-    def reparse(self, texts: list[str]) -> pa.Table:
+    def reparse(self, texts: list[str], numbers: list[int | None] | None = None) -> pa.Table:
         """Lines this source could not parse (their kept raw text), read again with its
-        options as they are now: one row per line, an error row for a line still unread.
-        CSV lines are read under the file's columns (its header read with these options)."""
+        options as they are now: one row per line, an error row (naming the line's number
+        in the file, from `numbers`) for a line still unread. CSV lines are read under the
+        file's columns (its header read with these options)."""
         if isinstance(self.options, CsvOptions):
             names = [c for c in self.table().column_names if c not in SOURCE_COLUMNS]
-            return reparse_lines(texts, csv=self.options, column_names=names)
+            return reparse_lines(texts, csv=self.options, column_names=names, numbers=numbers)
         if isinstance(self.options, JsonOptions):
-            return reparse_lines(texts, json_options=self.options)
+            return reparse_lines(texts, json_options=self.options, numbers=numbers)
         raise SourceError(f"{self.describe()} has no lines to read again")

@@ -560,12 +560,13 @@ def _with_bad_rows(table: pa.Table, bad: BadLines, text_of: Callable[[int], str]
 
 
 def reparse_lines(texts: Sequence[str], *, csv: CsvOptions | None = None,
-                  json_options: JsonOptions | None = None,
-                  column_names: Sequence[str] = ()) -> pa.Table:
+                  json_options: JsonOptions | None = None, column_names: Sequence[str] = (),
+                  numbers: Sequence[int | None] | None = None) -> pa.Table:
     """Kept raw lines (SOURCE_TEXT_COLUMN) read again with a source's options, one row per
     line in their order: a row of values, or an error row when the line still cannot be
     read. CSV lines are read under `column_names` (the source's columns), with no header
-    line of their own; line numbers in reasons count the given lines."""
+    line of their own. An error row names the line's number in the file, from `numbers`
+    (default: its place among `texts`)."""
     if not texts:
         return pa.table({})
     data = "\n".join(texts).encode("utf-8", errors="surrogateescape") + b"\n"
@@ -575,7 +576,18 @@ def reparse_lines(texts: Sequence[str], *, csv: CsvOptions | None = None,
         table = parse_csv(data, options=options)
     else:
         table = parse_jsonl(data, options=replace(json_options or JsonOptions(), encoding="utf-8"))
-    return _in_line_order(table, len(texts))
+    table = _in_line_order(table, len(texts))
+    if numbers is None or SOURCE_LINE_COLUMN not in table.column_names:
+        return table
+    file_lines = [None if n is None else int(n) for n in numbers]
+    reasons = [None if reason is None or file_lines[i] is None
+               else re.sub(r"^line \d+:", f"line {file_lines[i]}:", reason)
+               for i, reason in enumerate(table.column(SOURCE_ERROR_COLUMN).to_pylist())]
+    placed = [None if reason is None else file_lines[i] for i, reason in enumerate(reasons)]
+    for name, values, kind in ((SOURCE_ERROR_COLUMN, reasons, pa.string()),
+                               (SOURCE_LINE_COLUMN, placed, pa.int64())):
+        table = table.set_column(table.column_names.index(name), name, pa.array(values, type=kind))
+    return table
 
 
 def _in_line_order(table: pa.Table, count: int) -> pa.Table:
