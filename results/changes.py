@@ -18,7 +18,11 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 
 from etl.core.errors import EtlError
 from results.errors import InvalidTransition, JobNotFound
-from results.models import JobResult, Transition, check_transition, stamp_fields, utcnow
+from results.models import (TRANSITIONS, JobResult, JobStatus, Transition, check_transition,
+                            stamp_fields, utcnow)
+
+#: Statuses a job has before a worker starts it (see StatusChange.catch_up).
+_BEFORE_START = frozenset({JobStatus.PENDING.value, JobStatus.QUEUED.value})
 
 
 @dataclass
@@ -43,6 +47,10 @@ class StatusChange:
     note: str | None = None
     fields: Mapping[str, Any] = field(default_factory=dict)
     at: datetime = field(default_factory=utcnow)
+    #: A worker's end of a message (completed, failed, ...) found still queued: its start
+    #: was lost (written too late, or by a worker killed before its writer ran). Record
+    #: the start it implies, then the end, rather than leave the record queued for ever.
+    catch_up: bool = False
 
 
 Change = Union[NewRecord, StatusChange]
@@ -122,6 +130,13 @@ def settle(changes: Sequence[Change], stored: Mapping[str, JobResult]) -> tuple[
             outcomes[position] = JobNotFound(change.job_id)
             continue
         try:
+            if (change.catch_up and settled.final.status in _BEFORE_START
+                    and JobStatus(change.status) not in TRANSITIONS[JobStatus(settled.final.status)]):
+                apply_change(settled.final, StatusChange(
+                    change.job_id, JobStatus.IN_PROGRESS.value, "start not recorded", {}, change.at))
+                if settled.created is None:
+                    settled.steps.append(settled.final.history[-1])
+                    settled.fields.update(stamp_fields(JobStatus.IN_PROGRESS.value, change.at, None))
             apply_change(settled.final, change)
         except InvalidTransition as refused:
             outcomes[position] = refused

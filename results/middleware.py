@@ -43,6 +43,9 @@ ABORTABLE = "etl_abortable"
 _STOP = frozenset({JobStatus.ABORTING.value, JobStatus.ABORTED.value})
 
 
+#: The ends of a message a worker records (with the start they imply, if it was lost).
+_ENDS = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMEOUT})
+
 #: Message option marking a message sent with a delay (see before_enqueue).
 _DELAYED = "etl_delayed"
 
@@ -129,7 +132,10 @@ class ResultRecorder(Middleware):
 
     def _move(self, what: str, job_id: str, status: JobStatus, note: str | None = None, *,
               urgent: bool = False, **fields: Any) -> None:
-        self.writer.submit(what, StatusChange(job_id, status.value, note, fields), urgent=urgent)
+        # A worker's end of a job also records the start it implies if that was lost
+        # (results.changes.StatusChange.catch_up): no record stays queued after its ack.
+        self.writer.submit(what, StatusChange(job_id, status.value, note, fields,
+                                              catch_up=status in _ENDS), urgent=urgent)
 
     def _ours(self, message: dramatiq.Message) -> bool:
         return message.actor_name.startswith(self.prefix)

@@ -14,9 +14,10 @@ Rules kept from writing one by one:
   the store is left alone for `cooldown` seconds (what comes meanwhile is dropped, counted).
   A lifecycle refusal (InvalidTransition) is counted as rejected and logged.
 * A status change whose record is not there yet (JobNotFound) is kept and tried again with
-  the next batches for `grace` seconds: the record may be on its way from another process
-  (the sender writes "queued" from its own writer, up to an interval late), and giving up
-  at once would leave it "queued" after its message was done.
+  the next batches for `grace` seconds (30): the record may be on its way from another
+  process (the sender writes "queued" from its own writer, an interval late or, behind a
+  busy store, seconds late), and giving up would leave it "queued" after its message was
+  done (2 s was too short under load).
 * `flush()` (at worker shutdown, when a sender closes, and at exit) returns once everything
   submitted so far is written, refused or given up.
 """
@@ -38,6 +39,9 @@ from results.errors import JobNotFound
 
 log = logging.getLogger(__name__)
 
+#: Seconds a flush waits for the record of a parked change (see BatchWriter._write).
+FLUSH_GRACE = 2.0
+
 #: Writers alive in this process: flushed at exit, reset in a forked child.
 _WRITERS: "weakref.WeakSet[BatchWriter]" = weakref.WeakSet()
 
@@ -46,7 +50,7 @@ class BatchWriter:
     """Writes changes to a result store from one background thread per process, in batches."""
 
     def __init__(self, store: Any, *, interval: float = 0.05, max_batch: int = 1000,
-                 max_queue: int = 100_000, cooldown: float = 5.0, grace: float = 2.0) -> None:
+                 max_queue: int = 100_000, cooldown: float = 5.0, grace: float = 30.0) -> None:
         self.store = store
         self.interval, self.max_batch, self.max_queue = interval, max_batch, max_queue
         self.cooldown, self.grace = cooldown, grace
@@ -159,11 +163,14 @@ class BatchWriter:
         parked: list[tuple[str, Change]] = []
         written = rejected = 0
         now = time.time()
+        # A flush (a worker stopping) waits for a missing record's change at most
+        # FLUSH_GRACE seconds after it happened, not the whole grace.
+        grace = min(self.grace, FLUSH_GRACE) if self._hurry else self.grace
         for (what, change), outcome in zip(batch, outcomes):
             if outcome is None:
                 written += 1
             elif (isinstance(outcome, JobNotFound) and isinstance(change, StatusChange)
-                  and now - change.at.timestamp() < self.grace):
+                  and now - change.at.timestamp() < grace):
                 parked.append((what, change))
             else:
                 rejected += 1

@@ -384,3 +384,22 @@ def test_a_batch_whose_record_changed_meanwhile_is_applied_as_update_status_woul
     job = store.get("raced")
     assert job is not None and job.worker_id == "other:1" and job.result == 1
     assert [t.status for t in job.history] == ["queued", "in_progress", "completed"]
+
+
+def test_an_end_whose_start_was_lost_records_both(store: ResultStore) -> None:
+    from results.changes import NewRecord, StatusChange
+
+    # Given a queued job whose worker's start never reached the store (written too late,
+    # or by a worker killed before its writer ran)
+    store.write_many([NewRecord(_job("lost-start", status="queued"))])
+    # When the end of its message comes, marked as a worker's end (catch_up)
+    outcomes = store.write_many([StatusChange("lost-start", "completed", fields={"result": 1},
+                                              catch_up=True)])
+    # Then it is completed, not left queued: the implied start is recorded before it
+    job = store.get("lost-start")
+    assert outcomes == [None] and job is not None and job.status == "completed"
+    assert [t.status for t in job.history][-2:] == ["in_progress", "completed"]
+    assert job.history[-2].note == "start not recorded" and job.started_at is not None
+    # And without the mark the lifecycle still refuses it
+    store.write_many([NewRecord(_job("strict", status="queued"))])
+    assert isinstance(store.write_many([StatusChange("strict", "completed")])[0], InvalidTransition)
