@@ -89,8 +89,11 @@ def start(body: models.StartRequest, request: Request) -> dict[str, Any]:
         raise StartRefused("fresh and run_id exclude each other", status=422, field="fresh")
     srv.check_pipeline(spec, shards=body.shards,
                        window=body.window.model_dump() if body.window else None)
+    if body.resume and not body.run_id:
+        raise StartRefused("resume needs the run_id of the cancelled run", status=422,
+                           field="resume")
     run_id, joined = srv.supervisor.start(
-        spec, shards=body.shards, run_id=body.run_id, fresh=body.fresh,
+        spec, shards=body.shards, run_id=body.run_id, fresh=body.fresh, resume=body.resume,
         window=body.window.model_dump() if body.window else None)
     status_url, result_url = _urls(run_id)
     return {"task_id": run_id, "status_url": status_url, "result_url": result_url,
@@ -184,8 +187,7 @@ def cancel(run_id: RunId, request: Request) -> dict[str, Any]:
     srv = server(request)
     with _inspector(srv) as ins:
         views.get_run(ins, run_id)
-    new_status = srv.cancel(run_id)
-    return {"task_id": run_id, "status": new_status}
+    return srv.cancel(run_id)
 
 
 def build_router(*, with_cancel: bool) -> APIRouter:

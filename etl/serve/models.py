@@ -34,6 +34,7 @@ class StartRequest(BaseModel):
     run_id: str | None = Field(None, pattern=RUN_ID_PATTERN,
                                description="Client-chosen run id: the same id twice is one run")
     fresh: bool = Field(False, description="A new run instead of resuming the newest unfinished one")
+    resume: bool = Field(False, description="Take up a cancelled run (run_id) where it stopped")
     window: Window | None = Field(None, description="Backfill: start <= window column < end")
 
 
@@ -195,6 +196,8 @@ class Pipelines(BaseModel):
 class Cancelled(BaseModel):
     task_id: str
     status: str
+    was: str = Field(description="The run's status before")
+    purged: int = Field(description="Pending messages removed from the broker")
 
 
 __all__ = ["Cancelled", "DeadLetters", "ErrorEntry", "Errors", "Pipelines", "Problem", "Progress",

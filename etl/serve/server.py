@@ -83,12 +83,24 @@ class Server:
         """The queues the allow-listed pipelines name besides the `queue` setting."""
         return list(self._queues)
 
-    def cancel(self, run_id: str) -> str:
-        """Cancel `run_id` through the runner; its embedded child stops on its own."""
-        import etl.runner
+    def cancel(self, run_id: str) -> dict[str, Any]:
+        """Cancel `run_id` through the runner (etl.cancel): an embedded child stops once
+        its steps in hand end; a distributed run's pending messages are purged too.
+        StartRefused (409) for a completed run."""
+        from etl.runner import cancel
+        from etl.stores import Stores
 
-        outcome: Any = etl.runner.cancel(run_id)  # type: ignore[attr-defined]
-        return str(getattr(outcome, "status", "cancelled"))
+        stores = Stores.from_settings(self.settings)
+        try:
+            done = cancel(run_id, purge=self.distributed, settings=self.settings, stores=stores)
+        except ConfigError as exc:
+            raise StartRefused(str(exc), status=409, field="run_id") from None
+        finally:
+            stores.state.close()
+            if stores.results is not None:
+                stores.results.close()
+        return {"task_id": run_id, "status": "cancelled", "was": str(done.was),
+                "purged": done.purged}
 
 
 __all__ = ["Server"]

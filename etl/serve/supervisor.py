@@ -143,7 +143,7 @@ class Supervisor:
 
     # -- starting ------------------------------------------------------------------------
     def start(self, spec: str, *, shards: int | None, run_id: str | None, fresh: bool,
-              window: dict[str, str] | None) -> tuple[str, bool]:
+              window: dict[str, str] | None, resume: bool = False) -> tuple[str, bool]:
         """Start (or join) a run of `spec`: (run id, joined). StartRefused when the
         pipeline already works another run, or the child could not open the run."""
         with self._lock:
@@ -165,7 +165,7 @@ class Supervisor:
                         "per pipeline; start again once it ended, or without run_id to "
                         "join it", status=409, field="pipeline")
             child = self._launch(spec, {"shards": shards, "run_id": run_id, "fresh": fresh,
-                                        "window": window})
+                                        "window": window, "resume": resume})
             return child.run_id, False
 
     def _launch(self, spec: str, options: dict[str, Any]) -> Child:
