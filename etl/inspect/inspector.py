@@ -40,6 +40,7 @@ from etl.stores import open_objects, open_results, open_state, results_off
 from etl.stores.objects import ObjectStore
 from etl.core.parquet import from_parquet_bytes
 from etl.runtime.raw import is_pointer, recut
+from etl.inspect.history import run_line, took_text
 from etl.inspect.project import (Backend, anchored, configured_backends, find_project_dir,
                          require_sqlite_file)
 from etl.core.names import task_fingerprint
@@ -301,6 +302,41 @@ class Inspector:
             return table_of([], ["shard", "batch", "_reason", "_stage"])
         result = pd.concat(frames, ignore_index=True)
         return result.head(limit) if limit is not None else result
+
+    def quarantine_reasons(self, run_id: str | None = None) -> pd.DataFrame:
+        """Quarantined rows of the run counted by stage and reason, most rows first: every
+        quarantine object is read (`quarantine` with no limit)."""
+        rows = self.quarantine(run_id)
+        if rows.empty:
+            return table_of([], ["stage", "reason", "rows"])
+        counts = (rows.groupby(["_stage", "_reason"], dropna=False).size()
+                  .sort_values(ascending=False).rename("rows").reset_index())
+        return counts.rename(columns={"_stage": "stage", "_reason": "reason"})
+
+    def glance(self, run_id: str | None = None) -> str:
+        """The run in two lines, for a person: its status and time, and where its rows went
+        (loaded, quarantined and why, still on their way), shards done and errors."""
+        run = self.run(run_id)
+        totals = self.summary(run.run_id)
+        line = run_line(self.state, run)
+        rows_in = totals["rows_fetched"]
+        share = (lambda n: f" ({n / rows_in:.1%})") if rows_in else (lambda n: "")
+        reasons = self.quarantine_reasons(run.run_id) if totals["rows_quarantined"] else None
+        why = ""
+        if reasons is not None and len(reasons):
+            top = reasons.iloc[0]
+            why = (f", most for {top['reason']!r} ({top['stage']}, {int(top['rows']):,})"
+                   + (f" and {len(reasons) - 1} other reason(s)" if len(reasons) > 1 else ""))
+        pending = rows_in - totals["rows_loaded"] - totals["rows_quarantined"]
+        errors = len(self.state.list_errors(run.run_id, limit=10_000))
+        took = "" if line.took_seconds is None else f" in {took_text(line.took_seconds)}"
+        return (f"run {run.run_id} ({run.pipeline}) {run.status}{took}: {rows_in:,} rows in, "
+                f"{totals['rows_loaded']:,} loaded{share(totals['rows_loaded'])}, "
+                f"{totals['rows_quarantined']:,} quarantined{share(totals['rows_quarantined'])}"
+                f"{why}" + (f", {pending:,} on their way" if pending > 0 else "") + "\n"
+                f"shards done {totals['shards_done']}/{totals['shards']}"
+                + (f", failed {totals['shards_failed']}" if totals["shards_failed"] else "")
+                + f"; {errors} error(s) in TaskErrorLog")
 
     # -- errors ----------------------------------------------------------------------------
     def errors(self, run_id: str | None = None, *, limit: int = 100) -> pd.DataFrame:
