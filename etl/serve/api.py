@@ -159,11 +159,12 @@ def dead_letters(run_id: RunId, request: Request,
     srv = server(request)
     with _inspector(srv) as ins:
         run = views.get_run(ins, run_id)
-    if not srv.distributed:
-        return {"run_id": run_id, "queue": None, "dead_letters": None}
-    queue = views.queue_of(srv.settings, run, srv.allowed)
-    return {"run_id": run_id, "queue": queue,
-            "dead_letters": views.dead_letters(srv.settings, queue, run_id, limit=limit)}
+        if not srv.distributed:
+            return {"run_id": run_id, "queue": None, "dead_letters": None}
+        queue = views.queue_of(srv.settings, run, srv.allowed)
+        letters = views.dead_letters(srv.settings, queue, run_id, limit=limit) or []
+        views.explain_letters(ins, run_id, letters)
+    return {"run_id": run_id, "queue": queue, "dead_letters": letters}
 
 
 def queues(request: Request) -> dict[str, Any]:

@@ -85,7 +85,8 @@ def create_app(*, root: Path | None = None, settings: Settings | None = None) ->
 
     app = FastAPI(title="dramatiq-etl", version="1",
                   summary="Start, watch and read ETL runs over HTTP",
-                  default_response_class=MaskedJSONResponse, lifespan=lifespan)
+                  default_response_class=MaskedJSONResponse, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # their pages load scripts from a CDN
     app.state.server = srv
     app.include_router(build_router(with_cancel=cancel_available()))
     app.include_router(seed_aliases())

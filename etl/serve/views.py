@@ -203,6 +203,21 @@ def dead_letters(settings: Settings, queue: str, run_id: str | None, *,
     return rows
 
 
+def explain_letters(ins: Inspector | None, run_id: str, letters: list[dict[str, Any]]) -> None:
+    """Fill the error of dead letters whose message kept no traceback from the run's
+    TaskErrorLog entry of the same stage, shard and batch (the final failure's)."""
+    from etl.core.names import stage_of_actor
+
+    if ins is None or all(letter["error"] for letter in letters):
+        return
+    logged = {(e.stage, e.shard, e.batch): f"{e.error_type}: {e.message}"
+              for e in reversed(ins.state.list_errors(run_id, limit=1000))}
+    for letter in letters:
+        if not letter["error"]:
+            key = (stage_of_actor(letter["actor"]), letter["shard"], letter["batch"])
+            letter["error"] = logged.get(key, "")[-400:]
+
+
 def queue_gauges(settings: Settings, names: list[str]) -> list[dict[str, Any]] | None:
     """Ready, delayed, in flight, dead letters and consumers of each queue; None without a
     broker (embedded mode: the queues live inside the run's process)."""
@@ -220,6 +235,6 @@ def queue_gauges(settings: Settings, names: list[str]) -> list[dict[str, Any]] |
              "dead_letters": c.dead, "consumers": c.consumers} for c in counts]
 
 
-__all__ = ["NotFound", "dead_letters", "errors", "get_run", "inspector", "list_runs",
+__all__ = ["NotFound", "dead_letters", "errors", "explain_letters", "get_run", "inspector", "list_runs",
            "queue_gauges", "queue_of", "quarantine_counts", "records", "result", "run_row",
            "shards", "status"]
