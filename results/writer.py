@@ -55,6 +55,7 @@ class BatchWriter:
         self.interval, self.max_batch, self.max_queue = interval, max_batch, max_queue
         self.cooldown, self.grace = cooldown, grace
         self.writes = self.rejected = self.failures = self.dropped = self.batches = 0
+        self.write_seconds = 0.0  # in the store's write_many, over `batches` batches
         self._reset()
         _WRITERS.add(self)
 
@@ -148,6 +149,7 @@ class BatchWriter:
                 self.failures += len(batch)
             self._settle(len(batch))
             return
+        started = time.perf_counter()
         try:
             outcomes = write_changes(self.store, [change for _, change in batch])
         except Exception as exc:  # noqa: BLE001 - an outage of the store must not reach a task
@@ -179,6 +181,7 @@ class BatchWriter:
             self.writes += written
             self.rejected += rejected
             self.batches += 1
+            self.write_seconds += time.perf_counter() - started
             self._parked = parked + self._parked
         self._settle(len(batch) - len(parked))
 
@@ -191,6 +194,17 @@ class BatchWriter:
             if not self._pending:
                 self._hurry = False
                 self._idle.notify_all()
+
+
+def counters() -> dict[str, float]:
+    """The counts of every writer in this process, summed (for Prometheus:
+    etl.runtime.metrics): changes written, refused, failed, dropped; batches and seconds."""
+    total = {"writes": 0.0, "rejected": 0.0, "failures": 0.0, "dropped": 0.0, "batches": 0.0,
+             "write_seconds": 0.0}
+    for writer in list(_WRITERS):
+        for name in total:
+            total[name] += getattr(writer, name)
+    return total
 
 
 def _flush_all(timeout: float = 5.0) -> None:

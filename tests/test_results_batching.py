@@ -243,3 +243,35 @@ def test_a_message_still_running_when_the_worker_gives_up_waiting_is_retrying(
     assert job.history[-1].note == "worker shut down; the broker redelivers it"
     release.set()
     broker.close()
+
+
+def test_the_writers_counters_are_in_prometheus(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from etl.runtime.metrics import Metrics
+    from results.changes import NewRecord, StatusChange
+    from results.models import JobResult
+    from results.writer import BatchWriter
+
+    # Given a worker's metrics registry, and a result writer that writes two changes and
+    # has one refused
+    registry = CollectorRegistry()
+    Metrics(None, registry=registry)  # type: ignore[arg-type]
+    before = _scraped(generate_latest(registry).decode())
+    writer = BatchWriter(open_results(f"sqlite:///{tmp_path}/r.db"), interval=0.01)
+    writer.submit("store", NewRecord(JobResult("p1", "f", status="queued")))
+    writer.submit("start", StatusChange("p1", "in_progress"))
+    writer.submit("bad", StatusChange("p1", "queued"))
+    writer.flush()
+    # When it is scraped, Then the store's counters are there, moved by what was written
+    after = _scraped(generate_latest(registry).decode())
+    assert after["etl_results_writes_total"] - before["etl_results_writes_total"] == 2
+    assert after["etl_results_rejected_total"] - before["etl_results_rejected_total"] == 1
+    assert after["etl_results_write_batches_total"] > before["etl_results_write_batches_total"]
+    assert after["etl_results_write_seconds_total"] > before["etl_results_write_seconds_total"]
+    assert "etl_results_dropped_total" in after and "etl_results_write_failures_total" in after
+
+
+def _scraped(text: str) -> dict[str, float]:
+    return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+            if line.startswith("etl_results_")}

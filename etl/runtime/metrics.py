@@ -11,6 +11,9 @@ Read at scrape time by `StateCollector` (from the state store and the broker):
   etl_run_shards{run,pipeline,state}       done / total
   etl_run_rows_unfetched{run,pipeline}     cursor lag: source rows the cursors have not reached
   etl_run_rows_in_flight{run,pipeline}     fetched but neither loaded nor quarantined yet
+Read at scrape time by `ResultStoreCollector` (this process's result writers):
+  etl_results_writes_total, _rejected_total, _write_failures_total, _dropped_total,
+  etl_results_write_batches_total, etl_results_write_seconds_total (latency: seconds/batches)
 
 `etl worker --metrics-port P` serves them (process i of --processes N on P+i).
 """
@@ -25,7 +28,7 @@ from typing import Any, Iterator, Sequence
 import dramatiq
 from dramatiq.middleware import Middleware
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from etl.core.names import stage_of_actor
@@ -53,6 +56,10 @@ class Metrics(Middleware):
                                ["pipeline", "stage", "outcome"], registry=registry)
         self.latency = Histogram("etl_batch_seconds", "Time of one batch step",
                                  ["pipeline", "stage"], buckets=LATENCY_BUCKETS, registry=registry)
+        try:
+            registry.register(ResultStoreCollector())
+        except ValueError:
+            pass  # a second Metrics on this registry: its collector is there already
         self._started = threading.local()
         #: Per message, a run's pipeline name and the labelled series were looked up under
         #: locks (the context cache's, each metric's): ~8 us a message, kept here instead.
@@ -100,6 +107,24 @@ class Metrics(Middleware):
         for field, kind in _ROW_KINDS.get(stage, {}).items():
             if isinstance(reported.get(field), int) and reported[field]:
                 self._labelled(self.rows, pipeline, stage, kind).inc(reported[field])
+
+
+class ResultStoreCollector(Collector):
+    """The result store's own counters in this process (results.writer.counters)."""
+
+    _HELP = {"writes": ("etl_results_writes", "Result-store changes written"),
+             "rejected": ("etl_results_rejected", "Result-store changes the lifecycle refused"),
+             "failures": ("etl_results_write_failures", "Result-store changes lost to an outage"),
+             "dropped": ("etl_results_dropped", "Result-store changes dropped (queue full)"),
+             "batches": ("etl_results_write_batches", "Result-store batch writes"),
+             "write_seconds": ("etl_results_write_seconds", "Seconds in result-store writes")}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        from results.writer import counters
+
+        for name, value in counters().items():
+            metric, text = self._HELP[name]
+            yield CounterMetricFamily(metric, text, value=value)
 
 
 class StateCollector(Collector):
