@@ -13,8 +13,11 @@ Settings of particular parts, resolved the same way and documented where they ar
   lease_ttl        ETL_LEASE_TTL, seconds a task's lease lives without a heartbeat
                    (etl.runtime.leases)
   results_ttl      ETL_RESULTS_TTL, seconds a task's result record is kept (default a
-                   day; a message option `results_ttl` overrides it per job;
-                   results.middleware)
+                   day; a message option `results_ttl`, or enqueue_job's `_results_ttl`,
+                   overrides it per job; results.middleware)
+  results_url      (above) sqlite:///, redis://, mongodb://, postgresql://, mysql:// or
+                   mariadb://, each taking `?key_prefix=NAME` to share a server or file;
+                   `none` records nothing (results)
   s3_endpoint_url  ETL_S3_ENDPOINT_URL, the S3-compatible endpoint of s3:// object stores
                    (etl.stores.objects.s3)
   demo_output      ETL_DEMO_OUTPUT, where the built-in demo writes its dataset (etl.demo)
