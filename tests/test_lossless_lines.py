@@ -232,3 +232,37 @@ def test_a_source_line_rejected_by_a_stage_after_its_replay_replays_again(tmp_pa
     loaded = _loaded(tmp_path)
     assert sorted(loaded["id"].astype(int)) == [1, 2, 3]
     assert loaded.set_index(loaded["id"].astype(int)).loc[2, "name"] == "b, c"
+
+
+def test_lines_not_in_the_files_encoding_replay_after_the_encoding_is_fixed(tmp_path: Path) -> None:
+    # Given a latin-1 CSV read as UTF-8 (the default): its two accented lines are rejected,
+    # their bytes kept backslash-escaped in the quarantined text
+    (tmp_path / "orders.csv").write_bytes("id,name\n1,café\n2,plain\n3,naïve\n".encode("latin-1"))
+    (tmp_path / "orders.py").write_text(textwrap.dedent('''
+        from pathlib import Path
+
+        from etl import FileSource, ParquetSink, Pipeline
+        from shards import HashShards
+
+        HERE = Path(__file__).parent
+
+
+        def _orders(**options):
+            return Pipeline(name="orders", source=FileSource(str(HERE / "orders.csv"), **options),
+                            stages=[], sink=ParquetSink(str(HERE / "out")), key=["id"],
+                            shards=HashShards(["id"], 2), batch_size=100)
+
+
+        strict = _orders()
+        fixed = _orders(encoding="latin-1")
+    '''))
+    run_id, totals = _run(tmp_path, "orders:strict")
+    assert (totals["rows_loaded"], totals["rows_quarantined"]) == (1, 2)
+    assert {r[SOURCE_TEXT_COLUMN] for r in _quarantined(tmp_path, run_id)} == \
+        {"1,caf\\xe9", "3,na\\xefve"}
+    # When they are replayed with encoding="latin-1"
+    _replay(tmp_path, run_id, "orders:fixed")
+    # Then the lines are read with the right text and loaded
+    loaded = _loaded(tmp_path)
+    assert dict(zip(loaded["id"].astype(int), loaded["name"])) == \
+        {1: "café", 2: "plain", 3: "naïve"}

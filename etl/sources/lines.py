@@ -569,7 +569,9 @@ def reparse_lines(texts: Sequence[str], *, csv: CsvOptions | None = None,
     (default: its place among `texts`)."""
     if not texts:
         return pa.table({})
-    data = "\n".join(texts).encode("utf-8", errors="surrogateescape") + b"\n"
+    encoding = (csv or json_options or JsonOptions()).encoding
+    data = "\n".join(_as_read(text, encoding) for text in texts).encode(
+        "utf-8", errors="surrogateescape") + b"\n"
     if csv is not None:
         options = replace(csv, encoding="utf-8", header=False, skip_rows=0,
                           column_names=tuple(column_names) or None)
@@ -588,6 +590,24 @@ def reparse_lines(texts: Sequence[str], *, csv: CsvOptions | None = None,
                                (SOURCE_LINE_COLUMN, placed, pa.int64())):
         table = table.set_column(table.column_names.index(name), name, pa.array(values, type=kind))
     return table
+
+
+#: What backslashreplace made of a byte that was not text (always >= 0x80 for UTF-8).
+_ESCAPED = re.compile(r"\\x[89a-f][0-9a-f]")
+_ESCAPED_BYTES = re.compile(rb"\\x([89a-f][0-9a-f])")
+
+
+def _as_read(text: str, encoding: str) -> str:
+    """A kept line as the source reads it now. A line kept because its bytes were not text
+    holds them backslash-escaped (\\xe9): they are made bytes again and decoded with the
+    source's encoding as it is now (a fixed `encoding`); bytes still not text in it stay
+    bytes, and the line is an error row again. (A line whose own text held such an escape
+    is read with it made a byte: a rare ambiguity of the kept text.)"""
+    if not _ESCAPED.search(text):
+        return text
+    raw = _ESCAPED_BYTES.sub(lambda m: bytes([int(m.group(1), 16)]),
+                             text.encode("utf-8", errors="surrogateescape"))
+    return raw.decode(encoding, errors="surrogateescape")
 
 
 def _in_line_order(table: pa.Table, count: int) -> pa.Table:
