@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from etl.core.errors import ConfigError
-from etl.sources.base import PlanChecked, SchemaKinds, Source, WholeTable, Windowed
+from etl.sources.base import PlanChecked, Reparsable, SchemaKinds, Source, WholeTable, Windowed
 from etl.sources.windows import Window
 from shards import HashShards, RangeShards, ShardPlan
 from tests.conftest import port_open, service_missing
@@ -240,7 +240,7 @@ def test_a_batch_read_again_from_its_cursor_holds_the_same_rows(case: Case) -> N
 
 #: Each capability class and the method it stands for (what the runtime used to probe).
 CAPABILITIES = {Windowed: "windowed", PlanChecked: "check_plan", SchemaKinds: "schema_kinds",
-                WholeTable: "table"}
+                WholeTable: "table", Reparsable: "reparse"}
 
 
 def test_a_source_declares_exactly_the_capabilities_it_has(case: Case) -> None:
