@@ -291,6 +291,10 @@ def test_options_that_change_the_table_change_the_fingerprint_and_the_descriptio
     assert plain.describe() == f"csv file {path}"
     assert FileSource(path, delimiter=";", null_values=["-"]).describe() == \
         f"csv file {path} (delimiter ';', null_values ['-'])"
+    # And so do the JSON-lines options
+    feed = _write(tmp_path, "rows.jsonl", '{"id": 1}\n')
+    assert len({FileSource(feed).fingerprint(), FileSource(feed, mixed_types="json").fingerprint(),
+                FileSource(feed, encoding="latin-1").fingerprint()}) == 3
     # And a backfill window keeps the options
     windowed = changed[0].windowed(Window("id", "0", "9"))
     assert windowed.options == changed[0].options and "delimiter ';'" in windowed.describe()
