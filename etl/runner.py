@@ -253,8 +253,8 @@ class _Run:
         was_cancelled = run.status == RunStatus.CANCELLED
         if was_cancelled and not resume:
             raise RunCancelled(run.run_id, newest=run_id is None)
-        if opened == "resumed":
-            state.set_run_status(run.run_id, RunStatus.RUNNING)
+        if opened == "resumed" and run.status != RunStatus.RUNNING:  # a running run is left
+            state.set_run_status(run.run_id, RunStatus.RUNNING)  # as is: a cancel may land now
         notices = _notices(run, self.pipeline, created=created)
         for notice in notices:
             log.info("run %s: %s", run.run_id, notice)

@@ -179,10 +179,27 @@ def test_cancel_of_a_distributed_run_acks_its_messages_and_resume_completes_it(
         cluster.start_worker()
         cluster.start_worker()
         run_id = cluster.enqueue("-p", "slowpipes:pipeline")
+        said = tmp_path / "follower.err"
+        with open(said, "w") as stderr:
+            follower = subprocess.Popen([*ETL, "run", "-p", "slowpipes:pipeline", "--run-id",
+                                         run_id, "--wait", "--no-progress"], cwd=tmp_path,
+                                        env=cluster.env, text=True, stdout=subprocess.DEVNULL,
+                                        stderr=stderr)
+        _wait_for(lambda: "resuming run" in said.read_text(), 60, "the follower to follow")
         _wait_for(lambda: rows_loaded(tmp_path, run_id) > 0, 120, "the first rows loaded")
         # When the run is cancelled
         cancel = cluster.etl("cancel", run_id)
         assert cancel.returncode == 0, cancel.stderr
+        # Then the `etl run --wait` following it stops with one line, exit 4
+        try:
+            follower.wait(timeout=30)
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.wait()
+        followed = said.read_text()
+        assert follower.returncode == 4, followed[-2000:]
+        assert f"run {run_id} cancelled" in followed
         # Then the workers stop loading it within a few seconds, and its queue drains
         # (each message acked without work), with no lease left held
         _wait_for(lambda: _settled(cluster), 60, "the queue to drain")
@@ -239,12 +256,18 @@ def test_purge_removes_one_runs_pending_messages_and_leaves_the_others(
         assert f"purged 4 pending message(s) of run {first}" in purged.stdout
         assert set(_record_statuses(tmp_path, first).values()) == {"cancelled"}
         assert set(_record_statuses(tmp_path, second).values()) == {"queued"}
-        # And a burst worker then loads the second run in full and nothing of the first
+        # And a third run cancelled with --purge loses its pending messages at once too
+        third = cluster.enqueue("-p", "slowpipes:pipeline")
+        cancelled = cluster.etl("cancel", third, "--purge")
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert f"purged 4 pending message(s) of run {third}" in cancelled.stdout
+        assert _run_status(tmp_path, third) == "cancelled"
+        # And a burst worker then loads the second run in full and nothing of the others
         burst = cluster.etl("worker", "--burst", timeout=240)
         assert burst.returncode == 0, burst.stderr[-2000:]
         assert cluster.complete(second)
         assert rows_loaded(tmp_path, second) == ROWS
-        assert rows_loaded(tmp_path, first) == 0
+        assert rows_loaded(tmp_path, first) == rows_loaded(tmp_path, third) == 0
         # And purging again finds nothing of the first run
         again = cluster.etl("queues", "purge", "--run", first)
         assert again.returncode == 0 and "purged 0" in again.stdout
