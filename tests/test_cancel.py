@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -319,6 +320,7 @@ def test_the_python_entry_points_cancel_refuse_and_resume(tmp_path: Path,
     (tmp_path / "slowpipes.py").write_text(SLOW_PIPELINE.replace("time.sleep(0.25)", "pass"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "slowpipes", raising=False)  # another test's
     for name in [n for n in os.environ if n.startswith("ETL_")]:
         monkeypatch.delenv(name)
     conf = load_settings(cwd=tmp_path)
@@ -344,3 +346,29 @@ def test_the_python_entry_points_cancel_refuse_and_resume(tmp_path: Path,
     _assert_loaded_once(tmp_path)
     with pytest.raises(ConfigError, match="completed"):
         etl.cancel("py-run", settings=conf, stores=stores)
+
+
+def test_a_cancel_landing_after_the_last_load_leaves_the_run_to_complete(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a run whose every shard is loaded but which nobody has finalized yet (its last
+    # load landed while the cancel was on its way)
+    from etl.core.errors import ConfigError
+    from etl.pipeline import load_pipeline
+    from etl.runtime.cancel import cancel_run
+    from etl.runtime.runs import open_run
+    from etl.stores import open_state
+
+    _project(tmp_path)
+    state = open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "slowpipes", raising=False)  # another test's
+    run, _ = open_run(state, load_pipeline("slowpipes:pipeline"), spec="slowpipes:pipeline",
+                      run_id="late")
+    for shard in range(run.shards):
+        assert state.finish_fetch("late", shard, 0)  # a shard with nothing left: complete
+    # When it is cancelled
+    with pytest.raises(ConfigError, match="every shard loaded"):
+        cancel_run(state, "late")
+    # Then the cancel is refused and the run keeps its status, for its finalizing to complete
+    assert state.get_run("late").status == "running"
+    state.close()

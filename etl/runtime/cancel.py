@@ -107,9 +107,13 @@ class Cancelled:
 
 def cancel_run(state: "StateStore", run_id: str, *,
                results: "ResultStore | None" = None) -> Cancelled:
-    """Mark `run_id` cancelled. A completed run cannot be cancelled (ConfigError); a
-    cancelled one is left as it is. The run's own result record (an embedded run's
+    """Mark `run_id` cancelled. A completed run cannot be cancelled (ConfigError), nor one
+    whose every shard turns out loaded once it is marked: its status goes back to what it
+    was and its finalizing marks it completed (a last load landing during a cancel wins). A
+    cancelled run is left as it is. The run's own result record (an embedded run's
     `etl.run` task) ends `cancelled` if it is still open."""
+    from etl.runtime.runs import run_complete
+
     run = state.get_run(run_id)
     if run is None:
         raise ConfigError(f"run {run_id!r} not found in {state.url}")
@@ -117,6 +121,11 @@ def cancel_run(state: "StateStore", run_id: str, *,
         raise ConfigError(f"run {run_id} is completed: there is nothing to cancel")
     if run.status != RunStatus.CANCELLED:
         state.set_run_status(run_id, RunStatus.CANCELLED)
+        if run_complete(state, run):  # its last load landed meanwhile: complete wins
+            now = state.get_run(run_id)
+            if now is not None and now.status == RunStatus.CANCELLED:  # not finalized yet
+                state.set_run_status(run_id, run.status)
+            raise ConfigError(f"run {run_id} has every shard loaded: there is nothing to cancel")
         log.info("run %s cancelled (was %s)", run_id, run.status)
     if results is not None:
         close_run_record(results, run_id)
