@@ -372,3 +372,28 @@ def test_a_cancel_landing_after_the_last_load_leaves_the_run_to_complete(
     # Then the cancel is refused and the run keeps its status, for its finalizing to complete
     assert state.get_run("late").status == "running"
     state.close()
+
+
+def test_the_workers_cancel_check_reads_a_runs_status_at_most_once_a_period(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a running run and a worker's watch that has looked at it once
+    from etl.pipeline import load_pipeline
+    from etl.runtime.cancel import CancelWatch, cancel_run
+    from etl.runtime.runs import open_run
+    from etl.stores import open_state
+
+    _project(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "slowpipes", raising=False)  # another test's
+    state = open_state(f"sqlite:///{tmp_path / 'state.db'}")
+    open_run(state, load_pipeline("slowpipes:pipeline"), spec="slowpipes:pipeline", run_id="hot")
+    slow, quick = CancelWatch(every=3600), CancelWatch(every=0.2)
+    assert not slow.cancelled("hot", state) and not quick.cancelled("hot", state)
+    # When the run is cancelled
+    cancel_run(state, "hot")
+    # Then a watch within its period answers from memory for any number of messages (no
+    # read per message), and one whose period has passed reads the store again and sees it
+    assert not any(slow.cancelled("hot", state) for _ in range(10_000))
+    time.sleep(0.25)
+    assert quick.cancelled("hot", state)
+    state.close()
