@@ -15,7 +15,7 @@ import sys
 import click
 
 from cli.commands import COMMANDS
-from etl.core.errors import (USER_ERRORS, ServiceUnreachable, StoreUnwritable,
+from etl.core.errors import (USER_ERRORS, MissingExtra, ServiceUnreachable, StoreUnwritable,
                              is_environment_error)
 from etl.core.extras import missing_extra
 from etl.core.logs import setup_logging
@@ -95,11 +95,11 @@ def _failure(exc: Exception) -> tuple[int, str] | None:
                    else f"cannot write{where}: {exc.strerror}")  # type: ignore[attr-defined]
     if isinstance(exc, ServiceUnreachable):
         return 3, str(exc)
+    extra = exc if isinstance(exc, MissingExtra) else missing_extra(exc)
+    if extra is not None:  # also under a toolkit error that wrapped the ImportError
+        return 2, str(extra)
     if isinstance(exc, USER_ERRORS):
         return 2, str(exc)
-    extra = missing_extra(exc)
-    if extra is not None:
-        return 2, str(extra)
     if isinstance(exc, service_errors()):  # a broker or store that does not answer: not a bug
         return 3, _service_line(exc)
     return None
@@ -156,7 +156,7 @@ def _service_line(exc: BaseException) -> str:
     for cut in (", Topology Description:", " (configured timeouts:", " (Background on this error"):
         detail = detail.split(cut)[0]  # pymongo and SQLAlchemy append pages of diagnostics
     name = type(exc).__name__
-    if name in ("NoCredentialsError", "PartialCredentialsError"):
+    if name in ("NoCredentialsError", "PartialCredentialsError", "ProfileNotFound"):
         return (f"S3: {detail}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile, "
                 "AWS_PROFILE) and run the command again")
     if name == "ClientError":
