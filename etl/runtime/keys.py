@@ -10,7 +10,7 @@ on which batch loaded first, on redeliveries, or on where a worker was killed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -74,21 +74,4 @@ def missing_key(key: Sequence[str], stages: Sequence[object], raw: pd.DataFrame,
             f"the stages leave it, Pipeline(key=[...]){hint}")
 
 
-def check_first_batch(pipeline: Any, *, rows: int = 1000) -> tuple[int, int, str | None]:
-    """Clean the source's first `rows` rows (one shard) with the pipeline's stages, as
-    `etl describe --check` does: (rows read, rows clean, the key problem or None)."""
-    from etl.runtime.runs import plan_columns
-    from etl.sources.base import SOURCE_COLUMNS
-    from stages import run_stages
-
-    single = pipeline.with_shards(1)
-    plan = single.shards.fit(single.source.sample(plan_columns(single)))
-    single.source.prepare(plan)
-    frame = single.source.read_batch(plan, 0, after=None, limit=rows).frame
-    frame = frame.drop(columns=[c for c in SOURCE_COLUMNS if c in frame.columns])
-    cleaned = run_stages(frame, single.stages).clean
-    return len(frame), len(cleaned), missing_key(pipeline.key, pipeline.stages, frame,
-                                                 list(cleaned.columns))
-
-
-__all__ = ["check_first_batch", "missing_key", "run_stamp", "with_sequence"]
+__all__ = ["missing_key", "run_stamp", "with_sequence"]
