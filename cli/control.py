@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from cli.common import err, out, settings
+from etl.brokers import is_embedded
 from cli.queues import queues_command
 from etl.runner import cancel as cancel_run, purge as purge_run
 
@@ -25,13 +26,14 @@ def cancel_command(run_id: str, purge: bool) -> None:
 
     Steps already working finish (a load commits or rolls back; leases are released).
     `etl run --run-id RUN --resume` takes the run up again where it stopped."""
-    done = cancel_run(run_id, purge=purge, settings=settings())
+    conf = settings()
+    done = cancel_run(run_id, purge=purge, settings=conf)
     if done.already:
         out.print(f"run {run_id} was cancelled already", markup=False, highlight=False)
     else:
         out.print(f"cancelled run {run_id} (was {done.was}); workers ack its remaining "
                   "messages without work", markup=False, highlight=False)
-    if purge:
+    if purge and not is_embedded(conf.broker_url):
         out.print(f"purged {done.purged} pending message(s) of run {run_id}", markup=False,
                   highlight=False)
 

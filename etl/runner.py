@@ -382,10 +382,12 @@ def cancel(run_id: str, *, purge: bool = False, settings: "Settings | None" = No
     messages without work (each notices within about a second), an embedded `etl run`
     working it stops once the steps in hand end, and `run(..., resume=True)` takes it up
     again where it stopped. With `purge`, its pending messages are also removed from the
-    broker's queue at once (distributed runs). A completed run cannot be cancelled
-    (ConfigError); cancelling a cancelled run changes nothing."""
+    broker's queue at once (RabbitMQ or Redis; nothing to do with the embedded broker). A
+    completed run cannot be cancelled (ConfigError); cancelling a cancelled run changes
+    nothing."""
     import dataclasses as dc
 
+    from etl.brokers import is_embedded
     from etl.core.config import load_settings
     from etl.runtime.cancel import cancel_run, purge_run
     from etl.stores import Stores
@@ -394,7 +396,7 @@ def cancel(run_id: str, *, purge: bool = False, settings: "Settings | None" = No
     opened = stores or Stores.from_settings(conf)
     try:
         done = cancel_run(opened.state, run_id, results=opened.results)
-        if purge:
+        if purge and not is_embedded(conf.broker_url):  # an embedded run's live in its process
             done = dc.replace(done, purged=purge_run(conf, opened.state, run_id,
                                                      results=opened.results))
         return done
