@@ -91,13 +91,18 @@ def _queues_in_use(conf: Settings) -> list[str]:
 @click.option("--queue", "names", multiple=True,
               help="Queue to show (repeatable; default: the `queue` setting and the queues "
                    "of the pipelines of the newest runs).")
-def queues_command(names: tuple[str, ...]) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output: one JSON array of queues.")
+def queues_command(names: tuple[str, ...], as_json: bool = False) -> None:
     """Depth, delayed, dead-letter depth and consumers of the ETL queue(s)."""
     queues, _, broker = _queues(None)
     try:
         counts = [queues.counts(name) for name in dict.fromkeys(names or _queues_in_use(settings()))]
     finally:
         broker.close()  # type: ignore[attr-defined]
+    if as_json:
+        out.print_json(to_json(counts))
+        return
     table = Table(title="queues")
     table.add_column("queue")
     for column in ("ready", "in flight", "delayed", "dead letters", "consumers"):

@@ -12,6 +12,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from tests.cluster import Cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -129,3 +133,58 @@ def test_schema_drift_is_said_once_per_run_with_the_number_of_batches(tmp_path: 
     # And TaskErrorLog still has each drifted batch
     errors = json.loads(etl(tmp_path, "errors", "--json", "--limit", "100").stdout)
     assert sum(e["stage"] == "schema" for e in errors) == 10
+
+
+RETRIED = '''
+from pathlib import Path
+
+from etl import FileSource, ParquetSink, Pipeline, RetryPolicy
+from shards import RangeShards
+from stages import Derive
+
+HERE = Path(__file__).parent
+
+
+def flaky(frame):
+    if (frame["id"] == 42).any():
+        raise RuntimeError("partner API answered 503")
+    return frame["id"] * 2
+
+
+pipeline = Pipeline(
+    name="retried", source=FileSource(str(HERE / "rows.csv")),
+    stages=[Derive("double", flaky)], sink=ParquetSink(str(HERE / "out" / "retried")),
+    key=["id"], shards=RangeShards("id", 2), batch_size=100,
+    retry=RetryPolicy(max_retries=2, min_backoff_ms=50, max_backoff_ms=100, permanent=()),
+)
+'''
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("cluster", ["rabbitmq"], indirect=True)
+def test_a_worker_logs_a_batch_retried_then_dead_lettered_once(cluster: Cluster) -> None:
+    # Given a worker, and a pipeline whose stage fails one batch on every attempt (retried
+    # twice, then dead-lettered)
+    work = cluster.workdir
+    (work / "rows.csv").write_text("id\n" + "\n".join(str(i) for i in range(400)) + "\n")
+    (work / "retried.py").write_text(RETRIED)
+    worker = cluster.start_worker()
+    # When the run is sent and followed to its end
+    result = cluster.etl("run", "-p", "retried:pipeline", "--fresh", "--wait", "--no-progress",
+                         timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    worker.terminate()
+    worker.wait(timeout=60)
+    # Then the worker's log has one WARNING line for that batch, with its cause, and no
+    # traceback and no line per retry
+    log = (work / "worker-0.log").read_text()
+    about = [line for line in log.splitlines() if "partner API answered 503" in line]
+    assert len(about) == 1, log
+    assert " WARNING " in about[0] and "shard 0 batch 0 failed: " in about[0], about
+    assert "Traceback" not in log
+    # (after three attempts: the retries were made, each said at INFO only)
+    errors = json.loads(cluster.etl("errors", "--json").stdout)
+    assert [e["context"]["attempts"] for e in errors] == [3], errors
+    # And the queue's numbers are one JSON document
+    queues = json.loads(cluster.etl("queues", "--json").stdout)
+    assert [q["dead"] for q in queues if q["queue"] == cluster.env["ETL_QUEUE"]] == [1]
