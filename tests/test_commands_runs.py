@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster import Cluster
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,3 +188,35 @@ def test_worker_queue_help_names_the_queue_setting_in_force(tmp_path: Path) -> N
     assert "now 'orders' from ETL_QUEUE" in shown and "setting, etl)" not in shown
     plain = " ".join(etl(tmp_path, "worker", "--help").stdout.split())
     assert "now 'etl' from default" in plain
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("cluster", ["rabbitmq"], indirect=True)
+def test_scraping_a_worker_of_two_processes_reports_the_queues_consumers_once(
+        cluster: Cluster) -> None:
+    import time
+    import urllib.request
+
+    # Given `etl worker --processes 2` serving metrics on two ports
+    port = free_port()
+    cluster.start_worker("--processes", "2", "--metrics-port", str(port))
+    urls = [f"http://127.0.0.1:{port + i}/metrics" for i in range(2)]
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            for url in urls:
+                urllib.request.urlopen(url, timeout=5).read()
+            consumers = json.loads(cluster.etl("queues", "--json").stdout)[0]["consumers"]
+            if consumers >= 2:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the worker's processes did not come up"
+        time.sleep(0.5)
+    # When `etl metrics` scrapes both processes
+    shown = cluster.etl("metrics", "--scrape", urls[0], "--scrape", urls[1], "--json")
+    # Then the queue has the consumers the broker counts, not twice as many
+    assert shown.returncode == 0, shown.stderr
+    scraped = [m["value"] for m in json.loads(shown.stdout)["metrics"]
+               if m["name"] == "etl_queue_consumers" and m["labels"]["queue"] == cluster.env["ETL_QUEUE"]]
+    assert scraped == [consumers], (scraped, consumers)
