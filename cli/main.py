@@ -4,7 +4,9 @@ Errors the user can fix (bad config, missing file, unknown column, a stage given
 it does not take, an optional package not installed...) are printed as one line and exit
 with status 2; a run that ends with failed batches exits with status 1; a broker, store or
 database that refuses us (wrong password, no S3 credentials) or does not answer, or a disk
-that refuses a write (full, read-only, no permission), is one line and exit status 3.
+that refuses a write (full, read-only, no permission), is one line and exit status 3. A run
+that is cancelled (`etl cancel`), found so without --resume or cancelled while `etl run`
+works it, is one line and exit status 4.
 """
 
 from __future__ import annotations
