@@ -11,6 +11,7 @@ from rich.table import Table
 from cli.common import out, settings, shard_status, state_store, to_json, totals
 from etl.core.config import ENV_NAMES
 from etl.core.errors import ConfigError
+from etl.core.logs import without_where
 from etl.core.urls import mask_url
 from etl.inspect.history import run_lines, took_text
 from etl.inspect.tables import shown_error
@@ -134,8 +135,10 @@ def errors_command(run_id: str | None, limit: int, show_traceback: bool, as_json
     if not errors:
         out.print("no errors recorded")
     for e in errors:
+        # the line says where: the message's own run/shard/batch prefix is left out
         out.print(f"{e.at:%Y-%m-%d %H:%M:%S} {e.run_id} {e.stage} shard {e.shard} batch "
-                  f"{e.batch}: {e.error_type}: {mask_url(e.message)}", markup=False)
+                  f"{e.batch}: {e.error_type}: {without_where(mask_url(e.message))}",
+                  markup=False)
         if show_traceback:
             out.print(mask_url(e.traceback), markup=False)
 

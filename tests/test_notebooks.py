@@ -164,6 +164,50 @@ def test_notebook_finds_the_run_through_environment_urls(demo_run: DemoRun,
     assert list(tmp_path.iterdir()) == []
 
 
+FAILING = """
+import pandas as pd
+
+from etl import FileSource, ParquetSink, Pipeline
+from shards import RangeShards
+from stages import DropRows, StageResult
+
+
+class Explode:
+    name = "explode"
+
+    def apply(self, frame: pd.DataFrame) -> StageResult:
+        if (frame["id"] == 5).any():
+            raise ValueError("amount column exploded")
+        return StageResult(frame)
+
+
+orders = Pipeline(name="orders", source=FileSource("orders.csv"),
+                  stages=[DropRows("amount < 0", reason="negative amount"), Explode()],
+                  sink=ParquetSink("out"), key=["id"], shards=RangeShards("id", 2),
+                  batch_size=10)
+"""
+
+
+def test_notebook_on_a_run_that_did_not_finish(tmp_path: Path) -> None:
+    # Given a run whose shard 0 failed on its first batch, with rows quarantined elsewhere
+    (tmp_path / "pipes.py").write_text(FAILING)
+    lines = ["id,amount"] + [f"{i},{-1 if i % 10 == 3 else i}" for i in range(100)]
+    (tmp_path / "orders.csv").write_text("\n".join(lines) + "\n")
+    made = subprocess.run([*_etl_command(), "run", "-p", "pipes:orders", "--no-progress"],
+                          cwd=tmp_path, env=_env(PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}"),
+                          text=True, capture_output=True, timeout=300)
+    assert made.returncode == 1, made.stderr
+    # When the notebook is executed headless there
+    notebook = _execute(tmp_path, _env(PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}"))
+    # Then it says at a glance that the run failed and where its rows went
+    text = _texts(notebook)
+    assert " failed in " in text and "quarantined" in text and "'negative amount'" in text
+    assert "failed 1" in text and "1 error(s) in TaskErrorLog" in text
+    # And it shows the progress chart too (a run not done), the rows per shard and the reasons
+    assert len(_images(notebook)) == 3
+    assert "clean batch 0: ValueError: amount column exploded" in text
+
+
 def test_committed_notebook_is_valid_and_has_no_outputs() -> None:
     # Given the notebook as committed
     notebook = nbformat.read(NOTEBOOK, as_version=4)

@@ -89,6 +89,10 @@ def test_a_failed_batch_is_one_warning_line_with_its_cause(tmp_path: Path) -> No
     # And the traceback is in TaskErrorLog
     errors = json.loads(etl(tmp_path, "errors", "--json").stdout)
     assert len(errors) == 2 and all("Traceback" in e["traceback"] for e in errors)
+    # And `etl errors` says where once per line, then the cause
+    listed = etl(tmp_path, "errors").stdout.splitlines()
+    assert len(listed) == 2 and all(line.endswith("amount column exploded") for line in listed)
+    assert not any("(object " in line for line in listed), listed
 
 
 def test_minus_vv_shows_the_traceback(tmp_path: Path) -> None:

@@ -152,14 +152,21 @@ class Inspector:
         return run
 
     def runs(self, *, pipeline: str | None = None, limit: int = 50) -> pd.DataFrame:
-        """Runs newest first: id, pipeline, shard plan, status, batch size, source rows."""
-        return table_of(({"run_id": r.run_id, "pipeline": r.pipeline, "plan": r.plan,
-                        "shards": r.shards, "status": r.status,
-                        "batch_size": r.params.get("batch_size"),
-                        "source_rows": r.params.get("source_rows"),
-                        "created_at": r.created_at, "updated_at": r.updated_at}
-                       for r in self.state.list_runs(pipeline=pipeline, limit=limit)),
-                      RUN_COLUMNS)
+        """Runs newest first: id, pipeline, shard plan, status, batch size, source rows,
+        rows loaded and quarantined, and the seconds it took (None while it runs), as
+        `etl runs` shows them."""
+        rows = []
+        for r in self.state.list_runs(pipeline=pipeline, limit=limit):
+            line = run_line(self.state, r)
+            rows.append({"run_id": r.run_id, "pipeline": r.pipeline, "plan": r.plan,
+                         "shards": r.shards, "status": r.status,
+                         "batch_size": r.params.get("batch_size"),
+                         "source_rows": r.params.get("source_rows"),
+                         "rows_loaded": line.rows_loaded,
+                         "rows_quarantined": line.rows_quarantined,
+                         "took_seconds": line.took_seconds,
+                         "created_at": r.created_at, "updated_at": r.updated_at})
+        return table_of(rows, RUN_COLUMNS)
 
     def summary(self, run_id: str | None = None) -> dict[str, Any]:
         """Totals of one run: rows in, loaded and quarantined (rows in = loaded +

@@ -26,7 +26,7 @@ PAYLOAD_COLUMNS = ["shard", "batch", "rows", "bytes", "sha256", "cursor_start", 
 ERROR_COLUMNS = ["at", "run_id", "stage", "shard", "batch", "error_type", "message",
                  "traceback", "context"]
 RUN_COLUMNS = ["run_id", "pipeline", "plan", "shards", "status", "batch_size", "source_rows",
-               "created_at", "updated_at"]
+               "rows_loaded", "rows_quarantined", "took_seconds", "created_at", "updated_at"]
 TASK_COLUMNS = ["job_id", "function", "stage", "status", "shard", "batch", "result", "error",
                 "error_type", "retry_count", "worker_id", "duration", "created_at",
                 "completed_at"]
