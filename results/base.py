@@ -92,8 +92,18 @@ def dumps(value: Any) -> str:
     return _ENCODE(value)
 
 
+_DECODE = json.JSONDecoder(object_hook=_hook).decode  # made once: json.loads with a hook
+                                                     # built a decoder per call (~5 us)
+
+
 def loads(text: str | bytes | None) -> Any:
-    return None if text is None else json.loads(text, object_hook=_hook)
+    if text is None:
+        return None
+    if type(text) is bytes:
+        if text.isdigit():
+            return int(text)
+        text = text.decode()
+    return _DECODE(text)
 
 
 def job_history(store: ResultStore, job_id: str) -> list[Transition]:

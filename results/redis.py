@@ -2,8 +2,8 @@
 
 Layout, chosen for memory (about 850 bytes a record): each field of the record is its own
 small hash field (JSON value), and each history step too (`h:0`, `h:1`, ...), so a typical
-job's hash stays in Redis's compact listpack encoding. The status key is the job's status
-with the same TTL. Indexes are sorted sets scored by expiry time: listing walks them newest
+job's hash stays in Redis's compact listpack encoding; its status is read from the hash
+(a separate status key cost ~100 bytes and a write per record). Indexes are sorted sets scored by expiry time: listing walks them newest
 first, and cleanup drops expired members with one ZREMRANGEBYSCORE per index.
 
 A status change is an optimistic compare-and-set in a Lua script (the status must still be
@@ -37,8 +37,6 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2])
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 local n = redis.call('HINCRBY', KEYS[1], 'hn', 1)
 redis.call('HSET', KEYS[1], 'h:' .. (n - 1), ARGV[3])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl) end
 return 1
 """
 
@@ -66,8 +64,6 @@ local steps, pairs = split(ARGV[4]), split(ARGV[5])
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'hn', length + #steps)
 for i = 1, #steps do redis.call('HSET', KEYS[1], 'h:' .. (length + i - 1), steps[i]) end
 if #pairs > 0 then redis.call('HSET', KEYS[1], unpack(pairs)) end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('SET', KEYS[2], ARGV[3], 'PX', ttl) end
 return 1
 """
 
@@ -91,7 +87,16 @@ for i = 4, #ARGV, 3 do
   redis.call('DEL', key)
   redis.call('HSET', key, 'status', status, unpack(pairs))
   redis.call('PEXPIRE', key, ttl)
-  redis.call('SET', ARGV[3] .. ARGV[i], status, 'PX', ttl)
+end
+return 1
+"""
+
+
+# Drop from the index set (KEYS[1]) the indexes (KEYS[2:]) that no longer exist, atomically
+# with respect to a write that makes one again (its ZADD and SADD are one transaction).
+_FORGET = """
+for i = 2, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then redis.call('SREM', KEYS[1], KEYS[i]) end
 end
 return 1
 """
@@ -146,6 +151,12 @@ class RedisResultStore:
         self._cas = self.client.register_script(_CAS)
         self._store = self.client.register_script(_STORE)
         self._move = self.client.register_script(_MOVE)
+        self._forget = self.client.register_script(_FORGET)
+
+    @property
+    def _index_set(self) -> str:
+        """The set of this store's index keys (queues and runs)."""
+        return f"{self.prefix}:indexes"
 
     def _job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -198,6 +209,8 @@ class RedisResultStore:
             pipe.zadd(index, members)
             pipe.pexpire(index, millis, gt=True)
             pipe.pexpire(index, millis, nx=True)
+        if indexes:
+            pipe.sadd(self._index_set, *indexes)  # known to cleanup and stats without a SCAN
 
     def write_many(self, changes: Sequence[Change]) -> list[Outcome]:
         """Apply a batch of new records and status changes in two round trips: the records
@@ -303,6 +316,7 @@ class RedisResultStore:
         raise InvalidTransition(f"job {job_id}: status kept changing; gave up moving it to {status}")
 
     def delete(self, job_id: str) -> bool:
+        # (the status key is gone from the layout; a record written before still has one)
         return bool(self.client.delete(self._job(job_id), self._status(job_id)))
 
     # -- reads -----------------------------------------------------------------------------
@@ -318,14 +332,25 @@ class RedisResultStore:
         return {job_id: job for job_id, raw in zip(ids, replies) if (job := _decode(raw)) is not None}
 
     def get_status(self, job_id: str) -> str | None:
-        value = self.client.get(self._status(job_id))
+        value = self.client.hget(self._job(job_id), "status")
         return value.decode() if value is not None else None
 
     def history(self, job_id: str) -> list[Transition]:
         return job_history(self, job_id)
 
+    def _all_indexes(self) -> list[bytes]:
+        """Every index key: the index set's members (a store written before the set was
+        kept is scanned for them once, and they are added)."""
+        known = list(self.client.smembers(self._index_set))
+        if not known:
+            known = [key for pattern in ("queue", "run") for key in self.client.scan_iter(
+                match=f"{self.prefix}:{pattern}:*", count=1000)]
+            if known:
+                self.client.sadd(self._index_set, *known)
+        return known
+
     def _queue_indexes(self) -> list[bytes]:
-        return list(self.client.scan_iter(match=f"{self.prefix}:queue:*", count=1000))
+        return [key for key in self._all_indexes() if key.startswith(f"{self.prefix}:queue:".encode())]
 
     def list(self, *, run_id: str | None = None, status: str | None = None,
              queue: str | None = None, limit: int = 100) -> list[JobResult]:
@@ -359,13 +384,19 @@ class RedisResultStore:
         """Records expire by their TTL; this drops them from the indexes. Each record is in
         exactly one queue index, so the queue indexes' removals are the count."""
         now = utcnow().timestamp()
-        queues = self._queue_indexes()
-        runs = list(self.client.scan_iter(match=f"{self.prefix}:run:*", count=1000))
+        queue = f"{self.prefix}:queue:".encode()
+        indexes = sorted(self._all_indexes(), key=lambda key: not key.startswith(queue))
+        queues = sum(key.startswith(queue) for key in indexes)
         with self.client.pipeline(transaction=False) as pipe:
-            for index in queues + runs:
+            for index in indexes:
                 pipe.zremrangebyscore(index, "-inf", now)
-            removed = pipe.execute()
-        return sum(removed[:len(queues)])
+                pipe.exists(index)
+            replies = pipe.execute()
+        removed, alive = replies[0::2], replies[1::2]
+        gone = [index for index, live in zip(indexes, alive) if not live]
+        if gone:  # emptied (or expired) indexes leave the set, unless written again meanwhile
+            self._forget(keys=[self._index_set, *gone])
+        return sum(removed[:queues])
 
     def stats(self) -> dict[str, Any]:
         live = utcnow().timestamp()
