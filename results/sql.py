@@ -17,9 +17,9 @@ from typing import Any, Iterable, Sequence
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
+from etl.core.errors import ConfigError
 from etl.core.sql_engines import ProcessEngines
-from etl.core.urls import mask_url
-from etl.sinks.sql_table import open_engine
+from etl.core.urls import mask_url, with_sql_driver
 from results.base import dumps, job_history, loads, summarise
 from results.changes import Change, Outcome, settle, to_read
 from results.errors import JobNotFound
@@ -45,6 +45,22 @@ def _table(name: str) -> sa.Table:
         sa.Index(f"{name}_status", "status"),
         sa.Index(f"{name}_queue", "queue", "created_at"),
         sa.Index(f"{name}_expires", "expires_at"))
+
+
+def open_engine(url: str) -> Any:
+    """A SQLAlchemy engine for `url` through the driver the `sql` extra installs (psycopg 3,
+    PyMySQL); ConfigError (one line) for a malformed URL or a driver not installed."""
+    full = with_sql_driver(url)
+    if full.startswith(("mysql", "mariadb")) and "charset=" not in full:
+        full += ("&" if "?" in full else "?") + "charset=utf8mb4"
+    try:
+        return sa.create_engine(full, pool_pre_ping=True)
+    except ImportError as exc:
+        raise ConfigError(f"result store {mask_url(url)} needs its driver ({exc.name}): "
+                          "pip install 'dramatiq-etl[sql]'") from None
+    except Exception as exc:  # noqa: BLE001 - a malformed URL
+        raise ConfigError(f"cannot use result store URL {mask_url(url)}: "
+                          f"{type(exc).__name__}: {mask_url(str(exc))}") from None
 
 
 class SqlResultStore:
