@@ -11,6 +11,7 @@ Stages are pure: the same input gives the same output on every machine.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence, runtime_checkable
@@ -77,12 +78,14 @@ class BaseStage(metaclass=_CheckedArguments):
     __slots__ = ()
 
 
-def _parameters(cls: type) -> list[inspect.Parameter]:
-    """The constructor's parameters, without self (none for a class without __init__)."""
+@functools.cache
+def _parameters(cls: type) -> tuple[inspect.Parameter, ...]:
+    """The constructor's parameters, without self (none for a class without __init__);
+    worked out once per class."""
     init = cls.__init__  # type: ignore[misc]
     if init is object.__init__:
-        return []
-    return list(inspect.signature(init).parameters.values())[1:]
+        return ()
+    return tuple(inspect.signature(init).parameters.values())[1:]
 
 
 def _argument_problem(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
