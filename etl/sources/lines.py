@@ -48,6 +48,8 @@ BadLines = list[tuple[int, str]]
 #: pandas' (and pyarrow's) default null markers: read as null in every column, as
 #: pandas.read_csv does.
 DEFAULT_NULL_VALUES: tuple[str, ...] = tuple(pacsv.ConvertOptions().null_values)
+#: JSON kinds that are structures: a field mixing one with other kinds is never made text.
+_STRUCTURES = frozenset({"list", "object"})
 #: What JsonOptions.mixed_types may be.
 MIXED_TYPES = ("text", "json", "quarantine")
 
@@ -74,7 +76,9 @@ class JsonOptions:
     """How a JSON-lines file is read: its encoding, and what a field whose values are of
     different kinds in different lines becomes ("text": every value as text, strings as
     they are and others as JSON; "json": every value as JSON text, strings quoted;
-    "quarantine": lines whose kind is not the usual one are error rows)."""
+    "quarantine": lines whose kind is not the usual one are error rows). A field where a
+    list or an object meets another kind is quarantined line by line whatever the option:
+    as text the structure would be lost to the stages that take it apart."""
 
     encoding: str = "utf-8"
     mixed_types: str = "text"
@@ -495,17 +499,22 @@ def _agreeing_kinds(records: list[tuple[int, dict[str, Any]]], bad: BadLines,
     if not usual:
         return records
     if mixed_types != "quarantine":
-        for field, seen in kinds.items():
-            if field in usual:
-                log.warning("jsonl field %r holds %s: kept as %s (mixed_types=%r)", field,
-                            " and ".join(f"{kind}s ({n:,})" for kind, n in seen.most_common()),
-                            "JSON text" if mixed_types == "json" else "text", mixed_types)
+        # Only scalars become text: a list or object made text would be lost to the stages
+        # that take it apart (Explode, Flatten), so a field mixing a structure with other
+        # kinds keeps its usual kind and the odd lines go to quarantine, raw text kept.
+        textual = {field for field in usual if not (set(kinds[field]) & _STRUCTURES)}
+        for field in textual:
+            log.warning("jsonl field %r holds %s: kept as %s (mixed_types=%r)", field,
+                        " and ".join(f"{kind}s ({n:,})" for kind, n in kinds[field].most_common()),
+                        "JSON text" if mixed_types == "json" else "text", mixed_types)
         as_text = _json_text if mixed_types == "json" else _text
         for _, record in records:
-            for field in usual:
+            for field in textual:
                 if field in record:
                     record[field] = as_text(record[field])
-        return records
+        usual = {field: kind for field, kind in usual.items() if field not in textual}
+        if not usual:
+            return records
     kept = []
     for number, record in records:
         odd = next(((f, k) for f in usual if (k := _json_kind(record.get(f))) not in (None, usual[f])),
