@@ -4,8 +4,12 @@ enqueue -> queued; worker picks it up -> in_progress; success -> completed (with
 actor reported, e.g. rows, or that the dedup ledger made it a no-op), or cancelled when the
 actor reported {"cancelled": reason} (acked without work); an error Dramatiq
 retries -> retrying, then queued when Retries re-enqueues it; retries exhausted or a
-permanent error -> failed (error type and message); worker shutdown with the message
-unfinished -> retrying (the broker redelivers it).
+permanent error -> failed (error type and message), or timeout when Dramatiq's TimeLimit
+interrupted it; worker shutdown with the message unfinished -> retrying (the broker
+redelivers it). A failure is recorded from the nack when this recorder's hook runs before
+Retries has decided (it was added after Retries), so the middleware order does not matter.
+Jobs sent by results.client.enqueue_job can be aborted: their status is read before they
+start (aborted: skipped) and watched while they run (aborting: their thread interrupted).
 
 Writes never wait on the store: each transition leaves the task's thread at once for the
 recorder's writer thread (results.writer), which writes them in batches, in order per job,
