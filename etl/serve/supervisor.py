@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 #: How long a child may take to open its run (parse or hash the source, plan the shards).
 OPEN_TIMEOUT_S = 300.0
 
+#: How long a start waits for the child of a run that is over to close down.
+ENDING_WAIT_S = 60.0
+
 
 class StartRefused(EtlError):
     """A start the server cannot take: `status` is the HTTP status to answer with."""
@@ -65,6 +68,15 @@ class Child:
             return True
         self.exit_code = -1  # an adopted child ended; its status is not ours to read
         return False
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the child to end; whether it did."""
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def describe(self) -> dict[str, Any]:
         alive = self.alive()
@@ -151,12 +163,14 @@ class Supervisor:
         with lock:
             if run_id is not None:
                 running = self.child(run_id)
-                if running is not None and running.alive():
+                if running is not None and running.alive() and not self._ending(running):
                     return run_id, True
                 if self.run_status(run_id) == "completed":
                     return run_id, True  # the same id twice is one run: it is done
             if not self.distributed:
                 busy = self.working(spec)
+                if busy is not None and self._ending(busy):
+                    busy = None
                 if busy is not None:
                     if run_id is None and not fresh and window is None:
                         return busy.run_id, True
@@ -167,6 +181,13 @@ class Supervisor:
             child = self._launch(spec, {"shards": shards, "run_id": run_id, "fresh": fresh,
                                         "window": window, "resume": resume})
             return child.run_id, False
+
+    def _ending(self, child: Child) -> bool:
+        """Whether `child`'s run is over (failed, cancelled, completed) and the child only
+        closing down: then it is waited for (up to ENDING_WAIT_S), not joined."""
+        if self.distributed or self.run_status(child.run_id) in ("running", None):
+            return False
+        return child.wait(ENDING_WAIT_S)
 
     def _launch(self, spec: str, options: dict[str, Any]) -> Child:
         logs = self.home / "logs"

@@ -16,7 +16,7 @@ function el(tag, attrs, ...children) {
     else if (key === "text") node.textContent = value;
     else node.setAttribute(key, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(2)) {
     if (child === null || child === undefined || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -37,6 +37,10 @@ async function getJSON(path) {
     throw error;
   }
   return body;
+}
+
+function fill(node, ...children) {
+  node.replaceChildren(...children.filter((child) => child !== null && child !== undefined));
 }
 
 function setLive(text) {
@@ -69,7 +73,7 @@ async function showRuns(mine) {
     el("td", { class: "num", text: run.shards }),
     el("td", { class: "num hide-narrow", text: num(run.source_rows) }),
     el("td", { class: "hide-narrow", text: when(run.created_at) })));
-  main.replaceChildren(
+  fill(main,
     el("h1", { text: "Runs" }),
     page.runs.length ? el("div", { class: "card scroll" }, el("table", { id: "runs" },
       el("thead", {}, el("tr", {}, el("th", { text: "run" }), el("th", { text: "pipeline" }),
@@ -125,7 +129,7 @@ async function showRun(runId, mine) {
   }
   if (mine !== generation) return;
   const p = status.progress;
-  main.replaceChildren(
+  fill(main,
     el("p", {}, el("a", { href: "#/", text: "All runs" })),
     el("h1", { id: "run-id", text: status.run_id }),
     el("p", {}, badge(status.status), " ", el("span", { class: "muted", text: `${status.pipeline} - ${status.plan}` })),
@@ -211,4 +215,6 @@ function route() {
 }
 
 window.addEventListener("hashchange", route);
+getJSON("/pipelines").then((p) => { document.getElementById("mode").textContent = `${p.mode} mode`; },
+  () => {});
 route();
