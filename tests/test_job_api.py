@@ -64,6 +64,7 @@ class Setup:
         else:
             broker.add_middleware(recorder, before=Retries)
         self.actors = _declare(broker, self.queue, self.calls)
+        broker.declare_queue(f"{self.queue}_other")  # for _queue_name: the worker consumes it
         broker.emit_after("process_boot")  # starts TimeLimit's watcher, as `dramatiq` does
         self.worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
         self.client = ResultClient(results, broker=broker)
@@ -125,6 +126,12 @@ def test_job_id_defer_and_expiry_options_never_reach_the_actor(store: ResultStor
         with pytest.raises(JobFailed, match="aborted"):
             stale.result(timeout=30, poll_delay=0.05)
         assert ("add", (7, 7), {}) not in s.calls
+        # And _queue_name sends it to another queue, _results_ttl sets how long it is kept
+        other = s.client.enqueue_job(add, 3, 3, _queue_name=f"{s.queue}_other", _results_ttl=60)
+        assert other is not None and other.result(timeout=30) == 6
+        info = other.info()
+        assert info.queue == f"{s.queue}_other" and info.expires_at is not None
+        assert 30 < (info.expires_at - info.created_at).total_seconds() <= 61
         # And deleting a job removes its record
         assert job.delete() and not job.delete()
         with pytest.raises(JobNotFound):
