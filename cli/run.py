@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from cli.common import err, out, settings, totals
+from etl.core.logs import without_where
 from etl.core.urls import mask_url
 from etl.pipeline import Pipeline, load_pipeline
 from etl.runner import Enqueued, RunOutcome, RunStart, run as etl_run
@@ -139,10 +140,12 @@ def execute(ctx: click.Context, pipeline: Pipeline, *, spec: str, fresh: bool = 
         return
     _summary(outcome)
     if not outcome.completed:
-        for error in outcome.errors:
+        # Embedded work already said each failed batch in one WARNING line as it happened;
+        # the workers of a distributed run said it in their own logs, so repeat it here.
+        for error in outcome.errors if outcome.distributed else ():
+            cause = without_where(f"{error.error_type}: {mask_url(error.message)}")
             err.print(f"[red]failed[/] {error.stage} shard {error.shard} batch {error.batch}: "
-                      f"{error.error_type}: {' '.join(mask_url(error.message).split())}",
-                      soft_wrap=True)
+                      f"{' '.join(cause.split())}", soft_wrap=True, highlight=False)
         hint = ("see `etl errors` and `etl dlq list`; after the fix, `etl dlq retry --run "
                 f"{outcome.run_id}`" if outcome.distributed else "fix the cause and run the "
                 "same command again to resume (see `etl errors`)")
@@ -212,8 +215,8 @@ class _ProgressBar:
 
 def _summary(outcome: RunOutcome) -> None:
     after = outcome.after
-    table = Table(title=f"run {outcome.run_id}: "
-                        f"{'completed' if outcome.completed else 'NOT complete'}")
+    title = f"run {outcome.run_id}: {'completed' if outcome.completed else 'NOT complete'}"
+    table = Table(title=title, min_width=len(title))  # never breaks the run id mid-word
     table.add_column("measure")
     table.add_column("value", justify="right")
     rate = outcome.rows_per_second
