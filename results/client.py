@@ -13,6 +13,7 @@ id seen once is known to the store at once.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -127,6 +128,17 @@ class Job:
                 return False
             time.sleep(poll_delay)
 
+    async def result_async(self, timeout: float | None = None, *, poll_delay: float = 0.1) -> Any:
+        """`result` for asyncio code: the same wait, each read in a thread, the polling an
+        asyncio sleep, so the event loop goes on meanwhile."""
+        return await asyncio.to_thread(self.result, timeout, poll_delay=poll_delay)
+
+    async def status_async(self) -> str:
+        return await asyncio.to_thread(self.status)
+
+    async def abort_async(self, *, timeout: float | None = None) -> bool:
+        return await asyncio.to_thread(self.abort, timeout=timeout)
+
     def delete(self) -> bool:
         """Remove the job's record (the message, if still queued, is not touched: abort
         it first). True if there was one."""
@@ -213,6 +225,11 @@ class ResultClient:
             if isinstance(middleware, ResultRecorder):
                 middleware.flush(timeout=5.0)  # its "queued" record is there on return
         return Job(message.message_id, self.store)
+
+    async def enqueue_job_async(self, actor_or_name: dramatiq.Actor | str, *args: Any,
+                                **options: Any) -> Job | None:
+        """`enqueue_job` for asyncio code (the send and the wait for its record in a thread)."""
+        return await asyncio.to_thread(self.enqueue_job, actor_or_name, *args, **options)
 
 
 __all__ = ["Job", "JobFailed", "ResultClient"]

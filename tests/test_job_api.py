@@ -216,3 +216,28 @@ def test_abort_on_real_brokers_with_real_workers(real_broker: dramatiq.Broker, t
         assert results.get_status(queued.id) == "aborted" == results.get_status(running.id)
         # And the worker goes on with new work
         assert s.client.enqueue_job(s.actors["add"], 4, 4).result(timeout=30) == 8  # type: ignore[union-attr]
+
+
+def test_async_twins_wait_without_blocking_the_event_loop(store: ResultStore) -> None:
+    import asyncio
+
+    with _stub(store) as s:
+        async def main() -> tuple[int, int]:
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    ticks += 1
+                    await asyncio.sleep(0.01)
+
+            ticker = asyncio.create_task(tick())
+            job = await s.client.enqueue_job_async(s.actors["steps"], 20)  # ~0.4 s of work
+            assert job is not None
+            await job.result_async(timeout=30, poll_delay=0.02)
+            ticker.cancel()
+            return ticks, await job.status_async() == "completed"
+
+        ticks, completed = asyncio.run(main())
+        # Then the loop kept running while the job was awaited
+        assert completed and ticks >= 10
