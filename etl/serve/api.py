@@ -29,6 +29,7 @@ _READ_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **_READ_ERRORS,
+    400: {"model": models.Problem, "description": "The body does not parse"},
     401: {"model": models.Problem, "description": "Missing or wrong bearer token"},
     403: {"model": models.Problem,
           "description": "Pipeline not in the allow-list, or the server has no api_token"},

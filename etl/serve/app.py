@@ -111,7 +111,8 @@ def create_app(*, root: Path | None = None, settings: Settings | None = None) ->
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> MaskedJSONResponse:
-        return _problem(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return _problem(exc.status_code, str(exc.detail), field="body" if exc.status_code == 400 else None,
+                        headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> MaskedJSONResponse:
