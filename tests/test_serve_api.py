@@ -248,3 +248,40 @@ def _wait_loaded(server: Served, run_id: str, *, batches: int, timeout: float = 
             return
         time.sleep(0.2)
     raise AssertionError(f"run {run_id} loaded fewer than {batches} batches in {timeout} s")
+
+
+def test_a_run_is_cancelled_and_resumed_over_http(tmp_path: Path) -> None:
+    # Given a slow run working in the server's child
+    server = Served(tmp_path, project(tmp_path, rows=24_000, slow=0.3))
+    try:
+        run_id = server.start({"pipeline": "servepipe:pipeline", "run_id": "serve-cancel"}).json()["task_id"]
+        _wait_loaded(server, run_id, batches=2)
+        # When it is cancelled over HTTP (the token is needed for that too)
+        assert server.client.post(f"/api/v1/task/{run_id}/cancel").status_code == 401
+        cancelled = server.client.post(f"/api/v1/task/{run_id}/cancel",
+                                        headers={"Authorization": f"Bearer {TOKEN}"})
+        # Then the run ends cancelled, its child stops, and it has no result
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled" and cancelled.json()["was"] == "running"
+        status = server.wait_done(run_id)
+        assert status["status"] == "cancelled", status
+        deadline = time.monotonic() + 60
+        while server.client.get(f"/api/v1/task/status/{run_id}").json()["worker"]["alive"]:
+            assert time.monotonic() < deadline, "the run's child did not stop"
+            time.sleep(0.3)
+        assert server.client.get(f"/api/v1/task/result/{run_id}").status_code == 409
+        # When it is started again with resume
+        resumed = server.start({"pipeline": "servepipe:pipeline", "run_id": run_id, "resume": True})
+        assert resumed.status_code == 202, resumed.text
+        # Then it completes where it stopped, every row loaded once
+        assert server.wait_done(run_id)["status"] == "completed"
+        loaded, quarantined = expected_rows(24_000)
+        ids = _sink_ids(tmp_path)
+        assert len(ids) == len(set(ids)) == loaded
+        # And a completed run cannot be cancelled: 409 with a body
+        late = server.client.post(f"/api/v1/task/{run_id}/cancel",
+                                  headers={"Authorization": f"Bearer {TOKEN}"})
+        assert late.status_code == 409 and "completed" in late.json()["error"]
+    finally:
+        server.stop()
+        kill_children(tmp_path)
