@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -125,10 +127,31 @@ def errors(ins: Inspector | None, run_id: str, *, limit: int) -> list[dict[str, 
     return [error_row(e) for e in ins.state.list_errors(run_id, limit=limit)]  # type: ignore[union-attr]
 
 
+#: Quarantine counts by (run id, batches cleaned so far): the dashboard asks every second,
+#: and reading a run's quarantine objects again is only worth it once more were cleaned.
+_QUARANTINE_CACHE: "OrderedDict[tuple[str, int], list[dict[str, Any]]]" = OrderedDict()
+_QUARANTINE_LOCK = threading.Lock()
+_QUARANTINE_KEEP = 64
+
+
 def quarantine_counts(ins: Inspector | None, run_id: str) -> list[dict[str, Any]]:
     """Quarantined rows of the run counted by stage and reason, most first."""
     get_run(ins, run_id)
-    frame = ins.quarantine(run_id)  # type: ignore[union-attr]
+    assert ins is not None
+    key = (run_id, sum(c.batches_cleaned for c in ins.state.list_checkpoints(run_id)))
+    with _QUARANTINE_LOCK:
+        if key in _QUARANTINE_CACHE:
+            return _QUARANTINE_CACHE[key]
+    counts = _count_quarantine(ins, run_id)
+    with _QUARANTINE_LOCK:
+        _QUARANTINE_CACHE[key] = counts
+        while len(_QUARANTINE_CACHE) > _QUARANTINE_KEEP:
+            _QUARANTINE_CACHE.popitem(last=False)
+    return counts
+
+
+def _count_quarantine(ins: Inspector, run_id: str) -> list[dict[str, Any]]:
+    frame = ins.quarantine(run_id)
     if len(frame) == 0:
         return []
     counts = (frame.groupby(["_stage", "_reason"], dropna=False).size()
