@@ -3,6 +3,7 @@ directory of its own with a small pipeline module (`servepipe`) beside it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 
@@ -160,3 +161,29 @@ def kill_children(workdir: Path) -> None:
             os.killpg(int(child["pid"]), signal.SIGKILL)
         except OSError:
             pass
+
+
+@contextlib.contextmanager
+def etl_workers(workdir: Path, env: dict[str, str], count: int = 2) -> Iterator[None]:
+    """`count` `etl worker` processes of `env`'s broker and queue; the queue is deleted after."""
+    workers = [subprocess.Popen([*ETL, "worker", "--threads", "2"], cwd=workdir, env=env,
+                                stdout=open(workdir / f"worker-{i}.log", "w"),
+                                stderr=subprocess.STDOUT) for i in range(count)]
+    try:
+        yield
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(timeout=10)
+        from etl.brokers import open_broker, queues_of
+
+        broker = open_broker(env["ETL_BROKER_URL"])
+        try:
+            queues_of(broker).delete(env["ETL_QUEUE"])
+        finally:
+            broker.close()

@@ -132,3 +132,50 @@ def test_dashboard_shows_runs_shard_bars_errors_and_quarantine(tmp_path: Path, b
     finally:
         server.stop()
         kill_children(tmp_path)
+
+
+@pytest.mark.services
+def test_dashboard_with_rabbitmq_workers_shows_dead_letters_and_queue_gauges(tmp_path: Path, browser, shots: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import uuid
+
+    from selenium.webdriver.common.by import By
+
+    from tests.cluster import broker_url
+    from tests.serve_process import ETL, etl_workers
+
+    # Given two `etl worker`s on RabbitMQ and a sink that fails one batch for good
+    env = project(tmp_path, broker_url=broker_url("rabbitmq"),
+                  queue=f"test-serve-ui-{uuid.uuid4().hex[:10]}", slow=0.2, fail=True)
+    with etl_workers(tmp_path, env):
+        server = Served(tmp_path, env)
+        try:
+            # When a run is started from the API and its page opened
+            assert server.start({"pipeline": "servepipe:pipeline", "run_id": "serve-ui-mq"}).status_code == 202
+            browser.get(server.url + "/#/run/serve-ui-mq")
+            _wait("one bar per shard", lambda: len(browser.find_elements(By.CSS_SELECTOR, ".shard .bar")) == 4)
+            # Then the failed batch shows as a dead letter, and the queue gauges count it
+            letter = _wait("the dead letter", lambda: browser.find_element(By.CSS_SELECTOR, "#dead-letters tbody tr"))
+            assert "ConnectionError" in letter.text and SECRET not in browser.page_source  # type: ignore[attr-defined]
+            gauge = _wait("the queue gauges", lambda: browser.find_element(
+                By.CSS_SELECTOR, f"#queues tr[data-queue='{env['ETL_QUEUE']}'] td.dead"))
+            _wait("one dead letter in the gauge", lambda: gauge.text == "1")  # type: ignore[attr-defined]
+            assert "distributed mode" in browser.find_element(By.ID, "mode").text
+            browser.save_screenshot(str(shots / "11-rabbitmq-dead-letter.png"))
+            # When the dead letter is re-driven (the outage is over)
+            redrive = subprocess.run([*ETL, "dlq", "retry", "--run", "serve-ui-mq"], cwd=tmp_path,
+                                     env=env, capture_output=True, text=True, timeout=120)
+            assert redrive.returncode == 0, redrive.stderr
+            # Then every shard bar reaches 100% and the run shows completed
+            _wait("every shard bar at 100%", lambda: [
+                b.get_attribute("aria-valuenow") for b in browser.find_elements(By.CSS_SELECTOR, ".shard .bar")
+            ] == ["100"] * 4 and browser.find_elements(By.CSS_SELECTOR, "p .badge.completed"), timeout=120)
+            browser.save_screenshot(str(shots / "12-rabbitmq-completed.png"))
+            assert _console_errors(browser) == []
+        except BaseException:
+            browser.save_screenshot(str(shots / "failed-rabbitmq.png"))
+            print("browser log:", browser.get_log("browser"))
+            print("server log:", server.output()[-4000:])
+            raise
+        finally:
+            server.stop()

@@ -14,7 +14,8 @@ import pytest
 pytest.importorskip("fastapi", reason="etl serve needs the serve extra")
 
 from tests.cluster import broker_url  # noqa: E402
-from tests.serve_process import ETL, SECRET, Served, expected_rows, project  # noqa: E402
+from tests.serve_process import (ETL, SECRET, Served, etl_workers, expected_rows,  # noqa: E402
+                                 project)
 
 pytestmark = [pytest.mark.services, pytest.mark.timeout(600)]
 
@@ -23,28 +24,12 @@ pytestmark = [pytest.mark.services, pytest.mark.timeout(600)]
 def rabbit(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A project on RabbitMQ with a queue of its own and two `etl worker`s."""
     url = broker_url("rabbitmq")
-    queue = f"test-serve-{uuid.uuid4().hex[:10]}"
-    env = project(tmp_path, broker_url=url, queue=queue, slow=0.1, fail=True)
-    workers = [subprocess.Popen([*ETL, "worker", "--threads", "2"], cwd=tmp_path, env=env,
-                                stdout=open(tmp_path / f"worker-{i}.log", "w"),
-                                stderr=subprocess.STDOUT) for i in range(2)]
-    server = Served(tmp_path, env)
-    yield server, env
-    server.stop()
-    for worker in workers:
-        worker.terminate()
-    for worker in workers:
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-    from etl.brokers import open_broker, queues_of
-
-    broker = open_broker(url)
-    try:
-        queues_of(broker).delete(queue)
-    finally:
-        broker.close()
+    env = project(tmp_path, broker_url=url, queue=f"test-serve-{uuid.uuid4().hex[:10]}",
+                  slow=0.1, fail=True)
+    with etl_workers(tmp_path, env):
+        server = Served(tmp_path, env)
+        yield server, env
+        server.stop()
 
 
 def test_a_run_started_over_http_is_worked_by_etl_workers(rabbit) -> None:  # type: ignore[no-untyped-def]

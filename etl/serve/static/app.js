@@ -141,7 +141,7 @@ async function showRun(runId, mine) {
         fact("rows quarantined", num(p.rows_quarantined)),
         fact("elapsed", `${status.timings.elapsed_seconds.toFixed(1)} s`),
         fact("started", when(status.timings.created_at)),
-        status.worker ? fact("worker", `pid ${status.worker.pid}${status.worker.alive ? "" : " (ended)"}`) : null)),
+        status.worker ? fact("child process", `pid ${status.worker.pid}${status.worker.alive ? "" : " (ended)"}`) : null)),
     el("h2", { text: "Shards" }),
     el("div", { class: "card shards", id: "shards" }, status.shard_states.map(shardRow)),
     el("h2", { text: `Errors (${errors.errors.length})` }),
