@@ -242,8 +242,8 @@ class Supervisor:
                 continue
             path.unlink(missing_ok=True)
             status = self.run_status(data["run_id"])
-            if data.get("distributed") or status in (None, "completed", "cancelled"):
-                continue
+            if data.get("distributed") or status != "running":
+                continue  # over (completed, failed, cancelled): a start takes it up, not us
             try:
                 self._launch(data["spec"], {"run_id": data["run_id"]})
             except (StartRefused, ConfigError, OSError) as exc:
