@@ -204,9 +204,8 @@ class Supervisor:
                 start_new_session=True)
         line = _first_line(process, OPEN_TIMEOUT_S)
         if line is None:
-            process.wait(timeout=5) if process.poll() is not None else None
-            raise StartRefused(f"the run did not open (child exit {process.poll()}); see "
-                               f"{log_path}", status=503)
+            raise StartRefused(f"the run did not open (child exit {process.poll()}): "
+                               f"{_last_line(log_path)} (log {log_path})", status=503)
         said = json.loads(line)
         if "error" in said:
             process.wait(timeout=30)
@@ -271,6 +270,15 @@ class Supervisor:
         for child in children:
             if child.exit_code is None and not child.alive():
                 self._forget(child)
+
+
+def _last_line(path: Path) -> str:
+    """The last line a child wrote to its log (why it ended, as a rule)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1][-500:] if lines else "nothing logged"
 
 
 def _first_line(process: subprocess.Popen[bytes], timeout: float) -> str | None:

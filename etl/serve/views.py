@@ -29,7 +29,7 @@ def inspector(root: Path) -> Inspector | None:
     try:
         return Inspector.from_settings(root, search_parents=False)
     except ConfigError as exc:
-        if "does not exist" in str(exc) or "run `etl run` there first" in str(exc):
+        if str(exc).startswith("no state store at"):  # etl.inspect.project.require_sqlite_file
             return None
         raise
 
