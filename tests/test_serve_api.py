@@ -207,7 +207,7 @@ def test_without_a_token_the_server_is_read_only_and_loopback_only(tmp_path: Pat
 
 def test_a_server_restart_in_the_middle_of_a_run_loses_nothing(tmp_path: Path) -> None:
     # Given a slow run started by a server
-    env = project(tmp_path, rows=24_000, slow=0.3)
+    env = project(tmp_path, rows=40_000, slow=0.3)
     server = Served(tmp_path, env)
     run_id = server.start({"pipeline": "servepipe:pipeline", "run_id": "serve-restart"}).json()["task_id"]
     _wait_loaded(server, run_id, batches=2)
@@ -220,7 +220,8 @@ def test_a_server_restart_in_the_middle_of_a_run_loses_nothing(tmp_path: Path) -
         status = server.client.get(f"/api/v1/task/status/{run_id}").json()
         assert status["status"] == "running" and status["worker"]["pid"] == child_pid, status
         assert status["worker"]["alive"]
-        _wait_loaded(server, run_id, batches=status["progress"]["shards_done"] + 4)
+        _wait_loaded(server, run_id,
+                     batches=sum(s["batches_loaded"] for s in status["shard_states"]) + 2)
         # When the server and the run's processes are all killed, and a server started again
         server.stop(signal.SIGKILL)
         os.killpg(child_pid, signal.SIGKILL)
@@ -229,7 +230,7 @@ def test_a_server_restart_in_the_middle_of_a_run_loses_nothing(tmp_path: Path) -
         # Then it resumes the run, which completes with every row loaded exactly once
         status = server.wait_done(run_id)
         assert status["status"] == "completed", status
-        loaded, quarantined = expected_rows(24_000)
+        loaded, quarantined = expected_rows(40_000)
         result = server.client.get(f"/api/v1/task/result/{run_id}").json()
         assert (result["rows_loaded"], result["rows_quarantined"]) == (loaded, quarantined)
         ids = _sink_ids(tmp_path)
