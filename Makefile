@@ -1,13 +1,14 @@
 # Two commands set everything up on a fresh machine:
 #   make run   - venv, install, run the demo pipeline on the embedded default (no services)
 #   make test  - venv, install with dev extras, run the test suite
+#   make serve - venv, install with the serve extra, start `etl serve` (SERVE_ARGS="--port 9000")
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 SHARDS ?= 20
 PYTEST_ARGS ?=
 
-.PHONY: run test bench clean
+.PHONY: run test bench serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,15 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/bench_all.py --write-readme $(BENCH_ARGS)
+
+SERVE_ARGS ?=
+
+$(VENV)/.installed-serve: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[serve]'
+	touch $@
+
+serve: $(VENV)/.installed-serve
+	$(BIN)/etl serve $(SERVE_ARGS)
 
 clean:
 	rm -rf .etl out
