@@ -10,7 +10,6 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, HTTPException, Path as PathParam, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from etl.core.errors import ConfigError
 from etl.inspect import Inspector
 from etl.serve import models, views
 from etl.serve.security import DEMO_SPEC, token_matches
