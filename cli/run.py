@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 pipeline_option = click.option(
     "-p", "--pipeline", "spec", metavar="MODULE:ATTR",
-    help="Pipeline to run (package.module:attribute). Default: the `pipeline` setting, "
-         "else the built-in demo.")
+    help="Pipeline to run (package.module:attribute, imported from the current directory "
+         "as `python -m` does). Default: the `pipeline` setting, else the built-in demo.")
 
 
 def _pipeline(spec: str | None, shards: int | None,
