@@ -134,7 +134,9 @@ def _option_names(word: str) -> list[str]:
         return []
     if word.startswith("--"):
         return [word.split("=", 1)[0]]
-    return [f"-{letter}" for letter in dict.fromkeys(word[1:])] if word[1:].isalpha() else [word[:2]]
+    if word[1:].isalpha():  # -p, or a cluster of flags: -vv
+        return [f"-{letter}" for letter in dict.fromkeys(word[1:])]
+    return [word[:2]]
 
 
 def resolve(words: tuple[str, ...]) -> tuple[list[str], list[str]]:
