@@ -158,13 +158,24 @@ SHARED_WITH_WORKERS = {
 }
 
 
+#: Settings that are secrets as a whole: shown as *** when set, never their value.
+SECRET_SETTINGS = frozenset({"api_token"})
+
+
+def _shown(name: str, value: object) -> object:
+    """A setting's value as `etl config` shows it: secrets hidden, passwords in URLs masked."""
+    if name in SECRET_SETTINGS:
+        return "***" if value else value
+    return mask_url(value)
+
+
 @click.command("config")
 @click.option("--json", "as_json", is_flag=True,
               help="Machine-readable output: one JSON array of settings.")
 def config_command(as_json: bool) -> None:
     """Show the settings in force (passwords masked) and where each came from."""
     conf = settings()
-    rows = [{"setting": name, "value": mask_url(getattr(conf, name)), "from": conf.sources[name],
+    rows = [{"setting": name, "value": _shown(name, getattr(conf, name)), "from": conf.sources[name],
              "environment_variable": env_name,
              "workers_must_share": SHARED_WITH_WORKERS.get(name)}
             for name, env_name in ENV_NAMES.items()]

@@ -114,6 +114,18 @@ def test_config_masks_passwords(tmp_path: Path) -> None:
     assert "environment" in result.stdout
 
 
+def test_config_hides_the_api_token(tmp_path: Path) -> None:
+    # Given an HTTP API token in the environment
+    env = {"ETL_API_TOKEN": "tok-hunter2-secret"}
+    # When the settings are shown, as a table and as JSON
+    shown = [etl(tmp_path, "config", env=env), etl(tmp_path, "config", "--json", env=env)]
+    # Then the token is set but never printed
+    for result in shown:
+        assert result.returncode == 0, result.stderr
+        assert "tok-hunter2-secret" not in result.stdout + result.stderr
+        assert "***" in result.stdout
+
+
 @pytest.mark.parametrize("scheme", ["amqp://guest:s3cret@127.0.0.1:{port}/%2F", "redis://:s3cret@127.0.0.1:{port}/0"])
 def test_a_broker_that_does_not_answer_is_one_line_and_exit_status_3(tmp_path: Path, scheme: str) -> None:
     from tests.conftest import free_port
