@@ -30,7 +30,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Sequence
 
 from etl.core.errors import EtlError
 from etl.core.urls import mask_url
@@ -67,6 +67,7 @@ class BatchWriter:
         self._idle = threading.Condition(self._lock)
         self._queue: list[tuple[str, Change]] = []
         self._parked: list[tuple[str, Change]] = []  # waiting for their record to appear
+        self._done: dict[int, threading.Event] = {}  # by id(change): write_now waits on it
         self._pending = 0  # submitted, not yet written, refused or given up
         self._hurry = False  # a flush waits: no interval until everything is written
         self._urgent = False  # an urgent change waits: no interval for the batch it joins
@@ -74,15 +75,21 @@ class BatchWriter:
         self._thread: threading.Thread | None = None
 
     # -- the callers' side ---------------------------------------------------------------
-    def submit(self, what: str, change: Change, *, urgent: bool = False) -> None:
+    def submit(self, what: str, change: Change, *, urgent: bool = False,
+               done: threading.Event | None = None) -> None:
         """Queue `change` (`what` names it in log lines); never blocks on the store.
         `urgent`: write the batch it joins without waiting out the interval (a retry's
         retrying -> queued: rare, and another process may pick the retry up within a
-        backoff shorter than an interval)."""
+        backoff shorter than an interval). `done` is set once the change is written,
+        refused, given up or dropped (see write_now)."""
         with self._lock:
             if len(self._queue) >= self.max_queue:
                 self.dropped += 1
+                if done is not None:
+                    done.set()
                 return
+            if done is not None:
+                self._done[id(change)] = done
             self._queue.append((what, change))
             self._pending += 1
             self._urgent = self._urgent or urgent
@@ -91,6 +98,14 @@ class BatchWriter:
                 self._thread.start()
             elif urgent or len(self._queue) == 1 or len(self._queue) >= self.max_batch:
                 self._wake.notify()
+
+    def write_now(self, what: str, change: Change, *, timeout: float) -> bool:
+        """Submit `change` urgently and wait, at most `timeout` seconds, until it is written,
+        refused or given up (True) - for an end that must be stored before its message is
+        acked. A store outage does not hold it: a paused or failing writer answers at once."""
+        done = threading.Event()
+        self.submit(what, change, urgent=True, done=done)
+        return done.wait(timeout)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write what was submitted so far without waiting for the interval; wait until
@@ -117,7 +132,7 @@ class BatchWriter:
             except Exception:  # noqa: BLE001 - the writer must outlive any surprise
                 log.exception("result store %s: writing %d change(s) failed", self.store.url,
                               len(batch))
-                self._settle(len(batch))
+                self._settle(len(batch), batch)
 
     def _gather(self) -> list[tuple[str, Change]]:
         """Wait for changes, then up to `interval` for more (unless a flush hurries it or
@@ -147,7 +162,7 @@ class BatchWriter:
         if time.monotonic() < self._quiet_until:
             with self._lock:
                 self.failures += len(batch)
-            self._settle(len(batch))
+            self._settle(len(batch), batch)
             return
         started = time.perf_counter()
         try:
@@ -160,7 +175,7 @@ class BatchWriter:
                         "writes paused for %.0f s", self.store.url, len(batch),
                         ", ".join(sorted({what for what, _ in batch})), type(exc).__name__,
                         mask_url(str(exc)), self.cooldown)
-            self._settle(len(batch))
+            self._settle(len(batch), batch)
             return
         parked: list[tuple[str, Change]] = []
         written = rejected = 0
@@ -183,13 +198,20 @@ class BatchWriter:
             self.batches += 1
             self.write_seconds += time.perf_counter() - started
             self._parked = parked + self._parked
-        self._settle(len(batch) - len(parked))
+        parked_ids = {id(change) for _, change in parked}
+        self._settle(len(batch) - len(parked),
+                     [item for item in batch if id(item[1]) not in parked_ids])
 
     def _refused(self, what: str, error: EtlError) -> None:
         log.warning("result store %s: %s refused: %s", self.store.url, what, error)
 
-    def _settle(self, count: int) -> None:
+    def _settle(self, count: int, batch: Sequence[tuple[str, Change]] = ()) -> None:
         with self._lock:
+            if self._done:
+                for _, change in batch:
+                    done = self._done.pop(id(change), None)
+                    if done is not None:
+                        done.set()
             self._pending -= count
             if not self._pending:
                 self._hurry = False
