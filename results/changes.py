@@ -18,11 +18,17 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 
 from etl.core.errors import EtlError
 from results.errors import InvalidTransition, JobNotFound
-from results.models import (TRANSITIONS, JobResult, JobStatus, Transition, check_transition,
-                            stamp_fields, utcnow)
+from results.models import (FINISHED, TRANSITIONS, JobResult, JobStatus, Transition,
+                            check_transition, stamp_fields, utcnow)
 
 #: Statuses a job has before a worker starts it (see StatusChange.catch_up).
 _BEFORE_START = frozenset({JobStatus.PENDING.value, JobStatus.QUEUED.value})
+
+#: The note of an end written for a worker that did not write it (etl.runtime.run_record:
+#: the run completed, so the step is done, but the worker died between its ack and its
+#: write). If that worker was only slow, its late start is a no-op and its late end fills
+#: in its fields (result, timing), not refused as a second end.
+SETTLED_NOTE = "settled: the run completed; its worker did not record this end"
 
 
 @dataclass
@@ -77,7 +83,8 @@ class Settled:
     could). With `created` set the batch brings a NewRecord for the job: write `final` whole,
     living `created.ttl`. Otherwise, when `steps` is not empty, move the stored record from
     `expected` (the status and history length it was read with: compare them, and set) to
-    `final`: set `final`'s `fields` and append `steps` to its history.
+    `final`: set `final`'s `fields` and append `steps` to its history (`fields` alone: a
+    late worker's end filling in a settled record).
     """
 
     job_id: str
@@ -90,7 +97,7 @@ class Settled:
 
     @property
     def changed(self) -> bool:
-        return self.created is not None or bool(self.steps)
+        return self.created is not None or bool(self.steps) or bool(self.fields)
 
 
 def to_read(changes: Iterable[Change]) -> list[str]:
@@ -129,6 +136,20 @@ def settle(changes: Sequence[Change], stored: Mapping[str, JobResult]) -> tuple[
         if settled.final is None:
             outcomes[position] = JobNotFound(change.job_id)
             continue
+        if _settled_before(settled.final, change):
+            # Its end was settled for it: the worker was only late. Its own start and end
+            # bring what they know (worker, result, timing) without a second start or end.
+            late: dict[str, Any] = {}
+            if change.status == JobStatus.IN_PROGRESS.value:
+                late = {**change.fields, "started_at": change.at}
+            elif change.status == settled.final.status:
+                late = {**change.fields, **stamp_fields(change.status, change.at,
+                                                        settled.final.started_at)}
+            if late:
+                for name, value in late.items():
+                    setattr(settled.final, name, value)
+                settled.fields.update(late)
+            continue
         try:
             if (change.catch_up and settled.final.status in _BEFORE_START
                     and JobStatus(change.status) not in TRANSITIONS[JobStatus(settled.final.status)]):
@@ -146,6 +167,17 @@ def settle(changes: Sequence[Change], stored: Mapping[str, JobResult]) -> tuple[
             settled.fields.update(change.fields)
             settled.fields.update(stamp_fields(change.status, change.at, None))
     return list(jobs.values()), outcomes
+
+
+def _settled_before(job: JobResult, change: StatusChange) -> bool:
+    """`job`'s end was written by a settle (SETTLED_NOTE) and `change` is its worker's own
+    late start or end."""
+    last = job.history[-1] if job.history else None
+    return (last is not None and last.note == SETTLED_NOTE and job.status in _FINISHED
+            and (change.catch_up or change.status == JobStatus.IN_PROGRESS.value))
+
+
+_FINISHED = frozenset(s.value for s in FINISHED)
 
 
 def write_changes(store: Any, changes: Sequence[Change]) -> list[Outcome]:

@@ -284,7 +284,25 @@ class RedisResultStore:
                 job_id=job_id, function="", status=status.decode(),
                 started_at=datetime.fromtimestamp(at, tz=timezone.utc) if at is not None else None,
                 history=[_UNREAD] * int(length))
+        self._last_steps([head for head in heads.values()
+                          if head.history and head.history[-1] is _UNREAD and head.finished])
         return heads
+
+    def _last_steps(self, heads: list[JobResult]) -> None:
+        """Read the last history step of finished records (results.changes tells a worker's
+        late change to an end that was settled for it by that step's note): rare, as a
+        worker's changes move open records."""
+        if not heads:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            for head in heads:
+                pipe.hget(self._job(head.job_id), f"h:{len(head.history) - 1}")
+            replies = pipe.execute()
+        for head, raw in zip(heads, replies):
+            if raw is not None:
+                status, at, *note = loads(raw)
+                head.history[-1] = Transition(status, datetime.fromtimestamp(at, tz=timezone.utc),
+                                              note[0] if note else None)
 
     def update_status(self, job_id: str, status: str, *, note: str | None = None,
                       **fields: Any) -> JobResult:
