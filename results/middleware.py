@@ -11,9 +11,11 @@ Retries has decided (it was added after Retries), so the middleware order does n
 Jobs sent by results.client.enqueue_job can be aborted: their status is read before they
 start (aborted: skipped) and watched while they run (aborting: their thread interrupted).
 
-Writes never wait on the store: each transition leaves the task's thread at once for the
-recorder's writer thread (results.writer), which writes them in batches, in order per job,
-at most about 50 ms after they happened (and at once on flush). A store outage is logged,
+Each transition leaves the task's thread for the recorder's writer thread (results.writer),
+which writes them in batches, in order per job, at most about 50 ms after they happened
+(and at once on flush). The one wait: a job's end is written before its message is acked
+(a worker SIGKILLed between the two would leave it in_progress for ever); ETL steps skip
+that wait, their run's completion settles them from the state store (see _before_ack). A store outage is logged,
 counted and paused for `cooldown` seconds; a full queue drops writes (counted) rather than
 block. Messages still unfinished once the worker's threads stopped are marked retrying (the
 broker redelivers them), and the writer is flushed when the worker shuts down.
@@ -53,6 +55,10 @@ _ENDS = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMEOUT})
 #: Message option marking a message sent with a delay (see before_enqueue).
 _DELAYED = "etl_delayed"
 
+#: Message option an actor sets on its running message (CurrentMessage) to have its end
+#: written before it is acked, whatever its actor (see ResultRecorder._before_ack).
+RECORD_BEFORE_ACK = "etl_record_before_ack"
+
 
 class JobAborted(Interrupt):
     """Raised in a worker thread whose job was aborted (results.client.Job.abort)."""
@@ -85,8 +91,9 @@ class ResultRecorder(Middleware):
 
     def __init__(self, store: ResultStore, *, prefix: str = "", cooldown: float = 5.0,
                  max_queue: int = 100_000, ttl: timedelta | None = None,
-                 interval: float = 0.05) -> None:
+                 interval: float = 0.05, end_wait: float = 5.0) -> None:
         self.store = store
+        self.end_wait = end_wait  # seconds an end written before its ack may hold the ack
         self.ttl = ttl
         self.prefix = prefix
         self.writer = BatchWriter(store, interval=interval, max_queue=max_queue, cooldown=cooldown)
@@ -135,11 +142,27 @@ class ResultRecorder(Middleware):
         return timedelta(seconds=float(seconds)) if seconds is not None else self.ttl
 
     def _move(self, what: str, job_id: str, status: JobStatus, note: str | None = None, *,
-              urgent: bool = False, **fields: Any) -> None:
+              urgent: bool = False, message: dramatiq.Message | None = None,
+              **fields: Any) -> None:
         # A worker's end of a job also records the start it implies if that was lost
         # (results.changes.StatusChange.catch_up): no record stays queued after its ack.
-        self.writer.submit(what, StatusChange(job_id, status.value, note, fields,
-                                              catch_up=status in _ENDS), urgent=urgent)
+        change = StatusChange(job_id, status.value, note, fields, catch_up=status in _ENDS)
+        if message is not None and self._before_ack(message):
+            if not self.writer.write_now(what, change, timeout=self.end_wait):
+                log.warning("result store %s: the end of job %s not written within %.0f s; "
+                            "acking it anyway", self.store.url, job_id, self.end_wait)
+            return
+        self.writer.submit(what, change, urgent=urgent)
+
+    def _before_ack(self, message: dramatiq.Message) -> bool:
+        """Whether a message's end is written before it is acked. A job's end has no other
+        witness, so a worker killed between the ack and a batched write would leave its
+        record in_progress for ever: jobs wait for it (one store round trip each). ETL
+        steps do not: the state store witnesses them, and the run's completion settles
+        their records (etl.runtime.run_record.settle_step_records); the step that
+        completes a run asks for it (RECORD_BEFORE_ACK)."""
+        return not message.actor_name.startswith("etl_") or bool(
+            message.options.get(RECORD_BEFORE_ACK))
 
     def _ours(self, message: dramatiq.Message) -> bool:
         return message.actor_name.startswith(self.prefix)
@@ -261,11 +284,11 @@ class ResultRecorder(Middleware):
             return  # re-enqueued by the actor (lease held elsewhere): before_enqueue recorded it
         if exception is None and isinstance(reported, dict) and reported.get("cancelled"):
             self._move("cancel", message.message_id, JobStatus.CANCELLED, reported["cancelled"],
-                       result=reported)  # acked without work (its run was cancelled)
+                       message=message, result=reported)  # acked without work (its run was cancelled)
             return
         if exception is None:
-            self._move("complete", message.message_id, JobStatus.COMPLETED, result=reported,
-                       progress=1.0 if progress is None else progress)
+            self._move("complete", message.message_id, JobStatus.COMPLETED, message=message,
+                       result=reported, progress=1.0 if progress is None else progress)
             return
         if not getattr(message, "failed", False):
             # Retries re-enqueues it (before_enqueue records retrying -> queued), or, when
@@ -283,12 +306,13 @@ class ResultRecorder(Middleware):
         retry_count = max(0, message.options.get("retries", 1) - 1)  # last attempt counted
         if isinstance(exception, JobAborted):
             self._move("aborted", message.message_id, JobStatus.ABORTED, "aborted while running",
-                       retry_count=retry_count)
+                       message=message, retry_count=retry_count)
             return
         status = JobStatus.TIMEOUT if isinstance(exception, TimeLimitExceeded) else JobStatus.FAILED
         text = str(exception) or ("time limit exceeded" if status is JobStatus.TIMEOUT else "")
         self._move(status.value, message.message_id, status, f"{type(exception).__name__}: {text}",
-                   error=text, error_type=type(exception).__name__, retry_count=retry_count)
+                   message=message, error=text, error_type=type(exception).__name__,
+                   retry_count=retry_count)
 
     def after_nack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         """A failed message is rejected: record it failed if after_process_message left it
@@ -312,7 +336,8 @@ class ResultRecorder(Middleware):
                 self._skipped.discard(message.message_id)
             if aborted:
                 return  # Job.abort recorded it aborted before it started
-            self._move("skip", message.message_id, JobStatus.ABORTED, "skipped by middleware")
+            self._move("skip", message.message_id, JobStatus.ABORTED, "skipped by middleware",
+                       message=message)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """The worker's threads have finished what they could (their messages are recorded

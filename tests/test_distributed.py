@@ -62,6 +62,14 @@ def test_workers_sigkilled_at_random_lose_and_duplicate_nothing(
     fetched, loaded, quarantined = _flights_state(cluster.workdir)
     assert (fetched, loaded) == (336_776, len(reference))
     assert fetched == loaded + quarantined
+    # And no task record is left open: a killed worker's messages ended completed, through
+    # their redelivery or, where the worker died between its ack and its write, the settle
+    from etl.stores import open_results
+
+    results = open_results(f"sqlite:///{cluster.workdir}/.etl/results.db")
+    records = results.list(run_id=run_id, limit=100_000)
+    assert len(records) > 3 * 20
+    assert {r.job_id: r.status for r in records if r.status != "completed"} == {}
 
 
 def _rabbitmqctl(*args: str) -> None:

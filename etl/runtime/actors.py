@@ -33,10 +33,11 @@ from etl.runtime.leases import LeaseBusy, LeaseKeeper, lease_ttl
 from etl.stores import results_ttl
 from etl.runtime.middleware import ErrorLog
 from etl.pipeline import Pipeline, RetryPolicy
+from etl.runtime.run_record import settle_step_records
 from etl.runtime.runs import finalize_if_complete
 from etl.runtime.settled import SettledSteps
 from results.base import ResultStore
-from results.middleware import ResultRecorder, report
+from results.middleware import RECORD_BEFORE_ACK, ResultRecorder, report
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +210,14 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
     def load(ctx: Any, shard: int, batch: int, fence: Any) -> dict[str, Any]:
         rows = batches.load(ctx, shard, batch, fence=fence, queue=lambda name: keeper(
             ctx.state).queue_on(name, patience=COMMIT_PATIENCE_S))
-        if rows is not None:
-            finalize_if_complete(ctx, shard=shard)
+        if rows is not None and finalize_if_complete(ctx, shard=shard) and results is not None:
+            # The run is complete: settle the records its workers left open, and write
+            # this step's own end before its ack (no later step would settle it).
+            proxy = CurrentMessage.get_current_message()
+            settle_step_records(results, ctx.run_id,
+                                skip=proxy.message_id if proxy is not None else None)
+            if proxy is not None:
+                proxy.options[RECORD_BEFORE_ACK] = 1
         return {"rows": rows} if rows is not None else {"skipped": "already loaded (dedup)"}
 
     def declare(stage: str, work: Callable[..., dict[str, Any]]) -> dramatiq.Actor:

@@ -69,6 +69,7 @@ class RunTracker:
             close_run_record(self.store, self.ctx.run_id)  # `etl cancel` may have closed it
             return
         if completed:
+            settle_step_records(self.store, self.ctx.run_id)
             self._write(lambda: self.store.update_status(
                 self.ctx.run_id, JobStatus.COMPLETED.value, progress=1.0,
                 result={"rows_loaded": loaded, "rows_quarantined": quarantined}))
@@ -77,3 +78,38 @@ class RunTracker:
             self._write(lambda: self.store.update_status(
                 self.ctx.run_id, JobStatus.FAILED.value, progress=self._progress(checkpoints),
                 error=f"{failed} shard(s) not complete", error_type="RunIncomplete"))
+
+
+#: Statuses of a step's record that its run's completion settles (see settle_step_records).
+_OPEN = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.IN_PROGRESS, JobStatus.RETRYING)
+
+
+def settle_step_records(store: ResultStore, run_id: str, *, skip: str | None = None,
+                        limit: int = 100_000) -> int:
+    """End `completed` every record of a completed run's steps still open: a worker killed
+    between its message's ack and its batched write, or a message whose work a redelivery
+    or the reconciler's re-send did. The run completed, so every step is done in the state
+    store. `skip`: a job id to leave alone (the running step that completed the run records
+    its own end). How many were settled; an outage is logged, never raised."""
+    from results.changes import SETTLED_NOTE, StatusChange
+
+    try:
+        open_jobs = [job for status in _OPEN
+                     for job in store.list(run_id=run_id, status=status.value, limit=limit)
+                     if job.job_id not in (run_id, skip)]
+        changes = []
+        for job in open_jobs:
+            if job.status != JobStatus.IN_PROGRESS.value:
+                changes.append(StatusChange(job.job_id, JobStatus.IN_PROGRESS.value,
+                                            "start not recorded"))
+            changes.append(StatusChange(job.job_id, JobStatus.COMPLETED.value, SETTLED_NOTE))
+        for start in range(0, len(changes), 1000):
+            store.write_many(changes[start:start + 1000])
+    except Exception as exc:  # noqa: BLE001 - the result store is never worth a failed run
+        log.warning("result store %s: open records of run %s not settled (%s: %s)", store.url,
+                    run_id, type(exc).__name__, exc)
+        return 0
+    if open_jobs:
+        log.info("run %s: %d step record(s) left open by their workers settled completed",
+                 run_id, len(open_jobs))
+    return len(open_jobs)
