@@ -159,6 +159,19 @@ def mask_job(job: JobResult) -> JobResult:
     return job
 
 
+def ready_to_store(job: JobResult, ttl: timedelta | None, *,
+                   now: datetime | None = None) -> JobResult:
+    """`job` as a store writes a whole record (`store`, `claim`): expiring `ttl` (None: a
+    day) from `now`, `updated_at` set if it was not, a first history step if it has none,
+    secrets masked. In place (the stores own the record they write); returns it."""
+    now = now or utcnow()
+    job.expires_at = now + (ttl or DEFAULT_TTL)
+    job.updated_at = job.updated_at or now
+    if not job.history:
+        job.history = [Transition(job.status, job.created_at)]
+    return mask_job(job)
+
+
 def mask_change(note: str | None, fields: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """A status change's note and fields with secrets masked, as `mask_job` masks a record."""
     return (mask_url(note) if note else note), mask_secrets(fields)

@@ -18,7 +18,7 @@ from results.base import job_history, summarise
 from results.changes import Change, Outcome, StatusChange, settle, to_read
 from results.errors import InvalidTransition, JobNotFound
 from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, mask_change,
-                            mask_job, stamp_fields, utcnow)
+                            mask_job, ready_to_store, stamp_fields, utcnow)
 
 
 def _aware(value: Any) -> Any:
@@ -57,11 +57,7 @@ class MongoResultStore:
         return JobResult.from_dict(_aware(doc))
 
     def store(self, job: JobResult, *, ttl: timedelta | None = None) -> JobResult:
-        job.expires_at = utcnow() + (ttl or DEFAULT_TTL)
-        job.updated_at = job.updated_at or utcnow()
-        if not job.history:
-            job.history = [Transition(job.status, job.created_at)]
-        mask_job(job)
+        ready_to_store(job, ttl)
         self.jobs.replace_one({"job_id": job.job_id}, job.to_dict(), upsert=True)
         return job
 

@@ -27,7 +27,7 @@ from results.base import job_history, dumps, loads, summarise
 from results.changes import Change, Outcome, StatusChange, settle, to_read
 from results.errors import InvalidTransition, JobNotFound
 from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, mask_change,
-                            mask_job, stamp_fields, utcnow)
+                            mask_job, ready_to_store, stamp_fields, utcnow)
 
 _CAS = """
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -191,11 +191,7 @@ class RedisResultStore:
         indexes: dict[str, dict[str, float]] = {}
         args: list[Any] = [millis, self._job(""), self._status("")]
         for job in jobs:
-            job.expires_at = expires
-            job.updated_at = job.updated_at or expires - ttl
-            if not job.history:
-                job.history = [Transition(job.status, job.created_at)]
-            mask_job(job)
+            ready_to_store(job, ttl, now=expires - ttl)
             mapping = _fields(job)
             del mapping["status"]
             mapping.update({f"h:{i}": _step(t) for i, t in enumerate(job.history)})

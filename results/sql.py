@@ -24,7 +24,7 @@ from results.base import dumps, job_history, loads, summarise
 from results.changes import Change, Outcome, settle, to_read
 from results.errors import JobNotFound
 from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, mask_job,
-                            stamp_fields, utcnow)
+                            ready_to_store, stamp_fields, utcnow)
 
 _KEY = sa.String(191)  # MySQL's longest indexable utf8mb4 VARCHAR
 
@@ -123,11 +123,7 @@ class SqlResultStore:
 
     # -- writes ----------------------------------------------------------------------------
     def store(self, job: JobResult, *, ttl: timedelta | None = None) -> JobResult:
-        job.expires_at = utcnow() + (ttl or DEFAULT_TTL)
-        job.updated_at = job.updated_at or utcnow()
-        if not job.history:
-            job.history = [Transition(job.status, job.created_at)]
-        mask_job(job)
+        ready_to_store(job, ttl)
         with self._engines.get().begin() as conn:
             self._upsert(conn, [self._row(job)])
         return job

@@ -14,7 +14,7 @@ from results.base import job_history, dumps, loads, summarise
 from results.changes import Change, Outcome, settle, to_read
 from results.errors import JobNotFound
 from results.models import (DEFAULT_TTL, JobResult, Transition, check_transition, mask_job,
-                            stamp_fields, utcnow)
+                            ready_to_store, stamp_fields, utcnow)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS {t} (
@@ -53,11 +53,7 @@ class SQLiteResultStore:
         return utcnow().isoformat()
 
     def store(self, job: JobResult, *, ttl: timedelta | None = None) -> JobResult:
-        job.expires_at = utcnow() + (ttl or DEFAULT_TTL)
-        job.updated_at = job.updated_at or utcnow()
-        if not job.history:
-            job.history = [Transition(job.status, job.created_at)]
-        mask_job(job)
+        ready_to_store(job, ttl)
         with write(self._db) as conn:
             conn.execute(f"INSERT OR REPLACE INTO {self.table} VALUES (?,?,?,?,?,?,?,?)", self._row(job))
         return job
