@@ -12,6 +12,7 @@ from cli.common import out, settings, shard_status, state_store, to_json, totals
 from etl.core.config import ENV_NAMES
 from etl.core.errors import ConfigError
 from etl.core.logs import without_where
+from etl.core.shared_settings import SHARED_WITH_WORKERS
 from etl.core.urls import mask_url
 from etl.inspect.history import run_lines, took_text
 from etl.inspect.tables import shown_error
@@ -141,21 +142,6 @@ def errors_command(run_id: str | None, limit: int, show_traceback: bool, as_json
                   markup=False)
         if show_traceback:
             out.print(mask_url(e.traceback), markup=False)
-
-
-#: Settings a worker reads from its own environment and files, never from the `etl run` that
-#: sent the work: sender and workers must agree on them. The reason is shown by `etl config`.
-SHARED_WITH_WORKERS = {
-    "broker_url": "the broker they take work from",
-    "queue": "the queue they consume",
-    "state_url": "checkpoints, dedup ledger and leases",
-    "objects_url": "raw and staged batches",
-    "results_url": "task records",
-    "s3_endpoint_url": "where s3:// objects are",
-    "lease_ttl": "how long a silent worker's lease lives",
-    "results_ttl": "how long task records are kept",
-    "demo_output": "where the demo pipeline writes (in the worker)",
-}
 
 
 #: Settings that are secrets as a whole: shown as *** when set, never their value.
