@@ -9,16 +9,13 @@ Nothing is written anywhere (the sink is only reached, not written to).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from etl.core.errors import USER_ERRORS
-from etl.core.extras import missing_extra
-from etl.core.urls import mask_url
+from etl.core.error_lines import describe_error
+from etl.sinks.base import Reachable
 
 #: Rows of the source the stages are tried on.
 SAMPLE_ROWS = 1000
@@ -39,21 +36,6 @@ class Check:
     @property
     def failed(self) -> bool:
         return self.state == FAIL
-
-
-def describe_error(exc: BaseException) -> str:
-    """An error as one line: the toolkit's own message as it is, anything else with its
-    type; a missing optional package as its `pip install` line; passwords masked."""
-    extra = missing_extra(exc)
-    if extra is not None and not isinstance(exc, USER_ERRORS):
-        text = str(extra)
-    elif isinstance(exc, USER_ERRORS):
-        text = str(exc)
-    else:
-        text = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}"
-    for cut in (", Topology Description:", " (configured timeouts:", " (Background on this error"):
-        text = text.split(cut)[0]
-    return " ".join(mask_url(text).split())
 
 
 def sample(pipeline: Any, *, rows: int = SAMPLE_ROWS) -> pd.DataFrame:
@@ -97,66 +79,17 @@ def check_key(pipeline: Any, raw: pd.DataFrame, cleaned: pd.DataFrame) -> Check:
 
 
 def check_sink(sink: Any) -> Check:
-    """The sink can be reached: its database answers, its folder can be written, its S3
-    bucket is there with the credentials at hand. Nothing is written."""
+    """The sink can be reached, when it is Reachable (etl.sinks.base): its database answers,
+    its folder can be written, its S3 bucket is there with the credentials at hand. Nothing
+    is written."""
+    if not isinstance(sink, Reachable):
+        return Check("sink", OK, f"{sink.describe()}: not checked ({type(sink).__name__} has "
+                                 "no reachability check)")
     try:
-        detail = _reach(sink)
+        detail = sink.reach()
     except Exception as exc:  # noqa: BLE001 - any failure to reach it is the answer
         return Check("sink", FAIL, f"{sink.describe()}: {describe_error(exc)}")
     return Check("sink", OK, f"{sink.describe()}: {detail}")
-
-
-def _reach(sink: Any) -> str:
-    kind = type(sink).__name__
-    if kind == "SqlSink":
-        from etl.sinks.sql_table import open_engine
-
-        engine = open_engine(sink.url)
-        try:
-            with engine.connect() as connection:
-                connection.exec_driver_sql("SELECT 1")
-        finally:
-            engine.dispose()
-        return "the database answers"
-    if kind == "MongoSink":
-        from etl.core.mongo_client import connect
-
-        client = sink._client or connect(sink._raw_url, timeout_ms=5000)
-        client.admin.command("ping")
-        return "the server answers"
-    if kind == "DeltaSink" and sink._s3:
-        return _bucket(sink.path, sink.options)
-    path = getattr(sink, "path", None)
-    if kind in ("ParquetSink", "DeltaSink") and path is not None:
-        return _writable(Path(str(path).removeprefix("file://")))
-    return f"not checked ({kind} has no reachability check)"
-
-
-def _writable(path: Path) -> str:
-    """The folder `path`, or its nearest existing parent, can be written by us."""
-    existing = path.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise PermissionError(f"{existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write in {existing}")
-    return "the folder is writable" if existing == path.absolute() else \
-        f"the folder can be made ({existing} is writable)"
-
-
-def _bucket(path: str, options: dict[str, str]) -> str:
-    """The S3 bucket of `path` answers a HEAD with the credentials delta-rs would use."""
-    import boto3
-
-    bucket = path.split("://", 1)[1].split("/", 1)[0]
-    client = boto3.client(
-        "s3", endpoint_url=options.get("AWS_ENDPOINT_URL") or None,
-        aws_access_key_id=options.get("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=options.get("AWS_SECRET_ACCESS_KEY"),
-        region_name=options.get("AWS_REGION"))
-    client.head_bucket(Bucket=bucket)
-    return f"bucket {bucket} answers"
 
 
 def check_pipeline(pipeline: Any, *, rows: int = SAMPLE_ROWS) -> list[Check]:

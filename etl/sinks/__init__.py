@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from etl.core.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from etl.sinks.base import BackfillAware, ParquetWriter, Sequenced, Sink
+    from etl.sinks.base import BackfillAware, ParquetWriter, Reachable, Sequenced, Sink
     from etl.sinks.delta import DeltaSink
     from etl.sinks.mongo import MongoSink
     from etl.sinks.parquet import ParquetSink
@@ -23,6 +23,7 @@ _EXPORTS = {
     "Sink": "etl.sinks.base",
     "BackfillAware": "etl.sinks.base",
     "ParquetWriter": "etl.sinks.base",
+    "Reachable": "etl.sinks.base",
     "Sequenced": "etl.sinks.base",
     "SEQ_COLUMN": "etl.sinks.base",
     "DeltaSink": "etl.sinks.delta",

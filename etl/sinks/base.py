@@ -8,6 +8,10 @@ runtime-checkable Protocols, so a sink written elsewhere that has the methods wi
 the classes is still recognised; a sink that names a class but does not define one of its
 methods raises NotImplementedError when that method is called.
 
+A sink that can be probed without writing anything is `Reachable`: `etl describe --check`
+and an embedded `etl run` (before any work) ask it whether its database answers, its folder
+can be written, its bucket is there.
+
 A sink that honours the pipeline's key is `Sequenced`: it has a write disposition
 ("append", "replace" or "merge") and takes every batch with SEQ_COLUMN, a text per row that
 orders all rows ever loaded by (run, shard, batch, row in the raw payload). A merge keeps,
@@ -149,5 +153,18 @@ class ParquetWriter(Protocol):
         raise NotImplementedError
 
 
-__all__ = ["BackfillAware", "DISPOSITIONS", "KeyAudit", "ParquetWriter", "SEQ_COLUMN", "SEQ_LENGTH",
-           "SEQ_ROW_DIGITS", "Sequenced", "SerialCommits", "Sink", "check_disposition", "make_seq"]
+@runtime_checkable
+class Reachable(Protocol):
+    """Can be probed before anything is written: the database answers with the credentials
+    given, the folder can be written, the bucket is there. A sink that cannot say is not
+    Reachable and is not probed."""
+
+    def reach(self) -> str:
+        """Probe the destination without writing anything; a short detail of what answered
+        ("the database answers", "the folder is writable"), or raise what went wrong."""
+        raise NotImplementedError
+
+
+__all__ = ["BackfillAware", "DISPOSITIONS", "KeyAudit", "ParquetWriter", "Reachable", "SEQ_COLUMN",
+           "SEQ_LENGTH", "SEQ_ROW_DIGITS", "Sequenced", "SerialCommits", "Sink", "check_disposition",
+           "make_seq"]

@@ -56,13 +56,14 @@ import os
 import random
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from etl.core.errors import BatchError
 from etl.core.faults import crash_point
 from etl.core.urls import mask_url
-from etl.sinks.base import (SEQ_COLUMN, BackfillAware, Sequenced, SerialCommits, Sink,
-                            check_disposition)
+from etl.sinks.base import (SEQ_COLUMN, BackfillAware, Reachable, Sequenced, SerialCommits,
+                            Sink, check_disposition)
 from etl.sinks.delta_arrow import (INSTALL_HINT, SEQ_LENGTH, conform, ident, load_deltalake,
                                    one_line, to_arrow, without_null_columns, writer_properties)
 from etl.sinks.delta_storage import check_path, resolve_options, storage_error, table_uri
@@ -92,7 +93,7 @@ class DeltaConflict(RuntimeError):
     retried later by the framework (on purpose not an EtlError, which would be permanent)."""
 
 
-class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits):
+class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits, Reachable):
     """A Delta Lake table, loaded exactly once per batch (see the module docstring).
 
     `path`: a local path (plain or `file://`) or `s3://bucket/prefix`. `key`: the columns a
@@ -182,6 +183,15 @@ class DeltaSink(Sink, BackfillAware, Sequenced, SerialCommits):
         if self._options is None:
             self._options = resolve_options(self.storage_options, s3=self._s3)
         return self._options
+
+    def reach(self) -> str:
+        """On S3, the bucket answers with the storage options and credentials delta-rs would
+        use; locally, the table's folder can be written. Nothing is written either way."""
+        from etl.sinks.reach import bucket_answers, writable_folder
+
+        if self._s3:
+            return bucket_answers(self.path, self.options())
+        return writable_folder(Path(self.uri))
 
     def _storage_error(self, exc: BaseException) -> BaseException:
         """A storage failure as what to raise (see delta_storage.storage_error)."""

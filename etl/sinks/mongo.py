@@ -21,7 +21,7 @@ import pandas as pd
 from etl.core.errors import BatchError
 from etl.core.mongo_client import connect, database_of
 from etl.core.urls import mask_url
-from etl.sinks.base import SEQ_COLUMN, Sequenced, Sink, check_disposition
+from etl.sinks.base import SEQ_COLUMN, Reachable, Sequenced, Sink, check_disposition
 
 #: MongoDB's duplicate-key error code.
 _DUPLICATE_KEY = 11000
@@ -58,7 +58,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class MongoSink(Sink, Sequenced):
+class MongoSink(Sink, Sequenced, Reachable):
     """A MongoDB collection merged by key (`mongodb://`, or `mongomock://host/db` for an
     in-process fake; `client=` injects one for tests). `key` defaults to the pipeline's."""
 
@@ -84,6 +84,20 @@ class MongoSink(Sink, Sequenced):
     def with_key(self, key: Sequence[str]) -> "MongoSink":
         return MongoSink(self._raw_url, collection=self.collection_name, key=list(key),
                          database=self.database, client=self._client, chunk=self.chunk)
+
+    def reach(self) -> str:
+        """The server answers a ping (the sink's own client, else a new one, closed after:
+        no connection is left to cross a fork). Nothing is written."""
+        from etl.sinks.reach import PROBE_TIMEOUT_S
+
+        client = self._client if self._client is not None else \
+            connect(self._raw_url, timeout_ms=PROBE_TIMEOUT_S * 1000)
+        try:
+            client.admin.command("ping")
+        finally:
+            if client is not self._client:
+                client.close()
+        return "the server answers"
 
     def _coll(self) -> Any:
         """The collection, connected and indexed on first use (so a pipeline definition

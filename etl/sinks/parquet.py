@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from etl.core.files import TEMP_PREFIX, atomic_write, orphaned
 from etl.core.names import PART_FILE, PART_GLOB, part_file_name
 from etl.core.errors import ConfigError
-from etl.sinks.base import BackfillAware, KeyAudit, ParquetWriter, Sink
+from etl.sinks.base import BackfillAware, KeyAudit, ParquetWriter, Reachable, Sink
 from etl.sinks.parquet_keys import keys_in_several, read_keys
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ DISPOSITIONS = ("replace", "append")
 _STALE_TEMP_SECONDS = 3600.0
 
 
-class ParquetSink(Sink, BackfillAware, ParquetWriter, KeyAudit):
+class ParquetSink(Sink, BackfillAware, ParquetWriter, KeyAudit, Reachable):
     """A local directory of Parquet files, one per batch (path plain or `file://`)."""
 
     def __init__(self, path: str, *, write_disposition: str = "replace") -> None:
@@ -58,6 +58,13 @@ class ParquetSink(Sink, BackfillAware, ParquetWriter, KeyAudit):
         """The same dataset, appended to: a backfill or a replay adds rows to the dataset
         and must not replace what other runs loaded."""
         return ParquetSink(str(self.path), write_disposition="append")
+
+    def reach(self) -> str:
+        """The dataset's folder (or the nearest parent it would be made in) can be written;
+        StoreUnwritable otherwise. Nothing is created."""
+        from etl.sinks.reach import writable_folder
+
+        return writable_folder(self.path)
 
     @staticmethod
     def file_name(run_id: str, shard: int, batch: int) -> str:

@@ -25,12 +25,14 @@ import logging
 import random
 import re
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from etl.core.errors import BatchError
 from etl.core.faults import crash_point
-from etl.core.urls import mask_url
-from etl.sinks.base import SEQ_COLUMN, SEQ_LENGTH, BackfillAware, Sequenced, Sink, check_disposition
+from etl.core.urls import mask_url, parse_url, scheme_of
+from etl.sinks.base import (SEQ_COLUMN, SEQ_LENGTH, BackfillAware, Reachable, Sequenced, Sink,
+                            check_disposition)
 from etl.sinks.sql_table import SqlTable
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ class _AlreadyLoaded(Exception):
     """The ledger's primary key refused the batch's row: another process loaded it."""
 
 
-class SqlSink(Sink, BackfillAware, Sequenced):
+class SqlSink(Sink, BackfillAware, Sequenced, Reachable):
     """A table at `url` (`postgresql://`, `mysql://`, `mariadb://`, `sqlite:///path`),
     loaded by batch transactions: "merge" (default) upserts on `key`, "append" adds every
     row, "replace" adds them and drops older runs' rows once the run is finished."""
@@ -105,6 +107,26 @@ class SqlSink(Sink, BackfillAware, Sequenced):
         appending = copy.copy(self)
         appending.write_disposition = "append"
         return appending
+
+    def reach(self) -> str:
+        """The database answers `SELECT 1` with the URL's credentials, on a connection of its
+        own (closed after, so none crosses a fork); a SQLite file is only checked to be
+        writable, as connecting would make it. Nothing is written."""
+        from etl.sinks.reach import PROBE_TIMEOUT_S, writable_file
+        from etl.sinks.sql_table import open_engine
+
+        if scheme_of(self.url).startswith("sqlite"):
+            database = parse_url(self.url).path
+            if database in ("", ":memory:"):
+                return "an in-memory database"
+            return writable_file(Path(database))
+        engine = open_engine(self.url, connect_timeout=PROBE_TIMEOUT_S)
+        try:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+        finally:
+            engine.dispose()
+        return "the database answers"
 
     def close(self) -> None:
         """Close this process's connections (opened again when the sink is next used)."""

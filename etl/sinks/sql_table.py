@@ -42,8 +42,10 @@ def driver_url(url: str) -> str:
     return with_sql_driver(url)
 
 
-def open_engine(url: str) -> Any:
-    """A SQLAlchemy engine for `url`; ConfigError (one line) without SQLAlchemy or driver."""
+def open_engine(url: str, *, connect_timeout: int | None = None) -> Any:
+    """A SQLAlchemy engine for `url`; ConfigError (one line) without SQLAlchemy or driver.
+    `connect_timeout`: seconds a new connection may take (PostgreSQL and MySQL drivers; a
+    probe sets it so a host that drops packets does not hold it for minutes)."""
     what = {"postgresql": "psycopg 3", "postgres": "psycopg 3", "mysql": "PyMySQL",
             "mariadb": "PyMySQL"}.get(scheme_of(url).split("+")[0], "SQLAlchemy")
     full = driver_url(url)
@@ -54,7 +56,9 @@ def open_engine(url: str) -> Any:
     if full.startswith(("mysql", "mariadb")) and "charset=" not in full:
         full += ("&" if "?" in full else "?") + "charset=utf8mb4"
     try:
-        engine = sa.create_engine(full, pool_pre_ping=True)
+        timeout = ({"connect_args": {"connect_timeout": connect_timeout}}
+                   if connect_timeout and not full.startswith("sqlite") else {})
+        engine = sa.create_engine(full, pool_pre_ping=True, **timeout)
     except ImportError:
         raise ConfigError(f"SqlSink needs {what}: {INSTALL}") from None
     except Exception as exc:  # noqa: BLE001 - a malformed URL
