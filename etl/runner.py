@@ -1,8 +1,9 @@
 """The runner: run a pipeline from Python, the one place a run's lifecycle lives.
 
-`etl.run(pipeline)` opens the run (or resumes the unfinished one, or finds it complete),
-notes a schema change, works it here (embedded broker) or sends it to RabbitMQ/Redis
-(distributed), finalizes it once and returns the summary numbers. `etl run`, `etl
+`etl.run(pipeline)` probes an embedded run's sink (`probe_sink`), opens the run (or resumes
+the unfinished one, or finds it complete), notes a schema change, works it here (embedded
+broker) or sends it to RabbitMQ/Redis (distributed), finalizes it once and returns the
+summary numbers. `etl run`, `etl
 backfill`, the benches, the tests and notebooks all call it; the CLI only adds options and
 printing. Example, in a notebook:
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 from etl.core.errors import ConfigError
-from etl.sinks.base import KeyAudit
+from etl.sinks.base import KeyAudit, Reachable
 
 if TYPE_CHECKING:
     from etl.core.config import Settings
@@ -141,7 +142,9 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
     derives from the window. With the embedded broker (the default) the work runs here in
     `processes` local processes; with RabbitMQ or Redis it is sent to `etl worker`s and,
     when `wait`, followed to its end. `progress` gets the checkpoints about 5 times a
-    second; `on_start` and `on_enqueued` say what was opened and sent.
+    second; `on_start` and `on_enqueued` say what was opened and sent. An embedded run
+    probes its sink before any work (`probe_sink`: SinkUnreachable, exit status 3 in the
+    CLI); a distributed one leaves that to the workers.
 
     A cancelled run (`cancel`) is taken up only with `resume` (else RunCancelled is raised);
     if it is cancelled while this call works, the work stops and `outcome.cancelled` is set.
@@ -151,6 +154,7 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
     directory (environment, etl.toml, setup.cfg); `stores` to those the settings name.
     """
     from etl.core.config import load_settings
+    from etl.core.shared_settings import SHARED_PARAM, recorded_settings
     from etl.pipeline import load_pipeline
     from etl.brokers import is_embedded
     from etl.stores import Stores
@@ -173,6 +177,10 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
     params: dict[str, Any] | None = None
     if window is not None:
         pipeline, run_id, params = _windowed(pipeline, window, run_id=run_id)
+    if distributed:  # a new run keeps what its workers must share with it (hashed, masked)
+        params = {**(params or {}), SHARED_PARAM: recorded_settings(conf)}
+    if not distributed:  # a distributed sender does not probe: see probe_sink
+        probe_sink(pipeline.sink)
     stores = stores or Stores.from_settings(conf)
     planner = distributed and stores.shared  # a worker creating the run opens the same stores
     return _Run(pipeline, spec=spec, settings=conf, stores=stores, distributed=distributed,
@@ -180,6 +188,34 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
         fresh=fresh, run_id=run_id, params=params, accept_schema=accept_schema, wait=wait,
         progress=progress, processes=processes, threads=threads, resume=resume,
         on_start=on_start, on_enqueued=on_enqueued)
+
+
+def probe_sink(sink: Any) -> None:
+    """Before an embedded run does any work: a Reachable sink (etl.sinks.base) is probed,
+    writing nothing, and a sink that cannot be reached or written ends the call with
+    SinkUnreachable, one line naming the sink (passwords masked) and the cause, instead of
+    every batch failing and being retried. A setup mistake the probe meets (a ConfigError, an
+    optional package not installed) is raised as it is.
+
+    A distributed run is not probed: the machine that sends the work may legitimately not
+    reach the sink (a laptop sending to workers inside the database's network); the
+    workers reach it, and retry a batch it refuses."""
+    from etl.core.error_lines import describe_error
+    from etl.core.errors import SinkUnreachable
+    from etl.core.extras import missing_extra
+
+    if not isinstance(sink, Reachable):
+        return
+    try:
+        detail = sink.reach()
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other failure to reach it is the answer
+        extra = missing_extra(exc)
+        if extra is not None:
+            raise extra from exc
+        raise SinkUnreachable(f"{sink.describe()}: {describe_error(exc)}") from exc
+    log.info("sink %s: %s", sink.describe(), detail)
 
 
 def _windowed(pipeline: "Pipeline", window: "tuple[str, str] | Mapping[str, str]", *,
@@ -465,5 +501,5 @@ def _schema_change(run: "RunRecord", pipeline: "Pipeline") -> str | None:
             f"{pipeline.schema_drift}")
 
 
-__all__ = ["Enqueued", "RunOutcome", "RunStart", "cancel", "default_processes", "purge", "replay",
-           "run"]
+__all__ = ["Enqueued", "RunOutcome", "RunStart", "cancel", "default_processes", "probe_sink", "purge",
+           "replay", "run"]

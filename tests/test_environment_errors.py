@@ -53,18 +53,16 @@ def _read_only(mount, target: Path) -> None:  # type: ignore[no-untyped-def]
         pytest.skip(f"cannot remount read-only: {result.stderr.strip()}")
 
 
-def test_a_read_only_output_dir_fails_each_batch_once_in_one_line(tmp_path: Path, mounted) -> None:  # type: ignore[no-untyped-def]
+def test_a_read_only_output_dir_is_one_line_exit_3_before_the_run(tmp_path: Path, mounted) -> None:  # type: ignore[no-untyped-def]
     # Given a pipeline whose Parquet sink directory is on a read-only file system
     _orders(tmp_path, rows=2000)
     _user_pipeline(tmp_path)
     _read_only(mounted, tmp_path / "out" / "orders")
-    # When it runs
+    # When it runs (embedded: the sink is probed before any work)
     result = etl(tmp_path, *RUN)
-    # Then the batches fail without retries or tracebacks, in a few lines, and it says so
-    _one_line(result, 1, "not complete")
-    assert "Read-only file system" in result.stderr
-    assert len(result.stderr.splitlines()) < 40, result.stderr
-    assert "will retry" not in result.stderr  # a refusing disk is not retried
+    # Then one line names the dataset and the refusal, exit 3, no run was started
+    _one_line(result, 3, "parquet dataset out/orders", "read-only file system")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
 def test_a_full_disk_under_the_state_store_is_one_line_exit_3(tmp_path: Path, mounted) -> None:  # type: ignore[no-untyped-def]

@@ -38,6 +38,12 @@ class SourceUnreachable(SourceError, ServiceUnreachable):
     password, unknown host)."""
 
 
+class SinkUnreachable(ServiceUnreachable):
+    """The sink cannot be reached or written before an embedded run starts (a database that
+    refuses the login or does not answer, a folder the machine refuses, a bucket that is not
+    there): one line naming the sink, instead of every batch failing and being retried."""
+
+
 class BatchError(EtlError):
     """One batch cannot be processed; the message names run, shard, batch and object key.
 
