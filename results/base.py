@@ -24,6 +24,11 @@ class ResultStore(Protocol):
     def store(self, job: JobResult, *, ttl: timedelta | None = None) -> JobResult:
         """Write the whole record (replacing any), expiring `ttl` from now (default a day)."""
 
+    def claim(self, job: JobResult, *, ttl: timedelta | None = None) -> bool:
+        """Write `job` as `store` does, but only if no live record of its id exists (an
+        expired one counts as absent and is replaced); True if it was written. Atomic: of
+        senders racing to claim one id, exactly one wins (enqueue_job's one job per id)."""
+
     def update_status(self, job_id: str, status: str, *, note: str | None = None,
                       **fields: Any) -> JobResult:
         """Move the job to `status` if the lifecycle allows it from its current status,

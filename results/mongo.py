@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Sequence
 
 from pymongo import ASCENDING, DESCENDING, ReplaceOne, ReturnDocument, UpdateOne
+from pymongo.errors import DuplicateKeyError
 
 from etl.core.mongo_client import connect, database_of
 from etl.core.urls import mask_url
@@ -60,6 +61,20 @@ class MongoResultStore:
         ready_to_store(job, ttl)
         self.jobs.replace_one({"job_id": job.job_id}, job.to_dict(), upsert=True)
         return job
+
+    def claim(self, job: JobResult, *, ttl: timedelta | None = None) -> bool:
+        """`store` if no live record of the id exists: an insert, which the unique index on
+        job_id lets only one racer make; a document found there is replaced only if it
+        expired (MongoDB's TTL monitor may not have removed it yet), by a replace filtered on
+        that (one document's write is atomic: a second racer's filter no longer matches)."""
+        ready_to_store(job, ttl)
+        try:
+            self.jobs.insert_one(job.to_dict())
+            return True
+        except DuplicateKeyError:
+            pass  # a record of this id is there: take its place only if it expired
+        return self.jobs.replace_one({"job_id": job.job_id, "expires_at": {"$lte": utcnow()}},
+                                     job.to_dict()).matched_count == 1
 
     def update_status(self, job_id: str, status: str, *, note: str | None = None,
                       **fields: Any) -> JobResult:

@@ -183,6 +183,24 @@ class RedisResultStore:
             pipe.execute()
         return jobs
 
+    def claim(self, job: JobResult, *, ttl: timedelta | None = None) -> bool:
+        """`store` if the job's hash does not exist (an expired record's hash is gone: its
+        key's TTL is the record's): the hash is WATCHed, and the same writes as `store`
+        (record, TTL, indexes) run in MULTI/EXEC only if no one wrote it meanwhile, so of
+        racers for one id exactly one's EXEC succeeds."""
+        key = self._job(job.job_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.exists(key):
+                    return False
+                pipe.multi()
+                self._queue_store(pipe, [job], ttl)
+                pipe.execute()
+            except redis.WatchError:
+                return False  # another claim (or write) of this id came first
+        return True
+
     def _queue_store(self, pipe: Any, jobs: list[JobResult], ttl: timedelta | None) -> None:
         """Queue on `pipe` the writes of whole records living `ttl`, and their index entries."""
         ttl = ttl or DEFAULT_TTL

@@ -128,6 +128,27 @@ class SqlResultStore:
             self._upsert(conn, [self._row(job)])
         return job
 
+    def claim(self, job: JobResult, *, ttl: timedelta | None = None) -> bool:
+        """`store` if no live record of the id exists. A plain INSERT, which the primary key
+        lets only one racer commit (the others wait for it, then fail with an IntegrityError);
+        a row found there is replaced only if it expired, by an UPDATE conditional on that
+        (a racer waiting on its row lock reads the winner's new expiry, and matches nothing).
+        Not a DELETE of the expired row then INSERT: on InnoDB the DELETE's gap locks make
+        two racers for a new id deadlock."""
+        ready_to_store(job, ttl)
+        row = self._row(job)
+        try:
+            with self._engines.get().begin() as conn:
+                conn.execute(self.table.insert(), [row])
+            return True
+        except sa.exc.IntegrityError:
+            pass  # a record of this id is there: take its place only if it expired
+        t = self.table
+        del row["job_id"]
+        with self._engines.get().begin() as conn:
+            return conn.execute(t.update().where(
+                t.c.job_id == job.job_id, t.c.expires_at <= time.time()).values(row)).rowcount == 1
+
     def update_status(self, job_id: str, status: str, *, note: str | None = None,
                       **fields: Any) -> JobResult:
         with self._engines.get().begin() as conn:

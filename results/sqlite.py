@@ -58,6 +58,16 @@ class SQLiteResultStore:
             conn.execute(f"INSERT OR REPLACE INTO {self.table} VALUES (?,?,?,?,?,?,?,?)", self._row(job))
         return job
 
+    def claim(self, job: JobResult, *, ttl: timedelta | None = None) -> bool:
+        """`store` if no live record of the id exists: an expired row is dropped and the
+        insert ignored on a live one, in one IMMEDIATE transaction (writers take turns)."""
+        ready_to_store(job, ttl)
+        with write(self._db) as conn:
+            conn.execute(f"DELETE FROM {self.table} WHERE job_id = ? AND expires_at <= ?",
+                         (job.job_id, self._live()))
+            return conn.execute(f"INSERT OR IGNORE INTO {self.table} VALUES (?,?,?,?,?,?,?,?)",
+                                self._row(job)).rowcount == 1
+
     def update_status(self, job_id: str, status: str, *, note: str | None = None,
                       **fields: Any) -> JobResult:
         with write(self._db) as conn:

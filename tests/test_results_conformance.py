@@ -403,3 +403,56 @@ def test_an_end_whose_start_was_lost_records_both(store: ResultStore) -> None:
     # And without the mark the lifecycle still refuses it
     store.write_many([NewRecord(_job("strict", status="queued"))])
     assert isinstance(store.write_many([StatusChange("strict", "completed")])[0], InvalidTransition)
+
+
+def test_claim_writes_a_record_only_where_none_is_live(store: ResultStore) -> None:
+    # Given a new id, claimed with a short time to live (and a password in its kwargs)
+    first = _job("claimed", status="queued", kwargs={"url": "postgresql://u:hunter2@db/x"})
+    assert store.claim(first, ttl=timedelta(milliseconds=400)) is True
+    # When it is claimed again while its record lives
+    second = _job("claimed", status="queued", function="other")
+    # Then the second claim is refused and the first record stays, written as store writes
+    assert store.claim(second) is False
+    job = store.get("claimed")
+    assert job is not None and job.function == "etl_load" and job.status == "queued"
+    assert "hunter2" not in str(job.kwargs) and [t.status for t in job.history] == ["queued"]
+    assert job.expires_at is not None and job.updated_at is not None
+    # And once that record expired, a claim takes its place
+    time.sleep(0.6)
+    assert store.claim(_job("claimed", function="third"), ttl=timedelta(hours=1)) is True
+    again = store.get("claimed")
+    assert again is not None and again.function == "third"
+    assert [j.job_id for j in store.list(run_id="run-1")] == ["claimed"]
+
+
+def test_racing_claims_of_one_new_id_give_exactly_one_winner(store: ResultStore) -> None:
+    # Given eight senders about to claim one new id at the same moment
+    # (mongomock is not thread-safe: the fixture takes its calls one at a time, so the test
+    # checks the store's claim there, and the race itself on SQLite, Redis, PostgreSQL,
+    # MariaDB and a real MongoDB server with ETL_TEST_MONGO_URL)
+    start = threading.Barrier(8)
+    won: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def claim(sender: int) -> None:
+        start.wait()
+        try:
+            claimed = store.claim(_job("contested", status="queued", worker_id=f"s{sender}"))
+        except BaseException as exc:  # noqa: BLE001 - a loser must lose, not fail (deadlock)
+            with lock:
+                errors.append(exc)
+            return
+        if claimed:
+            with lock:
+                won.append(sender)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # When they are done, Then exactly one claim won, none failed, the record is the winner's
+    assert errors == [] and len(won) == 1
+    job = store.get("contested")
+    assert job is not None and job.worker_id == f"s{won[0]}"
