@@ -3,6 +3,8 @@
 Workers rebuild a run's context from the state store alone (the run records which pipeline
 spec and which fitted plan it uses), so any process on any machine can work on any run.
 Contexts are cached per process: opening stores and importing pipelines happens once.
+A worker's cache also compares, once per run, the worker's own shared settings with those
+the run's sender recorded (etl.core.shared_settings), and warns of each that differs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 from etl.core.config import Settings, load_settings
 from etl.core.errors import ConfigError
+from etl.core.shared_settings import mismatches
 from etl.stores import Stores
 from etl.stores.objects import ObjectStore
 from etl.pipeline import DEFAULT_BATCH_ROWS, Pipeline, load_pipeline
@@ -67,10 +70,17 @@ class RunContext:
 
 
 class ContextCache:
-    """Per-process cache of RunContexts, built from settings when not registered."""
+    """Per-process cache of RunContexts, built from settings when not registered.
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    `check_shared_settings` (an `etl worker` process): the first time a run's context is
+    built, each shared setting that differs from the one the run's sender recorded is
+    logged, one WARNING per setting and run. Registered contexts (embedded mode, a sender's
+    own run) are never checked: they use the settings that created the run."""
+
+    def __init__(self, settings: Settings | None = None, *,
+                 check_shared_settings: bool = False) -> None:
         self._settings = settings
+        self._check_shared = check_shared_settings
         self._lock = threading.Lock()
         self._contexts: dict[str, RunContext] = {}
         self._state: StateStore | None = None
@@ -111,4 +121,15 @@ class ContextCache:
                                        state, objects)
             self._contexts[run_id] = context
             log.info("worker context for run %s: %s", run_id, context.plan.describe())
+            if self._check_shared:
+                self._warn_of_mismatches(context)
             return context
+
+    def _warn_of_mismatches(self, context: RunContext) -> None:
+        """One WARNING per shared setting this worker does not share with the run's sender.
+        A pipeline with a queue of its own travels on it whatever the `queue` setting says."""
+        skip = frozenset({"queue"}) if context.pipeline.queue else frozenset()
+        for found in mismatches(context.run.params, self.settings, skip=skip):
+            log.warning("run %s was sent with %s=%s but this worker has %s: workers read "
+                        "their own settings (`etl config` shows where each comes from)",
+                        context.run_id, found.name, found.sent, found.here)

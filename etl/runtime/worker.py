@@ -101,7 +101,7 @@ def run_worker(settings: Settings, options: WorkerOptions, *, stop: threading.Ev
     except BaseException:
         broker.close()
         raise
-    contexts = ContextCache(settings)
+    contexts = ContextCache(settings, check_shared_settings=True)
     state = open_state(settings.state_url)
     leases = LeaseKeeper(state, ttl=lease_ttl(settings))
     metrics = (_serve_metrics(broker, state, contexts, options.metrics_port, queues)
