@@ -52,6 +52,10 @@ _STOP = frozenset({JobStatus.ABORTING.value, JobStatus.ABORTED.value})
 #: The ends of a message a worker records (with the start they imply, if it was lost).
 _ENDS = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.TIMEOUT})
 
+#: Message option set by results.client.enqueue_job on a message whose record it claimed
+#: (wrote) itself before sending it: the recorder writes none (see before_enqueue).
+CLAIMED = "etl_claimed"
+
 #: Message option marking a message sent with a delay (see before_enqueue).
 _DELAYED = "etl_delayed"
 
@@ -81,6 +85,35 @@ def _take_report() -> tuple[Any, float | None]:
     value = getattr(_reported, "value", (None, None))
     _reported.value = (None, None)
     return value
+
+
+def queued_record(message: dramatiq.Message) -> JobResult:
+    """The record of a message just enqueued: pending then queued now, its actor, queue,
+    arguments and retry limit (an ETL step's run and stage too). What the recorder writes for
+    a new message, and what enqueue_job claims for a job id of its sender's."""
+    now = utcnow()
+    args = list(message.args)
+    etl = message.actor_name.startswith("etl_")
+    return JobResult(
+        job_id=message.message_id, function=message.actor_name, status=JobStatus.QUEUED.value,
+        queue=message.queue_name, run_id=args[0] if etl and args else None,
+        args=args, kwargs=dict(message.kwargs),
+        stage=message.actor_name.removeprefix("etl_") if etl else None,
+        max_retries=message.options.get("max_retries"), created_at=now, queued_at=now,
+        history=[Transition(JobStatus.PENDING.value, now), Transition(JobStatus.QUEUED.value, now)])
+
+
+def record_ttl(broker: dramatiq.Broker, message: dramatiq.Message,
+               default: timedelta | None) -> timedelta | None:
+    """How long the message's record lives: its own `results_ttl` option (seconds), its
+    actor's, else `default` (the recorder's; None: the store's default)."""
+    seconds = message.options.get("results_ttl")
+    if seconds is None:
+        try:
+            seconds = broker.get_actor(message.actor_name).options.get("results_ttl")
+        except Exception:  # noqa: BLE001 - an actor this broker does not know
+            seconds = None
+    return timedelta(seconds=float(seconds)) if seconds is not None else default
 
 
 class ResultRecorder(Middleware):
@@ -130,17 +163,6 @@ class ResultRecorder(Middleware):
         """Write every transition submitted so far; True once done (False: timed out)."""
         return self.writer.flush(timeout)
 
-    def _ttl_of(self, broker: dramatiq.Broker, message: dramatiq.Message) -> timedelta | None:
-        """How long the message's record lives: its own `results_ttl` option (seconds), its
-        actor's, else the recorder's."""
-        seconds = message.options.get("results_ttl")
-        if seconds is None:
-            try:
-                seconds = broker.get_actor(message.actor_name).options.get("results_ttl")
-            except Exception:  # noqa: BLE001 - an actor this broker does not know
-                seconds = None
-        return timedelta(seconds=float(seconds)) if seconds is not None else self.ttl
-
     def _move(self, what: str, job_id: str, status: JobStatus, note: str | None = None, *,
               urgent: bool = False, message: dramatiq.Message | None = None,
               **fields: Any) -> None:
@@ -171,9 +193,14 @@ class ResultRecorder(Middleware):
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int) -> None:
         """Submitted before the message is visible to workers, so in this process its
         "queued" is written before their "in_progress" (another process's writer waits for
-        a record to appear: results.writer). A re-enqueue by Retries is retrying -> queued."""
+        a record to appear: results.writer). A re-enqueue by Retries is retrying -> queued.
+        A message enqueue_job claimed a job id for (CLAIMED) has its record already, written
+        before it was sent: writing it again, a batch interval later, could overwrite what a
+        fast worker of another process recorded meanwhile, or bring back a record its sender
+        deleted when the send failed."""
         if not self._ours(message):
             return
+        claimed = message.options.pop(CLAIMED, None)
         retries = message.options.get("retries", 0)
         deferred = message.options.get("etl_deferred")
         if not delay and message.options.pop(_DELAYED, None):
@@ -196,17 +223,10 @@ class ResultRecorder(Middleware):
                        error=error or None, error_type=error_type or None, retry_count=retries)
             self._move("requeue", message.message_id, JobStatus.QUEUED, urgent=True)
             return
-        now = utcnow()
-        args = list(message.args)
-        etl = message.actor_name.startswith("etl_")
-        job = JobResult(
-            job_id=message.message_id, function=message.actor_name, status=JobStatus.QUEUED.value,
-            queue=message.queue_name, run_id=args[0] if etl and args else None,
-            args=args, kwargs=dict(message.kwargs),
-            stage=message.actor_name.removeprefix("etl_") if etl else None,
-            max_retries=message.options.get("max_retries"), created_at=now, queued_at=now,
-            history=[Transition(JobStatus.PENDING.value, now), Transition(JobStatus.QUEUED.value, now)])
-        self.writer.submit("store", NewRecord(job, self._ttl_of(broker, message)))
+        if claimed:
+            return  # its sender (results.client.enqueue_job) wrote this record already
+        self.writer.submit("store", NewRecord(queued_record(message),
+                                              record_ttl(broker, message, self.ttl)))
 
     def before_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
         if not self._ours(message):
