@@ -14,6 +14,7 @@ id seen once is known to the store at once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -23,8 +24,10 @@ import dramatiq
 from etl.core.errors import ConfigError
 from results.base import ResultStore
 from results.errors import InvalidTransition, JobNotFound, ResultNotFound
-from results.middleware import ABORTABLE, ResultRecorder
+from results.middleware import ABORTABLE, CLAIMED, ResultRecorder, queued_record, record_ttl
 from results.models import JobResult, JobStatus
+
+log = logging.getLogger(__name__)
 
 
 class JobFailed(ResultNotFound):
@@ -193,14 +196,13 @@ class ResultClient:
         (an aware datetime) delay it; `_queue_name` sends it to another queue (a worker
         must consume it); `_expires` (seconds or timedelta after it was due) skips it,
         recorded aborted, if it has not started by then; `_results_ttl` (seconds) is how
-        long its record is kept. The job can be aborted (Job.abort). The check for an
-        existing id and the send are two steps: two senders racing with one new id may
-        both send."""
+        long its record is kept. The job can be aborted (Job.abort). A `_job_id` is
+        claimed atomically (ResultStore.claim): the job's "queued" record is written before
+        it is sent, only if no live record of that id exists, so of senders racing with
+        one id exactly one sends; if the send fails, the record is deleted again."""
         actor = self._actor(actor_or_name)
         if _defer_by is not None and _defer_until is not None:
             raise ConfigError("give _defer_by or _defer_until, not both")
-        if _job_id is not None and self.store.get(_job_id) is not None:
-            return None
         delay = _millis(_defer_by)
         if _defer_until is not None:
             if _defer_until.tzinfo is None:
@@ -211,6 +213,8 @@ class ResultClient:
             options["max_age"] = (delay or 0) + max(1, _millis(_expires) or 0)
         if _results_ttl is not None:
             options["results_ttl"] = float(_results_ttl)
+        if _job_id is not None:
+            options[CLAIMED] = True  # its record is written here: the recorder writes none
         message = actor.message_with_options(args=args, kwargs=kwargs, **options)
         changes: dict[str, Any] = {}
         if _job_id is not None:
@@ -220,11 +224,30 @@ class ResultClient:
             actor.broker.declare_queue(_queue_name)
         if changes:
             message = message.copy(**changes)
-        message = actor.broker.enqueue(message, delay=delay or None)
-        for middleware in actor.broker.middleware:
-            if isinstance(middleware, ResultRecorder):
-                middleware.flush(timeout=5.0)  # its "queued" record is there on return
+        broker = actor.broker
+        recorders = [m for m in broker.middleware if isinstance(m, ResultRecorder)]
+        if _job_id is not None and not self.store.claim(
+                queued_record(message),
+                ttl=record_ttl(broker, message, recorders[0].ttl if recorders else None)):
+            return None  # a job with this id has a live record
+        try:
+            message = broker.enqueue(message, delay=delay or None)
+        except BaseException:
+            if _job_id is not None:
+                self._unclaim(_job_id)
+            raise
+        for recorder in recorders:
+            recorder.flush(timeout=5.0)  # its "queued" record is there on return
         return Job(message.message_id, self.store)
+
+    def _unclaim(self, job_id: str) -> None:
+        """Drop the record claimed for a job whose send failed, so the id is free again."""
+        try:
+            self.store.delete(job_id)
+        except Exception as exc:  # noqa: BLE001 - an outage: the send's error is what to raise
+            log.warning("result store %s: cannot delete the record of job %s, whose send "
+                        "failed (%s); the id stays taken until it expires",
+                        self.store.url, job_id, type(exc).__name__)
 
     async def enqueue_job_async(self, actor_or_name: dramatiq.Actor | str, *args: Any,
                                 **options: Any) -> Job | None:

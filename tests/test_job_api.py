@@ -138,6 +138,81 @@ def test_job_id_defer_and_expiry_options_never_reach_the_actor(store: ResultStor
             job.status()
 
 
+def test_senders_racing_with_one_new_job_id_send_it_once(store: ResultStore) -> None:
+    with _stub(store) as s:
+        # Given eight senders about to enqueue the same new job id at the same moment
+        start = threading.Barrier(8)
+        jobs: list[Any] = []
+        lock = threading.Lock()
+
+        def send() -> None:
+            start.wait()
+            job = s.client.enqueue_job(s.actors["add"], 1, 2, _job_id="only-once")
+            with lock:
+                jobs.append(job)
+
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # When they are done, Then exactly one got a Job, the others None
+        sent = [job for job in jobs if job is not None]
+        assert len(jobs) == 8 and len(sent) == 1 and sent[0].id == "only-once"
+        # And the actor ran once, its record has a single pending -> queued start
+        assert sent[0].result(timeout=30, poll_delay=0.02) == 3
+        assert s.calls == [("add", (1, 2), {})]
+        assert [t.status for t in sent[0].info().history] == [
+            "pending", "queued", "in_progress", "completed"]
+
+
+class _FastWorkerElsewhere(dramatiq.Middleware):
+    """Runs after the recorder's hooks: plays a fast worker of another process, that records
+    a message's start and end as soon as it is enqueued."""
+
+    def __init__(self, results: ResultStore) -> None:
+        self.results = results
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message, delay: int) -> None:
+        self.results.update_status(message.message_id, "in_progress", worker_id="elsewhere")
+        self.results.update_status(message.message_id, "completed", result=3)
+
+
+def test_a_claimed_job_id_is_recorded_by_its_sender_alone(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from results import open_results
+
+    results = open_results(f"sqlite:///{tmp_path}/results.db")
+    broker = StubBroker()
+    recorder = ResultRecorder(results, interval=0.5)  # its batches written late
+    broker.add_middleware(recorder)
+    broker.add_middleware(_FastWorkerElsewhere(results))
+    add = dramatiq.actor(lambda a, b: a + b, broker=broker, actor_name="add_claimed")
+    client = ResultClient(results, broker=broker)
+    try:
+        # Given a job id sent and done by a fast worker of another process before this
+        # process's recorder wrote anything
+        job = client.enqueue_job(add, 1, 2, _job_id="claimed-1")
+        # When the sender returns (its recorder flushed), Then the worker's end stands: the
+        # recorder wrote no second "queued" over it
+        assert job is not None and job.status() == "completed"
+        assert [t.status for t in job.info().history] == [
+            "pending", "queued", "in_progress", "completed"]
+        # And a send that fails (after the recorder saw it) frees its id again: the claimed
+        # record is deleted, and the recorder does not bring it back
+        def refuse(*args: Any, **kwargs: Any) -> None:
+            raise ConnectionError("broker went away")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(broker.queues["default"], "put", refuse)
+            with pytest.raises(ConnectionError):
+                client.enqueue_job(add, 1, 2, _job_id="claimed-2")
+        assert recorder.flush(timeout=5) and results.get("claimed-2") is None
+        retried = client.enqueue_job(add, 1, 2, _job_id="claimed-2")
+        assert retried is not None and retried.status() == "completed"
+    finally:
+        broker.close()
+
+
 def test_abort_a_queued_job_and_a_running_one(store: ResultStore) -> None:
     with _stub(store) as s:
         # Given a long job running and one deferred (queued, not started)
