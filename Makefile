@@ -28,8 +28,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/etl run --shards $(SHARDS)
 
+# Two passes: everything else on one pytest-xdist process per core (tests use their own
+# queues, Redis keys, tables and ports), then alone the tests marked exclusive (one stops
+# RabbitMQ, which would fail whatever runs beside it).
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto -m "not exclusive" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m exclusive $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: none selected
 
 # make bench BENCH_ARGS="--quick --only embedded,tenx": see bench/bench_all.py for sections
 BENCH_ARGS ?=

@@ -85,6 +85,7 @@ def _can_restart_rabbitmq() -> None:
         service_missing("rabbitmqctl", "the broker restart test stops and starts RabbitMQ with it")
 
 
+@pytest.mark.exclusive  # stops RabbitMQ: nothing else may run meanwhile (see Makefile test)
 def test_rabbitmq_stopped_and_started_mid_run_loses_nothing(
         cluster: Cluster, reference: pd.DataFrame) -> None:
     # Given two workers working the demo run on RabbitMQ
