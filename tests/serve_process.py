@@ -66,6 +66,16 @@ def pipeline():
                     sink=FlakySink(str(HERE / "out" / "servepipe")), key=["id"],
                     shards=HashShards(["id"], 4), batch_size=1000,
                     retry=RetryPolicy(max_retries=0))
+
+
+def unreachable():
+    """servepipe into a PostgreSQL table on a port that refuses (password in the URL)."""
+    import dataclasses
+
+    from etl.sinks import SqlSink
+
+    return dataclasses.replace(pipeline(), sink=SqlSink("postgresql://etl:%s@127.0.0.1:1/test" % "hunter2pw",
+                                        table="servepipe"))
 '''
 
 

@@ -117,6 +117,21 @@ def _failed_then_resumed(served: Served) -> None:
     assert len(ids) == len(set(ids)) == loaded
 
 
+def test_a_sink_that_refuses_the_connection_is_a_503_naming_it_masked(tmp_path: Path) -> None:
+    # Given a served pipeline whose SQL sink's port refuses, its URL holding a password
+    served = Served(tmp_path, project(tmp_path, allow="servepipe:unreachable"))
+    try:
+        # When it is started
+        answer = served.start({"pipeline": "servepipe:unreachable"})
+        # Then the start is refused as a service problem, naming the sink, password masked
+        assert answer.status_code == 503, answer.text
+        assert "postgresql://etl:***@127.0.0.1:1" in answer.text and SECRET not in answer.text
+        assert served.client.get("/api/v1/runs").json()["runs"] == []  # no run was opened
+    finally:
+        served.stop()
+        kill_children(tmp_path)
+
+
 @pytest.mark.parametrize("method,path,body,status,field", [
     ("POST", "/api/v1/task/start", {"pipeline": "nosuch"}, 422, "pipeline"),
     ("POST", "/api/v1/task/start", {"pipeline": "os:system"}, 403, "pipeline"),

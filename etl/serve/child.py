@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     outcome_dir = Path(request.pop("outcome_dir"))
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # the project's own pipeline modules, as `etl run`
-    from etl.core.errors import USER_ERRORS
+    from etl.core.errors import USER_ERRORS, ServiceUnreachable
     from etl.core.logs import setup_logging
     from etl.core.urls import mask_url
     from etl.runner import RunStart, run
@@ -52,6 +52,8 @@ def main(argv: list[str]) -> int:
     window = request.pop("window", None)
     try:
         outcome = run(request.pop("spec"), window=window, on_start=on_start, **request)
+    except ServiceUnreachable as exc:  # a source or sink that refuses us: not the caller's mistake
+        return _failed(said, "service", mask_url(str(exc)), EXIT_SERVICE)
     except USER_ERRORS as exc:
         return _failed(said, "user", mask_url(str(exc)), EXIT_USER)
     except Exception as exc:  # noqa: BLE001 - one line for the server, the traceback in the log
