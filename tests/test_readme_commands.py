@@ -10,8 +10,6 @@ in the Makefile. All in process with click's CliRunner, so the whole file takes 
 from __future__ import annotations
 
 import re
-import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -19,101 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from tests.readme import (FENCE, INLINE, PLACEHOLDER, README, ROOT, Command, blocks,
+                          readme_commands)
 
-ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text(encoding="utf-8")
 MAKEFILE = (ROOT / "Makefile").read_text(encoding="utf-8")
-
-FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```", re.S | re.M)
-#: An inline code span of the prose (fenced blocks removed first).
-INLINE = re.compile(r"`([^`\n]+)`")
-#: The `etl` program as a shell line calls it: `etl`, `.venv/bin/etl`, `/x/bin/etl`.
-ETL_PROGRAM = re.compile(r"^(?:etl|(?:.*/)?bin/etl)$")
-#: Words that stand for something the reader fills in, never a subcommand or an option.
-PLACEHOLDER = re.compile(r"^(?:\.\.\.|<.*>|[A-Z][A-Z0-9_]*)$")
-
-
-@dataclass(frozen=True)
-class Command:
-    """One `etl` invocation found in the README: its words after `etl`, and where."""
-
-    words: tuple[str, ...]
-    where: str
-
-    def __str__(self) -> str:
-        return f"etl {' '.join(self.words)}  ({self.where})"
-
-
-def _blocks(kinds: set[str]) -> list[tuple[int, str]]:
-    """(line number, text) of the fenced blocks whose info string is one of `kinds`."""
-    return [(README.count("\n", 0, m.start(2)) + 1, m.group(2))
-            for m in FENCE.finditer(README) if m.group(1) in kinds]
-
-
-def _strip_comment(line: str) -> str:
-    """The line without its shell comment (a `#` at the start or after a blank, outside
-    quotes)."""
-    quote = None
-    for i, ch in enumerate(line):
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i]
-    return line
-
-
-def _logical_lines(block: str, first: int) -> list[tuple[int, str]]:
-    """A shell block's lines with comments removed, an indented `[--option ...]` line
-    joined to the command above it (the README's way of listing optional options)."""
-    lines: list[tuple[int, str]] = []
-    for offset, raw in enumerate(block.splitlines()):
-        text = _strip_comment(raw).rstrip()
-        if not text.strip():
-            continue
-        if raw[:1].isspace() and text.strip().startswith("[") and lines:
-            number, before = lines[-1]
-            lines[-1] = (number, f"{before} {text.strip()}")
-        else:
-            lines.append((first + offset, text))
-    return lines
-
-
-def _etl_words(segment: str) -> tuple[str, ...] | None:
-    """The words after the `etl` program of one shell command, or None if it runs no `etl`."""
-    try:
-        words = shlex.split(segment)
-    except ValueError:  # an unbalanced quote: take it word by word
-        words = segment.split()
-    for i, word in enumerate(words):
-        if ETL_PROGRAM.match(word) and (i == 0 or words[i - 1] != "cd"):
-            return tuple(words[i + 1:])
-    return None
-
-
-def _segments(line: str) -> list[str]:
-    """A shell line's commands, split at `;`, `&&`, `||` and `|` outside quotes."""
-    return [part for part in re.split(r"\s*(?:;|&&|\|\||\|)\s*", line) if part.strip()]
-
-
-def readme_commands() -> list[Command]:
-    """Every `etl` command of the README's shell and cron blocks and inline code spans."""
-    found: list[Command] = []
-    for first, block in _blocks({"sh", "bash", "shell", "console", "cron", ""}):
-        for number, line in _logical_lines(block, first):
-            for segment in _segments(line):
-                words = _etl_words(segment)
-                if words is not None:
-                    found.append(Command(words, f"README.md line {number}"))
-    prose = FENCE.sub("", README)
-    for span in INLINE.findall(prose):
-        if span.startswith("etl "):
-            for segment in _segments(span):
-                words = _etl_words(segment)
-                if words is not None:
-                    found.append(Command(words, f"inline `{span}`"))
-    return found
 
 
 def _options(command: click.Command, ctx: click.Context) -> set[str]:
@@ -212,7 +119,7 @@ def test_a_renamed_option_would_fail_the_check() -> None:
     assert resolve(("dlq", "...", "--nope"))[1] == ["`etl dlq` has no option --nope"]
 
 
-PYTHON_BLOCKS = _blocks({"python", "py"})
+PYTHON_BLOCKS = blocks({"python", "py"})
 
 
 @pytest.mark.parametrize("line, code", PYTHON_BLOCKS, ids=[f"line {n}" for n, _ in PYTHON_BLOCKS])
@@ -229,7 +136,7 @@ def _make_targets() -> set[str]:
 
 def test_each_make_target_the_readme_names_exists() -> None:
     # Given the `make` commands of the README's code blocks and inline code
-    code = [text for _, text in _blocks({"sh", "bash", "shell", "console", ""})]
+    code = [text for _, text in blocks({"sh", "bash", "shell", "console", ""})]
     code += INLINE.findall(FENCE.sub("", README))
     # (comments included: `# or: make serve SERVE_ARGS=...`; a target is followed by the
     # end, a VAR= assignment or a closing quote, so English "make sure" is no target)
