@@ -266,3 +266,46 @@ def test_lines_not_in_the_files_encoding_replay_after_the_encoding_is_fixed(tmp_
     loaded = _loaded(tmp_path)
     assert dict(zip(loaded["id"].astype(int), loaded["name"])) == \
         {1: "café", 2: "plain", 3: "naïve"}
+
+
+def test_source_lines_left_out_of_a_first_replay_are_replayed_by_a_later_one(
+        tmp_path: Path) -> None:
+    # Given a run that quarantined a line at the source (a field too many) and a row at a
+    # stage (negative amount), as the README's quarantine walk-through has it
+    lines = ["id,name,amount", "1,a,5", "2,'b, c',7", "3,d,-9", "4,e,4"]
+    (tmp_path / "orders.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "orders.py").write_text(textwrap.dedent('''
+        from pathlib import Path
+
+        from etl import FileSource, ParquetSink, Pipeline
+        from shards import HashShards
+        from stages import DropRows
+
+        HERE = Path(__file__).parent
+
+
+        def _orders(stages, **options):
+            return Pipeline(name="orders", source=FileSource(str(HERE / "orders.csv"), **options),
+                            stages=stages, sink=ParquetSink(str(HERE / "out")), key=["id"],
+                            shards=HashShards(["id"], 2), batch_size=100)
+
+
+        strict = _orders([DropRows("amount < 0", reason="negative")])
+        refunds = _orders([])  # the stage fix
+        quoted = _orders([], quotechar="'")  # and the source option fix
+    '''))
+    run_id, totals = _run(tmp_path, "orders:strict")
+    assert (totals["rows_loaded"], totals["rows_quarantined"]) == (2, 2)
+    # When the stage fix is replayed first (source lines are not replayed by default)
+    first = etl(tmp_path, "quarantine", "replay", run_id, "-p", "orders:refunds")
+    assert first.returncode == 0, first.stderr
+    assert sorted(_loaded(tmp_path)["id"].astype(int)) == [1, 3, 4]
+    # Then the line it left out is still in quarantine, in the first replay's
+    [left] = _quarantined(tmp_path, f"{run_id}-replay1")
+    assert left["_stage"] == "source" and left[SOURCE_TEXT_COLUMN] == "2,'b, c',7"
+    # And when the source lines are replayed next, that line is read again and loaded
+    _replay(tmp_path, run_id, "orders:quoted")
+    loaded = _loaded(tmp_path)
+    assert sorted(loaded["id"].astype(int)) == [1, 2, 3, 4]
+    assert loaded.set_index(loaded["id"].astype(int)).loc[2, "name"] == "b, c"
+    assert _quarantined(tmp_path, f"{run_id}-replay2") == []

@@ -1,7 +1,8 @@
 """Re-driving quarantined rows after a fix, exactly once.
 
 A replay is a run of its own, `<run>-replay<g>`: generation 1 takes the rows the original
-run quarantined, generation g+1 the rows generation g quarantined again. Each quarantined
+run quarantined, generation g+1 the rows generation g quarantined again or left out (rows
+of a stage the replay was not asked for stay in its quarantine, carried as they were). Each quarantined
 row names its place in the raw payload (ROW_COLUMN), so the replay cleans the row as it was
 fetched, with the pipeline as it is now (fixed), and loads what passes under the replay's
 own run id. Per batch it records a pointer, counts clean and load exactly once through the
@@ -125,6 +126,7 @@ def replay(ctx: RunContext, original: RunRecord, *,
             rejected = None
         rows: list[int] = []
         lines: dict[int, tuple[str, int | None]] = {}  # ordinal -> (raw text, line number)
+        carried = None  # rows left out: kept in this generation's quarantine for the next
         if rejected is not None and len(rejected):
             chosen = rejected[rejected[STAGE_COLUMN].map(wanted)]
             known = (chosen[ROW_COLUMN].notna() if ROW_COLUMN in chosen.columns
@@ -133,14 +135,19 @@ def replay(ctx: RunContext, original: RunRecord, *,
                 lines = _unread_lines(chosen[known])
             rows = sorted(int(r) for r in chosen.loc[known, ROW_COLUMN])
             result.rows_skipped += len(rejected) - len(rows)
+            carried = rejected.drop(index=chosen.index[known.to_numpy()])
         digest = hashlib.sha256(repr(rows).encode()).hexdigest()
         state.record_fetch(RawPayload(run_id=run.run_id, shard=shard, batch=batch, key=source_key,
                                       bytes=0, sha256=digest, rows=len(rows), cursor_start=None,
                                       cursor_end=None), exhausted=False)
         clean, quarantined = (_clean(ctx, original, shard, batch, rows, lines) if rows
                               else (None, None))
-        if quarantined is not None and len(quarantined):
-            objects.put_bytes(quarantine_key(run.run_id, shard, batch), quarantine_bytes(quarantined))
+        kept = [f for f in (quarantined, carried) if f is not None and len(f)]
+        if kept:
+            # A row this generation left out (its stage not asked for) stays quarantined
+            # here, so a later `--stage source` or `--stage dedupe` replay still finds it.
+            objects.put_bytes(quarantine_key(run.run_id, shard, batch), quarantine_bytes(
+                kept[0] if len(kept) == 1 else pd.concat(kept, ignore_index=True)))
         cleaned = 0 if clean is None else len(clean)
         again = 0 if quarantined is None else len(quarantined)
         state.complete_stage(run.run_id, shard, batch, "clean",
