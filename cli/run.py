@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 pipeline_option = click.option(
     "-p", "--pipeline", "spec", metavar="MODULE:ATTR",
     help="Pipeline to run (package.module:attribute, imported from the current directory "
-         "as `python -m` does). Default: the `pipeline` setting, else the built-in demo.")
+         "as `python -m` does). Default: with --run-id of an existing run, that run's; else "
+         "the `pipeline` setting, else the built-in demo.")
 
 
 def _pipeline(spec: str | None, shards: int | None,
@@ -33,6 +34,25 @@ def _pipeline(spec: str | None, shards: int | None,
     if batch_size is not None:
         pipeline = dataclasses.replace(pipeline, batch_size=batch_size)
     return chosen, pipeline
+
+
+def _recorded(run_id: str) -> tuple[str | None, int | None]:
+    """The pipeline spec and shard count an existing run was made with, so `etl run
+    --run-id RUN` takes it up without repeating `-p` and `--shards` (None, None: no such
+    run, or one made from Python, whose pipeline cannot be imported by name)."""
+    from etl.stores import open_state
+
+    state = open_state(settings().state_url)
+    try:
+        run = state.get_run(run_id)
+    finally:
+        state.close()
+    if run is None:
+        return None, None
+    spec = run.params.get("pipeline_spec")
+    if not spec or str(spec).startswith("(python)"):
+        return None, run.shards
+    return str(spec), run.shards
 
 
 @click.command("run")
@@ -69,6 +89,9 @@ def run_command(ctx: click.Context, spec: str | None, shards: int | None, fresh:
     processes. With a RabbitMQ or Redis broker it is enqueued for `etl worker`s."""
     if fresh and run_id:
         raise click.UsageError("--fresh and --run-id exclude each other")
+    if run_id and (spec is None or shards is None):
+        recorded_spec, recorded_shards = _recorded(run_id)
+        spec, shards = spec or recorded_spec, shards or recorded_shards
     chosen, pipeline = _pipeline(spec, shards, batch_size)
     execute(ctx, pipeline, spec=chosen, fresh=fresh, run_id=run_id, processes=processes,
             threads=threads, wait=wait, accept_schema=accept_schema, progress=progress,

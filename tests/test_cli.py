@@ -218,3 +218,20 @@ def test_results_url_none_switches_recording_off(tmp_path: Path) -> None:
     listed = etl(tmp_path, "results", "list", env=off)
     assert listed.returncode == 2 and "results are not recorded here" in listed.stderr
     assert "Traceback" not in listed.stderr
+
+
+def test_run_id_takes_up_the_runs_own_pipeline_and_shards_without_p(tmp_path: Path) -> None:
+    # Given a run of a user's pipeline made with -p and --shards 5
+    _orders(tmp_path)
+    _user_pipeline(tmp_path)
+    first = etl(tmp_path, "run", "-p", "mypipes:orders", "--shards", "5", "--run-id", "orders-a",
+                "--no-progress")
+    assert first.returncode == 0, first.stderr
+    # When it is named again by its id alone, as the README's run control shows
+    again = etl(tmp_path, "run", "--run-id", "orders-a", "--no-progress")
+    # Then it is that run, of that pipeline and plan (not the demo's: exit 2 before)
+    assert again.returncode == 0, again.stderr
+    assert "orders-a" in again.stdout + again.stderr and "demo" not in again.stderr
+    # And another pipeline named with -p is still refused in one line
+    other = etl(tmp_path, "run", "-p", "demo", "--run-id", "orders-a", "--no-progress")
+    assert other.returncode == 2 and "belongs to pipeline orders" in other.stderr
