@@ -266,22 +266,18 @@ def parse_csv(raw: bytes, *, delimiter: str = ",", options: CsvOptions | None = 
     reads a CSV) say how the file is read."""
     options = options or CsvOptions(delimiter=delimiter)
     raw, offset = _prepared(raw, options)
-    rejected = 0
-
-    def note(row: pacsv.InvalidRow) -> str:
-        nonlocal rejected
-        rejected += 1
-        return "skip"
-
+    # No invalid_row_handler: a Python callback makes pyarrow parse on one thread (310 MB:
+    # 1.6-2.1 s with it, 0.9 s without, on 2 cores). A row of the wrong width raises
+    # instead, and the line-by-line parse below finds it, as a rejected row would have.
     try:
         table = pacsv.read_csv(io.BytesIO(raw), parse_options=pacsv.ParseOptions(
-            delimiter=options.delimiter, quote_char=options.quotechar or False,
-            invalid_row_handler=note), convert_options=_convert_options(options))
-    except pa.ArrowInvalid as exc:  # e.g. a later block that does not fit the inferred types
+            delimiter=options.delimiter, quote_char=options.quotechar or False),
+            convert_options=_convert_options(options))
+    except pa.ArrowInvalid as exc:  # a broken row, or a block that does not fit the types
         log.info("csv parse failed (%s); parsing line by line", exc)
     else:
         try:
-            if not rejected and _one_row_per_line(raw, table, options.quotechar):
+            if _one_row_per_line(raw, table, options.quotechar):
                 return table
         except UnicodeDecodeError:  # a column name that is not UTF-8: the header is broken
             pass
