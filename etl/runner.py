@@ -179,7 +179,7 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
         pipeline, run_id, params = _windowed(pipeline, window, run_id=run_id)
     if distributed:  # a new run keeps what its workers must share with it (hashed, masked)
         params = {**(params or {}), SHARED_PARAM: recorded_settings(conf)}
-    if not distributed:  # a distributed sender does not probe: see probe_sink
+    else:  # a distributed sender does not probe: see probe_sink
         probe_sink(pipeline.sink)
     stores = stores or Stores.from_settings(conf)
     planner = distributed and stores.shared  # a worker creating the run opens the same stores

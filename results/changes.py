@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 
 from etl.core.errors import EtlError
 from results.errors import InvalidTransition, JobNotFound
-from results.models import (FINISHED, TRANSITIONS, JobResult, JobStatus, Transition,
+from results.models import (TRANSITIONS, JobResult, JobStatus, Transition,
                             check_transition, stamp_fields, utcnow)
 
 #: Statuses a job has before a worker starts it (see StatusChange.catch_up).
@@ -173,11 +173,8 @@ def _settled_before(job: JobResult, change: StatusChange) -> bool:
     """`job`'s end was written by a settle (SETTLED_NOTE) and `change` is its worker's own
     late start or end."""
     last = job.history[-1] if job.history else None
-    return (last is not None and last.note == SETTLED_NOTE and job.status in _FINISHED
+    return (last is not None and last.note == SETTLED_NOTE and job.finished
             and (change.catch_up or change.status == JobStatus.IN_PROGRESS.value))
-
-
-_FINISHED = frozenset(s.value for s in FINISHED)
 
 
 def write_changes(store: Any, changes: Sequence[Change]) -> list[Outcome]:

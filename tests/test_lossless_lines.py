@@ -196,12 +196,9 @@ def test_csv_lines_the_source_rejected_replay_after_a_fixed_source_option(tmp_pa
     assert again["_reason"].startswith("line 1502: expected 3 fields, got 2")
 
 
-def test_a_source_line_rejected_by_a_stage_after_its_replay_replays_again(tmp_path: Path) -> None:
-    # Given a CSV whose line 3 has a field too many under the default quotechar, a fixed
-    # pipeline that reads it but whose stage rejects its negative amount, and a second fix
-    lines = ["id,name,amount", "1,a,5", "2,'b, c',-7", "3,d,9"]
-    (tmp_path / "orders.csv").write_text("\n".join(lines) + "\n")
-    (tmp_path / "orders.py").write_text(textwrap.dedent('''
+#: The head of a module of orders pipelines over orders.csv (2 hash shards, batches of 100):
+#: `_orders(stages, **source options)`; each test adds the pipelines it runs.
+STAGED_PIPELINES = textwrap.dedent('''
         from pathlib import Path
 
         from etl import FileSource, ParquetSink, Pipeline
@@ -215,8 +212,15 @@ def test_a_source_line_rejected_by_a_stage_after_its_replay_replays_again(tmp_pa
             return Pipeline(name="orders", source=FileSource(str(HERE / "orders.csv"), **options),
                             stages=stages, sink=ParquetSink(str(HERE / "out")), key=["id"],
                             shards=HashShards(["id"], 2), batch_size=100)
+''')
 
 
+def test_a_source_line_rejected_by_a_stage_after_its_replay_replays_again(tmp_path: Path) -> None:
+    # Given a CSV whose line 3 has a field too many under the default quotechar, a fixed
+    # pipeline that reads it but whose stage rejects its negative amount, and a second fix
+    lines = ["id,name,amount", "1,a,5", "2,'b, c',-7", "3,d,9"]
+    (tmp_path / "orders.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "orders.py").write_text(STAGED_PIPELINES + textwrap.dedent('''
         strict = _orders([DropRows("amount < 0", reason="negative")])
         quoted = _orders([DropRows("amount < 0", reason="negative")], quotechar="'")
         refunds = _orders([], quotechar="'")
@@ -274,22 +278,7 @@ def test_source_lines_left_out_of_a_first_replay_are_replayed_by_a_later_one(
     # stage (negative amount), as the README's quarantine walk-through has it
     lines = ["id,name,amount", "1,a,5", "2,'b, c',7", "3,d,-9", "4,e,4"]
     (tmp_path / "orders.csv").write_text("\n".join(lines) + "\n")
-    (tmp_path / "orders.py").write_text(textwrap.dedent('''
-        from pathlib import Path
-
-        from etl import FileSource, ParquetSink, Pipeline
-        from shards import HashShards
-        from stages import DropRows
-
-        HERE = Path(__file__).parent
-
-
-        def _orders(stages, **options):
-            return Pipeline(name="orders", source=FileSource(str(HERE / "orders.csv"), **options),
-                            stages=stages, sink=ParquetSink(str(HERE / "out")), key=["id"],
-                            shards=HashShards(["id"], 2), batch_size=100)
-
-
+    (tmp_path / "orders.py").write_text(STAGED_PIPELINES + textwrap.dedent('''
         strict = _orders([DropRows("amount < 0", reason="negative")])
         refunds = _orders([])  # the stage fix
         quoted = _orders([], quotechar="'")  # and the source option fix

@@ -8,7 +8,7 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -40,6 +40,15 @@ def _serialized(store: ResultStore) -> ResultStore:
     store.__class__ = Serialized
     return store
 
+
+
+def _at_once(work: Callable[[int], None], count: int) -> None:
+    """Run `work(0)` ... `work(count - 1)` on threads of their own at once; wait for all."""
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 @pytest.fixture(params=["sqlite", "redis", "mongo", "postgres", "mariadb"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultStore]:
@@ -188,11 +197,7 @@ def test_concurrent_writers_move_a_job_once(store: ResultStore) -> None:
         with lock:
             outcomes.append(result)
 
-    threads = [threading.Thread(target=start, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _at_once(start, 8)
     # Then exactly one wins and the history has one in_progress step
     assert sorted(outcomes) == ["lost"] * 7 + ["won"]
     assert [t.status for t in store.history("race")].count("in_progress") == 1
@@ -447,11 +452,7 @@ def test_racing_claims_of_one_new_id_give_exactly_one_winner(store: ResultStore)
             with lock:
                 won.append(sender)
 
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _at_once(claim, 8)
     # When they are done, Then exactly one claim won, none failed, the record is the winner's
     assert errors == [] and len(won) == 1
     job = store.get("contested")
