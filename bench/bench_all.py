@@ -759,6 +759,7 @@ PROFILE_TARGETS = [
     ("sha256 (source fingerprint, payloads)", "hashlib", "sha256"),
     ("source: sample columns to pandas", "etl.sources.files", "FileSource.sample"),
     ("source: order rows by shard", "etl.sources.files", "FileSource._shard_rows"),
+    ("source: gather rows by shard", "etl.sources.files", "ShardRows.gather"),
     ("shard plan: hash rows", "shards.hashing", "HashShards.assign"),
     ("shard plan: fit", "shards.hashing", "HashShards.fit"),
     ("open run: schema, plan, run rows", "etl.runtime.runs", "open_run"),

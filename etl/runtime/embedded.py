@@ -3,7 +3,9 @@
 The same actors as distributed mode. Each local worker process has an in-memory broker and
 worker threads, and owns a disjoint set of shards (shard % processes), so processes never
 contend for the same shard and pandas work uses every core despite the GIL. Processes are
-forked after the source is parsed and indexed, so they share it instead of re-reading it.
+forked after the source is parsed and its rows grouped by shard, so they share it instead of
+re-reading it; each then gathers the rows of its own shards (a ShardGrouped source), in
+parallel with the others.
 
 A cancelled run (etl.runtime.cancel) is seen by every process on its next poll: its
 steps are acked without work, the steps in hand finish, and the processes end.
@@ -15,6 +17,7 @@ and `find_pending` turns it back into exactly the messages still needed. That is
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 from multiprocessing.connection import wait
@@ -30,6 +33,7 @@ from etl.runtime.cancel import is_cancelled
 from etl.runtime.context import ContextCache, RunContext
 from etl.core.logs import summarize_floods
 from etl.core.processes import die_with_parent
+from etl.sources.base import ShardGrouped
 from etl.runtime.runs import Pending, ProgressCallback, WorkOutcome, all_loaded, find_pending
 from results.base import ResultStore
 
@@ -94,6 +98,9 @@ def _die_with_parent(parent: int) -> None:
 def _child(ctx: RunContext, pending: Pending, threads: int, results: ResultStore | None,
            parent: int) -> None:
     _die_with_parent(parent)
+    source = ctx.pipeline.source
+    if isinstance(source, ShardGrouped):  # this process's shards only, beside the others
+        source.prepare_shards(ctx.plan, {s for s, _ in pending.fetch + pending.clean + pending.load})
     dead = _work(ctx, pending, threads=threads, poll=0.5, on_progress=None, results=results)
     logging.shutdown()
     os._exit(min(dead, 125))
@@ -103,8 +110,9 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
                        poll: float, on_progress: ProgressCallback | None,
                        results: ResultStore | None) -> tuple[int, int]:
     """Fork the worker processes, wait for them; (dead letters, processes killed)."""
-    ctx.pipeline.source.prepare(ctx.plan)  # parse and index once, shared by every fork
+    ctx.pipeline.source.prepare(ctx.plan)  # parse and group once, shared by every fork
     fork = multiprocessing.get_context("fork")
+    gc.freeze()  # the children's collections skip what exists now: no copy-on-write of it
     children = []
     for index in range(processes):
         part = _only(pending, {s for s in range(ctx.plan.shards) if s % processes == index})
@@ -113,6 +121,7 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
                                  name=f"etl-worker-{index}")
             child.start()
             children.append(child)
+    gc.unfreeze()  # this process collects as before
     dead = killed = 0
     try:
         running = {child.sentinel: child for child in children}

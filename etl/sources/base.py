@@ -13,7 +13,7 @@ Nothing here imports pandas or pyarrow: the package can be imported without them
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Collection, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -157,6 +157,17 @@ class Reparsable(Protocol):
         raise NotImplementedError
 
 
+@runtime_checkable
+class ShardGrouped(Protocol):
+    """Readies its rows shard by shard: `prepare(plan)` groups every row by shard, then a
+    worker process that will read only some shards readies just those, so the processes of
+    an embedded run share that work instead of one doing it before they start."""
+
+    def prepare_shards(self, plan: ShardPlan, shards: Collection[int]) -> None:
+        """Make the batches of `shards` ready to read (after `prepare(plan)`)."""
+        raise NotImplementedError
+
+
 __all__ = ["SOURCE_COLUMNS", "SOURCE_ERROR_COLUMN", "SOURCE_LINE_COLUMN", "SOURCE_TEXT_COLUMN",
-           "Batch", "PlanChecked", "Recuttable", "Reparsable", "SchemaKinds", "Source",
+           "Batch", "PlanChecked", "Recuttable", "Reparsable", "SchemaKinds", "ShardGrouped", "Source",
            "WholeTable", "Windowed"]
