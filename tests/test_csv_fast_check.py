@@ -2,8 +2,9 @@
 
 `etl.sources.lines.parse_csv` accepts pyarrow's whole-file parse when every non-empty line
 after the header became one row and no row holds a line break. It settles that with a count
-of line ends (and no search of the values when the file holds no quote character), falling
-back to the exact per-line spans only when the count is not conclusive. These cases are the
+of line ends, falling back to the exact per-line spans only when the count is not
+conclusive; a file holding no quote character needs neither (each line is a row, or the
+parse raised on a row's width). These cases are the
 edges of that shortcut: CRLF and lone-CR line ends, empty lines, a quoted field holding a
 line break, no final line end, a byte-order mark, bytes that are not UTF-8. In each the
 cheap verdict must equal the exact one, and the table must hold the same rows as the slow
@@ -119,8 +120,8 @@ def test_a_conclusive_count_needs_no_line_spans(name: str, accepted: bool,
 
 def test_empty_lines_fall_back_to_the_exact_spans_and_are_accepted(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given a CSV with empty lines between its rows
-    raw = CASES["empty crlf lines"]
+    # Given a CSV with a quoted value and empty lines between its rows
+    raw = b'id,v\r\n\r\n1,"a"\r\n\r\n2,b\r\n'
     table, _ = _pyarrow_parse(raw)
     calls = []
     exact = lines._line_spans
@@ -141,3 +142,21 @@ def test_a_quoted_line_break_becomes_an_error_row_not_a_lost_line() -> None:
     rows = table.to_pylist()
     assert len(rows) == 3
     assert [r["id"] for r in rows if r[SOURCE_ERROR_COLUMN] is None] == [2]
+
+
+def test_a_file_without_quotes_is_accepted_without_counting_its_lines(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a quote-free CSV with empty lines and mixed line ends, parsed whole by pyarrow
+    raw = b"id,v\r\n\r\n1,a\n\n2,b\r3,c"
+    table, _ = _pyarrow_parse(raw)
+
+    def no_count(raw: bytes) -> None:
+        raise AssertionError("a quote-free file needs no count of its lines")
+
+    monkeypatch.setattr(lines, "_line_count", no_count)
+    monkeypatch.setattr(lines, "_line_spans", no_count)
+    # When the parse is checked
+    verdict = lines._one_row_per_line(raw, table)
+    # Then it is accepted, and the table holds every non-empty line after the header
+    assert verdict is True
+    assert table.column("v").to_pylist() == ["a", "b", "c"]
