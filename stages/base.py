@@ -175,7 +175,7 @@ def run_stages(frame: pd.DataFrame, stages: Sequence[Stage]) -> CleanResult:
         result = stage.apply(frame)
         frame = result.kept
         out = result.rejected if result.rejected is not None and len(result.rejected) else None
-        if lineage:
+        if lineage and not (out is None and (frame.index is before or frame.index.equals(before))):
             labels = frame.index if out is None else frame.index.append(out.index)
             lineage = labels.is_unique and bool(labels.isin(before).all())
         if out is not None:
