@@ -34,6 +34,7 @@ import dramatiq
 from etl.runtime.actors import declare_actors
 from etl.brokers import broker_module, is_embedded, open_broker, queues_of
 from etl.brokers.base import Queues
+from etl.core.arrow_pool import use_jemalloc
 from etl.core.config import Settings
 from etl.runtime.context import ContextCache
 from etl.runtime.planning import declare_planner
@@ -94,6 +95,7 @@ def require_broker(settings: Settings) -> None:
 def run_worker(settings: Settings, options: WorkerOptions, *, stop: threading.Event) -> None:
     """Run one Dramatiq worker in this process until `stop` is set."""
     require_broker(settings)
+    use_jemalloc()  # before any source is parsed: etl.core.arrow_pool says why
     queues = options.queues_of(settings)
     broker = open_broker(settings.broker_url)
     try:

@@ -1,0 +1,78 @@
+"""Arrow's memory pool: a run allocates through jemalloc unless the user named a pool.
+
+Each case is a fresh interpreter (the pool is process-wide and chosen once), with
+ARROW_DEFAULT_MEMORY_POOL set or unset as the case says.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+try:
+    pa.jemalloc_memory_pool()
+    HAS_JEMALLOC = True
+except NotImplementedError:
+    HAS_JEMALLOC = False
+
+needs_jemalloc = pytest.mark.skipif(not HAS_JEMALLOC, reason="this pyarrow has no jemalloc")
+
+
+def _pool_after(code: str, *, cwd: Path, pool: str | None = None) -> str:
+    """The backend of Arrow's default pool printed by `code`'s last line, in a new process."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("ETL_") and k != "ARROW_DEFAULT_MEMORY_POOL"}
+    env["PYTHONPATH"] = f"{cwd}{os.pathsep}{ROOT}"
+    if pool is not None:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = pool
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env,
+                          text=True, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+@needs_jemalloc
+def test_a_run_allocates_through_jemalloc(tmp_path: Path) -> None:
+    # Given a small CSV pipeline, in a process that named no Arrow pool
+    (tmp_path / "orders.csv").write_text(
+        "order_id,sku\n" + "".join(f"{i},s{i % 5}\n" for i in range(200)))
+    (tmp_path / "mypipes.py").write_text(textwrap.dedent("""
+        from etl import FileSource, ParquetSink, Pipeline
+        from shards import HashShards
+
+        orders = Pipeline(name="orders", source=FileSource("orders.csv"), stages=[],
+                          sink=ParquetSink("out/orders"), key=["order_id"],
+                          shards=HashShards(["order_id"], 2))
+    """))
+    # When it runs to its end through etl.run
+    backend = _pool_after("""
+        import pyarrow as pa
+        import etl
+        outcome = etl.run("mypipes:orders", fresh=True, processes=1)
+        assert outcome.completed and outcome.rows_loaded == 200, outcome
+        print(pa.default_memory_pool().backend_name)
+    """, cwd=tmp_path)
+    # Then its Arrow allocations went through jemalloc
+    assert backend == "jemalloc"
+
+
+@pytest.mark.parametrize("named", ["system", "mimalloc"])
+def test_a_pool_the_user_named_is_kept(tmp_path: Path, named: str) -> None:
+    # Given ARROW_DEFAULT_MEMORY_POOL naming a pool
+    # When the toolkit chooses its pool
+    backend = _pool_after("""
+        import pyarrow as pa
+        from etl.core.arrow_pool import use_jemalloc
+        use_jemalloc()
+        print(pa.default_memory_pool().backend_name)
+    """, cwd=tmp_path, pool=named)
+    # Then that pool stays
+    assert backend == named
