@@ -6,7 +6,7 @@ from typing import Any
 
 from shards.base import ShardPlan
 from shards.hashing import HashShards, stable_hash
-from shards.order import rows_by_shard
+from shards.order import assign_rows, rows_by_shard
 from shards.range import RangeShards
 
 
@@ -23,5 +23,5 @@ def plan_from_dict(data: dict[str, Any]) -> ShardPlan:
     raise ValueError(f"unknown shard plan kind {kind!r}; known: hash, range")
 
 
-__all__ = ["HashShards", "RangeShards", "ShardPlan", "plan_from_dict", "rows_by_shard",
-           "stable_hash"]
+__all__ = ["HashShards", "RangeShards", "ShardPlan", "assign_rows", "plan_from_dict",
+           "rows_by_shard", "stable_hash"]

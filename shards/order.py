@@ -3,12 +3,24 @@
 A source that holds all its rows (a file) assigns each row its shard once, then reads shard
 s as one contiguous run of row ordinals, in file order. Shard numbers are small, so they are
 sorted as 16-bit integers, for which numpy's stable sort is a radix sort: ~10x faster than
-sorting them as int64, with the same result (a stable sort has one answer).
+sorting them as int64, with the same result (a stable sort has one answer). A large
+source is assigned in row ranges on threads (`assign_rows`): a row's shard depends on that
+row alone, and the hashing loops of numpy and pandas run without the GIL.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+import os
+
 import numpy as np
+import pandas as pd
+
+from shards.base import ShardPlan
+
+#: Rows per thread below which `assign_rows` assigns in the calling thread alone (a thread
+#: costs more than it saves on less: the demo's 336,776 rows hash in ~30 ms).
+ROWS_PER_THREAD = 500_000
 
 #: Plans with at most this many shards sort their shard numbers as uint16.
 _RADIX_SHARDS = 1 << 16
@@ -25,4 +37,17 @@ def rows_by_shard(assigned: np.ndarray, shards: int) -> tuple[np.ndarray, np.nda
     return order, starts
 
 
-__all__ = ["rows_by_shard"]
+def assign_rows(plan: ShardPlan, keys: pd.DataFrame) -> np.ndarray:
+    """`plan.assign(keys)`, in row ranges on up to one thread per core for a large frame
+    (3.4M keys of the 10x demo: ~0.3 s -> ~0.16 s on 2 cores). The same numbers either way:
+    a plan assigns each row by its own values."""
+    parts = min(os.cpu_count() or 1, len(keys) // ROWS_PER_THREAD)
+    if parts < 2:
+        return plan.assign(keys)
+    edges = np.linspace(0, len(keys), parts + 1).astype(int)
+    with ThreadPoolExecutor(parts, thread_name_prefix="etl-shard-assign") as pool:
+        done = pool.map(lambda a, b: plan.assign(keys.iloc[a:b]), edges[:-1], edges[1:])
+        return np.concatenate(list(done))
+
+
+__all__ = ["assign_rows", "rows_by_shard"]

@@ -106,3 +106,33 @@ def test_gathering_some_shards_first_reads_the_same_rows(assigned: list[int], fi
     read = {s: grouped.slice(s, 0, len(grouped.rows(s)))["v"].to_pylist() for s in range(5)}
     # Then each shard holds exactly its rows, in file order, whichever were gathered first
     assert read == {s: [i for i, a in enumerate(assigned) if a == s] for s in range(5)}
+
+
+@pytest.mark.parametrize("threads", [2, 3, 7])
+def test_assigning_in_row_ranges_on_threads_gives_every_row_its_shard(
+        monkeypatch: pytest.MonkeyPatch, threads: int) -> None:
+    # Given keys of several kinds (text with nulls and repeats, integers, times) and plans
+    # over them, and a split into row ranges from 2 rows per thread on `threads` cores
+    import pandas as pd
+
+    from shards import RangeShards, assign_rows
+    import shards.order
+
+    rng = np.random.default_rng(7)
+    rows = 2_001
+    keys = pd.DataFrame({
+        "code": pd.array([None if i % 97 == 0 else f"c{i % 13}" for i in range(rows)],
+                         dtype="string"),
+        "number": rng.integers(-10**6, 10**6, rows),
+        "at": pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(
+            rng.integers(0, 10**6, rows), unit="s"),
+    })
+    plans = [HashShards(["code", "number"], 20), HashShards(["at"], 7),
+             RangeShards("number", 5).fit(keys)]
+    monkeypatch.setattr(shards.order, "ROWS_PER_THREAD", 2)
+    monkeypatch.setattr(shards.order.os, "cpu_count", lambda: threads)
+    for plan in plans:
+        # When the rows are assigned in ranges on threads
+        split = assign_rows(plan, keys)
+        # Then every row has the shard the plan gives it in one piece
+        assert split.tolist() == plan.assign(keys).tolist(), plan.describe()

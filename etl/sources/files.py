@@ -49,7 +49,7 @@ from etl.sources.base import (SOURCE_COLUMNS, Batch, Recuttable, Reparsable, Sha
 from etl.sources.lines import (DEFAULT_NULL_VALUES, MIXED_TYPES, CsvOptions, JsonOptions,
                                parse_csv, parse_jsonl, reparse_lines)
 from etl.sources.windows import Window
-from shards import ShardPlan, rows_by_shard
+from shards import ShardPlan, assign_rows, rows_by_shard
 
 log = logging.getLogger(__name__)
 
@@ -472,7 +472,7 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
     def _order_by_shard(self, plan: ShardPlan) -> ShardRows:
         keys = self.sample(list(getattr(plan, "columns", None) or []) or
                            self.table().column_names)
-        order, starts = rows_by_shard(plan.assign(keys), plan.shards)
+        order, starts = rows_by_shard(assign_rows(plan, keys), plan.shards)
         return ShardRows(self.table(), order, starts)
 
     def prepare(self, plan: ShardPlan) -> None:
