@@ -131,6 +131,18 @@ class WholeTable(Protocol):
 
 
 @runtime_checkable
+class ParsesAhead(Protocol):
+    """Can begin parsing in the background before it is asked for its rows: a run that
+    opens here reads the source's fingerprint first (a hash of its bytes, which decides
+    whether the run is new) and parses it next; begun together, the hash overlaps the
+    parse instead of preceding it."""
+
+    def parse_ahead(self) -> None:
+        """Begin parsing, if not parsed or begun already; the rows are asked for as usual."""
+        raise NotImplementedError
+
+
+@runtime_checkable
 class Recuttable(Protocol):
     """Gives the same rows for the same cursor range for as long as its fingerprint is
     unchanged (a file, whose fingerprint is its content hash). A fetched batch of such a
@@ -169,5 +181,5 @@ class ShardGrouped(Protocol):
 
 
 __all__ = ["SOURCE_COLUMNS", "SOURCE_ERROR_COLUMN", "SOURCE_LINE_COLUMN", "SOURCE_TEXT_COLUMN",
-           "Batch", "PlanChecked", "Recuttable", "Reparsable", "SchemaKinds", "ShardGrouped", "Source",
-           "WholeTable", "Windowed"]
+           "Batch", "ParsesAhead", "PlanChecked", "Recuttable", "Reparsable", "SchemaKinds",
+           "ShardGrouped", "Source", "WholeTable", "Windowed"]

