@@ -257,13 +257,14 @@ class _Run:
         """open_run; a new run of a followed distributed run is created by a worker, where
         its source is parsed anyway (etl.runtime.planning)."""
         from etl.runtime.planning import plan_on_worker, plans_remotely
-        from etl.runtime.runs import open_run
+        from etl.runtime.runs import open_run, parse_needed
         from etl.sources.base import ParsesAhead
 
         window = bool(params and "window" in params)
         if not (self.worker_plans and wait and plans_remotely(self.pipeline, self.spec, window=window)):
-            if isinstance(self.pipeline.source, ParsesAhead):  # its hash overlaps its parse
-                self.pipeline.source.parse_ahead()
+            if isinstance(self.pipeline.source, ParsesAhead) and parse_needed(
+                    self.stores.state, self.pipeline, fresh=fresh, run_id=run_id):
+                self.pipeline.source.parse_ahead()  # its fingerprint's hash overlaps the parse
             return open_run(self.stores.state, self.pipeline, spec=self.spec, fresh=fresh,
                             run_id=run_id, params=params, accept_schema=accept_schema)
         from etl.runtime.distributed import Sender

@@ -100,3 +100,50 @@ def test_a_process_that_never_asks_for_the_rows_ends_cleanly(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert len(done.stdout.strip()) == 64
+
+
+def test_a_run_parses_ahead_only_when_it_will_parse(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a CSV pipeline on its own stores, and a record of the sources told to parse ahead
+    import etl
+    from etl.pipeline import Pipeline
+    from etl.sinks.parquet import ParquetSink
+    from etl.stores import Stores
+    from etl.stores.objects import open_objects
+    from etl.stores.state import open_state
+    from shards import HashShards
+
+    path = tmp_path / "orders.csv"
+    _write(path, 2_000)
+    told: list[str] = []
+    parse_ahead = FileSource.parse_ahead
+
+    def recorded(self: FileSource) -> None:
+        told.append(self.path)
+        parse_ahead(self)
+
+    monkeypatch.setattr(FileSource, "parse_ahead", recorded)
+    stores = Stores(open_state(f"sqlite:///{tmp_path}/state.db"),
+                    open_objects(f"file://{tmp_path}/objects"))
+    pipeline = Pipeline(name="orders", source=FileSource(str(path)),
+                        sink=ParquetSink(str(tmp_path / "sink")), key=["id"],
+                        shards=HashShards(["id"], 3))
+
+    def run(**options: object) -> "etl.RunOutcome":
+        return etl.run(pipeline, spec="tests:unused", stores=stores, processes=1, **options)
+
+    # When it runs for the first time (no run yet: a new run parses)
+    first = run()
+    # Then its source was parsed ahead, and the run loaded every row
+    assert first.completed and first.rows_loaded == 2_000
+    assert told == [str(path)]
+    # When it runs again over the same file (complete: only the fingerprint is read)
+    again = run()
+    # Then nothing was parsed ahead, and nothing loaded
+    assert again.completed and again.loaded_now == 0
+    assert told == [str(path)]
+    # When a fresh run is asked for
+    fresh = run(fresh=True)
+    # Then the parse is begun ahead again
+    assert fresh.completed and fresh.rows_loaded == 2_000
+    assert told == [str(path)] * 2

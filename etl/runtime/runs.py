@@ -110,6 +110,19 @@ def existing_run(state: StateStore, pipeline: Pipeline, *, fresh: bool = False,
     return None, changed, run
 
 
+def parse_needed(state: StateStore, pipeline: Pipeline, *, fresh: bool = False,
+                 run_id: str | None = None) -> bool:
+    """Whether opening a run of `pipeline` parses its source whatever its fingerprint says:
+    a fresh run, a new run id, or a run to take up that is not completed. False when the
+    run found may be complete over the same data (a cron job finding nothing new), where
+    only the fingerprint is read, so that a parse begun ahead would be wasted."""
+    if fresh:
+        return True
+    run = (state.get_run(run_id) if run_id else
+           state.latest_run(pipeline.name, pipeline.shards.describe(), unfinished=False))
+    return run is None or run.status != RunStatus.COMPLETED
+
+
 def definition_change(run: RunRecord, pipeline: Pipeline) -> str | None:
     """Which parts of the pipeline's definition (stages, sink, key, schema) differ from
     those `run` was created with; None when they agree or the run recorded none."""
