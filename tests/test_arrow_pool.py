@@ -76,3 +76,22 @@ def test_a_pool_the_user_named_is_kept(tmp_path: Path, named: str) -> None:
     """, cwd=tmp_path, pool=named)
     # Then that pool stays
     assert backend == named
+
+
+@needs_jemalloc
+def test_a_worker_chooses_the_pool_before_it_serves(tmp_path: Path) -> None:
+    # Given `etl worker`'s entry (serve) with a broker URL, its worker loop replaced by a
+    # probe of Arrow's pool (the pool must be chosen before a --preload parse or a fork)
+    # When it starts
+    backend = _pool_after("""
+        import pyarrow as pa
+        import etl.runtime.worker as worker
+        from etl.core.config import load_settings
+
+        worker.run_worker = lambda settings, options, stop: print(
+            pa.default_memory_pool().backend_name)
+        settings = load_settings(env={"ETL_BROKER_URL": "redis://127.0.0.1:6379/15"})
+        worker.serve(settings, worker.WorkerOptions(), processes=1)
+    """, cwd=tmp_path)
+    # Then Arrow allocates through jemalloc before any work
+    assert backend == "jemalloc"

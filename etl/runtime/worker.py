@@ -201,6 +201,7 @@ def _child(settings: Settings, options: WorkerOptions, parent: int) -> None:
 def serve(settings: Settings, options: WorkerOptions, *, processes: int = 1) -> None:
     """Run `processes` worker processes until SIGTERM/SIGINT; restart any that dies."""
     require_broker(settings)  # before any process is forked
+    use_jemalloc()  # before a preload parses, and inherited by the forked workers
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
