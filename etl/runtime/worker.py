@@ -95,7 +95,6 @@ def require_broker(settings: Settings) -> None:
 def run_worker(settings: Settings, options: WorkerOptions, *, stop: threading.Event) -> None:
     """Run one Dramatiq worker in this process until `stop` is set."""
     require_broker(settings)
-    use_jemalloc()  # before any source is parsed: etl.core.arrow_pool says why
     queues = options.queues_of(settings)
     broker = open_broker(settings.broker_url)
     try:
@@ -201,7 +200,7 @@ def _child(settings: Settings, options: WorkerOptions, parent: int) -> None:
 def serve(settings: Settings, options: WorkerOptions, *, processes: int = 1) -> None:
     """Run `processes` worker processes until SIGTERM/SIGINT; restart any that dies."""
     require_broker(settings)  # before any process is forked
-    use_jemalloc()  # before a preload parses, and inherited by the forked workers
+    use_jemalloc()  # before a preload parses; the forked workers inherit it (etl.core.arrow_pool)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
