@@ -85,14 +85,10 @@ def existing_run(state: StateStore, pipeline: Pipeline, *, fresh: bool = False,
     when a new run is due; what changed in the pipeline since the run it looked at; that
     run). Reads the source's fingerprint, never its rows."""
     plan_name = pipeline.shards.describe()
-    run = None
-    if run_id:
-        run = state.get_run(run_id)
-        if run is not None and (run.pipeline != pipeline.name or run.plan != plan_name):
-            raise ConfigError(f"run {run_id} belongs to pipeline {run.pipeline} with plan "
-                              f"{run.plan}, not {pipeline.name} with {plan_name}")
-    elif not fresh:
-        run = state.latest_run(pipeline.name, plan_name, unfinished=False)
+    run = _run_to_consider(state, pipeline, fresh=fresh, run_id=run_id)
+    if run_id and run is not None and (run.pipeline != pipeline.name or run.plan != plan_name):
+        raise ConfigError(f"run {run_id} belongs to pipeline {run.pipeline} with plan "
+                          f"{run.plan}, not {pipeline.name} with {plan_name}")
     changed: str | None = None
     if run is not None:
         recorded = run.params.get("source_fingerprint")
@@ -110,16 +106,24 @@ def existing_run(state: StateStore, pipeline: Pipeline, *, fresh: bool = False,
     return None, changed, run
 
 
+def _run_to_consider(state: StateStore, pipeline: Pipeline, *, fresh: bool,
+                     run_id: str | None) -> RunRecord | None:
+    """The run `existing_run` weighs taking up: the one named, else (unless `fresh`) the
+    newest of this pipeline and plan, whatever its status."""
+    if run_id:
+        return state.get_run(run_id)
+    if fresh:
+        return None
+    return state.latest_run(pipeline.name, pipeline.shards.describe(), unfinished=False)
+
+
 def parse_needed(state: StateStore, pipeline: Pipeline, *, fresh: bool = False,
                  run_id: str | None = None) -> bool:
     """Whether opening a run of `pipeline` parses its source whatever its fingerprint says:
     a fresh run, a new run id, or a run to take up that is not completed. False when the
     run found may be complete over the same data (a cron job finding nothing new), where
     only the fingerprint is read, so that a parse begun ahead would be wasted."""
-    if fresh:
-        return True
-    run = (state.get_run(run_id) if run_id else
-           state.latest_run(pipeline.name, pipeline.shards.describe(), unfinished=False))
+    run = _run_to_consider(state, pipeline, fresh=fresh, run_id=run_id)
     return run is None or run.status != RunStatus.COMPLETED
 
 
