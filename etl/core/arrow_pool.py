@@ -1,12 +1,12 @@
 """Arrow's memory pool for the toolkit's processes: jemalloc where pyarrow has it.
 
 pyarrow's wheels default to mimalloc on Linux. Every run allocates its parsed source, its
-gathered shards and its batches fresh; mimalloc asks the kernel for them in large pages,
-and on a machine whose kernel compacts memory to find such pages (transparent huge pages
-in `madvise` mode, the common default) that first touch cost 2-4 s of system time on the
-10x demo, varying from run to run. jemalloc, also bundled with pyarrow, maps ordinary
-pages: the same run measured 5.1-5.8 s wall instead of 6.1-7.8 s (bench/tenx.py file,
-`etl run`, 4 alternated rounds), the parse alone 1.0-1.2 s instead of 1.1-2.7 s.
+gathered shards and its batches fresh. On a 2-core machine with transparent huge pages in
+`madvise` mode, mimalloc took that memory with a tenth of jemalloc's page faults (large
+pages, most likely) yet spent 0.4-3.6 s of system time on the same 10x-demo parse, varying
+from run to run; jemalloc, also bundled with pyarrow, spent 0.5-0.7 s. Whole `etl run` on
+the 10x demo (bench/tenx.py, 4 alternated rounds): 5.1-5.8 s wall with jemalloc, 6.1-7.8 s
+with mimalloc; the parse alone 1.0-1.2 s instead of 1.1-2.7 s.
 
 `ARROW_DEFAULT_MEMORY_POOL` (Arrow's own setting: jemalloc, mimalloc or system), when set,
 is the user's choice and is left alone. Forked worker processes inherit the pool.
