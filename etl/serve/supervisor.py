@@ -36,6 +36,10 @@ OPEN_TIMEOUT_S = 300.0
 #: How long a start waits for the child of a run that is over to close down.
 ENDING_WAIT_S = 60.0
 
+#: How long a result waits for the child of a completed run to write its outcome (the run
+#: is marked completed before the child has checked the sink's keys and timed the run).
+OUTCOME_WAIT_S = 30.0
+
 
 class StartRefused(EtlError):
     """A start the server cannot take: `status` is the HTTP status to answer with."""
@@ -117,7 +121,12 @@ class Supervisor:
         return self.home / "outcomes"
 
     def outcome(self, run_id: str) -> dict[str, Any] | None:
-        """What the child that worked `run_id` said at its end, if a child of a server did."""
+        """What the child that worked `run_id` said at its end, if a child of a server did.
+        A child of this server still closing down the run is waited for (OUTCOME_WAIT_S),
+        so a result read as soon as the run completed is the one every later read gets."""
+        child = self.child(run_id)
+        if child is not None and not child.distributed:
+            child.wait(OUTCOME_WAIT_S)
         try:
             return json.loads((self.outcomes / f"{run_id}.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
