@@ -60,6 +60,12 @@ def test_how_pandas_stores_nulls_and_whole_numbers_is_not_drift() -> None:
     real = pd.DataFrame({"n": [1.5, None], "flag": ["yes", None], "price": [3, 4]})
     assert compare(real, expected).changed == {"n": ("integer", "float"),
                                                "flag": ("boolean", "string")}
+    # And the same holds for pandas' nullable floats, and for a column of nulls only
+    nullable = pd.DataFrame({"n": pd.array([2.0, None], dtype="Float64"), "flag": [None, None],
+                             "price": [3, 4]})
+    assert not compare(nullable, expected), compare(nullable, expected).describe()
+    fraction = nullable.assign(n=pd.array([2.25, None], dtype="Float64"))
+    assert compare(fraction, expected).changed == {"n": ("integer", "float")}
 
 
 def test_nulls_in_integer_and_boolean_columns_pass_a_frozen_schema(tmp_path: Path) -> None:
