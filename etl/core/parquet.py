@@ -22,7 +22,11 @@ _MIXED = frozenset({"mixed", "mixed-integer", "date", "datetime"})
 def to_parquet_bytes(frame: pd.DataFrame | pa.Table) -> bytes:
     """`frame` (pandas or Arrow) as Parquet file bytes. An object column mixing kinds of
     values raises (pyarrow cannot type it): pass such frames through `stringify_mixed`."""
-    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    # One thread: above 100 rows per column pyarrow converts columns on a Python thread
+    # pool, which for a batch costs more than it saves (a 17,000-row demo batch: 2.15 ->
+    # 0.99 ms CPU, 1.85 -> 0.93 ms wall); workers and processes are the parallelism.
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(
+        frame, preserve_index=False, nthreads=1)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="snappy")
     return sink.getvalue().to_pybytes()
