@@ -38,7 +38,7 @@ def _to_integer(values: pd.Series, dtype: Any) -> pd.Series:
     if pd.api.types.is_integer_dtype(numbers):
         ints = numbers.to_numpy(dtype=np.dtype(getattr(numbers.dtype, "numpy_dtype", numbers.dtype)),
                                 na_value=0)
-        ok = (ints >= info.min) & (ints <= info.max) & numbers.notna().to_numpy()
+        ok = (ints >= info.min) & (ints <= info.max) & ~_nulls(numbers)
         out = np.where(ok, ints, 0).astype(target)
     else:
         floats = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -108,10 +108,16 @@ def convert(values: pd.Series, dtype: Any, column: str = "") -> pd.Series:
         raise StageError(f"Cast: cannot cast column {column!r} to {dtype}: {exc}") from exc
 
 
+def _nulls(values: pd.Series) -> np.ndarray:
+    """Where `values` is null, as a numpy mask: the array's own test, without the Series
+    that Series.isna() builds (a cast checks every column of every batch)."""
+    return np.asarray(values.array.isna(), dtype=bool)
+
+
 def failed(original: pd.Series, result: pd.Series, dtype: Any) -> np.ndarray:
     """Rows where `convert` lost a present value: it became null, or (float targets) a finite
     number became infinite (1e300 as float32)."""
-    bad = (original.notna() & result.isna()).to_numpy()
+    bad = ~_nulls(original) & _nulls(result)
     if pd.api.types.is_float_dtype(dtype):
         before = _numbers(original).to_numpy(dtype=np.float64, na_value=np.nan)
         after = result.to_numpy(dtype=np.float64, na_value=np.nan)
