@@ -752,7 +752,7 @@ class Profiler:
 #: (label, module, attribute path): looked up by name at run time; missing ones skipped.
 PROFILE_TARGETS = [
     ("source: read file", "etl.sources.files", "FileSource._read_bytes"),
-    ("source: unzip", "etl.sources.files", "_decompress"),
+    ("source: unzip", "etl.sources.files", "decompress"),
     ("source: parse CSV", "etl.sources.files", "FileSource._parse"),
     ("source: parse CSV", "etl.sources.files", "parse_csv"),
     ("source: table (cache, window)", "etl.sources.files", "FileSource.table"),

@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import atexit
 import codecs
-import gzip
 import hashlib
 import io
 import json
 import logging
 import threading
-import zipfile
-import zlib
 from pathlib import Path
 from collections import OrderedDict
 from concurrent.futures import Future
@@ -46,6 +43,7 @@ import pyarrow.parquet as pq
 
 from etl.core.errors import ConfigError, ObjectNotFound, SourceError
 from etl.core.urls import mask_url
+from etl.sources.archives import decompress
 from etl.sources.base import (SOURCE_COLUMNS, Batch, ParsesAhead, Recuttable, Reparsable,
                               ShardGrouped, Source, WholeTable, Windowed)
 from etl.sources.lines import (DEFAULT_NULL_VALUES, MIXED_TYPES, CsvOptions, JsonOptions,
@@ -70,38 +68,6 @@ def _guess_format(name: str) -> str:
     if lower.endswith((".parquet", ".pq")):
         return "parquet"
     raise ConfigError(f"cannot tell the format of {name!r}; pass format= one of {', '.join(FORMATS)}")
-
-
-def _decompress(name: str, data: bytes) -> bytes:
-    """The file inside a .gz or single-member .zip (other names: `data` as it is). A broken
-    archive is a SourceError naming the file, never a traceback."""
-    lower = name.lower()
-    shown = mask_url(name)
-    if lower.endswith(".gz"):
-        try:
-            return gzip.decompress(data)
-        except EOFError:
-            raise SourceError(f"cannot read source {shown}: the gzip file is truncated "
-                              "(it ends before its end-of-stream marker)") from None
-        except (OSError, zlib.error) as exc:
-            raise SourceError(f"cannot read source {shown}: not a gzip file, or a corrupt one "
-                              f"({exc})") from None
-    if lower.endswith(".zip"):
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                members = [m for m in archive.namelist() if not m.endswith("/")]
-                if len(members) != 1:
-                    raise SourceError(f"{shown}: a zip source must hold exactly one file, "
-                                      f"found {len(members)}")
-                return archive.read(members[0])
-        except zipfile.BadZipFile as exc:
-            problem = ("not a zip file" if "not a zip file" in str(exc).lower()
-                       else f"a corrupt zip file ({exc})")
-            raise SourceError(f"cannot read source {shown}: {problem}") from None
-        except (OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as exc:
-            # truncated members, encrypted members, unsupported compression methods
-            raise SourceError(f"cannot read source {shown}: cannot unpack the zip file ({exc})") from None
-    return data
 
 
 class ParsedCache:
@@ -392,7 +358,7 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
             raise SourceError(f"cannot read source file {local}: {exc}") from exc
 
     def _parse(self, data: bytes) -> pa.Table:
-        raw = _decompress(self.path, data) if self.format != "parquet" else data
+        raw = decompress(self.path, data) if self.format != "parquet" else data
         try:
             if isinstance(self.options, CsvOptions):
                 table = parse_csv(raw, options=self.options)
