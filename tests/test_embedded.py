@@ -49,6 +49,21 @@ class Poison:
         return StageResult(kept=frame)
 
 
+@dataclass
+class MixTypes:
+    """Test stage: gives the batch holding id `at` a column of numbers and text together."""
+
+    at: int
+    name: str = "mix_types"
+
+    def apply(self, frame: pd.DataFrame) -> StageResult:
+        if (frame["id"] == self.at).any():
+            mixed = pd.Series([1 if i % 2 else "one" for i in range(len(frame))],
+                              index=frame.index, dtype=object)
+            return StageResult(kept=frame.assign(mixed=mixed))
+        return StageResult(kept=frame)
+
+
 def _pipeline(tmp_path: Path, rows: int = 5000, **changes) -> Pipeline:  # type: ignore[no-untyped-def]
     source = tmp_path / "src.parquet"
     if not source.exists():
@@ -161,6 +176,28 @@ def test_poison_batch_fails_alone_and_is_logged_then_resume_finishes(tmp_path: P
     # Then the run completes with every row loaded once
     assert resumed.completed
     assert sorted(fixed.sink.read_all()["id"].tolist()) == list(range(5000))
+
+
+@pytest.mark.parametrize("sink", ["parquet", "sql"])
+def test_a_batch_arrow_cannot_type_fails_its_clean_whatever_the_sink(tmp_path: Path,
+                                                                       sink: str) -> None:
+    # Given a stage that leaves one batch with a column of numbers and text together, and a
+    # sink that takes Parquet files or one that takes frames (no Parquet is written for it)
+    from etl.sinks.sql import SqlSink
+
+    target = (ParquetSink(str(tmp_path / "sink")) if sink == "parquet"
+              else SqlSink(f"sqlite:///{tmp_path}/sink.db", table="t", key=["id"]))
+    pipeline = _pipeline(tmp_path, stages=[MixTypes(1234)], sink=target)
+    stores = _stores(tmp_path)
+    # When the run is worked
+    result = _run(stores, pipeline)
+    # Then that batch fails in its clean, saying why and what to do, and loads nothing
+    assert not result.completed and result.dead_letters == 1
+    [error] = stores.state.list_errors(result.run_id)
+    assert error.stage == "clean" and "a column mixes types" in error.message
+    assert "CastSchema" in error.message
+    loaded = set(target.read_all()["id"].tolist())
+    assert 1234 not in loaded and len(loaded) < 5000
 
 
 def test_transient_failure_is_retried_and_succeeds(tmp_path: Path) -> None:

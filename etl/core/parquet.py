@@ -32,6 +32,12 @@ def to_parquet_bytes(frame: pd.DataFrame | pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def arrow_checked(frame: pd.DataFrame) -> None:
+    """Raise as `to_parquet_bytes` would for a frame Arrow cannot type (an object column
+    mixing kinds of values), without writing it: for a batch handed on as a frame."""
+    pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
+
+
 def from_parquet_bytes(data: bytes) -> pd.DataFrame:
     """The DataFrame stored in Parquet file bytes (read without copying the buffer)."""
     return pq.read_table(pa.BufferReader(data)).to_pandas()
