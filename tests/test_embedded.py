@@ -241,3 +241,22 @@ def test_embedded_run_on_the_mongo_state_store(tmp_path: Path, mongo_client, mon
     assert sum(c.rows_loaded + c.rows_quarantined for c in cps) == 5000
     assert state.get_run(first.run_id).status == "completed"  # type: ignore[union-attr]
     mongo_client.drop_database(mongo_db_name)
+
+
+def test_shards_are_shared_out_by_their_rows() -> None:
+    # Given the demo's 20 shard sizes (rows) and two processes
+    from etl.runtime.embedded import share_out
+
+    sizes = [14670, 17954, 16959, 18335, 16923, 17745, 15367, 16746, 18977, 15509, 14927,
+             17066, 14427, 17519, 17370, 16343, 16333, 19770, 18096, 15740]
+    # When they are shared out
+    owned = share_out(range(20), 2, sizes)
+    # Then every shard has one owner, and the rows differ by less than the smallest shard
+    assert sorted(s for part in owned for s in part) == list(range(20))
+    loads = [sum(sizes[s] for s in part) for part in owned]
+    assert abs(loads[0] - loads[1]) < min(sizes), loads
+    # (shard % 2 gave 164,049 and 172,727)
+    assert abs(loads[0] - loads[1]) < abs(sum(sizes[0::2]) - sum(sizes[1::2]))
+    # And only the shards asked for are shared; without sizes, by shard number
+    assert share_out({3, 4, 7}, 2, sizes) == [{3}, {4, 7}]  # 18,335 | 16,923 + 16,746
+    assert share_out({3, 4, 7}, 2) == [{4}, {3, 7}]

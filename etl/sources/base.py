@@ -179,6 +179,11 @@ class ShardGrouped(Protocol):
         """Make the batches of `shards` ready to read (after `prepare(plan)`)."""
         raise NotImplementedError
 
+    def shard_sizes(self, plan: ShardPlan) -> list[int]:
+        """Rows per shard of `plan` (after `prepare(plan)`): how an embedded run shares the
+        shards out among its processes."""
+        raise NotImplementedError
+
 
 __all__ = ["SOURCE_COLUMNS", "SOURCE_ERROR_COLUMN", "SOURCE_LINE_COLUMN", "SOURCE_TEXT_COLUMN",
            "Batch", "ParsesAhead", "PlanChecked", "Recuttable", "Reparsable", "SchemaKinds",

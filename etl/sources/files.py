@@ -483,6 +483,10 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
         """Gather the rows of `shards`, the shards this process will read."""
         self._shard_rows(plan).gather(shards)
 
+    def shard_sizes(self, plan: ShardPlan) -> list[int]:
+        """Rows per shard (the grouping is made once per process and plan)."""
+        return np.diff(self._shard_rows(plan).starts).astype(int).tolist()
+
     def read_batch(self, plan: ShardPlan, shard: int, *, after: Any, limit: int) -> Batch:
         if not 0 <= shard < plan.shards:
             raise SourceError(f"shard {shard} out of range 0..{plan.shards - 1}")
