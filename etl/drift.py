@@ -23,7 +23,6 @@ own line is at INFO (-v).
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -44,26 +43,9 @@ _ALIASES = {"int": "integer", "int64": "integer", "int32": "integer", "Int64": "
             "str": "string", "object": "string", "timestamp": "datetime", "date32": "date"}
 
 
-#: Kinds of the dtypes seen so far: every batch's columns are judged, and pandas' dtype
-#: tests cost ~40 us a column (~0.7 ms a batch of 20 columns) where a lookup costs nothing.
-_KIND_OF: dict[Any, str] = {}
-
-
 def kind_of_dtype(dtype: Any) -> str:
     """The coarse kind of a pandas dtype: what drift is judged on (int32 vs int64 is not
     drift; int vs string is)."""
-    if isinstance(dtype, pd.CategoricalDtype):  # its kind is its categories': not cached
-        return _kind(dtype)
-    try:
-        return _KIND_OF[dtype]
-    except KeyError:
-        kind = _KIND_OF[dtype] = _kind(dtype)
-        return kind
-    except TypeError:  # an unhashable dtype: judged each time
-        return _kind(dtype)
-
-
-def _kind(dtype: Any) -> str:
     if pdt.is_bool_dtype(dtype):
         return "boolean"
     if pdt.is_integer_dtype(dtype):
@@ -102,7 +84,6 @@ def source_schema(source: Any) -> dict[str, str] | None:
             if not field.name.startswith("_")}
 
 
-@functools.lru_cache(maxsize=256)
 def normalise_kind(name: str) -> str:
     """A declared type as a kind: a kind itself, or a pandas / Arrow dtype name."""
     if name in KINDS:

@@ -168,9 +168,8 @@ def clean(ctx: RunContext, shard: int, batch: int, *,
         assert staged is not None
         ctx.objects.put_bytes(staged_key(ctx.run_id, shard, batch), staged)
     else:  # the load follows in this process; elsewhere it cleans the raw rows again
-        held = None if encoded else clean_rows
-        weight = (len(staged) if staged is not None else 0) + (
-            0 if held is None else int(held.memory_usage().sum()))
+        held = None if encoded else clean_rows  # bytes for a Parquet sink, else the frame
+        weight = len(staged) if staged is not None else int(clean_rows.memory_usage().sum())
         cleaned.put(staged_key(ctx.run_id, shard, batch), ctx.run_id, (staged, held), rows=weight)
     if len(quarantined):
         ctx.objects.put_bytes(quarantine_key(ctx.run_id, shard, batch), quarantine_bytes(quarantined))
@@ -279,8 +278,8 @@ def _check_schema(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame,
 
 def _staged(ctx: RunContext, shard: int, batch: int,
             key: str) -> tuple[bytes | None, pd.DataFrame | None]:
-    """A cleaned batch: its Parquet bytes, or its frame when this process cleaned it for a
-    sink that takes frames (then no bytes), or both. A run that keeps no staged copies hands
+    """A cleaned batch: its Parquet bytes, or (bytes None) its frame when this process
+    cleaned it for a sink that takes frames. A run that keeps no staged copies hands
     the batch from clean to load in memory; a load in another process (after a crash or a
     restart) cleans the raw rows again: stages are pure, so the rows are those the clean
     counted."""
@@ -328,8 +327,7 @@ def load(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None,
     sink = ctx.pipeline.sink
     data, frame = _staged(ctx, shard, batch, key)
     if isinstance(sink, ParquetWriter):  # a Parquet sink takes the staged file as it is
-        data = to_parquet_bytes(frame) if data is None and frame is not None else data
-        assert data is not None
+        assert data is not None  # its clean encoded the batch (clean: `encoded`)
         written = sink.write_parquet(data, run_id=ctx.run_id, shard=shard, batch=batch)
     else:
         try:
