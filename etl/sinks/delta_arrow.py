@@ -92,6 +92,8 @@ def to_arrow(frame: pd.DataFrame, *, key: Sequence[str], partition_by: Sequence[
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from etl.core.arrow import frame_to_arrow
+
     if SEQ_COLUMN not in frame.columns:
         raise BatchError(f"{where}: the batch has no {SEQ_COLUMN} column; DeltaSink is "
                          "loaded by the runtime, which adds it")
@@ -110,8 +112,8 @@ def to_arrow(frame: pd.DataFrame, *, key: Sequence[str], partition_by: Sequence[
         if frame.duplicated(list(key)).any():
             frame = frame.sort_values(SEQ_COLUMN, kind="stable").drop_duplicates(
                 list(key), keep="last")
-    try:  # one thread: a pool per batch costs more than it saves on 50,000 rows
-        data = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
+    try:  # one thread (a pool per batch costs more than it saves on 50,000 rows), and
+        data = frame_to_arrow(frame)  # the column bookkeeping once per schema
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise BatchError(f"{where}: cannot convert the batch for Delta: {one_line(exc)}") from exc
     data = data.replace_schema_metadata(None)
