@@ -43,13 +43,29 @@ class LazyGroup(click.Group):
         return getattr(importlib.import_module(module), attribute)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from click.utils import make_default_short_help
-
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(len(name) for name in names)
-        rows = [(name, make_default_short_help(COMMANDS[name].summary, limit)) for name in names]
+        rows = [(name, _short_help(COMMANDS[name].summary, limit)) for name in names]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _short_help(text: str, limit: int) -> str:
+    """A command's summary as the help list shows it: its first sentence (a period before
+    a word not in lower case), shortened at a word to `limit` with "..." (what click's
+    make_default_short_help did; click 8.3 deprecates it)."""
+    import textwrap
+
+    words = text.split()
+    for position, word in enumerate(words):
+        if word.endswith(".") and (position == len(words) - 1
+                                   or not words[position + 1][0].islower()):
+            words = words[:position + 1]
+            break
+    shown = " ".join(words)
+    if len(shown) <= limit:
+        return shown
+    return textwrap.shorten(shown, max(limit, 3), placeholder="...", break_on_hyphens=False)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -134,3 +134,16 @@ def test_the_runner_refuses_a_distributed_run_without_an_importable_spec(monkeyp
     # When it is run, then it fails before any run exists, saying why
     with pytest.raises(ConfigError, match="importable spec"):
         etl.run(demo(), settings=settings)
+
+
+def test_the_help_list_uses_no_deprecated_click_api(tmp_path: Path) -> None:
+    # Given deprecation warnings turned into errors, as `python -m` shows them
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    # When the command list is printed through `python -m cli.main`
+    result = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-m", "cli.main",
+                             "--help"], cwd=ROOT, env=env, text=True, capture_output=True,
+                            timeout=120)
+    # Then it prints every command's summary, shortened as click shortens them, no warning
+    assert result.returncode == 0, result.stderr
+    assert "DeprecationWarning" not in result.stderr
+    assert "run          Run fetch -> clean -> load over every shard" in result.stdout
