@@ -146,3 +146,19 @@ def _parquet(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="snappy")
     return sink.getvalue().to_pybytes()
+
+
+def test_threads_converting_side_by_side_share_the_cache_safely() -> None:
+    # Given four threads converting frames of more schemas than the cache holds, at once
+    from concurrent.futures import ThreadPoolExecutor
+
+    arrow._SCHEMAS.clear()
+    frames = [pd.DataFrame({f"c{n % 150}": np.arange(n % 7 + 1), "v": 1.5}) for n in range(600)]
+
+    def convert(frame: pd.DataFrame) -> bool:
+        return frame_to_arrow(frame).equals(pa.Table.from_pandas(frame, preserve_index=False))
+
+    # When they convert them, Then every table is from_pandas' and the cache kept its bound
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(convert, frames))
+    assert len(arrow._SCHEMAS) <= arrow._MAX_SCHEMAS

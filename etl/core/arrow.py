@@ -13,6 +13,7 @@ type) goes through `from_pandas`, so the table is the same, and so are its error
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Hashable
 
 import numpy as np
@@ -23,6 +24,7 @@ import pyarrow as pa
 #: has a few (clean batches, quarantine, a drifted batch); a long-lived worker many runs.
 _SCHEMAS: dict[Hashable, pa.Schema] = {}
 _MAX_SCHEMAS = 128
+_LOCK = threading.Lock()  # worker threads convert batches side by side
 
 
 def frame_to_arrow(frame: pd.DataFrame) -> pa.Table:
@@ -38,9 +40,10 @@ def frame_to_arrow(frame: pd.DataFrame) -> pa.Table:
             return table
     table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
     if key is not None:
-        if len(_SCHEMAS) >= _MAX_SCHEMAS:
-            _SCHEMAS.pop(next(iter(_SCHEMAS)))
-        _SCHEMAS[key] = table.schema
+        with _LOCK:
+            while len(_SCHEMAS) >= _MAX_SCHEMAS:
+                _SCHEMAS.pop(next(iter(_SCHEMAS)))
+            _SCHEMAS[key] = table.schema
     return table
 
 
