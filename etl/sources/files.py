@@ -26,7 +26,6 @@ from __future__ import annotations
 import atexit
 import codecs
 import hashlib
-import io
 import json
 import logging
 import threading
@@ -365,7 +364,7 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
             elif isinstance(self.options, JsonOptions):
                 table = parse_jsonl(raw, options=self.options)
             else:
-                table = pq.read_table(io.BytesIO(raw))
+                table = pq.read_table(pa.BufferReader(raw))
         except (pa.ArrowInvalid, OSError, ValueError) as exc:
             raise SourceError(f"cannot parse {self.format} source {mask_url(self.path)}: {exc}") from exc
         if isinstance(self.options, CsvOptions) and self.options.column_types:
