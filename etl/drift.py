@@ -28,12 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-from pandas.api import types as pdt
 
 from etl.core.errors import BatchError, ConfigError
+from etl.core.lazy import LazyModule
 from etl.sources.base import SchemaKinds, WholeTable
+
+pd = LazyModule("pandas")
+pdt = LazyModule("pandas.api.types")
 
 POLICIES = ("evolve", "freeze", "discard")
 KINDS = ("integer", "float", "boolean", "string", "datetime", "date", "other")

@@ -11,7 +11,10 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import pandas as pd
+
+from etl.core.lazy import LazyModule
+
+pd = LazyModule("pandas")
 
 
 @runtime_checkable

@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from pandas.api.types import infer_dtype
-from pandas.util import hash_array
+
+from etl.core.lazy import LazyModule
+
+pd = LazyModule("pandas")
+pdt = LazyModule("pandas.api.types")
+pdu = LazyModule("pandas.util")
 
 HASH_KEY = "etl-shards-v1---"  # 16 bytes, fixed forever
 NULL_HASH = np.uint64(0x6E756C6C6E756C6C)  # "nullnull"
@@ -43,7 +46,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 def _hash_text(values: np.ndarray) -> np.ndarray:
     """SipHash-2-4 of the UTF-8 bytes of each string (C speed, no per-row Python)."""
-    return hash_array(values.astype(object, copy=False), hash_key=HASH_KEY, categorize=False)
+    return pdu.hash_array(values.astype(object, copy=False), hash_key=HASH_KEY, categorize=False)
 
 
 def _hash_strings(values: pd.Series) -> np.ndarray:
@@ -62,7 +65,7 @@ def _canonical(values: pd.Series) -> pd.Series:
     hashes by its value whether it arrives typed or as Python objects."""
     if values.dtype != object:
         return values
-    kind = infer_dtype(values, skipna=True)
+    kind = pdt.infer_dtype(values, skipna=True)
     try:
         if kind in ("integer", "boolean"):
             return values.astype("Int64")

@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from pandas.api.types import infer_dtype
+
+from etl.core.lazy import LazyModule
+
+pd = LazyModule("pandas")
+pdt = LazyModule("pandas.api.types")
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def _kind(values: pd.Series) -> str:
         return "int"
     if pd.api.types.is_numeric_dtype(values):
         return "float"  # floats, and unsigned integers that may not fit int64
-    inferred = infer_dtype(values, skipna=True)
+    inferred = pdt.infer_dtype(values, skipna=True)
     if inferred in _INTEGER_KINDS:
         return "int"
     if inferred in _FLOAT_KINDS or inferred == "empty":

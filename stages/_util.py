@@ -7,10 +7,12 @@ import logging
 from typing import Iterable, Sequence
 
 import numpy as np
-import pandas as pd
 
+from etl.core.lazy import LazyModule
 from stages.errors import StageError
 from stages.base import REASON_COLUMN, StageResult
+
+pd = LazyModule("pandas")
 
 log = logging.getLogger("stages")
 

@@ -16,9 +16,10 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence, runtime_checkable
 
-import pandas as pd
-
+from etl.core.lazy import LazyModule
 from stages.errors import StageError
+
+pd = LazyModule("pandas")
 
 #: Column added to quarantined rows: why the row was rejected.
 REASON_COLUMN = "_reason"

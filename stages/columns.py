@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from typing import Mapping, Sequence
 
-import pandas as pd
-
+from etl.core.lazy import LazyModule
 from stages.errors import StageError
 from stages._util import as_list, require_columns, show
 from stages.base import BaseStage, StageResult
+
+pd = LazyModule("pandas")
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _NON_WORD = re.compile(r"[^0-9a-zA-Z]+")

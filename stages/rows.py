@@ -8,11 +8,13 @@ from types import CodeType
 from typing import Callable, Literal, Sequence
 
 import numpy as np
-import pandas as pd
 
+from etl.core.lazy import LazyModule
 from stages.errors import StageError
 from stages._util import as_list, require_columns, show, split
 from stages.base import BaseStage, StageResult
+
+pd = LazyModule("pandas")
 
 
 class _Columns(dict):  # type: ignore[type-arg]

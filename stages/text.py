@@ -7,11 +7,12 @@ import re
 import unicodedata
 from typing import Callable, Literal, Sequence
 
-import pandas as pd
-
+from etl.core.lazy import LazyModule
 from stages.errors import StageError
 from stages._util import as_list, require_columns, show
 from stages.base import BaseStage, StageResult
+
+pd = LazyModule("pandas")
 
 _SPACES = re.compile(r"\s+")  # Python's Unicode whitespace: tabs, newlines, NBSP, U+3000...
 

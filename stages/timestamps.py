@@ -4,22 +4,33 @@ occurs twice at a DST change rejects its row unless told which instant to take."
 
 from __future__ import annotations
 
+import zoneinfo
 from typing import Any, Callable, Literal
 
 import numpy as np
-import pandas as pd
 
+from etl.core.lazy import LazyModule
 from stages.errors import StageError
 from stages._util import require_columns, split
 from stages.base import BaseStage, StageResult
 from stages.types import _numbers, to_unit
+
+pd = LazyModule("pandas")
 
 Ambiguous = Literal["reject", "earliest", "latest"]
 _ZONED = r"[Tt ]\d.*(?:[Zz]|[+-]\d\d(?::?\d\d)?)$"  # a time followed by Z or an offset
 
 
 def check_zone(stage: object, tz: str) -> None:
-    """Refuse an unknown time zone name when the stage is built, not batch after batch."""
+    """Refuse an unknown time zone name when the stage is built, not batch after batch. An
+    IANA name is checked without pandas (pandas 3 reads it through zoneinfo too), so a
+    pipeline is built without importing pandas; any other spelling pandas may accept (a
+    fixed offset) is tried on pandas itself."""
+    try:
+        zoneinfo.ZoneInfo(tz)
+        return
+    except (ValueError, TypeError, zoneinfo.ZoneInfoNotFoundError):
+        pass
     try:
         pd.Timestamp("2000-01-01").tz_localize(tz)
     except Exception as exc:  # noqa: BLE001 - pytz and zoneinfo raise different kinds

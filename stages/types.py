@@ -8,12 +8,14 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import numpy as np
-import pandas as pd
-from pandas.api.types import pandas_dtype
 
+from etl.core.lazy import LazyModule
 from stages.errors import StageError
 from stages._util import require_columns, split
 from stages.base import BaseStage, StageResult
+
+pd = LazyModule("pandas")
+pdt = LazyModule("pandas.api.types")
 
 _TRUE = ["true", "t", "yes", "y", "1"]
 _FALSE = ["false", "f", "no", "n", "0"]
@@ -125,6 +127,19 @@ def failed(original: pd.Series, result: pd.Series, dtype: Any) -> np.ndarray:
     return np.asarray(bad, dtype=bool)
 
 
+#: dtype names pandas takes as spelled here: a Cast of these alone is built without
+#: importing pandas (its dtypes are made on first use), so that `etl run` can begin parsing
+#: a source before pandas is imported. Any other name is checked by pandas when the stage
+#: is built, as before.
+KNOWN_DTYPES = frozenset({
+    "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float32",
+    "Float64", "boolean", "string", "str", "object", "category", "bool",
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32",
+    "float64", *(f"datetime64[{unit}{zone}]" for unit in ("s", "ms", "us", "ns")
+                 for zone in ("", ", UTC")),
+})
+
+
 class Cast(BaseStage):
     """Cast columns to pandas dtypes ("Int64", "float64", "string", "boolean",
     "datetime64[ns, UTC]", ...); rows with unconvertible values are rejected."""
@@ -133,10 +148,20 @@ class Cast(BaseStage):
 
     def __init__(self, schema: Mapping[str, str]) -> None:
         self.schema = dict(schema)
+        self._resolved: dict[str, Any] | None = None
+        if not all(isinstance(d, str) and d in KNOWN_DTYPES for d in self.schema.values()):
+            self._resolve()  # a name pandas must judge is judged now, when the stage is built
+
+    @property
+    def _dtypes(self) -> dict[str, Any]:
+        return self._resolved if self._resolved is not None else self._resolve()
+
+    def _resolve(self) -> dict[str, Any]:
         try:
-            self._dtypes = {column: pandas_dtype(dtype) for column, dtype in self.schema.items()}
+            self._resolved = {column: pdt.pandas_dtype(dtype) for column, dtype in self.schema.items()}
         except TypeError as exc:
             raise StageError(f"{self!r}: {exc}") from exc
+        return self._resolved
 
     def __repr__(self) -> str:
         return f"Cast({self.schema!r})"

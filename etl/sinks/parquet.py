@@ -16,15 +16,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl.core.files import TEMP_PREFIX, atomic_write, orphaned
+from etl.core.lazy import LazyModule
 from etl.core.names import PART_FILE, PART_GLOB, part_file_name
 from etl.core.errors import ConfigError
 from etl.sinks.base import BackfillAware, KeyAudit, ParquetWriter, Reachable, Sink
 from etl.sinks.parquet_keys import keys_in_several, read_keys
+
+pd = LazyModule("pandas")
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from etl.core.lazy import LazyModule
+
+pd = LazyModule("pandas")
 
 log = logging.getLogger(__name__)
 

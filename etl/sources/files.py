@@ -36,11 +36,11 @@ from dataclasses import fields
 from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl.core.errors import ConfigError, ObjectNotFound, SourceError
+from etl.core.lazy import LazyModule
 from etl.core.urls import mask_url
 from etl.sources.archives import decompress
 from etl.sources.base import (SOURCE_COLUMNS, Batch, ParsesAhead, Recuttable, Reparsable,
@@ -49,6 +49,8 @@ from etl.sources.lines import (DEFAULT_NULL_VALUES, MIXED_TYPES, CsvOptions, Jso
                                parse_csv, parse_jsonl, reparse_lines)
 from etl.sources.windows import Window
 from shards import ShardPlan, assign_rows, rows_by_shard
+
+pd = LazyModule("pandas")
 
 log = logging.getLogger(__name__)
 

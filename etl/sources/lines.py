@@ -22,13 +22,15 @@ from itertools import chain
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
+from etl.core.lazy import LazyModule
 from etl.sources.base import SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN, SOURCE_TEXT_COLUMN
+
+pd = LazyModule("pandas")
 
 log = logging.getLogger(__name__)
 
