@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from etl.pipeline import Pipeline
     from etl.runtime.cancel import Cancelled
     from etl.runtime.context import RunContext
+    from etl.runtime.distributed import Sender
     from etl.runtime.replay import ReplayResult
     from etl.runtime.run_record import RunTracker
     from etl.runtime.runs import ProgressCallback, WorkOutcome
@@ -186,11 +187,14 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
         probe_sink(pipeline.sink)
     stores = stores or Stores.from_settings(conf)
     planner = distributed and stores.shared  # a worker creating the run opens the same stores
-    return _Run(pipeline, spec=spec, settings=conf, stores=stores, distributed=distributed,
-                worker_plans=planner).go(
-        fresh=fresh, run_id=run_id, params=params, accept_schema=accept_schema, wait=wait,
-        progress=progress, processes=processes, threads=threads, resume=resume,
-        on_start=on_start, on_enqueued=on_enqueued)
+    call = _Run(pipeline, spec=spec, settings=conf, stores=stores, distributed=distributed,
+                worker_plans=planner)
+    try:
+        return call.go(fresh=fresh, run_id=run_id, params=params, accept_schema=accept_schema,
+                       wait=wait, progress=progress, processes=processes, threads=threads,
+                       resume=resume, on_start=on_start, on_enqueued=on_enqueued)
+    finally:
+        call.close()
 
 
 def probe_sink(sink: Any) -> None:
@@ -252,6 +256,23 @@ class _Run:
         self.stores, self.distributed = stores, distributed
         #: A new run may be created by a worker (etl.runtime.planning) when followed.
         self.worker_plans = worker_plans
+        self._sending: "Sender | None" = None
+
+    def _sender(self) -> "Sender":
+        """The call's broker connection, for its plan request and its work alike (opening
+        one costs ~40 ms), with the result store's recorder: a worker waits, before it acks
+        a job that is no ETL step (the plan request), for the job's record to exist."""
+        if self._sending is None:
+            from etl.runtime.distributed import Sender
+
+            self._sending = Sender(self.settings, results=self.stores.results)
+        return self._sending
+
+    def close(self) -> None:
+        """Close the broker connection, if one was opened (its recorder is flushed first)."""
+        if self._sending is not None:
+            sending, self._sending = self._sending, None
+            sending.close()
 
     def _open(self, *, fresh: bool, run_id: str | None, params: dict[str, Any] | None,
               accept_schema: bool, wait: bool) -> "tuple[RunRecord, bool]":
@@ -271,16 +292,10 @@ class _Run:
                 importlib.import_module("pandas")
             return open_run(self.stores.state, self.pipeline, spec=self.spec, fresh=fresh,
                             run_id=run_id, params=params, accept_schema=accept_schema)
-        from etl.runtime.distributed import Sender
-
-        sender = Sender(self.settings)
-        try:
-            return plan_on_worker(sender.planner, self.stores.state, self.pipeline,
-                                  spec=self.spec, queue=sender.actors.queue_for(self.pipeline),
-                                  fresh=fresh, run_id=run_id, params=params,
-                                  accept_schema=accept_schema)
-        finally:
-            sender.close()
+        sender = self._sender()
+        return plan_on_worker(sender.planner, self.stores.state, self.pipeline, spec=self.spec,
+                              queue=sender.actors.queue_for(self.pipeline), fresh=fresh,
+                              run_id=run_id, params=params, accept_schema=accept_schema)
 
     def go(self, *, fresh: bool, run_id: str | None, params: dict[str, Any] | None,
            accept_schema: bool, wait: bool, progress: "ProgressCallback | None",
@@ -377,17 +392,12 @@ class _Run:
 
             return run_embedded(context, processes=processes, threads=threads,
                                 on_progress=progress, results=self.stores.results)
-        from etl.runtime.distributed import Sender
-
-        sender = Sender(self.settings, results=self.stores.results)
-        try:
-            sent = sender.start(context, created=created)
-            if on_enqueued:
-                on_enqueued(Enqueued(len(sent.sent), len(sent.leased), len(sent.waiting),
-                                     self.settings.broker_url, sender.queue_of(context)))
-            return sender.wait(context, on_progress=progress) if wait else None
-        finally:
-            sender.close()
+        sender = self._sender()
+        sent = sender.start(context, created=created)
+        if on_enqueued:
+            on_enqueued(Enqueued(len(sent.sent), len(sent.leased), len(sent.waiting),
+                                 self.settings.broker_url, sender.queue_of(context)))
+        return sender.wait(context, on_progress=progress) if wait else None
 
 
 def replay(run_id: str, *, pipeline: str | None = None, stages: "Sequence[str] | None" = None,

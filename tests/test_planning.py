@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import textwrap
+import time
 
 import pandas as pd
 
@@ -27,6 +28,18 @@ def _orders_pipeline(cluster: Cluster, *, shard_column: str = "order_id") -> Non
     """))
 
 
+def _plan_statuses(cluster: Cluster, *, within: float = 10.0) -> list[str]:
+    """The statuses recorded for plan requests, once none is open (or `within` s passed)."""
+    deadline = time.monotonic() + within
+    while True:
+        with sqlite3.connect(cluster.workdir / ".etl" / "results.db") as conn:
+            statuses = [status for (status,) in conn.execute(
+                "SELECT status FROM JobResult WHERE json_extract(data, '$.function') = 'plan_run'")]
+        if (statuses and all(s == "completed" for s in statuses)) or time.monotonic() > deadline:
+            return statuses
+        time.sleep(0.1)
+
+
 def test_a_followed_run_is_created_by_a_worker_and_loads_every_row(cluster: Cluster) -> None:
     # Given a worker and a user's pipeline over a CSV file
     _orders_pipeline(cluster)
@@ -43,6 +56,11 @@ def test_a_followed_run_is_created_by_a_worker_and_loads_every_row(cluster: Clus
     assert rows == 3000
     worker_pid = cluster.workers[0].pid
     assert planned_by and f":{worker_pid}@" in planned_by
+    # And the plan request is a job of the result store like the steps, ended by the worker
+    # without waiting for a record that never comes (it used to hold the worker's thread
+    # 5 s before its ack, and slowed the run it had just created)
+    assert _plan_statuses(cluster) == ["completed"]
+    assert "not written within" not in (cluster.workdir / "worker-0.log").read_text()
     # And following it again finds it complete without a new run
     again = cluster.etl("run", "-p", "planned:orders", "--wait", "--no-progress")
     assert again.returncode == 0, again.stderr
