@@ -17,8 +17,11 @@ import threading
 from typing import Any, Hashable
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
+
+from etl.core.lazy import LazyModule
+
+pd = LazyModule("pandas")
 
 #: Arrow schemas of frames converted before, by column names and dtypes. Bounded: a run
 #: has a few (clean batches, quarantine, a drifted batch); a long-lived worker many runs.

@@ -7,12 +7,14 @@ through the pandas metadata pyarrow stores in the file.
 
 from __future__ import annotations
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pandas.api.types import infer_dtype
 
 from etl.core.arrow import frame_to_arrow
+from etl.core.lazy import LazyModule
+
+pd = LazyModule("pandas")
+pdt = LazyModule("pandas.api.types")
 
 #: What pandas calls an object column whose values are of several kinds. Anything else
 #: (all strings, all ints, ints and floats, all dicts, ...) pyarrow stores as it is.
@@ -63,7 +65,7 @@ def stringify_mixed(frame: pd.DataFrame) -> pd.DataFrame:
         if dtype != object:  # only object columns can mix kinds (and iloc costs ~30 us each)
             continue
         values = frame.iloc[:, position]
-        if infer_dtype(values, skipna=True) not in _MIXED:
+        if pdt.infer_dtype(values, skipna=True) not in _MIXED:
             continue
         if len({type(v) for v in values.dropna().tolist()}) > 1:
             changed[position] = values.astype("string")

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager, Sequence
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
+from etl.core.lazy import LazyModule
 from etl.runtime.context import RunContext
 from etl.core.errors import BatchError, ObjectNotFound
 from etl.core.faults import crash_point
@@ -33,6 +33,8 @@ from etl.core.names import task_fingerprint
 from etl.stores.state import ErrorRecord, Fence, RawPayload
 from stages import run_stages
 from stages.base import REASON_COLUMN, STAGE_COLUMN
+
+pd = LazyModule("pandas")
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from etl.core.lazy import LazyModule
 from etl.sinks.base import SEQ_COLUMN, SEQ_ROW_DIGITS, make_seq
 from stages.base import stage_without
+
+pd = LazyModule("pandas")
 
 if TYPE_CHECKING:
     from etl.stores.state import RunRecord, StateStore
