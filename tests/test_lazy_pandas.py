@@ -114,3 +114,16 @@ def test_a_zone_that_is_no_iana_name_is_still_judged_by_pandas() -> None:
         DeriveTimestamp(target="t", year="y", month="m", day="d", hhmm="h", tz="+05:00")
     with pytest.raises(StageError, match="unknown time zone 'Mars/Olympus'"):
         DeriveTimestamp(target="t", year="y", month="m", day="d", hhmm="h", tz="Mars/Olympus")
+
+
+def test_the_distributed_sender_imports_no_pandas(tmp_path: Path) -> None:
+    # Given a fresh interpreter, When it imports what `etl run` on a broker sends with
+    result = _fresh("""
+        import sys
+        import cli.run, etl.runtime.distributed, etl.runtime.planning, etl.demo
+        etl.demo.pipeline()
+        print("pandas" in sys.modules)
+    """, cwd=tmp_path)
+    # Then pandas is not among them: the sender only sends messages and reads the state
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False"]
