@@ -21,6 +21,7 @@ of consumer threads retrying it forever.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import multiprocessing
 import os
@@ -201,6 +202,9 @@ def serve(settings: Settings, options: WorkerOptions, *, processes: int = 1) -> 
     """Run `processes` worker processes until SIGTERM/SIGINT; restart any that dies."""
     require_broker(settings)  # before any process is forked
     use_jemalloc()  # before a preload parses; the forked workers inherit it (etl.core.arrow_pool)
+    # Every step's stages need pandas, which a pipeline no longer imports when it is built
+    # (etl.core.lazy): imported here, before any fork and any message, not by a run's first batch
+    importlib.import_module("pandas")
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
