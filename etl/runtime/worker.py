@@ -39,10 +39,11 @@ from etl.core.arrow_pool import use_jemalloc
 from etl.core.config import Settings
 from etl.runtime.context import ContextCache
 from etl.runtime.planning import declare_planner
+from etl.runtime.runs import plan_columns
 from etl.core.errors import ConfigError
 from etl.runtime.leases import LeaseKeeper, lease_ttl
 from etl.pipeline import load_pipeline
-from etl.sources.base import WholeTable
+from etl.sources.base import ShardGrouped, WholeTable
 from etl.runtime.metrics import Metrics, StateCollector
 from etl.core.processes import die_with_parent
 from etl.stores import open_results, open_state
@@ -74,13 +75,21 @@ class WorkerOptions:
 
 def _preload(specs: tuple[str, ...]) -> None:
     """Import these pipelines and parse their sources now, while the worker waits for work:
-    the first batch of a run then does not wait for the parse (etl.sources.files.ParsedCache)."""
+    the first batch of a run then does not wait for the parse (etl.sources.files.ParsedCache).
+    A source read shard by shard also has its rows grouped and gathered by the pipeline's own
+    shard plan, fitted as a new run fits it: a run of that plan (the usual case: `--shards`
+    not changed) finds its batches ready to slice. Otherwise every worker would hash the
+    rows and gather all of them at its first fetch (10x demo: ~1.2 s of CPU each)."""
     for spec in specs:
         started = time.perf_counter()
         try:
-            source = load_pipeline(spec).source
+            pipeline = load_pipeline(spec)
+            source = pipeline.source
             if isinstance(source, WholeTable):
                 source.table()
+            if isinstance(source, ShardGrouped):
+                plan = pipeline.shards.fit(source.sample(plan_columns(pipeline)))
+                source.prepare_shards(plan, range(plan.shards))
             log.info("preloaded %s in %.2f s", spec, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - a worker serves other pipelines too
             log.warning("could not preload pipeline %s: %s", spec, exc)
