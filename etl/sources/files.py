@@ -45,6 +45,7 @@ from etl.core.urls import mask_url
 from etl.sources.archives import decompress
 from etl.sources.base import (SOURCE_COLUMNS, Batch, ParsesAhead, Recuttable, Reparsable,
                               ShardGrouped, Source, WholeTable, Windowed)
+from etl.sources.digests import Reading, begin_reading, digests
 from etl.sources.lines import (DEFAULT_NULL_VALUES, MIXED_TYPES, CsvOptions, JsonOptions,
                                parse_csv, parse_jsonl, reparse_lines)
 from etl.sources.windows import Window
@@ -307,6 +308,8 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
         self._lock = threading.Lock()
         self._loaded: tuple[str, pa.Table] | None = None  # (fingerprint, rows)
         self._content_hash: str | None = None  # of the file's bytes, read once
+        self._hash_reused = False  # the hash is this process's, of the file as it still is
+        self._reading: Reading | None = None  # the local file before its bytes were read
         self._unparsed: bytes | None = None  # those bytes, until parsed
         self._ahead: Future[pa.Table] | None = None  # the parse begun by parse_ahead
 
@@ -350,13 +353,20 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
                 return store.get_bytes(key)
             except ObjectNotFound:
                 raise SourceError(f"source file not found: {mask_url(self.path)}") from None
-        local = Path(self.path[len("file://"):] if self.path.startswith("file://") else self.path)
+        local = Path(self._local_path() or "")
+        self._reading = begin_reading(str(local))
         try:
             return local.read_bytes()
         except FileNotFoundError:
             raise SourceError(f"source file not found: {local}") from None
         except OSError as exc:
             raise SourceError(f"cannot read source file {local}: {exc}") from exc
+
+    def _local_path(self) -> str | None:
+        """The file's path on this machine; None for an S3 object."""
+        if self.path.startswith("s3://"):
+            return None
+        return self.path[len("file://"):] if self.path.startswith("file://") else self.path
 
     def _parse(self, data: bytes) -> pa.Table:
         raw = decompress(self.path, data) if self.format != "parquet" else data
@@ -379,11 +389,30 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
 
     def _content(self) -> tuple[str, bytes | None]:
         """The file's content hash, and its bytes while they are not parsed yet (the parse
-        then reads the very bytes that were hashed). Call with the lock held."""
+        then reads the very bytes that were hashed). A local file this process hashed
+        before and that has not changed since keeps its hash unread (etl.sources.digests);
+        its bytes are read only if it must be parsed again. Call with the lock held."""
         if self._content_hash is None:
+            local = self._local_path()
+            known = digests.get(local) if local is not None and self._unparsed is None else None
+            if known is not None:
+                self._content_hash, self._hash_reused = known, True
+                return known, None
             data = self._unparsed if self._unparsed is not None else self._read_bytes()
             self._content_hash, self._unparsed = hashlib.sha256(data).hexdigest(), data
+            if local is not None:
+                digests.remember(local, self._reading, self._content_hash)
         return self._content_hash, self._unparsed
+
+    def _read_as_hashed(self, digest: str) -> bytes:
+        """The file's bytes for a parse, checked against a hash kept from an earlier read:
+        a file changed since then in a way its signature did not show is refused, never
+        parsed under the old hash."""
+        data = self._read_bytes()
+        if self._hash_reused and hashlib.sha256(data).hexdigest() != digest:
+            digests.forget(self._local_path() or "")
+            raise SourceError(f"{self.describe()} changed while it was read; run again")
+        return data
 
     def parse_ahead(self) -> None:
         """Begin parsing the file's bytes in a background thread (read here, once: the
@@ -393,8 +422,8 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
         parse does (a run found complete: nothing to parse for) waits for it at exit, as
         a thread inside pyarrow must not be stopped by the interpreter's shutdown."""
         with self._lock:
-            if self._loaded is not None or self._ahead is not None:
-                return
+            if self._loaded is not None or self._ahead is not None or self._hash_reused:
+                return  # (a kept hash: table() reads and checks the bytes if it must parse)
             if self._unparsed is None:
                 self._unparsed = self._read_bytes()
             data, ahead = self._unparsed, Future()
@@ -420,9 +449,10 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
                 ahead, self._ahead = self._ahead, None
                 if ahead is not None:  # begun by parse_ahead, on the bytes just hashed
                     parse: Callable[[], pa.Table] = ahead.result
-                else:
-                    raw = data if data is not None else self._read_bytes()
-                    parse = lambda: self._parse(raw)  # noqa: E731
+                elif data is not None:
+                    parse = lambda: self._parse(data)  # noqa: E731
+                else:  # hashed earlier (etl.sources.digests): read only on a cache miss
+                    parse = lambda: self._parse(self._read_as_hashed(digest))  # noqa: E731
                 table = _parsed.get((digest, self.format, repr(self.options)), parse)
                 self._unparsed = None
                 if self.window is not None:
