@@ -260,3 +260,31 @@ def test_shards_are_shared_out_by_their_rows() -> None:
     # And only the shards asked for are shared; without sizes, by shard number
     assert share_out({3, 4, 7}, 2, sizes) == [{3}, {4, 7}]  # 18,335 | 16,923 + 16,746
     assert share_out({3, 4, 7}, 2) == [{4}, {3, 7}]
+
+
+def test_a_run_whose_batches_another_process_fetched_ahead_still_completes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a run whose pending work this process reads, and then another process (two
+    # triggers of one backfill window) fetches the first two batches of every shard
+    import etl.runtime.batches as steps
+    import etl.runtime.embedded as embedded
+    from etl.runtime.runs import open_run
+
+    pipeline = _pipeline(tmp_path)
+    stores = _stores(tmp_path)
+    run, _ = open_run(stores.state, pipeline, spec="tests:unused")
+    ctx = RunContext.build(run, pipeline, stores.state, stores.objects)
+    stale = find_pending(stores.state, run.run_id)
+    for shard, _batch in stale.fetch:
+        steps.fetch(ctx, shard, 0)
+        steps.fetch(ctx, shard, 1)
+    answers = iter([stale])
+    monkeypatch.setattr(embedded, "find_pending",
+                        lambda state, run_id: next(answers, None) or find_pending(state, run_id))
+    # When this process works the run from what it read (its fetches of batch 0 find them
+    # done elsewhere, so they hand on no next batch)
+    outcome = embedded.run_embedded(ctx, processes=1, threads=2)
+    # Then it still works the run to its end, and every kept row is loaded once
+    assert outcome.completed and outcome.dead_letters == 0
+    expected = [i for i in range(5000) if not (i % 2 == 1 and i % 7 == 0)]
+    assert sorted(pipeline.sink.read_all()["id"].tolist()) == expected

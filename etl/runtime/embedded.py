@@ -198,6 +198,30 @@ def choose_processes(ctx: RunContext) -> int:
     return default_processes()
 
 
+def _work_pending(ctx: RunContext, pending: Pending, *, processes: int, threads: int,
+                  poll: float, on_progress: ProgressCallback | None,
+                  results: ResultStore | None) -> int:
+    """Work `pending` in this process or in `processes` forked ones (started again, up to
+    RESTARTS times, when some are killed); the dead letters left."""
+    if processes == 1:
+        dead = _work(ctx, pending, threads=threads, poll=poll, on_progress=on_progress,
+                     results=results)
+        summarize_floods()  # as a worker process does when it ends
+        return dead
+    dead = 0
+    for restart in range(RESTARTS + 1):
+        lost, killed = _work_in_processes(ctx, pending, processes=processes, threads=threads,
+                                          poll=poll, on_progress=on_progress, results=results)
+        dead += lost
+        pending = find_pending(ctx.state, ctx.run_id)
+        if not killed or not pending.total or restart == RESTARTS or is_cancelled(
+                ctx.state, ctx.run_id):
+            break
+        log.warning("%d worker process(es) killed: starting their %d unfinished batch "
+                    "pipeline(s) again", killed, pending.total)
+    return dead
+
+
 def run_embedded(ctx: RunContext, *, threads: int | None = None, processes: int | None = 1,
                  poll: float = 0.2, on_progress: ProgressCallback | None = None,
                  results: ResultStore | None = None) -> WorkOutcome:
@@ -214,22 +238,27 @@ def run_embedded(ctx: RunContext, *, threads: int | None = None, processes: int 
     processes = max(1, min(processes or choose_processes(ctx),
                            len({s for s, _ in pending.fetch + pending.clean + pending.load})))
     threads = threads or (1 if processes > 1 else 2)
-    if processes == 1:
-        dead = _work(ctx, pending, threads=threads, poll=poll, on_progress=on_progress,
-                     results=results)
-        summarize_floods()  # as a worker process does when it ends
-    else:
-        dead = 0
-        for restart in range(RESTARTS + 1):
-            lost, killed = _work_in_processes(ctx, pending, processes=processes, threads=threads,
-                                              poll=poll, on_progress=on_progress, results=results)
-            dead += lost
-            pending = find_pending(ctx.state, ctx.run_id)
-            if not killed or not pending.total or restart == RESTARTS or is_cancelled(
-                    ctx.state, ctx.run_id):
-                break
-            log.warning("%d worker process(es) killed: starting their %d unfinished batch "
-                        "pipeline(s) again", killed, pending.total)
+    dead = _work_pending(ctx, pending, processes=processes, threads=threads, poll=poll,
+                         on_progress=on_progress, results=results)
+    # Another process may work the same run (two triggers of one backfill window): the
+    # batches it fetched are not followed here (a fetch done elsewhere hands on no next
+    # batch), so this process's queue can drain while that work goes on. Work what is
+    # still pending again (steps leased elsewhere wait their turn, then are settled as
+    # duplicates) as long as someone makes progress; without any, stop as before.
+    seen = ctx.state.list_checkpoints(ctx.run_id)
+    while not dead and not all_loaded(seen, ctx.run.shards) and not is_cancelled(
+            ctx.state, ctx.run_id):
+        pending = find_pending(ctx.state, ctx.run_id)
+        if not pending.total:
+            break
+        log.info("run %s: %d batch pipeline(s) still pending (worked elsewhere too?): "
+                 "working them again", ctx.run_id, pending.total)
+        dead = _work_pending(ctx, pending, processes=1, threads=threads, poll=poll,
+                             on_progress=on_progress, results=results)
+        now = ctx.state.list_checkpoints(ctx.run_id)
+        if now == seen:
+            break
+        seen = now
     checkpoints = ctx.state.list_checkpoints(ctx.run_id)
     if on_progress:
         on_progress(checkpoints)
