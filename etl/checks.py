@@ -41,11 +41,11 @@ class Check:
 def sample(pipeline: Any, *, rows: int = SAMPLE_ROWS) -> pd.DataFrame:
     """The source's first `rows` rows, as the stages see them (without the source's own
     bookkeeping columns), read through one shard of the pipeline's plan."""
-    from etl.runtime.runs import plan_columns
+    from etl.runtime.runs import fit_plan
     from etl.sources.base import SOURCE_COLUMNS
 
     single = pipeline.with_shards(1)
-    plan = single.shards.fit(single.source.sample(plan_columns(single)))
+    plan = fit_plan(single)
     single.source.prepare(plan)
     frame = single.source.read_batch(plan, 0, after=None, limit=rows).frame
     return frame.drop(columns=[c for c in SOURCE_COLUMNS if c in frame.columns])

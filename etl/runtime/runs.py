@@ -26,6 +26,7 @@ from etl.stores.state import Checkpoint, RunRecord, StateStore
 
 if TYPE_CHECKING:
     from etl.runtime.context import RunContext
+    from shards import ShardPlan
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def open_run(state: StateStore, pipeline: Pipeline, *, spec: str, fresh: bool = 
     plan_name = pipeline.shards.describe()
     if isinstance(pipeline.source, PlanChecked):  # a source that cannot split this way
         pipeline.source.check_plan(pipeline.shards)  # says so before a run exists
-    fitted = pipeline.shards.fit(pipeline.source.sample(plan_columns(pipeline)))
+    fitted = fit_plan(pipeline)
     run = RunRecord(
         run_id=run_id or new_run_id(pipeline.name), pipeline=pipeline.name, plan=plan_name,
         shards=fitted.shards,
@@ -171,6 +172,12 @@ def _schemas(state: StateStore, pipeline: Pipeline, *, accept: bool) -> dict[str
             found["schema_from"] = earlier.run_id
             break
     return found
+
+
+def fit_plan(pipeline: Pipeline) -> ShardPlan:
+    """The pipeline's shard plan fitted on its source, as a new run records it (a worker's
+    preload fits it the same way, so that a run finds its shards already grouped)."""
+    return pipeline.shards.fit(pipeline.source.sample(plan_columns(pipeline)))
 
 
 def plan_columns(pipeline: Pipeline) -> list[str]:

@@ -39,7 +39,7 @@ from etl.core.arrow_pool import use_jemalloc
 from etl.core.config import Settings
 from etl.runtime.context import ContextCache
 from etl.runtime.planning import declare_planner
-from etl.runtime.runs import plan_columns
+from etl.runtime.runs import fit_plan
 from etl.core.errors import ConfigError
 from etl.runtime.leases import LeaseKeeper, lease_ttl
 from etl.pipeline import load_pipeline
@@ -88,7 +88,7 @@ def _preload(specs: tuple[str, ...]) -> None:
             if isinstance(source, WholeTable):
                 source.table()
             if isinstance(source, ShardGrouped):
-                plan = pipeline.shards.fit(source.sample(plan_columns(pipeline)))
+                plan = fit_plan(pipeline)
                 source.prepare_shards(plan, range(plan.shards))
             log.info("preloaded %s in %.2f s", spec, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - a worker serves other pipelines too

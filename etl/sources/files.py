@@ -344,7 +344,8 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
 
     # -- reading the whole file once ---------------------------------------------------
     def _read_bytes(self) -> bytes:
-        if self.path.startswith("s3://"):
+        path = self._local_path()
+        if path is None:
             from etl.stores.objects import open_objects
 
             bucket, _, key = self.path[len("s3://"):].partition("/")
@@ -353,8 +354,8 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
                 return store.get_bytes(key)
             except ObjectNotFound:
                 raise SourceError(f"source file not found: {mask_url(self.path)}") from None
-        local = Path(self._local_path() or "")
-        self._reading = begin_reading(str(local))
+        local = Path(path)
+        self._reading = begin_reading(path)
         try:
             return local.read_bytes()
         except FileNotFoundError:
