@@ -32,10 +32,13 @@ def rows_by_shard(assigned: np.ndarray, shards: int) -> tuple[np.ndarray, np.nda
     """(order, starts): the row ordinals sorted by shard, file order within a shard, and
     where each shard's run begins in `order` (shards + 1 entries, the last = row count).
     `assigned` holds each row's shard, 0..shards-1."""
-    assigned = np.asarray(assigned, dtype=np.int64)
-    keys = assigned.astype(np.uint16) if shards <= _RADIX_SHARDS else assigned
+    assigned = np.asarray(assigned)
+    counts = np.bincount(assigned, minlength=shards) if len(assigned) else np.zeros(shards, int)
+    if len(counts) > shards or (len(assigned) and assigned.min() < 0):
+        raise ValueError(f"a row was assigned a shard outside 0..{shards - 1}")
+    keys = assigned.astype(np.uint16 if shards <= _RADIX_SHARDS else np.int64)
     order = np.argsort(keys, kind="stable")
-    starts = np.searchsorted(assigned[order], np.arange(shards + 1), side="left")
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return order, starts
 
 

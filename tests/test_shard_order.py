@@ -136,3 +136,27 @@ def test_assigning_in_row_ranges_on_threads_gives_every_row_its_shard(
         split = assign_rows(plan, keys)
         # Then every row has the shard the plan gives it in one piece
         assert split.tolist() == plan.assign(keys).tolist(), plan.describe()
+
+
+def test_gathering_reads_columns_chunked_differently_in_file_order() -> None:
+    # Given a table whose two columns are chunked at different rows (as a table made by
+    # joining or selecting may be), its rows grouped into 3 shards
+    import pyarrow as pa
+
+    from etl.sources.files import ShardRows
+
+    rows = 50
+    numbers = pa.chunked_array([list(range(0, 7)), list(range(7, 30)), list(range(30, rows))])
+    texts = pa.chunked_array([[f"t{i}" for i in range(0, 19)],
+                              [f"t{i}" for i in range(19, rows)]])
+    table = pa.table({"n": numbers, "t": texts})
+    assigned = np.array([(i * 7) % 3 for i in range(rows)], dtype=np.int64)
+    order, starts = rows_by_shard(assigned, 3)
+    # When every shard is read
+    grouped = ShardRows(table, order, starts)
+    read = {s: grouped.slice(s, 0, len(grouped.rows(s))) for s in range(3)}
+    # Then each shard holds its rows, whole (both columns of one row together), in file order
+    for shard, part in read.items():
+        expected = [i for i in range(rows) if assigned[i] == shard]
+        assert part["n"].to_pylist() == expected
+        assert part["t"].to_pylist() == [f"t{i}" for i in expected]

@@ -100,42 +100,69 @@ _parsed = ParsedCache()
 
 class ShardRows:
     """A parsed source's rows grouped by shard: each shard's row ordinals in file order
-    (`order`, `starts`), and the rows themselves gathered in that order on demand, one
-    `take` for a group of shards. A batch is then a zero-copy slice (a take per batch from
-    the parsed table's many chunks cost ~8 ms whatever the batch's size, as each take
-    concatenates the chunks). Worker processes forked after the grouping each gather only
-    the shards they own (`gather`), in parallel, instead of the parent gathering all of
-    them before the fork."""
+    (`order`, `starts`), and the rows themselves gathered in that order on demand. A batch
+    is then a zero-copy slice of its shard's rows. Worker processes forked after the
+    grouping each gather only the shards they own (`gather`), in parallel.
+
+    Rows are gathered one parsed block at a time: each block's rows of the wanted shards
+    are put in shard order by one `take` within the block, which stays in the processor's
+    cache, and a shard's rows are its pieces of every block, in block order (file order).
+    One `take` of a shard's rows across the whole table instead reads the table's columns
+    in scattered order, once per shard, after concatenating its chunks: 10x demo, half of
+    the shards, 1.3 -> 0.7 s of CPU."""
 
     def __init__(self, table: pa.Table, order: np.ndarray, starts: np.ndarray) -> None:
         self.table, self.order, self.starts = table, order, starts
-        self._gathered: dict[int, tuple[pa.Table, int]] = {}  # shard -> (rows, its offset)
+        self._gathered: dict[int, pa.Table] = {}
         self._lock = threading.Lock()
+
+    @property
+    def shards(self) -> int:
+        return len(self.starts) - 1
 
     def rows(self, shard: int) -> np.ndarray:
         """The shard's row ordinals, in file order."""
         return self.order[self.starts[shard]:self.starts[shard + 1]]
 
     def gather(self, shards: Any) -> None:
-        """Gather the rows of `shards` (those not gathered yet) in one take."""
+        """Gather the rows of `shards` (those not gathered yet)."""
         with self._lock:
             wanted = sorted({int(s) for s in shards} - set(self._gathered))
-            if not wanted:
-                return
-            index = np.concatenate([self.rows(s) for s in wanted])
-            taken = self.table.take(pa.array(index, type=pa.int64()))
-            at = 0
-            for shard in wanted:
-                self._gathered[shard] = (taken, at)
-                at += len(self.rows(shard))
+            if wanted:
+                self._gathered.update(self._by_blocks(wanted))
+
+    def _by_blocks(self, wanted: list[int]) -> dict[int, pa.Table]:
+        """Each wanted shard's rows, in file order, gathered block by block."""
+        small = self.shards <= 1 << 16  # then sorted as 16-bit numbers: a radix sort
+        shard_of = np.empty(len(self.order), dtype=np.uint16 if small else np.int64)
+        shard_of[self.order] = np.repeat(np.arange(self.shards, dtype=shard_of.dtype),
+                                         np.diff(self.starts))
+        pieces: dict[int, list[pa.RecordBatch]] = {s: [] for s in wanted}
+        wanted_array = np.asarray(wanted, dtype=np.int64)  # s + 1 may not fit 16 bits
+        low = 0
+        for block in self.table.to_batches():
+            high = low + block.num_rows
+            codes = shard_of[low:high]
+            order = np.argsort(codes, kind="stable")
+            bounds = np.searchsorted(codes[order], np.concatenate([wanted_array, wanted_array + 1]))
+            begins, ends = bounds[:len(wanted)], bounds[len(wanted):]
+            if ends.sum() - begins.sum():
+                taken = block.take(pa.array(np.concatenate(
+                    [order[b:e] for b, e in zip(begins, ends)]), type=pa.int64()))
+                at = 0
+                for shard, begin, end in zip(wanted, begins, ends):
+                    if end > begin:
+                        pieces[shard].append(taken.slice(at, int(end - begin)))
+                        at += int(end - begin)
+            low = high
+        return {s: pa.Table.from_batches(pieces[s], schema=self.table.schema) for s in wanted}
 
     def slice(self, shard: int, begin: int, length: int) -> pa.Table:
         """`length` rows of `shard` from its `begin`-th row on. A shard not gathered yet is
         gathered with every other one left (a worker reading any shard of the plan)."""
         if shard not in self._gathered:
-            self.gather(range(len(self.starts) - 1))
-        rows, at = self._gathered[shard]
-        return rows.slice(at + begin, length)
+            self.gather(range(self.shards))
+        return self._gathered[shard].slice(begin, length)
 
 
 class ShardOrders:
