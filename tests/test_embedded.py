@@ -257,9 +257,39 @@ def test_shards_are_shared_out_by_their_rows() -> None:
     assert abs(loads[0] - loads[1]) < min(sizes), loads
     # (shard % 2 gave 164,049 and 172,727)
     assert abs(loads[0] - loads[1]) < abs(sum(sizes[0::2]) - sum(sizes[1::2]))
+    # And each share is in the order to work it, largest first
+    assert all(sizes[a] >= sizes[b] for part in owned for a, b in zip(part, part[1:]))
     # And only the shards asked for are shared; without sizes, by shard number
-    assert share_out({3, 4, 7}, 2, sizes) == [{3}, {4, 7}]  # 18,335 | 16,923 + 16,746
-    assert share_out({3, 4, 7}, 2) == [{4}, {3, 7}]
+    assert share_out({3, 4, 7}, 2, sizes) == [[3], [4, 7]]  # 18,335 | 16,923 + 16,746
+    assert share_out({3, 4, 7}, 2) == [[4], [3, 7]]
+
+
+def test_a_process_done_with_its_share_takes_the_shards_not_begun_yet() -> None:
+    # Given shard claims shared by two processes, each with its own share (largest first)
+    import multiprocessing
+
+    from etl.runtime.claims import ShardClaims
+
+    claims = ShardClaims(6)
+    first, second = [0, 2, 4], [1, 3, 5]
+    # When the first process claims its whole share and one more, while the second has
+    # begun its own first shard
+    assert claims.next(first, second) == 0
+    assert claims.next(second, first) == 1
+    assert [claims.next(first, second) for _ in range(3)] == [2, 4, 5]
+    # Then it took the other's shard not begun yet that is last in line (smallest), the
+    # second goes on with what is left, and no shard is claimed twice
+    assert [claims.next(second, first) for _ in range(2)] == [3, None]
+    assert claims.next(first, second) is None
+
+    # And a claim made in a forked process is seen by its parent (memory shared by forks)
+    fork = multiprocessing.get_context("fork")
+    shared = ShardClaims(3, context=fork)
+    child = fork.Process(target=shared.claim, args=(1,))
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+    assert [shared.claim(s) for s in range(3)] == [True, False, True]
 
 
 def test_a_run_whose_batches_another_process_fetched_ahead_still_completes(

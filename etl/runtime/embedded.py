@@ -1,13 +1,14 @@
 """Embedded mode: run a pipeline on this machine with Dramatiq's StubBroker, no services.
 
 The same actors as distributed mode. Each local worker process has an in-memory broker and
-worker threads, and owns a disjoint set of shards, so processes never contend for the same
-shard and pandas work uses every core despite the GIL. Shards are shared out by their rows
-where the source can count them (largest first, each to the process with the fewest rows
-so far), else by shard number modulo processes. Processes are
+worker threads, and works shards no other process works, so processes never contend for
+the same shard and pandas work uses every core despite the GIL. Shards are shared out by
+their rows where the source can count them (largest first, each to the process with the
+fewest rows so far), else by shard number modulo processes; a process that ends its share
+early then takes shards of the others not begun yet (etl.runtime.claims). Processes are
 forked after the source is parsed and its rows grouped by shard, so they share it instead of
 re-reading it; each then gathers the rows of its own shards (a ShardGrouped source), in
-parallel with the others.
+parallel with the others, and the rows of a shard it takes over when it takes it.
 
 A cancelled run (etl.runtime.cancel) is seen by every process on its next poll: its
 steps are acked without work, the steps in hand finish, and the processes end.
@@ -26,12 +27,13 @@ from multiprocessing.connection import wait
 import os
 import threading
 import time
-from typing import Collection, Sequence
+from typing import Callable, Collection, Sequence
 
 import dramatiq
 
 from etl.brokers import open_broker
 from etl.runtime.actors import QUEUE, declare_actors
+from etl.runtime.claims import ShardClaims
 from etl.runtime.cancel import is_cancelled
 from etl.runtime.context import ContextCache, RunContext
 from etl.core.logs import summarize_floods
@@ -54,16 +56,22 @@ def _only(pending: Pending, shards: set[int]) -> Pending:
 
 
 def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
-          on_progress: ProgressCallback | None, results: ResultStore | None) -> int:
-    """Run `pending` on an in-memory broker until its queue drains; dead letters left."""
+          on_progress: ProgressCallback | None, results: ResultStore | None,
+          more: Callable[[], Pending | None] | None = None) -> int:
+    """Run `pending` on an in-memory broker until its queue drains, then what `more` hands
+    on, until it hands on nothing (None); the dead letters left."""
     broker = open_broker("stub://")
     broker.emit_after("process_boot")
     contexts = ContextCache()
     contexts.register(ctx)
     actors = declare_actors(broker, contexts, results=results, routed=False)
-    for stage, items in (("load", pending.load), ("clean", pending.clean), ("fetch", pending.fetch)):
-        for shard, batch in items:
-            actors.send_batch(ctx.run_id, shard, batch, from_stage=stage)
+
+    def send(part: Pending) -> None:
+        for stage, items in (("load", part.load), ("clean", part.clean), ("fetch", part.fetch)):
+            for shard, batch in items:
+                actors.send_batch(ctx.run_id, shard, batch, from_stage=stage)
+
+    send(pending)
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=20)  # fast stop
     worker.start()
     done = threading.Event()
@@ -74,10 +82,21 @@ def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
         finally:
             done.set()
 
-    threading.Thread(target=wait_for_queue, name="etl-join", daemon=True).start()
+    def follow() -> None:
+        done.clear()
+        threading.Thread(target=wait_for_queue, name="etl-join", daemon=True).start()
+
+    follow()
     cancelled_at: float | None = None
     try:
-        while not done.wait(poll):
+        while True:
+            if done.wait(poll):
+                part = more() if more is not None and cancelled_at is None else None
+                if part is None:
+                    break
+                send(part)
+                follow()
+                continue
             if on_progress:
                 on_progress(ctx.state.list_checkpoints(ctx.run_id))
             if cancelled_at is None and is_cancelled(ctx.state, ctx.run_id):
@@ -98,20 +117,21 @@ def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
 
 
 def share_out(shards: Collection[int], processes: int,
-              sizes: Sequence[int] | None = None) -> list[set[int]]:
-    """The shards each of `processes` owns: balanced by `sizes` (rows per shard) when given,
-    largest first to the process with the fewest rows so far (the run ends when its last
-    process does: shard % processes left the demo's two processes 164,049 and 172,727 rows,
-    this 168,366 and 168,410), else shard % processes."""
-    owned: list[set[int]] = [set() for _ in range(processes)]
+              sizes: Sequence[int] | None = None) -> list[list[int]]:
+    """The shards each of `processes` begins with, in the order to work them: balanced by
+    `sizes` (rows per shard) when given, largest first to the process with the fewest rows
+    so far (the run ends when its last process does: shard % processes left the demo's two
+    processes 164,049 and 172,727 rows, this 168,366 and 168,410), each share largest
+    first; else shard % processes, in shard order."""
+    owned: list[list[int]] = [[] for _ in range(processes)]
     if sizes is None:
-        for shard in shards:
-            owned[shard % processes].add(shard)
+        for shard in sorted(shards):
+            owned[shard % processes].append(shard)
         return owned
     loads = [0] * processes
     for shard in sorted(shards, key=lambda s: (-sizes[s], s)):
         least = min(range(processes), key=lambda i: (loads[i], i))
-        owned[least].add(shard)
+        owned[least].append(shard)
         loads[least] += sizes[shard]
     return owned
 
@@ -122,13 +142,29 @@ def _die_with_parent(parent: int) -> None:
     die_with_parent(parent)
 
 
-def _child(ctx: RunContext, pending: Pending, threads: int, results: ResultStore | None,
+def _child(ctx: RunContext, pending: Pending, own: list[int], others: list[int],
+           claims: ShardClaims, threads: int, results: ResultStore | None,
            parent: int) -> None:
     _die_with_parent(parent)
     source = ctx.pipeline.source
-    if isinstance(source, ShardGrouped):  # this process's shards only, beside the others
-        source.prepare_shards(ctx.plan, {s for s, _ in pending.fetch + pending.clean + pending.load})
-    dead = _work(ctx, pending, threads=threads, poll=0.5, on_progress=None, results=results)
+    grouped = isinstance(source, ShardGrouped)
+    if grouped:  # this process's shards only, beside the others
+        source.prepare_shards(ctx.plan, set(own))
+
+    def claimed() -> Pending | None:
+        """Up to `threads` shards claimed for this process (None: all are claimed)."""
+        taken: set[int] = set()
+        while len(taken) < threads and (shard := claims.next(own, others)) is not None:
+            taken.add(shard)
+        if not taken:
+            return None
+        if grouped:  # a shard taken over from another process is gathered now
+            source.prepare_shards(ctx.plan, taken)
+        return _only(pending, taken)
+
+    first = claimed()
+    dead = 0 if first is None else _work(ctx, first, threads=threads, poll=0.5,
+                                         on_progress=None, results=results, more=claimed)
     logging.shutdown()
     os._exit(min(dead, 125))
 
@@ -140,16 +176,20 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
     source = ctx.pipeline.source
     source.prepare(ctx.plan)  # parse and group once, shared by every fork
     sizes = source.shard_sizes(ctx.plan) if isinstance(source, ShardGrouped) else None
-    owners = share_out({s for s, _ in pending.fetch + pending.clean + pending.load},
-                       processes, sizes)
+    shards = {s for s, _ in pending.fetch + pending.clean + pending.load}
+    owners = share_out(shards, processes, sizes)
     fork = multiprocessing.get_context("fork")
+    claims = ShardClaims(max(shards, default=0) + 1, context=fork)
     gc.freeze()  # the children's collections skip what exists now: no copy-on-write of it
     children = []
-    for index in range(processes):
-        part = _only(pending, owners[index])
-        if part.total:
-            child = fork.Process(target=_child, args=(ctx, part, threads, results, os.getpid()),
-                                 name=f"etl-worker-{index}")
+    for index, own in enumerate(owners):
+        others = [s for i, share in enumerate(owners) if i != index for s in share]
+        if sizes is not None:  # taken over smallest first: the last ones end soonest
+            others.sort(key=lambda s: (-sizes[s], s))
+        if own:
+            child = fork.Process(target=_child, name=f"etl-worker-{index}",
+                                 args=(ctx, pending, own, others, claims, threads, results,
+                                       os.getpid()))
             child.start()
             children.append(child)
     gc.unfreeze()  # this process collects as before
