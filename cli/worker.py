@@ -10,6 +10,7 @@ from etl.runtime.distributed import Sender
 from etl.core.config import check_queue_name
 from etl.core.errors import ConfigError
 from etl.runtime.reconcile import STALE_AFTER, reconcile
+from etl.stores import open_results
 from etl.core.urls import mask_url
 from etl.runtime.worker import WorkerOptions, probe_broker, require_broker, serve
 
@@ -79,7 +80,9 @@ def reconcile_command(run_id: str, stale_after: float, force: bool, dry_run: boo
     conf = settings()
     if is_embedded(conf.broker_url):
         raise ConfigError("etl reconcile works on a broker; in embedded mode `etl run` resumes")
-    sender = Sender(conf)
+    # with the result recorder: each step re-sent gets its "queued" record, as a step sent
+    # by `etl run` does (without it, the worker that takes the step finds no record to start)
+    sender = Sender(conf, results=open_results(conf.results_url, required=False))
     try:
         context = sender.contexts.get(run_id)
         outcome = reconcile(context, sender.actors, queues=sender.queues,

@@ -260,6 +260,14 @@ def test_a_pipeline_with_its_own_queue_is_worked_only_where_that_queue_is_named(
     assert f"dead letters of {urgent}: 0" in cluster.etl("dlq", "list", "--run", urgent_run).stdout
 
 
+def _queued_jobs(cluster: Cluster, run_id: str) -> set[str]:
+    """The job ids of the run's steps whose result record says queued."""
+    listed = cluster.etl("results", "list", "--run", run_id, "--status", "queued", "--json",
+                         "--limit", "1000")
+    assert listed.returncode == 0, listed.stderr
+    return {record["job_id"] for record in json.loads(listed.stdout)}
+
+
 def test_reconcile_resends_exactly_the_lost_work(cluster: Cluster, reference: pd.DataFrame) -> None:
     # Given a run enqueued while no worker runs, and then its messages lost (queue purged)
     run_id = cluster.enqueue("--shards", "20", "--batch-size", "20000")
@@ -272,8 +280,12 @@ def test_reconcile_resends_exactly_the_lost_work(cluster: Cluster, reference: pd
     dry = cluster.etl("reconcile", run_id, "--dry-run")
     # Then it finds all 20 shards' fetch missing, and sends them
     assert "would send 20," in dry.stdout, dry.stdout + dry.stderr
+    before = _queued_jobs(cluster, run_id)
     sent = cluster.etl("reconcile", run_id)
     assert "sent 20," in sent.stdout, sent.stderr
+    # And each step it sent is recorded as queued, as a step `etl run` sends is (a worker
+    # finding no record of a step it starts could not record the step's life)
+    assert len(_queued_jobs(cluster, run_id) - before) == 20
     # And a second pass sends nothing while those messages wait in the queue
     again = cluster.etl("reconcile", run_id)
     assert "sent 0," in again.stdout and "probably queued 20" in again.stdout, again.stdout
