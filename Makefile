@@ -30,9 +30,10 @@ run: $(VENV)/.installed
 
 # Two passes: everything else on one pytest-xdist process per core (tests use their own
 # queues, Redis keys, tables and ports), then alone the tests marked exclusive (one stops
-# RabbitMQ, which would fail whatever runs beside it).
+# RabbitMQ, which would fail whatever runs beside it). The 20 slowest tests are listed at
+# the end: the suite must stay well under CI's 15 minutes.
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -n auto -m "not exclusive" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n auto -m "not exclusive" --durations=20 $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m exclusive $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: none selected
 
 # make bench BENCH_ARGS="--quick --only embedded,tenx": see bench/bench_all.py for sections
