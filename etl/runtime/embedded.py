@@ -91,7 +91,10 @@ def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
     try:
         while True:
             if done.wait(poll):
-                part = more() if more is not None and cancelled_at is None else None
+                if more is None or cancelled_at is not None or is_cancelled(ctx.state,
+                                                                            ctx.run_id):
+                    break  # (a cancelled run: no more shards are claimed)
+                part = more()
                 if part is None:
                     break
                 send(part)
