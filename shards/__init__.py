@@ -6,7 +6,7 @@ from typing import Any
 
 from shards.base import ShardPlan
 from shards.hashing import HashShards, stable_hash
-from shards.order import assign_rows, rows_by_shard
+from shards.order import assign_rows, rows_by_shard, shard_of_rows
 from shards.range import RangeShards
 
 
@@ -24,4 +24,4 @@ def plan_from_dict(data: dict[str, Any]) -> ShardPlan:
 
 
 __all__ = ["HashShards", "RangeShards", "ShardPlan", "assign_rows", "plan_from_dict",
-           "rows_by_shard", "stable_hash"]
+           "rows_by_shard", "shard_of_rows", "stable_hash"]

@@ -36,10 +36,24 @@ def rows_by_shard(assigned: np.ndarray, shards: int) -> tuple[np.ndarray, np.nda
     counts = np.bincount(assigned, minlength=shards) if len(assigned) else np.zeros(shards, int)
     if len(counts) > shards or (len(assigned) and assigned.min() < 0):
         raise ValueError(f"a row was assigned a shard outside 0..{shards - 1}")
-    keys = assigned.astype(np.uint16 if shards <= _RADIX_SHARDS else np.int64)
-    order = np.argsort(keys, kind="stable")
+    order = np.argsort(assigned.astype(_shard_dtype(shards)), kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return order, starts
+
+
+def _shard_dtype(shards: int) -> type:
+    """The narrowest type shard numbers are sorted as: uint16 (radix-sorted) when it fits."""
+    return np.uint16 if shards <= _RADIX_SHARDS else np.int64
+
+
+def shard_of_rows(order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Each row's shard, from `rows_by_shard`'s (order, starts), as the narrowest type that
+    sorts fast (see `_shard_dtype`)."""
+    shards = len(starts) - 1
+    dtype = _shard_dtype(shards)
+    found = np.empty(len(order), dtype=dtype)
+    found[order] = np.repeat(np.arange(shards, dtype=dtype), np.diff(starts))
+    return found
 
 
 def assign_rows(plan: ShardPlan, keys: pd.DataFrame) -> np.ndarray:
@@ -55,4 +69,4 @@ def assign_rows(plan: ShardPlan, keys: pd.DataFrame) -> np.ndarray:
         return np.concatenate(list(done))
 
 
-__all__ = ["assign_rows", "rows_by_shard"]
+__all__ = ["assign_rows", "rows_by_shard", "shard_of_rows"]

@@ -49,7 +49,7 @@ from etl.sources.digests import Reading, begin_reading, digests
 from etl.sources.lines import (DEFAULT_NULL_VALUES, MIXED_TYPES, CsvOptions, JsonOptions,
                                parse_csv, parse_jsonl, reparse_lines)
 from etl.sources.windows import Window
-from shards import ShardPlan, assign_rows, rows_by_shard
+from shards import ShardPlan, assign_rows, rows_by_shard, shard_of_rows
 
 pd = LazyModule("pandas")
 
@@ -114,6 +114,7 @@ class ShardRows:
     def __init__(self, table: pa.Table, order: np.ndarray, starts: np.ndarray) -> None:
         self.table, self.order, self.starts = table, order, starts
         self._gathered: dict[int, pa.Table] = {}
+        self._shard_of: np.ndarray | None = None  # each row's shard (`_by_blocks`)
         self._lock = threading.Lock()
 
     @property
@@ -132,11 +133,11 @@ class ShardRows:
                 self._gathered.update(self._by_blocks(wanted))
 
     def _by_blocks(self, wanted: list[int]) -> dict[int, pa.Table]:
-        """Each wanted shard's rows, in file order, gathered block by block."""
-        small = self.shards <= 1 << 16  # then sorted as 16-bit numbers: a radix sort
-        shard_of = np.empty(len(self.order), dtype=np.uint16 if small else np.int64)
-        shard_of[self.order] = np.repeat(np.arange(self.shards, dtype=shard_of.dtype),
-                                         np.diff(self.starts))
+        """Each wanted shard's rows, in file order, gathered block by block. Call with the
+        lock held."""
+        if self._shard_of is None:  # made once: a shard taken over is gathered on its own
+            self._shard_of = shard_of_rows(self.order, self.starts)
+        shard_of = self._shard_of
         pieces: dict[int, list[pa.RecordBatch]] = {s: [] for s in wanted}
         wanted_array = np.asarray(wanted, dtype=np.int64)  # s + 1 may not fit 16 bits
         low = 0
@@ -146,7 +147,7 @@ class ShardRows:
             order = np.argsort(codes, kind="stable")
             bounds = np.searchsorted(codes[order], np.concatenate([wanted_array, wanted_array + 1]))
             begins, ends = bounds[:len(wanted)], bounds[len(wanted):]
-            if ends.sum() - begins.sum():
+            if (ends > begins).any():
                 taken = block.take(pa.array(np.concatenate(
                     [order[b:e] for b, e in zip(begins, ends)]), type=pa.int64()))
                 at = 0
