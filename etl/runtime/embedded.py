@@ -88,13 +88,21 @@ def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
 
     follow()
     cancelled_at: float | None = None
+
+    def cancelled() -> bool:
+        """Whether the run is cancelled (seen once: the actors then ack what is queued
+        without work, and their records end cancelled)."""
+        nonlocal cancelled_at
+        if cancelled_at is None and is_cancelled(ctx.state, ctx.run_id):
+            log.info("run %s cancelled: stopping once the steps in hand end", ctx.run_id)
+            cancelled_at = time.monotonic()
+        return cancelled_at is not None
+
     try:
         while True:
             if done.wait(poll):
-                if more is None or cancelled_at is not None or is_cancelled(ctx.state,
-                                                                            ctx.run_id):
-                    break  # (a cancelled run: no more shards are claimed)
-                part = more()
+                # (a cancelled run claims no more shards)
+                part = more() if more is not None and not cancelled() else None
                 if part is None:
                     break
                 send(part)
@@ -102,10 +110,7 @@ def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
                 continue
             if on_progress:
                 on_progress(ctx.state.list_checkpoints(ctx.run_id))
-            if cancelled_at is None and is_cancelled(ctx.state, ctx.run_id):
-                # the actors ack what is queued without work (their records end cancelled)
-                log.info("run %s cancelled: stopping once the steps in hand end", ctx.run_id)
-                cancelled_at = time.monotonic()
+            cancelled()
             if cancelled_at is not None and time.monotonic() - cancelled_at > CANCEL_DRAIN_S:
                 break  # what is left waits on a delay (a deferral, a retry's back-off)
     finally:
