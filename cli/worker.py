@@ -82,14 +82,17 @@ def reconcile_command(run_id: str, stale_after: float, force: bool, dry_run: boo
         raise ConfigError("etl reconcile works on a broker; in embedded mode `etl run` resumes")
     # with the result recorder: each step re-sent gets its "queued" record, as a step sent
     # by `etl run` does (without it, the worker that takes the step finds no record to start)
-    sender = Sender(conf, results=open_results(conf.results_url, required=False))
+    results = open_results(conf.results_url, required=False)
+    sender = Sender(conf, results=results)
     try:
         context = sender.contexts.get(run_id)
         outcome = reconcile(context, sender.actors, queues=sender.queues,
                             queue=sender.queue_of(context), stale_after=stale_after,
                             force=force, dry_run=dry_run)
     finally:
-        sender.close()
+        sender.close()  # (its recorder's records written first)
+        if results is not None:
+            results.close()
     verb = "would send" if dry_run else "sent"
     out.print(f"run {run_id}: {verb} {len(outcome.sent)}, leased {len(outcome.leased)}, "
               f"probably queued {len(outcome.waiting)}; queue "
