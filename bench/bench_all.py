@@ -797,9 +797,9 @@ def profile_pass(work: Path, shards: int) -> dict[str, Any]:
     import pyarrow.csv  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
-    from etl.core.arrow_pool import use_jemalloc
+    from etl.core.arrow_pool import choose_pool
 
-    use_jemalloc()  # Arrow's pool as `etl run` sets it
+    choose_pool(long_lived=False)  # Arrow's pool as `etl run` sets it
     import etl.runtime.batches as steps
     import etl.runtime.runs as runs
     from etl.demo import pipeline

@@ -155,14 +155,14 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
     distributed run of a Pipeline object. `settings` default to those of the current
     directory (environment, etl.toml, setup.cfg); `stores` to those the settings name.
     """
-    from etl.core.arrow_pool import use_jemalloc
+    from etl.core.arrow_pool import choose_pool
     from etl.core.config import load_settings
     from etl.core.shared_settings import SHARED_PARAM, recorded_settings
     from etl.pipeline import load_pipeline
     from etl.brokers import is_embedded
     from etl.stores import Stores
 
-    use_jemalloc()  # before the source is parsed: etl.core.arrow_pool says why
+    choose_pool(long_lived=False)  # before the source is parsed: etl.core.arrow_pool says why
     conf = settings or load_settings()
     if isinstance(pipeline, str):
         spec = spec or pipeline

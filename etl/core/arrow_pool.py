@@ -1,12 +1,23 @@
-"""Arrow's memory pool for the toolkit's processes: jemalloc where pyarrow has it.
+"""Arrow's memory pool for the toolkit's processes: the system allocator for one run,
+jemalloc for a long-lived worker.
 
 pyarrow's wheels default to mimalloc on Linux. Every run allocates its parsed source, its
-gathered shards and its batches fresh. On a 2-core machine with transparent huge pages in
-`madvise` mode, mimalloc took that memory with a tenth of jemalloc's page faults (large
-pages, most likely) yet spent 0.4-3.6 s of system time on the same 10x-demo parse, varying
-from run to run; jemalloc, also bundled with pyarrow, spent 0.5-0.7 s. Whole `etl run` on
-the 10x demo (bench/tenx.py, 4 alternated rounds): 5.1-5.8 s wall with jemalloc, 6.1-7.8 s
-with mimalloc; the parse alone 1.0-1.2 s instead of 1.1-2.7 s.
+gathered shards and its batches fresh, and page faults are what that memory costs: on a
+2-core machine with transparent huge pages in `madvise` mode, mimalloc took the 10x demo's
+memory with a tenth of jemalloc's page faults (large pages, most likely) yet spent 0.4-3.6 s
+of system time on the same parse, varying from run to run.
+
+- One run (`etl run`, `etl.run`, the sender of a distributed run): the system allocator
+  (glibc). Its free lists keep what a batch freed for the next batch, where jemalloc hands
+  dirty pages back to the kernel after a second and faults them in again; the process ends
+  with the run, so holding memory costs nothing. 10x demo, `etl run --shards 20`, 4
+  alternated rounds on a 2-core AMD EPYC VM: median 6.78 s wall, 11.9 s CPU and ~660k
+  page faults with glibc, 7.31 s, 12.9 s and ~790k with jemalloc. The demo: the same
+  within the noise (1.86 s both).
+- A worker (`etl worker`): jemalloc, also bundled with pyarrow. It lives for many runs,
+  with threads allocating side by side, and jemalloc gives memory back to the kernel and
+  resists fragmentation there. Against mimalloc, on an earlier machine: the 10x parse
+  1.0-1.2 s instead of 1.1-2.7 s.
 
 `ARROW_DEFAULT_MEMORY_POOL` (Arrow's own setting: jemalloc, mimalloc or system), when set,
 is the user's choice and is left alone. Forked worker processes inherit the pool.
@@ -22,26 +33,27 @@ log = logging.getLogger(__name__)
 #: Arrow's setting naming its default pool; read by pyarrow itself when it is imported.
 ARROW_POOL_SETTING = "ARROW_DEFAULT_MEMORY_POOL"
 
-_chosen = False
+_chosen: str | None = None
 
 
-def use_jemalloc() -> None:
-    """Make jemalloc Arrow's default pool in this process, unless the user named a pool or
-    this pyarrow was built without jemalloc (then its default stays). Call before the
-    large allocations (a parse); cheap to call again."""
+def choose_pool(*, long_lived: bool) -> None:
+    """Set Arrow's default pool in this process, unless the user named one: jemalloc for a
+    `long_lived` worker (the system pool where this pyarrow lacks jemalloc), the system
+    allocator for one run. Call before the large allocations (a parse); the first call in
+    a process decides."""
     global _chosen
-    if _chosen or os.environ.get(ARROW_POOL_SETTING):
+    if _chosen is not None or os.environ.get(ARROW_POOL_SETTING):
         return
-    _chosen = True
     import pyarrow as pa
 
-    try:
-        pool = pa.jemalloc_memory_pool()
-    except NotImplementedError:  # pyarrow built without jemalloc
-        log.debug("pyarrow has no jemalloc: keeping its %s pool",
-                  pa.default_memory_pool().backend_name)
-        return
+    pool = pa.system_memory_pool()
+    if long_lived:
+        try:
+            pool = pa.jemalloc_memory_pool()
+        except NotImplementedError:  # pyarrow built without jemalloc
+            log.debug("pyarrow has no jemalloc: a worker allocates through the system pool")
     pa.set_memory_pool(pool)
+    _chosen = pool.backend_name
 
 
-__all__ = ["ARROW_POOL_SETTING", "use_jemalloc"]
+__all__ = ["ARROW_POOL_SETTING", "choose_pool"]

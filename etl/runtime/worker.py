@@ -35,7 +35,7 @@ import dramatiq
 from etl.runtime.actors import declare_actors
 from etl.brokers import broker_module, is_embedded, open_broker, queues_of
 from etl.brokers.base import Queues
-from etl.core.arrow_pool import use_jemalloc
+from etl.core.arrow_pool import choose_pool
 from etl.core.config import Settings
 from etl.runtime.context import ContextCache
 from etl.runtime.planning import declare_planner
@@ -210,7 +210,7 @@ def _child(settings: Settings, options: WorkerOptions, parent: int) -> None:
 def serve(settings: Settings, options: WorkerOptions, *, processes: int = 1) -> None:
     """Run `processes` worker processes until SIGTERM/SIGINT; restart any that dies."""
     require_broker(settings)  # before any process is forked
-    use_jemalloc()  # before a preload parses; the forked workers inherit it (etl.core.arrow_pool)
+    choose_pool(long_lived=True)  # before a preload parses; forks inherit it (etl.core.arrow_pool)
     # Every step's stages need pandas, which a pipeline no longer imports when it is built
     # (etl.core.lazy): imported here, before any fork and any message, not by a run's first batch
     importlib.import_module("pandas")
