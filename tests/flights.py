@@ -20,10 +20,15 @@ def sink_frame(workdir: Path, dataset: str = "out/flights") -> pd.DataFrame:
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
+def key_tuples(frame: pd.DataFrame) -> set[tuple[str, ...]]:
+    """The frame's keys as tuples of their text, so that dtypes that differ between the
+    sink and the reference (Int64 and int64, say) compare by value. Column by column: a
+    row-wise `apply(tuple, axis=1)` took ~19 s for the demo's 328,521 rows on pandas 3."""
+    return set(zip(*(frame[column].astype(str).tolist() for column in KEY)))
+
+
 def assert_exactly_once(sink: pd.DataFrame, reference: pd.DataFrame) -> None:
     """Every key of `reference` is in `sink`, once, and nothing else is."""
     assert len(sink) == len(reference)
     assert not sink.duplicated(KEY).any(), "a key was loaded twice"
-    keys = sink[KEY].astype(str).apply(tuple, axis=1)
-    expected = reference[KEY].astype(str).apply(tuple, axis=1)
-    assert set(keys) == set(expected)
+    assert key_tuples(sink) == key_tuples(reference)
