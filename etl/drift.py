@@ -27,15 +27,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
-import pyarrow as pa
-
 from etl.core.errors import BatchError, ConfigError
 from etl.core.lazy import LazyModule
 from etl.sources.base import SchemaKinds, WholeTable
 
 pd = LazyModule("pandas")
 pdt = LazyModule("pandas.api.types")
+np = LazyModule("numpy")
+pa = LazyModule("pyarrow")
 
 POLICIES = ("evolve", "freeze", "discard")
 KINDS = ("integer", "float", "boolean", "string", "datetime", "date", "other")
@@ -61,18 +60,19 @@ def kind_of_dtype(dtype: Any) -> str:
     return "other"
 
 
-#: Arrow type tests and the kind of the pandas column each becomes; anything else (decimals,
-#: which arrive as Decimal objects, nested and all-null columns) is "other": not judged.
-_ARROW_KINDS = ((pa.types.is_boolean, "boolean"), (pa.types.is_integer, "integer"),
-                (pa.types.is_floating, "float"), (pa.types.is_timestamp, "datetime"),
-                (pa.types.is_date, "date"), (pa.types.is_string, "string"),
-                (pa.types.is_large_string, "string"))
+#: Arrow type tests (pyarrow.types functions, by name: pyarrow is imported on first use) and
+#: the kind of the pandas column each becomes; anything else (decimals, which arrive as
+#: Decimal objects, nested and all-null columns) is "other": not judged.
+_ARROW_KINDS = (("is_boolean", "boolean"), ("is_integer", "integer"), ("is_floating", "float"),
+                ("is_timestamp", "datetime"), ("is_date", "date"), ("is_string", "string"),
+                ("is_large_string", "string"))
 
 
 def kind_of_arrow(dtype: pa.DataType) -> str:
     """The kind of an Arrow type, as `kind_of_dtype` would judge the pandas column it becomes
     (a null-free one: nulls are allowed for by `fits`)."""
-    return next((kind for test, kind in _ARROW_KINDS if test(dtype)), "other")
+    return next((kind for test, kind in _ARROW_KINDS if getattr(pa.types, test)(dtype)),
+                "other")
 
 
 def source_schema(source: Any) -> dict[str, str] | None:

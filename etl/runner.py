@@ -162,14 +162,16 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
     from etl.brokers import is_embedded
     from etl.stores import Stores
 
-    choose_pool(long_lived=False)  # before the source is parsed: etl.core.arrow_pool says why
     conf = settings or load_settings()
+    distributed = not is_embedded(conf.broker_url)
+    if not distributed:  # this process and its forks do the work (the sender of a
+        # distributed run leaves Arrow alone: it may never import pyarrow at all)
+        choose_pool(long_lived=False)  # before the source is parsed: etl.core.arrow_pool
     if isinstance(pipeline, str):
         spec = spec or pipeline
         pipeline = load_pipeline(pipeline)
     if fresh and run_id:
         raise ConfigError("fresh and run_id exclude each other")
-    distributed = not is_embedded(conf.broker_url)
     if spec is None:
         if distributed:
             raise ConfigError(f"pipeline {pipeline.name}: a distributed run needs its "

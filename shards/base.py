@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
-
 from etl.core.lazy import LazyModule
 
 pd = LazyModule("pandas")
+np = LazyModule("numpy")
 
 
 @runtime_checkable

@@ -16,18 +16,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from etl.core.lazy import LazyModule
 
 pd = LazyModule("pandas")
 pdt = LazyModule("pandas.api.types")
 pdu = LazyModule("pandas.util")
+np = LazyModule("numpy")
 
 HASH_KEY = "etl-shards-v1---"  # 16 bytes, fixed forever
-NULL_HASH = np.uint64(0x6E756C6C6E756C6C)  # "nullnull"
-FLOAT_TAG = np.uint64(0x666C6F6174363421)  # "float64!": fractional floats by their bits
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+#: The hash constants, as Python ints (made uint64 where used: numpy is imported on first
+#: use, so that defining a pipeline imports no numpy).
+NULL_HASH = 0x6E756C6C6E756C6C  # "nullnull"
+FLOAT_TAG = 0x666C6F6174363421  # "float64!": fractional floats by their bits
+_GOLDEN = 0x9E3779B97F4A7C15
 _NS_PER = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 _SAMPLE = 4096  # rows looked at to choose how to hash a text column
 
@@ -35,7 +36,7 @@ _SAMPLE = 4096  # rows looked at to choose how to hash a text column
 def _mix(x: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser over uint64 (wrapping arithmetic)."""
     with np.errstate(over="ignore"):
-        x = x + _GOLDEN  # a new array: the rest works in place on it (3.4M keys: 90 -> 40 ms)
+        x = x + np.uint64(_GOLDEN)  # a new array: the rest works in place on it (3.4M keys: 90 -> 40 ms)
         x ^= x >> np.uint64(30)
         x *= np.uint64(0xBF58476D1CE4E5B9)
         x ^= x >> np.uint64(27)
@@ -106,14 +107,14 @@ def _hash_column(values: pd.Series) -> np.ndarray:
         floats = values.astype("float64").to_numpy(na_value=np.nan)
         whole = np.isfinite(floats) & (np.floor(floats) == floats) & (np.abs(floats) < 2.0**63)
         ints = np.where(whole, floats, 0).astype(np.int64).view(np.uint64)
-        bits = np.where(np.isnan(floats), 0.0, floats).view(np.uint64) ^ FLOAT_TAG
+        bits = np.where(np.isnan(floats), 0.0, floats).view(np.uint64) ^ np.uint64(FLOAT_TAG)
         out = _mix(np.where(whole, ints, bits))
     elif pd.api.types.is_datetime64_any_dtype(values):
         out = _hash_times(values)
     else:
         out = _hash_strings(values)
     out = np.array(out, dtype=np.uint64, copy=True)
-    out[nulls] = NULL_HASH
+    out[nulls] = np.uint64(NULL_HASH)
     return out
 
 
@@ -122,7 +123,7 @@ def stable_hash(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     result = _hash_column(frame[columns[0]])
     for column in columns[1:]:
         with np.errstate(over="ignore"):
-            result = _mix(result * _GOLDEN + _hash_column(frame[column]))
+            result = _mix(result * np.uint64(_GOLDEN) + _hash_column(frame[column]))
     return result
 
 

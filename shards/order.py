@@ -13,12 +13,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 import os
 
-import numpy as np
-
 from etl.core.lazy import LazyModule
 from shards.base import ShardPlan
 
 pd = LazyModule("pandas")
+np = LazyModule("numpy")
 
 #: Rows per thread below which `assign_rows` assigns in the calling thread alone (a thread
 #: costs more than it saves on less: the demo's 336,776 rows hash in ~30 ms).

@@ -16,12 +16,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from etl.core.lazy import LazyModule
 
 pd = LazyModule("pandas")
 pdt = LazyModule("pandas.api.types")
+np = LazyModule("numpy")
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,12 @@ import dataclasses
 import logging
 from typing import Iterable, Sequence
 
-import numpy as np
-
 from etl.core.lazy import LazyModule
 from stages.errors import StageError
 from stages.base import REASON_COLUMN, StageResult
 
 pd = LazyModule("pandas")
+np = LazyModule("numpy")
 
 log = logging.getLogger("stages")
 

@@ -7,14 +7,13 @@ from functools import lru_cache
 from types import CodeType
 from typing import Callable, Literal, Sequence
 
-import numpy as np
-
 from etl.core.lazy import LazyModule
 from stages.errors import StageError
 from stages._util import as_list, require_columns, show, split
 from stages.base import BaseStage, StageResult
 
 pd = LazyModule("pandas")
+np = LazyModule("numpy")
 
 
 class _Columns(dict):  # type: ignore[type-arg]

@@ -7,8 +7,6 @@ from __future__ import annotations
 import zoneinfo
 from typing import Any, Callable, Literal
 
-import numpy as np
-
 from etl.core.lazy import LazyModule
 from stages.errors import StageError
 from stages._util import require_columns, split
@@ -16,6 +14,7 @@ from stages.base import BaseStage, StageResult
 from stages.types import _numbers, to_unit
 
 pd = LazyModule("pandas")
+np = LazyModule("numpy")
 
 Ambiguous = Literal["reject", "earliest", "latest"]
 _ZONED = r"[Tt ]\d.*(?:[Zz]|[+-]\d\d(?::?\d\d)?)$"  # a time followed by Z or an offset

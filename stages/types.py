@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
-
 from etl.core.lazy import LazyModule
 from stages.errors import StageError
 from stages._util import require_columns, split
@@ -16,6 +14,7 @@ from stages.base import BaseStage, StageResult
 
 pd = LazyModule("pandas")
 pdt = LazyModule("pandas.api.types")
+np = LazyModule("numpy")
 
 _TRUE = ["true", "t", "yes", "y", "1"]
 _FALSE = ["false", "f", "no", "n", "0"]

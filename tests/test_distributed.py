@@ -16,6 +16,8 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -446,3 +448,24 @@ def test_workers_share_an_s3_object_store(cluster: Cluster, s3_bucket: str, s3_e
     listed = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=s3_bucket, Prefix="etl/")
     stored = {o["Key"].removeprefix("etl/") for o in listed.get("Contents", [])}
     assert keys and keys <= stored
+
+
+def test_the_sender_of_a_followed_run_imports_neither_numpy_nor_pyarrow(cluster: Cluster) -> None:
+    # Given a worker on the cluster's queue
+    cluster.start_worker()
+    # When `etl run --wait` sends the demo and follows it (a worker plans the run: the
+    # sender parses nothing), with the sender's modules read as it exits
+    code = textwrap.dedent("""
+        import atexit, sys
+        atexit.register(lambda: print("heavy imports:", sorted(
+            m for m in ("numpy", "pyarrow", "pandas") if m in sys.modules)))
+        sys.argv = ["etl", "run", "--shards", "4", "--fresh", "--wait", "--no-progress"]
+        from cli.main import entry
+        entry()
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=cluster.workdir, env=cluster.env,
+                          text=True, capture_output=True, timeout=300)
+    # Then the run completed, and the sender imported none of numpy, pyarrow and pandas
+    assert done.returncode == 0, done.stderr
+    assert "completed" in done.stdout
+    assert "heavy imports: []" in done.stdout, done.stdout

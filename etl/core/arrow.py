@@ -16,12 +16,11 @@ from __future__ import annotations
 import threading
 from typing import Any, Hashable
 
-import numpy as np
-import pyarrow as pa
-
 from etl.core.lazy import LazyModule
 
 pd = LazyModule("pandas")
+np = LazyModule("numpy")
+pa = LazyModule("pyarrow")
 
 #: Arrow schemas of frames converted before, by column names and dtypes. Bounded: a run
 #: has a few (clean batches, quarantine, a drifted batch); a long-lived worker many runs.

@@ -7,14 +7,13 @@ through the pandas metadata pyarrow stores in the file.
 
 from __future__ import annotations
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from etl.core.arrow import frame_to_arrow
 from etl.core.lazy import LazyModule
 
 pd = LazyModule("pandas")
 pdt = LazyModule("pandas.api.types")
+pa = LazyModule("pyarrow")
+pq = LazyModule("pyarrow.parquet")
 
 #: What pandas calls an object column whose values are of several kinds. Anything else
 #: (all strings, all ints, ints and floats, all dicts, ...) pyarrow stores as it is.

@@ -14,9 +14,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Sequence
 
-import numpy as np
-import pyarrow as pa
-
 from etl.core.lazy import LazyModule
 from etl.runtime.context import RunContext
 from etl.core.errors import BatchError, ObjectNotFound
@@ -35,6 +32,8 @@ from stages import run_stages
 from stages.base import REASON_COLUMN, STAGE_COLUMN
 
 pd = LazyModule("pandas")
+np = LazyModule("numpy")
+pa = LazyModule("pyarrow")
 
 log = logging.getLogger(__name__)
 

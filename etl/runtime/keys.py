@@ -12,19 +12,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from etl.core.lazy import LazyModule
 from etl.sinks.base import SEQ_COLUMN, SEQ_ROW_DIGITS, make_seq
 from stages.base import stage_without
 
 pd = LazyModule("pandas")
+np = LazyModule("numpy")
+pa = LazyModule("pyarrow")
+pc = LazyModule("pyarrow.compute")
 
 if TYPE_CHECKING:
     from etl.stores.state import RunRecord, StateStore
-
 
 
 def run_stamp(run: "RunRecord", state: "StateStore") -> int:

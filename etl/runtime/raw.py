@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import logging
 
-import pyarrow as pa
-
 from etl.core.errors import BatchError
+from etl.core.lazy import LazyModule
 from etl.core.names import raw_key
 from etl.core.parquet import to_parquet_bytes
 from etl.runtime.context import RunContext
@@ -31,6 +30,8 @@ from etl.runtime.framecache import frames
 from etl.sources.base import Batch, Recuttable
 from etl.stores.state import RawPayload
 from shards import ShardPlan
+
+pa = LazyModule("pyarrow")
 
 log = logging.getLogger(__name__)
 

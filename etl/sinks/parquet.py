@@ -16,9 +16,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from etl.core.files import TEMP_PREFIX, atomic_write, orphaned
 from etl.core.lazy import LazyModule
 from etl.core.names import PART_FILE, PART_GLOB, part_file_name
@@ -27,6 +24,8 @@ from etl.sinks.base import BackfillAware, KeyAudit, ParquetWriter, Reachable, Si
 from etl.sinks.parquet_keys import keys_in_several, read_keys
 
 pd = LazyModule("pandas")
+pa = LazyModule("pyarrow")
+pq = LazyModule("pyarrow.parquet")
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,13 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 from etl.core.lazy import LazyModule
 
 pd = LazyModule("pandas")
+np = LazyModule("numpy")
+pa = LazyModule("pyarrow")
+pc = LazyModule("pyarrow.compute")
+pq = LazyModule("pyarrow.parquet")
 
 log = logging.getLogger(__name__)
 

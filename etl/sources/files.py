@@ -35,10 +35,6 @@ from concurrent.futures import Future
 from dataclasses import fields
 from typing import Any, Callable, Collection, Mapping, Sequence
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from etl.core.errors import ConfigError, ObjectNotFound, SourceError
 from etl.core.lazy import LazyModule
 from etl.core.urls import mask_url
@@ -47,11 +43,14 @@ from etl.sources.base import (SOURCE_COLUMNS, Batch, ParsesAhead, Recuttable, Re
                               ShardGrouped, Source, WholeTable, Windowed)
 from etl.sources.digests import Reading, begin_reading, digests
 from etl.sources.lines import (DEFAULT_NULL_VALUES, MIXED_TYPES, CsvOptions, JsonOptions,
-                               parse_csv, parse_jsonl, reparse_lines)
+                               import_readers, parse_csv, parse_jsonl, reparse_lines)
 from etl.sources.windows import Window
 from shards import ShardPlan, assign_rows, rows_by_shard, shard_of_rows
 
 pd = LazyModule("pandas")
+np = LazyModule("numpy")
+pa = LazyModule("pyarrow")
+pq = LazyModule("pyarrow.parquet")
 
 log = logging.getLogger(__name__)
 
@@ -455,6 +454,7 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
                 return  # (a kept hash: table() reads and checks the bytes if it must parse)
             if self._unparsed is None:
                 self._unparsed = self._read_bytes()
+            import_readers()  # here, not in the parse's thread (etl.sources.lines)
             data, ahead = self._unparsed, Future()
             self._ahead = ahead
 

@@ -21,16 +21,15 @@ from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Any, Callable, Sequence
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.json as pajson
-
 from etl.core.lazy import LazyModule
 from etl.sources.base import SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN, SOURCE_TEXT_COLUMN
 
 pd = LazyModule("pandas")
+np = LazyModule("numpy")
+pa = LazyModule("pyarrow")
+pc = LazyModule("pyarrow.compute")
+pacsv = LazyModule("pyarrow.csv")
+pajson = LazyModule("pyarrow.json")
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +46,12 @@ _BOM = b"\xef\xbb\xbf"
 BadLines = list[tuple[int, str]]
 
 #: pandas' (and pyarrow's) default null markers: read as null in every column, as
-#: pandas.read_csv does.
-DEFAULT_NULL_VALUES: tuple[str, ...] = tuple(pacsv.ConvertOptions().null_values)
+#: pandas.read_csv does. Written out rather than read from pyarrow.csv.ConvertOptions, so
+#: that defining a CSV source imports no pyarrow (the sender of a distributed run parses
+#: nothing); a test holds this list equal to pyarrow's own.
+DEFAULT_NULL_VALUES: tuple[str, ...] = (
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null")
 #: JSON kinds that are structures: a field mixing one with other kinds is never made text.
 _STRUCTURES = frozenset({"list", "object"})
 #: What JsonOptions.mixed_types may be.
@@ -83,6 +86,13 @@ class JsonOptions:
 
     encoding: str = "utf-8"
     mixed_types: str = "text"
+
+
+def import_readers() -> None:
+    """Import pyarrow with its CSV and JSON readers in the calling thread, before a parse
+    begins on another (FileSource.parse_ahead): that thread then imports nothing while this
+    one goes on importing pandas, as when the readers were imported with this module."""
+    pacsv.read_csv, pajson.read_json, pc.sum  # noqa: B018 - LazyModule imports on access
 
 
 def _is_utf8(encoding: str) -> bool:

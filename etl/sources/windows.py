@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from etl.core.errors import ConfigError, SourceError
+from etl.core.lazy import LazyModule
+
+pa = LazyModule("pyarrow")
+pc = LazyModule("pyarrow.compute")
 
 
 @dataclass(frozen=True)
