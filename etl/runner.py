@@ -155,7 +155,6 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
     distributed run of a Pipeline object. `settings` default to those of the current
     directory (environment, etl.toml, setup.cfg); `stores` to those the settings name.
     """
-    from etl.core.arrow_pool import choose_pool
     from etl.core.config import load_settings
     from etl.core.shared_settings import SHARED_PARAM, recorded_settings
     from etl.pipeline import load_pipeline
@@ -163,15 +162,12 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
     from etl.stores import Stores
 
     conf = settings or load_settings()
-    distributed = not is_embedded(conf.broker_url)
-    if not distributed:  # this process and its forks do the work (the sender of a
-        # distributed run leaves Arrow alone: it may never import pyarrow at all)
-        choose_pool(long_lived=False)  # before the source is parsed: etl.core.arrow_pool
     if isinstance(pipeline, str):
         spec = spec or pipeline
         pipeline = load_pipeline(pipeline)
     if fresh and run_id:
         raise ConfigError("fresh and run_id exclude each other")
+    distributed = not is_embedded(conf.broker_url)
     if spec is None:
         if distributed:
             raise ConfigError(f"pipeline {pipeline.name}: a distributed run needs its "
@@ -280,12 +276,17 @@ class _Run:
               accept_schema: bool, wait: bool) -> "tuple[RunRecord, bool]":
         """open_run; a new run of a followed distributed run is created by a worker, where
         its source is parsed anyway (etl.runtime.planning)."""
+        from etl.core.arrow_pool import choose_pool
         from etl.runtime.planning import plan_on_worker, plans_remotely
         from etl.runtime.runs import open_run, parse_needed
         from etl.sources.base import ParsesAhead
 
         window = bool(params and "window" in params)
         if not (self.worker_plans and wait and plans_remotely(self.pipeline, self.spec, window=window)):
+            # this process reads the source (and, embedded, its forks work it): Arrow's pool
+            # before the parse (etl.core.arrow_pool); a sender whose run a worker plans
+            # parses nothing and may never import pyarrow at all
+            choose_pool(long_lived=False)
             if isinstance(self.pipeline.source, ParsesAhead) and parse_needed(
                     self.stores.state, self.pipeline, fresh=fresh, run_id=run_id):
                 self.pipeline.source.parse_ahead()  # its fingerprint's hash overlaps the parse

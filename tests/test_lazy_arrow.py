@@ -6,24 +6,12 @@ end. The process that parses imports them on first use.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pyarrow.csv as pacsv
 
 from etl.sources.lines import DEFAULT_NULL_VALUES
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _fresh(code: str, *, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env,
-                          text=True, capture_output=True, timeout=120)
+from tests.test_lazy_pandas import _fresh
 
 
 def test_a_pipeline_and_the_senders_modules_load_without_numpy_or_pyarrow(tmp_path: Path) -> None:

@@ -7,10 +7,12 @@ gathered shards and its batches fresh, and page faults are what that memory cost
 memory with a tenth of jemalloc's page faults (large pages, most likely) yet spent 0.4-3.6 s
 of system time on the same parse, varying from run to run.
 
-- One run (`etl run`, `etl.run`, the sender of a distributed run): the system allocator
-  (glibc). Its free lists keep what a batch freed for the next batch, where jemalloc hands
-  dirty pages back to the kernel after a second and faults them in again; the process ends
-  with the run, so holding memory costs nothing. 10x demo, `etl run --shards 20`, 4
+- A process that reads a run's source (`etl run` and `etl.run` embedded, or the sender of
+  a distributed run that plans the run itself; a sender whose run a worker plans reads
+  nothing and leaves the pool alone): the system allocator (glibc). Its free lists keep
+  what a batch freed for the next batch, where jemalloc hands dirty pages back to the
+  kernel after a second and faults them in again; the process ends with the run, so
+  holding memory costs nothing. 10x demo, `etl run --shards 20`, 4
   alternated rounds on a 2-core AMD EPYC VM: median 6.78 s wall, 11.9 s CPU and ~660k
   page faults with glibc, 7.31 s, 12.9 s and ~790k with jemalloc. The demo: the same
   within the noise (1.86 s both).
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 #: Arrow's setting naming its default pool; read by pyarrow itself when it is imported.
 ARROW_POOL_SETTING = "ARROW_DEFAULT_MEMORY_POOL"
 
-_chosen: str | None = None
+_chosen = False
 
 
 def choose_pool(*, long_lived: bool) -> None:
@@ -42,7 +44,7 @@ def choose_pool(*, long_lived: bool) -> None:
     allocator for one run. Call before the large allocations (a parse); the first call in
     a process decides."""
     global _chosen
-    if _chosen is not None or os.environ.get(ARROW_POOL_SETTING):
+    if _chosen or os.environ.get(ARROW_POOL_SETTING):
         return
     import pyarrow as pa
 
@@ -53,7 +55,7 @@ def choose_pool(*, long_lived: bool) -> None:
         except NotImplementedError:  # pyarrow built without jemalloc
             log.debug("pyarrow has no jemalloc: a worker allocates through the system pool")
     pa.set_memory_pool(pool)
-    _chosen = pool.backend_name
+    _chosen = True
 
 
 __all__ = ["ARROW_POOL_SETTING", "choose_pool"]
