@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
+from etl.core import collector
 from etl.core.errors import ConfigError
 from etl.sinks.base import KeyAudit, Reachable
 
@@ -188,9 +189,10 @@ def run(pipeline: "Pipeline | str", *, spec: str | None = None, shards: int | No
     call = _Run(pipeline, spec=spec, settings=conf, stores=stores, distributed=distributed,
                 worker_plans=planner)
     try:
-        return call.go(fresh=fresh, run_id=run_id, params=params, accept_schema=accept_schema,
-                       wait=wait, progress=progress, processes=processes, threads=threads,
-                       resume=resume, on_start=on_start, on_enqueued=on_enqueued)
+        with collector.paused():  # until the work begins (etl.core.collector)
+            return call.go(fresh=fresh, run_id=run_id, params=params, accept_schema=accept_schema,
+                           wait=wait, progress=progress, processes=processes, threads=threads,
+                           resume=resume, on_start=on_start, on_enqueued=on_enqueued)
     finally:
         call.close()
 
@@ -395,6 +397,7 @@ class _Run:
 
             return run_embedded(context, processes=processes, threads=threads,
                                 on_progress=progress, results=self.stores.results)
+        collector.resume()  # the sender follows the run from here
         sender = self._sender()
         sent = sender.start(context, created=created)
         if on_enqueued:

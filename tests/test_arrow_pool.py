@@ -96,3 +96,31 @@ def test_a_worker_chooses_the_pool_before_it_serves(tmp_path: Path) -> None:
     """, cwd=tmp_path)
     # Then Arrow allocates through jemalloc before any work
     assert backend == "jemalloc"
+
+
+def test_arrows_own_allocations_skip_mimalloc_when_the_run_loads_pyarrow(tmp_path: Path) -> None:
+    # Given the same small pipeline, in a process that has not loaded pyarrow
+    (tmp_path / "orders.csv").write_text(
+        "order_id,sku\n" + "".join(f"{i},s{i % 5}\n" for i in range(200)))
+    (tmp_path / "mypipes.py").write_text(textwrap.dedent("""
+        from etl import FileSource, ParquetSink, Pipeline
+        from shards import HashShards
+
+        orders = Pipeline(name="orders", source=FileSource("orders.csv"), stages=[],
+                          sink=ParquetSink("out/orders"), key=["order_id"],
+                          shards=HashShards(["order_id"], 2))
+    """))
+    # When it runs to its end (parse, Parquet writes) and then reads Arrow's pools
+    seen = _pool_after("""
+        import os, sys
+        import etl
+        assert "pyarrow" not in sys.modules
+        outcome = etl.run("mypipes:orders", fresh=True, processes=1)
+        assert outcome.completed and outcome.rows_loaded == 200, outcome
+        import pyarrow as pa
+        print(pa.default_memory_pool().backend_name, pa.mimalloc_memory_pool().max_memory(),
+              os.environ.get("ARROW_DEFAULT_MEMORY_POOL"))
+    """, cwd=tmp_path)
+    # Then Arrow's C++ default was the system pool too (mimalloc never held a byte), and
+    # the setting used for the import is gone from the environment
+    assert seen.split() == ["system", "0", "None"]

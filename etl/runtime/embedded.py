@@ -32,6 +32,7 @@ from typing import Callable, Collection, Sequence
 import dramatiq
 
 from etl.brokers import open_broker
+from etl.core import collector
 from etl.runtime.actors import QUEUE, declare_actors
 from etl.runtime.claims import ShardClaims
 from etl.runtime.cancel import is_cancelled
@@ -60,6 +61,7 @@ def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
           more: Callable[[], Pending | None] | None = None) -> int:
     """Run `pending` on an in-memory broker until its queue drains, then what `more` hands
     on, until it hands on nothing (None); the dead letters left."""
+    collector.resume()  # paused while the run opened (etl.core.collector)
     broker = open_broker("stub://")
     broker.emit_after("process_boot")
     contexts = ContextCache()
@@ -201,6 +203,7 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
             child.start()
             children.append(child)
     gc.unfreeze()  # this process collects as before
+    collector.resume()
     dead = killed = 0
     try:
         running = {child.sentinel: child for child in children}
