@@ -6,7 +6,6 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import click
-from rich.table import Table
 
 from cli.common import err, out, settings, totals
 from etl.core.logs import without_where
@@ -237,6 +236,8 @@ class _ProgressBar:
 
 
 def _summary(outcome: RunOutcome) -> None:
+    from rich.table import Table  # here: its import (~16 ms) would delay the run's parse
+
     after = outcome.after
     title = f"run {outcome.run_id}: {'completed' if outcome.completed else 'NOT complete'}"
     table = Table(title=title, min_width=len(title))  # never breaks the run id mid-word

@@ -279,12 +279,10 @@ class _Run:
         """open_run; a new run of a followed distributed run is created by a worker, where
         its source is parsed anyway (etl.runtime.planning)."""
         from etl.core.arrow_pool import choose_pool
-        from etl.runtime.planning import plan_on_worker, plans_remotely
         from etl.runtime.runs import open_run, parse_needed
         from etl.sources.base import ParsesAhead
 
-        window = bool(params and "window" in params)
-        if not (self.worker_plans and wait and plans_remotely(self.pipeline, self.spec, window=window)):
+        if not (self.worker_plans and wait and self._planned_remotely(params)):
             # this process reads the source (and, embedded, its forks work it): Arrow's pool
             # before the parse (etl.core.arrow_pool); a sender whose run a worker plans
             # parses nothing and may never import pyarrow at all
@@ -297,10 +295,19 @@ class _Run:
                 importlib.import_module("pandas")
             return open_run(self.stores.state, self.pipeline, spec=self.spec, fresh=fresh,
                             run_id=run_id, params=params, accept_schema=accept_schema)
+        from etl.runtime.planning import plan_on_worker
+
         sender = self._sender()
         return plan_on_worker(sender.planner, self.stores.state, self.pipeline, spec=self.spec,
                               queue=sender.actors.queue_for(self.pipeline), fresh=fresh,
                               run_id=run_id, params=params, accept_schema=accept_schema)
+
+    def _planned_remotely(self, params: dict[str, Any] | None) -> bool:
+        """Whether a worker creates the run (etl.runtime.planning, which imports Dramatiq:
+        an embedded run asks nothing of it before its parse begins)."""
+        from etl.runtime.planning import plans_remotely
+
+        return plans_remotely(self.pipeline, self.spec, window=bool(params and "window" in params))
 
     def go(self, *, fresh: bool, run_id: str | None, params: dict[str, Any] | None,
            accept_schema: bool, wait: bool, progress: "ProgressCallback | None",
