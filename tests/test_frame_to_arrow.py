@@ -141,11 +141,7 @@ def test_the_cache_stays_bounded() -> None:
 
 
 def _parquet(table: pa.Table) -> bytes:
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="snappy")
-    return sink.getvalue().to_pybytes()
+    return to_parquet_bytes(table)  # the same encode, from from_pandas' table
 
 
 def test_threads_converting_side_by_side_share_the_cache_safely() -> None:

@@ -21,7 +21,8 @@ from etl.core.faults import crash_point
 from etl.runtime.framecache import cleaned, frames
 from etl.runtime.raw import is_pointer, land, recut
 from etl.core.names import quarantine_key, staged_key
-from etl.core.parquet import arrow_checked, from_parquet_bytes, stringify_mixed, to_parquet_bytes
+from etl.core.parquet import (arrow_checked, from_parquet_bytes, raw_parquet_bytes, stringify_mixed,
+                              to_parquet_bytes)
 from etl.runtime.keys import missing_key, with_sequence
 from etl.sinks.base import ParquetWriter, Sequenced, SerialCommits
 from etl.sources.base import SOURCE_COLUMNS, SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN
@@ -109,7 +110,7 @@ def _raw_bytes(ctx: RunContext, payload: RawPayload) -> bytes:
                          "started, so the batch cannot be cut again: start a new run (--fresh)")
     found = ctx.pipeline.source.read_batch(ctx.plan, payload.shard, after=payload.cursor_start,
                                            limit=ctx.pipeline.batch_size)
-    data = to_parquet_bytes(found.table)
+    data = raw_parquet_bytes(found.table)
     if (found.table.num_rows, found.cursor_end) != (payload.rows, payload.cursor_end) \
             or hashlib.sha256(data).hexdigest() != payload.sha256:
         raise BatchError(f"{where}: object is missing, and the source no longer gives the same "

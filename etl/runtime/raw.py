@@ -24,7 +24,7 @@ import logging
 from etl.core.errors import BatchError
 from etl.core.lazy import LazyModule
 from etl.core.names import raw_key
-from etl.core.parquet import to_parquet_bytes
+from etl.core.parquet import raw_parquet_bytes
 from etl.runtime.context import RunContext
 from etl.runtime.framecache import frames
 from etl.sources.base import Batch, Recuttable
@@ -51,7 +51,7 @@ def land(ctx: RunContext, shard: int, batch: int, found: Batch) -> RawPayload:
     if ctx.pipeline.raw_pointers():
         digest, size = POINTER + ctx.pipeline.source.fingerprint(), 0
     else:
-        info = ctx.objects.put_bytes(key, to_parquet_bytes(found.table))
+        info = ctx.objects.put_bytes(key, raw_parquet_bytes(found.table))
         digest, size = info.sha256, info.bytes
     frames.put(key, digest, found.table)
     return RawPayload(run_id=ctx.run_id, shard=shard, batch=batch, key=key, bytes=size,
