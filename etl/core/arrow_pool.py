@@ -24,13 +24,15 @@ of system time on the same parse, varying from run to run.
 `ARROW_DEFAULT_MEMORY_POOL` (Arrow's own setting: jemalloc, mimalloc or system), when set,
 is the user's choice and is left alone. Forked worker processes inherit the pool.
 
-The choice is made as pyarrow loads, through that same setting, set for the import only:
+A run's choice is made as pyarrow loads, through that same setting, set for the import only:
 Arrow's C++ code reads it once, and its own allocations (the Parquet writer's buffers,
 kernel scratch space) go to that default, which `pyarrow.set_memory_pool` does not reach.
 Left to mimalloc, those took 2 MB huge pages, each zeroed by the kernel on first touch, in
 both worker processes of the demo: 5.5% of the run's CPU in `clear_page_erms` (perf).
 Where pyarrow is loaded already (a notebook), `set_memory_pool` still moves pyarrow's own
-allocations. numpy loads with pyarrow: its OpenBLAS threads are settled first
+allocations. A worker's jemalloc is set only that way: a pyarrow built without jemalloc
+would print a warning at import for a setting naming it, and a long-lived process reuses
+what mimalloc mapped. numpy loads with pyarrow: its OpenBLAS threads are settled first
 (etl.core.blas_threads).
 """
 
@@ -60,8 +62,8 @@ def choose_pool(*, long_lived: bool) -> None:
     if _chosen or os.environ.get(ARROW_POOL_SETTING):
         return
     one_blas_thread()
-    if "pyarrow" not in sys.modules:  # Arrow's C++ default too (see above)
-        os.environ[ARROW_POOL_SETTING] = "jemalloc" if long_lived else "system"
+    if not long_lived and "pyarrow" not in sys.modules:  # Arrow's C++ default too (see above)
+        os.environ[ARROW_POOL_SETTING] = "system"
         try:
             importlib.import_module("pyarrow")
         finally:
