@@ -40,11 +40,11 @@ def _pool_after(code: str, *, cwd: Path, pool: str | None = None) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def test_a_run_allocates_through_the_system_pool(tmp_path: Path) -> None:
-    # Given a small CSV pipeline, in a process that named no Arrow pool
-    (tmp_path / "orders.csv").write_text(
+def _orders_project(folder: Path) -> None:
+    """A small CSV pipeline (`mypipes:orders`, 200 rows, 2 hash shards) in `folder`."""
+    (folder / "orders.csv").write_text(
         "order_id,sku\n" + "".join(f"{i},s{i % 5}\n" for i in range(200)))
-    (tmp_path / "mypipes.py").write_text(textwrap.dedent("""
+    (folder / "mypipes.py").write_text(textwrap.dedent("""
         from etl import FileSource, ParquetSink, Pipeline
         from shards import HashShards
 
@@ -52,6 +52,11 @@ def test_a_run_allocates_through_the_system_pool(tmp_path: Path) -> None:
                           sink=ParquetSink("out/orders"), key=["order_id"],
                           shards=HashShards(["order_id"], 2))
     """))
+
+
+def test_a_run_allocates_through_the_system_pool(tmp_path: Path) -> None:
+    # Given a small CSV pipeline, in a process that named no Arrow pool
+    _orders_project(tmp_path)
     # When it runs to its end through etl.run
     backend = _pool_after("""
         import pyarrow as pa
@@ -100,16 +105,7 @@ def test_a_worker_chooses_the_pool_before_it_serves(tmp_path: Path) -> None:
 
 def test_arrows_own_allocations_skip_mimalloc_when_the_run_loads_pyarrow(tmp_path: Path) -> None:
     # Given the same small pipeline, in a process that has not loaded pyarrow
-    (tmp_path / "orders.csv").write_text(
-        "order_id,sku\n" + "".join(f"{i},s{i % 5}\n" for i in range(200)))
-    (tmp_path / "mypipes.py").write_text(textwrap.dedent("""
-        from etl import FileSource, ParquetSink, Pipeline
-        from shards import HashShards
-
-        orders = Pipeline(name="orders", source=FileSource("orders.csv"), stages=[],
-                          sink=ParquetSink("out/orders"), key=["order_id"],
-                          shards=HashShards(["order_id"], 2))
-    """))
+    _orders_project(tmp_path)
     # When it runs to its end (parse, Parquet writes) and then reads Arrow's pools
     seen = _pool_after("""
         import os, sys

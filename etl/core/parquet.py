@@ -36,9 +36,9 @@ def to_parquet_bytes(frame: pd.DataFrame | pa.Table) -> bytes:
     object column mixing kinds of values raises (pyarrow cannot type it): pass such frames
     through `stringify_mixed`."""
     table = frame if isinstance(frame, pa.Table) else _arrow(frame)
-    delta = [field.name for field in table.schema if _delta_encoded(field.type)]
     if len(set(table.column_names)) < table.num_columns:  # (encodings are set by name)
         return _written(table)
+    delta = [field.name for field in table.schema if _delta_encoded(field.type)]
     return _written(table, use_dictionary=[name for name in table.column_names
                                            if name not in delta],
                     column_encoding={name: "DELTA_BINARY_PACKED" for name in delta})
