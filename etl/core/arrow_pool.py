@@ -38,12 +38,12 @@ what mimalloc mapped. numpy loads with pyarrow: its OpenBLAS threads are settled
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sys
 
 from etl.core.blas_threads import one_blas_thread
+from etl.core.lazy import import_with_setting
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,7 @@ def choose_pool(*, long_lived: bool) -> None:
         return
     one_blas_thread()
     if not long_lived and "pyarrow" not in sys.modules:  # Arrow's C++ default too (see above)
-        os.environ[ARROW_POOL_SETTING] = "system"
-        try:
-            importlib.import_module("pyarrow")
-        finally:
-            del os.environ[ARROW_POOL_SETTING]
+        import_with_setting("pyarrow", ARROW_POOL_SETTING, "system")
     import pyarrow as pa
 
     pool = pa.system_memory_pool()

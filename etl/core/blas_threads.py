@@ -13,9 +13,10 @@ and the forks that inherit it, are set.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
+
+from etl.core.lazy import import_with_setting
 
 #: The settings OpenBLAS reads its thread count from, in its order.
 SETTINGS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
@@ -26,11 +27,7 @@ def one_blas_thread() -> None:
     threads exist) or the user set the thread count."""
     if "numpy" in sys.modules or any(os.environ.get(name) for name in SETTINGS):
         return
-    os.environ["OPENBLAS_NUM_THREADS"] = "1"
-    try:
-        importlib.import_module("numpy")  # OpenBLAS reads the setting as it loads
-    finally:
-        del os.environ["OPENBLAS_NUM_THREADS"]
+    import_with_setting("numpy", "OPENBLAS_NUM_THREADS", "1")  # read as OpenBLAS loads
 
 
 __all__ = ["SETTINGS", "one_blas_thread"]

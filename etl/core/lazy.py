@@ -1,10 +1,13 @@
 """Lazy package faces (PEP 562): a package names its public classes without importing the
 modules that define them, so `import etl` or `import etl.sinks` stays cheap and a class's
-heavy imports (pandas, pyarrow, a database driver) happen when it is first used."""
+heavy imports (pandas, pyarrow, a database driver) happen when it is first used. Also how a
+native library is imported with a setting it reads once, as it loads (`import_with_setting`).
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any, Callable, Mapping
 
@@ -48,3 +51,14 @@ class LazyModule:
     def __repr__(self) -> str:
         loaded = self._lazy_name in sys.modules
         return f"<lazy module {self._lazy_name!r}{'' if loaded else ' (not imported yet)'}>"
+
+
+def import_with_setting(module: str, name: str, value: str) -> None:
+    """Import `module` with the environment variable `name` set to `value` for that import
+    only: for native libraries that read a setting once, as they load (OpenBLAS's thread
+    count, Arrow's default pool). The caller checks that `name` is not set already."""
+    os.environ[name] = value
+    try:
+        importlib.import_module(module)
+    finally:
+        del os.environ[name]
