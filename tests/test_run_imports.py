@@ -20,16 +20,28 @@ UNUSED = ("pymongo", "redis", "pika", "boto3", "botocore", "sqlalchemy", "psycop
           "deltalake", "prometheus_client", "mongomock", "rich.progress")
 
 
-def test_an_embedded_run_without_progress_imports_no_unused_client(tmp_path: Path) -> None:
-    # Given a project with a CSV-to-Parquet pipeline
-    (tmp_path / "rows.csv").write_text("id,v\n" + "".join(f"{i},{i}\n" for i in range(50)))
-    (tmp_path / "pipes.py").write_text(textwrap.dedent("""
+def _rows_project(folder: Path) -> None:
+    """A CSV-to-Parquet project in `folder`: `pipes:rows`, 50 rows, 2 hash shards."""
+    (folder / "rows.csv").write_text("id,v\n" + "".join(f"{i},{i}\n" for i in range(50)))
+    (folder / "pipes.py").write_text(textwrap.dedent("""
         from etl import FileSource, ParquetSink, Pipeline
         from shards import HashShards
 
         rows = Pipeline(name="rows", source=FileSource("rows.csv"), sink=ParquetSink("out"),
                         key=["id"], shards=HashShards(["id"], 2), batch_size=20)
     """))
+
+
+def _env(folder: Path) -> dict[str, str]:
+    """This environment without ETL_ settings, importing from `folder` and the repository."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(folder), str(Path(__file__).resolve().parents[1])])
+    return env
+
+
+def test_an_embedded_run_without_progress_imports_no_unused_client(tmp_path: Path) -> None:
+    # Given a project with a CSV-to-Parquet pipeline
+    _rows_project(tmp_path)
     probe = textwrap.dedent("""
         import json, sys
         sys.argv = ["etl", "run", "-p", "pipes:rows", "--no-progress"]
@@ -39,8 +51,7 @@ def test_an_embedded_run_without_progress_imports_no_unused_client(tmp_path: Pat
         finally:
             print(json.dumps(sorted(sys.modules)), file=sys.stderr)
     """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])
+    env = _env(tmp_path)
     # When `etl run --no-progress` runs it in a fresh interpreter
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, text=True,
                             capture_output=True, timeout=300)
@@ -55,14 +66,7 @@ def test_an_embedded_run_begins_its_parse_before_dramatiq_and_rich_tables_load(
         tmp_path: Path) -> None:
     # Given the same kind of project, and a probe noting which of Dramatiq and rich's table
     # are loaded when the source's parse begins
-    (tmp_path / "rows.csv").write_text("id,v\n" + "".join(f"{i},{i}\n" for i in range(50)))
-    (tmp_path / "pipes.py").write_text(textwrap.dedent("""
-        from etl import FileSource, ParquetSink, Pipeline
-        from shards import HashShards
-
-        rows = Pipeline(name="rows", source=FileSource("rows.csv"), sink=ParquetSink("out"),
-                        key=["id"], shards=HashShards(["id"], 2), batch_size=20)
-    """))
+    _rows_project(tmp_path)
     probe = textwrap.dedent("""
         import json, sys
         from etl.sources.files import FileSource
@@ -79,8 +83,7 @@ def test_an_embedded_run_begins_its_parse_before_dramatiq_and_rich_tables_load(
         finally:
             print(json.dumps(seen), file=sys.stderr)
     """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parents[1])])
+    env = _env(tmp_path)
     # When `etl run` runs it (embedded) in a fresh interpreter
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, text=True,
                             capture_output=True, timeout=300)
