@@ -65,3 +65,43 @@ def test_a_table_whose_column_names_repeat_is_still_written() -> None:
     data = to_parquet_bytes(table)
     # Then it is, with both columns
     assert pq.ParquetFile(pa.BufferReader(data)).metadata.num_columns == 2
+
+
+def _statistics(data: bytes) -> set[bool]:
+    meta = pq.ParquetFile(pa.BufferReader(data)).metadata.row_group(0)
+    return {meta.column(i).is_stats_set for i in range(meta.num_columns)}
+
+
+def test_a_plain_file_has_no_dictionaries_or_statistics_and_reads_back_the_same() -> None:
+    # Given a small batch of every kind of column
+    frame = _batch(rows=40)
+    # When it is written plain
+    data = to_parquet_bytes(frame, plain=True)
+    # Then no column has a dictionary or min/max statistics
+    assert not any("DICTIONARY" in e for encodings in _encodings(data).values() for e in encodings)
+    assert _statistics(data) == {False}
+    # And the frame reads back as it was, dtypes and nulls included
+    pd.testing.assert_frame_equal(from_parquet_bytes(data), frame)
+
+
+def test_a_small_quarantine_is_written_plain_and_a_large_one_keeps_its_dictionaries() -> None:
+    from etl.runtime.batches import PLAIN_QUARANTINE_ROWS, ROW_COLUMN, quarantine_bytes
+
+    def quarantined(rows: int) -> pd.DataFrame:
+        return _batch(rows=rows).assign(**{ROW_COLUMN: pd.array(range(rows), dtype="Int64")})
+
+    # Given a quarantine of a few dozen rows, and one of a whole batch
+    small, large = quarantined(40), quarantined(PLAIN_QUARANTINE_ROWS)
+    # When each is written
+    small_data, large_data = quarantine_bytes(small), quarantine_bytes(large)
+    # Then the small one is plain, without statistics
+    assert not any("DICTIONARY" in e for e in set().union(*_encodings(small_data).values()))
+    assert _statistics(small_data) == {False}
+    # And the large one dictionary-encodes its text and keeps statistics
+    assert "RLE_DICTIONARY" in _encodings(large_data)["carrier"]
+    assert True in _statistics(large_data)
+    # And both read back as they were (the row ordinal as a plain integer)
+    for data, frame in ((small_data, small), (large_data, large)):
+        back = from_parquet_bytes(data)
+        assert back[ROW_COLUMN].tolist() == frame[ROW_COLUMN].tolist()
+        pd.testing.assert_frame_equal(back.drop(columns=ROW_COLUMN), frame.drop(columns=ROW_COLUMN))

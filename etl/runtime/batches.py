@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 #: Quarantined rows keep their ordinal in the raw payload here (null when unknown).
 ROW_COLUMN = "_row"
+#: Quarantines of fewer rows (a few dozen per batch is usual) are written without
+#: dictionaries or statistics (etl.core.parquet.to_parquet_bytes, `plain`); larger ones, a
+#: whole batch refused say, keep the dictionaries that make repeated values small.
+PLAIN_QUARANTINE_ROWS = 1_000
 #: Added to ordinals to make index labels while stages run: a stage that re-indexes its
 #: output (0..n-1) then cannot pass for one that kept row identity.
 ROW_OFFSET = 1 << 40
@@ -245,7 +249,7 @@ def quarantine_bytes(quarantined: pd.DataFrame) -> bytes:
             if rows is not None:
                 kept = kept.assign(**{ROW_COLUMN: rows.astype("Int64").to_numpy()})
         try:
-            return to_parquet_bytes(kept)
+            return to_parquet_bytes(kept, plain=len(kept) < PLAIN_QUARANTINE_ROWS)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             if as_text:
                 raise
