@@ -18,7 +18,9 @@ Sections (all by default; pick with --only, comma-separated):
   help         `etl --help` vs a bare `python -c pass` (wall, median).
   overhead     the demo at 3 batch sizes (about 20, 80 and 180 batches): CPU per extra
                batch of the whole command, of `stages.run_stages` alone over the same
-               slices in process, and their difference, the toolkit's own cost per batch.
+               slices in process, and their difference, the toolkit's own cost per batch;
+               then where it goes: the profile pass (below) at the largest and smallest
+               batch size, per step, and what is left for messages, records and processes.
   profile      CPU per step of one sequential pass through the real batch steps
                (etl.runtime.batches fetch/clean/load), source read, parse, fingerprint and
                plan included (in a fresh process: nothing cached); --write-readme puts the
@@ -574,21 +576,65 @@ def overhead_section(args: argparse.Namespace) -> None:
     print(f"  slope, run_stages alone   : {1000 * stage_slope:7.2f} ms CPU per extra batch")
     print(f"  toolkit overhead per batch = total slope - stages slope = "
           f"{1000 * (total_slope - stage_slope):.2f} ms CPU")
+    overhead_steps(args, chosen[0], chosen[-1], total_slope - stage_slope)
+
+
+def overhead_steps(args: argparse.Namespace, large: int, small: int, overhead: float) -> None:
+    """Where the toolkit's cost per batch goes: the profile pass (one process, the batch
+    steps called in turn: no broker, messages, results, leases or second process) at the
+    largest and the smallest batch size, alternated, medians per step; each step's CPU per
+    extra batch, and what is left of the whole command's overhead for the rest."""
+    runs: dict[int, list[dict[str, Any]]] = {large: [], small: []}
+    try:
+        for _ in range(max(3, args.repeat // 2 + 1)):
+            for size in (large, small):
+                runs[size].append(profile_child(args.shards, size))
+    except BenchError as exc:
+        print(f"  ! per-step breakdown failed: {exc}")
+        return
+    counts = {size: runs[size][0]["batches"] for size in runs}
+    extra = counts[small] - counts[large]
+    if extra <= 0:
+        return
+
+    def per_step(size: int) -> dict[str, float]:
+        names = {name for data in runs[size] for name, _, _ in data["steps"]}
+        return {name: median([next((cpu for n, cpu, _ in data["steps"] if n == name), 0.0)
+                              for data in runs[size]]) for name in names}
+
+    few, many = per_step(large), per_step(small)
+    slopes = {name: (many.get(name, 0.0) - few.get(name, 0.0)) / extra
+              for name in set(few) | set(many) if name != "stages (pandas)"}
+    steps = sum(slopes.values())
+    print(f"  where it goes (profile pass: {counts[large]} vs {counts[small]} batches, "
+          f"{len(runs[large])} runs each, medians; ms CPU per extra batch):")
+    for name, value in sorted(slopes.items(), key=lambda kv: -kv[1]):
+        if abs(value) >= 0.00005:
+            print(f"    {1000 * value:6.2f}  {name}")
+    print(f"    {1000 * steps:6.2f}  = the batch steps in one process, without the stages")
+    print(f"    {1000 * (overhead - steps):6.2f}  = the rest of the whole command's overhead: "
+          "Dramatiq's messages, the result records, leases, the worker threads, two processes")
+
+
+def profile_child(shards: int, batch_size: int | None = None) -> dict[str, Any]:
+    """The figures of `profile_pass`, run in a fresh process (nothing cached)."""
+    with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
+        work = Path(tmp)
+        size = ["--batch-size", str(batch_size)] if batch_size else []
+        run_timed([PY, str(Path(__file__)), "--child", "profile", "--workdir", str(work),
+                   "--shards", str(shards), *size], cwd=work,
+                  env=clean_env(ETL_DEMO_OUTPUT=str(work / "out")))
+        return json.loads((work / ".bench-stdout").read_text().strip().splitlines()[-1])
 
 
 def profile_section(args: argparse.Namespace) -> None:
     print(f"\n== per-step profile: one sequential pass over every batch of the demo "
           f"({args.shards} shards), in a fresh process (load {load()}) ==", flush=True)
-    with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
-        work = Path(tmp)
-        try:
-            run_timed([PY, str(Path(__file__)), "--child", "profile", "--workdir", str(work),
-                       "--shards", str(args.shards)], cwd=work,
-                      env=clean_env(ETL_DEMO_OUTPUT=str(work / "out")))
-        except BenchError as exc:
-            print(f"  ! profile failed: {exc}")
-            return
-        data = json.loads((work / ".bench-stdout").read_text().strip().splitlines()[-1])
+    try:
+        data = profile_child(args.shards)
+    except BenchError as exc:
+        print(f"  ! profile failed: {exc}")
+        return
     for note in data["skipped"]:
         print(f"  (not wrapped: {note})")
     lines = profile_table(data)
@@ -650,7 +696,7 @@ def child_main(args: argparse.Namespace) -> None:
     os.chdir(work)
     os.environ["ETL_DEMO_OUTPUT"] = str(work / "out")
     if args.child == "profile":
-        print(json.dumps(profile_pass(work, args.shards)))
+        print(json.dumps(profile_pass(work, args.shards, args.batch_size)))
         return
     import pandas as pd  # noqa: F401 - imports are not what this view measures
     import pyarrow.csv  # noqa: F401
@@ -791,8 +837,9 @@ PROFILE_TARGETS = [
 PROFILE_MODULES = ["etl.runtime.batches", "etl.runtime.raw"]
 
 
-def profile_pass(work: Path, shards: int) -> dict[str, Any]:
-    """One sequential pass through the real steps, timed by step; returns the figures."""
+def profile_pass(work: Path, shards: int, batch_size: int | None = None) -> dict[str, Any]:
+    """One sequential pass through the real steps, timed by step; returns the figures.
+    `batch_size`: rows per batch (default: the pipeline's, one batch per shard)."""
     import pandas  # noqa: F401 - imports are not what this measures
     import pyarrow.csv  # noqa: F401
     import pyarrow.parquet  # noqa: F401
@@ -813,6 +860,8 @@ def profile_pass(work: Path, shards: int) -> dict[str, Any]:
     for module in PROFILE_MODULES:
         prof.patch_module(module)
     demo = pipeline().with_shards(shards)
+    if batch_size:
+        demo = dataclasses.replace(demo, batch_size=batch_size)
     state = open_state(f"sqlite:///{work}/state.db")
     objects = open_objects(f"file://{work}/objects")
     prof.patch_object("state store", state)
@@ -898,6 +947,7 @@ def main(argv: list[str]) -> None:
                         "(default: ETL_BENCH_CACHE, else ~/.cache/dramatiq-etl-bench)")
     parser.add_argument("--child", choices=("pandas", "etl", "profile"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--batch-size", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child_main(args)
