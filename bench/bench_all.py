@@ -576,6 +576,12 @@ def overhead_section(args: argparse.Namespace) -> None:
     print(f"  slope, run_stages alone   : {1000 * stage_slope:7.2f} ms CPU per extra batch")
     print(f"  toolkit overhead per batch = total slope - stages slope = "
           f"{1000 * (total_slope - stage_slope):.2f} ms CPU")
+    rounds = min(len(r.samples) for r in runs)
+    if rounds > 1:  # the machine's noise: the same figure from each round alone
+        each = sorted(slope(counts, [r.samples[i].cpu for r in runs])
+                      - slope(counts, [stage_runs[s][i] for s in chosen]) for i in range(rounds))
+        print(f"  the same from each round alone: {1000 * each[0]:.2f} to {1000 * each[-1]:.2f} ms "
+              f"(a change smaller than that spread needs more rounds, or a microbenchmark)")
     overhead_steps(args, chosen[0], chosen[-1], total_slope - stage_slope)
 
 
