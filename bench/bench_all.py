@@ -604,9 +604,9 @@ def overhead_steps(args: argparse.Namespace, large: int, small: int, overhead: f
         return
 
     def per_step(size: int) -> dict[str, float]:
-        names = {name for data in runs[size] for name, _, _ in data["steps"]}
-        return {name: median([next((cpu for n, cpu, _ in data["steps"] if n == name), 0.0)
-                              for data in runs[size]]) for name in names}
+        each = [{name: cpu for name, cpu, _ in data["steps"]} for data in runs[size]]
+        names = set().union(*each)
+        return {name: median([steps.get(name, 0.0) for steps in each]) for name in names}
 
     few, many = per_step(large), per_step(small)
     slopes = {name: (many.get(name, 0.0) - few.get(name, 0.0)) / extra

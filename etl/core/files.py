@@ -36,20 +36,15 @@ def atomic_write(target: Path, data: bytes) -> None:
     calls: mkstemp's name generator, an fchmod and a buffered file object cost ~60 us a file,
     which a run writing two files per batch pays per batch."""
     folder = target.parent
-    if folder not in _FOLDERS:
-        folder.mkdir(parents=True, exist_ok=True)
-        if len(_FOLDERS) >= _MAX_FOLDERS:  # a long-lived worker writes under many runs
-            _FOLDERS.clear()
-        _FOLDERS.add(folder)
     temp = folder / (f"{TEMP_PREFIX}{_HOST_PART}.{os.getpid()}.{next(_SEQUENCE)}"
                      f"{secrets.token_hex(4)}")
+    if folder not in _FOLDERS:
+        _make_folder(folder)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-    except FileNotFoundError:  # the folder was removed since: make it again
-        _FOLDERS.discard(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        _FOLDERS.add(folder)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        fd = _create(temp)
+    except FileNotFoundError:  # the folder was removed since it was made: make it again
+        _make_folder(folder)
+        fd = _create(temp)
     try:
         try:
             view = memoryview(data)
@@ -62,6 +57,19 @@ def atomic_write(target: Path, data: bytes) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def _make_folder(folder: Path) -> None:
+    """Make `folder` (and its parents) and remember it exists."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(_FOLDERS) >= _MAX_FOLDERS:  # a long-lived worker writes under many runs
+        _FOLDERS.clear()
+    _FOLDERS.add(folder)
+
+
+def _create(temp: Path) -> int:
+    """A new file, never an existing one, with the mode open() would give it."""
+    return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
 
 
 def orphaned(temp: Path) -> bool:
