@@ -65,6 +65,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import tenx  # noqa: E402
+from bench.scratch import SCRATCH  # noqa: E402
 
 PY = sys.executable
 _ETL_SCRIPT = Path(sys.executable).parent / "etl"
@@ -345,8 +346,7 @@ def alternate(contenders: list[Contender], repeat: int) -> None:
             if contender.failed:
                 continue
             for attempt in (1, 2):  # once more after a pause: a broker may be restarting
-                with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
-                    work = Path(tmp)
+                with SCRATCH.folder() as work:  # kept to the end (bench.scratch: why)
                     try:
                         contender.samples.append(contender.measure(work))
                     except BenchError as exc:
@@ -624,8 +624,7 @@ def overhead_steps(args: argparse.Namespace, large: int, small: int, overhead: f
 
 def profile_child(shards: int, batch_size: int | None = None) -> dict[str, Any]:
     """The figures of `profile_pass`, run in a fresh process (nothing cached)."""
-    with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
-        work = Path(tmp)
+    with SCRATCH.folder() as work:
         size = ["--batch-size", str(batch_size)] if batch_size else []
         run_timed([PY, str(Path(__file__)), "--child", "profile", "--workdir", str(work),
                    "--shards", str(shards), *size], cwd=work,
@@ -819,6 +818,7 @@ PROFILE_TARGETS = [
     ("fetch step (rest)", "etl.runtime.batches", "fetch"),
     ("source: slice batch", "etl.sources.files", "FileSource.read_batch"),
     ("encode parquet", "etl.runtime.batches", "to_parquet_bytes"),
+    ("encode parquet", "etl.runtime.batches", "frame_to_arrow"),
     ("decode parquet", "etl.runtime.batches", "from_parquet_bytes"),
     ("frame cache", "etl.runtime.batches", "frames.put"),
     ("frame cache", "etl.runtime.batches", "frames.pop"),
@@ -976,6 +976,17 @@ def main(argv: list[str]) -> None:
     demo_brokers = brokers if "demo" in on else []
     tenx_brokers = brokers if "tenx" in on else []
     started = time.perf_counter()
+    try:
+        run_sections(args, only, brokers=brokers, demo_brokers=demo_brokers,
+                     tenx_brokers=tenx_brokers, kinds=kinds, started=started)
+    finally:
+        SCRATCH.close()
+
+
+def run_sections(args: argparse.Namespace, only: list[str], *, brokers: list[str],
+                 demo_brokers: list[str], tenx_brokers: list[str], kinds: list[str],
+                 started: float) -> None:
+    """The chosen sections, then the goals met and missed."""
     compile_project()
     print(f"make bench: {', '.join(only)}; {args.repeat} rounds; {os.cpu_count()} cores, "
           f"{platform.python_implementation()} {platform.python_version()}; {versions()}")
