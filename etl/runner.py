@@ -365,7 +365,8 @@ class _Run:
         outcome.after = totals(work.checkpoints)
         if completed and isinstance(context.pipeline.sink, KeyAudit):
             outcome.keys_repeated = context.pipeline.sink.repeated_keys(
-                list(self.pipeline.key), shard_columns=_hash_columns(context.plan))
+                list(self.pipeline.key), shard_columns=_hash_columns(context.plan),
+                run_id=run.run_id, counted=work.key_counts)
         outcome.drifted = sum(1 for e in state.list_errors(run.run_id, limit=100_000)
                               if e.stage == "schema")
         if not work.completed:  # masked: records kept before masking existed may hold secrets

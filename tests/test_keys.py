@@ -209,3 +209,26 @@ def test_a_completed_run_whose_stages_changed_is_run_again(tmp_path: Path) -> No
     assert "stages changed since run" in result.stderr and "new run" in result.stderr
     loaded = pd.concat(pd.read_parquet(p) for p in (tmp_path / "out" / "feed").glob("*.parquet"))
     assert loaded["day"].max() <= 20
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_repeats_counted_as_batches_load_are_those_the_files_hold(
+        tmp_path: Path, processes: int) -> None:
+    # Given the feed into a Parquet dataset in batches of 1,000 rows: 8 shards of
+    # several batches each, ids repeated across the batches of a shard
+    _feed(tmp_path)
+    _pipeline(tmp_path, 'ParquetSink("out/feed")')
+    # When run in one process, or in two forked ones
+    result = etl(tmp_path, "-vv", "run", "-p", "feedpipes:feed", "--no-progress",
+                 "--processes", str(processes))
+    assert result.returncode == 0, result.stderr
+    # Then the audit reads no file: every shard was counted by the process that loaded it
+    assert "8 shard(s) counted as their batches loaded, 0 file(s) read" in result.stderr
+    # And the count is the one the files give
+    files = sorted((tmp_path / "out" / "feed").glob("*.parquet"))
+    assert len(files) > 8
+    held = pd.concat(pd.read_parquet(f, columns=["id"]).drop_duplicates().assign(f=i)
+                     for i, f in enumerate(files))
+    repeated = int((held.groupby("id").size() > 1).sum())
+    line = next(x for x in result.stdout.splitlines() if "keys in more than one batch" in x)
+    assert repeated > 0 and f"{repeated:,}" in line

@@ -179,3 +179,69 @@ def test_with_hash_shard_columns_the_count_over_several_shards_is_their_sum(tmp_
     # Then it is the keys in several files of either shard: (1, a), (3, a), (1, b)
     counted = ParquetSink(str(folder)).repeated_keys(["id", "g"], shard_columns=["g"])
     assert counted == 3 == _reference(tables, ["id", "g"])
+
+
+def test_shards_counted_as_they_loaded_are_not_read_again(tmp_path: Path) -> None:
+    # Given one run's files: shard 0 in two readable batches sharing id 1, shard 1 in two
+    # files that cannot be read, whose count the process that loaded them made (2)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    pq.write_table(pa.table({"id": [1, 2], "g": ["a", "a"]}), folder / part_file_name("run-1", 0, 0))
+    pq.write_table(pa.table({"id": [1, 3], "g": ["a", "a"]}), folder / part_file_name("run-1", 0, 1))
+    for batch in (0, 1):
+        (folder / part_file_name("run-1", 1, batch)).write_bytes(b"never read")
+    sink = ParquetSink(str(folder))
+    # When audited with that count
+    # Then shard 1's files are not opened, and the total is shard 0's 1 plus shard 1's 2
+    assert sink.repeated_keys(["id", "g"], shard_columns=["g"], run_id="run-1",
+                              counted={1: 2}) == 3
+    # And counts of another run than the files' are not used: shard 1 is read (and fails)
+    with pytest.raises(Exception):
+        sink.repeated_keys(["id", "g"], shard_columns=["g"], run_id="run-2", counted={1: 2})
+
+
+def _checkpoint(shard: int, batches: int, *, loaded: int | None = None,
+                fetch_done: bool = True) -> Any:
+    from etl.stores.state import Checkpoint
+
+    return Checkpoint(run_id="r", shard=shard, fetch_done=fetch_done, batches_fetched=batches,
+                      batches_loaded=batches if loaded is None else loaded)
+
+
+def test_loaded_keys_vouch_only_for_shards_whose_every_batch_this_process_loaded() -> None:
+    from etl.runtime.loaded_keys import LoadedKeys
+
+    # Given the keys of batches cleaned here: shard 0's two batches both loaded from this
+    # process's clean, shard 1's second batch loaded from elsewhere (unstaged), shard 2's
+    # second batch never loaded here, shard 3 not fetched to its end yet
+    keys = LoadedKeys()
+    tables = {0: [[1, 2], [1, 3]], 1: [[1], [1]], 2: [[5], [5]], 3: [[7], [7]]}
+    for shard, batches in tables.items():
+        for batch, ids in enumerate(batches):
+            keys.stage("r", shard, batch, pa.table({"id": ids}))
+    for shard, batch in [(0, 0), (0, 1), (1, 0), (2, 0), (3, 0), (3, 1)]:
+        keys.loaded("r", shard, batch)
+    keys.unstaged("r", 1, 1)
+    checkpoints = [_checkpoint(0, 2), _checkpoint(1, 2), _checkpoint(2, 2, loaded=1),
+                   _checkpoint(3, 2, fetch_done=False)]
+    # When counted for the run
+    counts = keys.counts("r", checkpoints, ["id"])
+    # Then only shard 0 has a count (id 1 in both batches); the others are left to the files
+    assert counts == {0: 1}
+    # And another run, or a forgotten one, has none
+    assert keys.counts("other", checkpoints, ["id"]) == {}
+    keys.forget("r")
+    assert keys.counts("r", checkpoints, ["id"]) == {}
+
+
+def test_loaded_keys_past_their_row_limit_keep_nothing_for_the_run() -> None:
+    from etl.runtime.loaded_keys import LoadedKeys
+
+    # Given a limit of 3 key rows and a run whose two batches hold 4
+    keys = LoadedKeys(max_rows=3)
+    keys.stage("r", 0, 0, pa.table({"id": [1, 2]}))
+    keys.loaded("r", 0, 0)
+    keys.stage("r", 0, 1, pa.table({"id": [1, 3]}))
+    keys.loaded("r", 0, 1)
+    # When counted, Then no shard is vouched for: the files are read instead
+    assert keys.counts("r", [_checkpoint(0, 2)], ["id"]) == {}

@@ -20,6 +20,7 @@ from etl.core.errors import BatchError, ObjectNotFound
 from etl.core.faults import crash_point
 from etl.runtime.framecache import cleaned, frames
 from etl.runtime.raw import is_pointer, land, recut
+from etl.core.arrow import frame_to_arrow
 from etl.core.names import quarantine_key, staged_key
 from etl.core.parquet import (arrow_checked, from_parquet_bytes, raw_parquet_bytes, stringify_mixed,
                               to_parquet_bytes)
@@ -165,7 +166,8 @@ def clean(ctx: RunContext, shard: int, batch: int, *,
     # 17,000-row batch, is skipped)
     encoded = ctx.staged_copies or isinstance(ctx.pipeline.sink, ParquetWriter)
     try:
-        staged = to_parquet_bytes(clean_rows) if encoded else arrow_checked(clean_rows)
+        table = frame_to_arrow(clean_rows) if encoded else arrow_checked(clean_rows)
+        staged = to_parquet_bytes(table) if table is not None else None
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise BatchError(f"{_where(ctx, shard, batch, payload.key)}: the cleaned batch cannot be "
                          f"written as Parquet ({exc}); a column mixes types: end the stages with "
@@ -177,6 +179,9 @@ def clean(ctx: RunContext, shard: int, batch: int, *,
         held = None if encoded else clean_rows  # bytes for a Parquet sink, else the frame
         weight = len(staged) if staged is not None else int(clean_rows.memory_usage().sum())
         cleaned.put(staged_key(ctx.run_id, shard, batch), ctx.run_id, (staged, held), rows=weight)
+        if ctx.loaded_keys is not None and table is not None and ctx.pipeline.key \
+                and set(ctx.pipeline.key) <= set(table.column_names):
+            ctx.loaded_keys.stage(ctx.run_id, shard, batch, table.select(list(ctx.pipeline.key)))
     if len(quarantined):
         ctx.objects.put_bytes(quarantine_key(ctx.run_id, shard, batch), quarantine_bytes(quarantined))
     crash_point("clean.after_stage")
@@ -283,20 +288,20 @@ def _check_schema(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame,
 
 
 def _staged(ctx: RunContext, shard: int, batch: int,
-            key: str) -> tuple[bytes | None, pd.DataFrame | None]:
+            key: str) -> tuple[bytes | None, pd.DataFrame | None, bool]:
     """A cleaned batch: its Parquet bytes, or (bytes None) its frame when this process
-    cleaned it for a sink that takes frames. A run that keeps no staged copies hands
-    the batch from clean to load in memory; a load in another process (after a crash or a
-    restart) cleans the raw rows again: stages are pure, so the rows are those the clean
-    counted."""
+    cleaned it for a sink that takes frames; and whether it came from this process's clean
+    in memory. A run that keeps no staged copies hands the batch from clean to load in
+    memory; a load in another process (after a crash or a restart) cleans the raw rows
+    again: stages are pure, so the rows are those the clean counted."""
     if not ctx.staged_copies and (held := cleaned.pop(key, ctx.run_id)) is not None:
-        return held
+        return (*held, True)
     if ctx.staged_copies:
         try:
-            return ctx.objects.get_bytes(key), None
+            return ctx.objects.get_bytes(key), None, False
         except ObjectNotFound:
             pass
-    return _staged_bytes(ctx, shard, batch, key), None
+    return _staged_bytes(ctx, shard, batch, key), None, False
 
 
 def _staged_bytes(ctx: RunContext, shard: int, batch: int, key: str) -> bytes:
@@ -331,10 +336,12 @@ def load(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None,
         return None  # the clean of this batch, when it happens, sends its own load
     key = staged_key(ctx.run_id, shard, batch)
     sink = ctx.pipeline.sink
-    data, frame = _staged(ctx, shard, batch, key)
+    data, frame, held = _staged(ctx, shard, batch, key)
     if isinstance(sink, ParquetWriter):  # a Parquet sink takes the staged file as it is
         assert data is not None  # its clean encoded the batch (clean: `encoded`)
         written = sink.write_parquet(data, run_id=ctx.run_id, shard=shard, batch=batch)
+        if ctx.loaded_keys is not None:  # the keys its clean kept are those of the file
+            (ctx.loaded_keys.loaded if held else ctx.loaded_keys.unstaged)(ctx.run_id, shard, batch)
     else:
         try:
             if frame is None:

@@ -14,6 +14,7 @@ import functools
 import logging
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from etl.core.config import Settings, load_settings
 from etl.core.errors import ConfigError
@@ -24,6 +25,9 @@ from etl.pipeline import DEFAULT_BATCH_ROWS, Pipeline, load_pipeline
 from etl.sources.base import Windowed
 from etl.stores.state import RunRecord, StateStore
 from shards import ShardPlan, plan_from_dict
+
+if TYPE_CHECKING:
+    from etl.runtime.loaded_keys import LoadedKeys
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,10 @@ class RunContext:
     #: runs in the same process and takes the batch from memory, and a load anywhere else
     #: (after a crash) cleans the raw rows again, which stages, being pure, allow.
     staged_copies: bool = True
+    #: Where this process keeps the key columns of the batches it cleans and loads, for the
+    #: run's key audit (etl.runtime.loaded_keys; embedded mode, whose processes load whole
+    #: shards). None: nothing is kept (a worker on a broker loads any shard's batches).
+    loaded_keys: "LoadedKeys | None" = None
 
     @property
     def run_id(self) -> str:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import gc
 import logging
 import multiprocessing
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 import os
 import threading
 import time
@@ -35,10 +35,12 @@ from etl.brokers import open_broker
 from etl.core import collector
 from etl.runtime.actors import QUEUE, declare_actors
 from etl.runtime.claims import ShardClaims
+from etl.runtime.loaded_keys import LOADED_KEYS
 from etl.runtime.cancel import is_cancelled
 from etl.runtime.context import ContextCache, RunContext
 from etl.core.logs import summarize_floods
 from etl.core.processes import die_with_parent
+from etl.sinks.base import KeyAudit
 from etl.sources.base import ShardGrouped
 from etl.runtime.runs import Pending, ProgressCallback, WorkOutcome, all_loaded, find_pending
 from results.base import ResultStore
@@ -152,9 +154,25 @@ def _die_with_parent(parent: int) -> None:
     die_with_parent(parent)
 
 
+def _key_counts(ctx: RunContext) -> dict[int, int]:
+    """Keys in more than one batch, per shard whose every batch this process loaded
+    (etl.runtime.loaded_keys); the shards it cannot vouch for are left to the files."""
+    if ctx.loaded_keys is None:
+        return {}
+    try:
+        return ctx.loaded_keys.counts(ctx.run_id, ctx.state.list_checkpoints(ctx.run_id),
+                                      list(ctx.pipeline.key))
+    except Exception:  # noqa: BLE001 - the audit then reads the files, as it can always
+        log.warning("run %s: keys of the loaded batches not counted here; the key audit "
+                    "reads the files", ctx.run_id, exc_info=True)
+        return {}
+    finally:
+        ctx.loaded_keys.forget(ctx.run_id)
+
+
 def _child(ctx: RunContext, pending: Pending, own: list[int], others: list[int],
            claims: ShardClaims, threads: int, results: ResultStore | None,
-           parent: int) -> None:
+           parent: int, report: Connection) -> None:
     _die_with_parent(parent)
     source = ctx.pipeline.source
     grouped = isinstance(source, ShardGrouped)
@@ -175,14 +193,19 @@ def _child(ctx: RunContext, pending: Pending, own: list[int], others: list[int],
     first = claimed()
     dead = 0 if first is None else _work(ctx, first, threads=threads, poll=0.5,
                                          on_progress=None, results=results, more=claimed)
+    try:
+        report.send(_key_counts(ctx))
+    except OSError:  # the parent is gone: nobody needs the counts
+        pass
     logging.shutdown()
     os._exit(min(dead, 125))
 
 
 def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, threads: int,
                        poll: float, on_progress: ProgressCallback | None,
-                       results: ResultStore | None) -> tuple[int, int]:
-    """Fork the worker processes, wait for them; (dead letters, processes killed)."""
+                       results: ResultStore | None) -> tuple[int, int, dict[int, int]]:
+    """Fork the worker processes, wait for them; (dead letters, processes killed, the
+    key counts of the shards each loaded whole: `_key_counts`)."""
     source = ctx.pipeline.source
     source.prepare(ctx.plan)  # parse and group once, shared by every fork
     sizes = source.shard_sizes(ctx.plan) if isinstance(source, ShardGrouped) else None
@@ -192,26 +215,34 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
     claims = ShardClaims(max(shards, default=0) + 1, context=fork)
     gc.freeze()  # the children's collections skip what exists now: no copy-on-write of it
     children = []
+    reports: dict[Connection, str] = {}  # each child's counts, sent as it ends
     for index, own in enumerate(owners):
         others = [s for i, share in enumerate(owners) if i != index for s in share]
         if sizes is not None:  # taken over smallest first: the last ones end soonest
             others.sort(key=lambda s: (-sizes[s], s))
         if own:
+            reader, writer = fork.Pipe(duplex=False)
             child = fork.Process(target=_child, name=f"etl-worker-{index}",
                                  args=(ctx, pending, own, others, claims, threads, results,
-                                       os.getpid()))
+                                       os.getpid(), writer))
             child.start()
+            writer.close()  # the child's end: the reader sees EOF once the child is gone
             children.append(child)
+            reports[reader] = child.name
     gc.unfreeze()  # this process collects as before
     collector.resume()
     dead = killed = 0
+    counts: dict[int, int] = {}
     try:
-        running = {child.sentinel: child for child in children}
+        running: dict[object, object] = {child.sentinel: child for child in children}
+        running.update(reports)
         while running:
             if on_progress:
                 on_progress(ctx.state.list_checkpoints(ctx.run_id))
             for ended in wait(list(running), timeout=poll):  # wakes as soon as one exits
                 running.pop(ended)
+                if isinstance(ended, Connection):
+                    counts.update(_received(ended))
     except BaseException:  # Ctrl-C or any failure here: stop the workers now, resume later
         for child in children:
             child.kill()
@@ -224,7 +255,18 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
             elif child.exitcode:
                 killed += 1
                 log.error("%s died with signal %d", child.name, -child.exitcode)
-    return dead, killed
+        for reader in reports:
+            reader.close()
+    return dead, killed, counts
+
+
+def _received(reader: Connection) -> dict[int, int]:
+    """What a child sent on `reader` (nothing, when it died first)."""
+    try:
+        sent = reader.recv()
+    except (EOFError, OSError):
+        return {}
+    return {int(s): int(n) for s, n in sent.items()} if isinstance(sent, dict) else {}
 
 
 #: How often a run's worker processes are started again, in one call, after some were
@@ -251,19 +293,23 @@ def choose_processes(ctx: RunContext) -> int:
 
 def _work_pending(ctx: RunContext, pending: Pending, *, processes: int, threads: int,
                   poll: float, on_progress: ProgressCallback | None,
-                  results: ResultStore | None) -> int:
+                  results: ResultStore | None, counts: dict[int, int]) -> int:
     """Work `pending` in this process or in `processes` forked ones (started again, up to
-    RESTARTS times, when some are killed); the dead letters left."""
+    RESTARTS times, when some are killed); the dead letters left. `counts` gets the key
+    counts of the shards a process loaded whole (`_key_counts`)."""
     if processes == 1:
         dead = _work(ctx, pending, threads=threads, poll=poll, on_progress=on_progress,
                      results=results)
         summarize_floods()  # as a worker process does when it ends
+        counts.update(_key_counts(ctx))
         return dead
     dead = 0
     for restart in range(RESTARTS + 1):
-        lost, killed = _work_in_processes(ctx, pending, processes=processes, threads=threads,
-                                          poll=poll, on_progress=on_progress, results=results)
+        lost, killed, counted = _work_in_processes(
+            ctx, pending, processes=processes, threads=threads, poll=poll,
+            on_progress=on_progress, results=results)
         dead += lost
+        counts.update(counted)
         pending = find_pending(ctx.state, ctx.run_id)
         if not killed or not pending.total or restart == RESTARTS or is_cancelled(
                 ctx.state, ctx.run_id):
@@ -283,6 +329,9 @@ def run_embedded(ctx: RunContext, *, threads: int | None = None, processes: int 
     overlap the other's work). Completing the run is the runner's."""
     started = time.perf_counter()
     ctx.staged_copies = False  # each batch's load runs in the process that cleaned it
+    if isinstance(ctx.pipeline.sink, KeyAudit) and ctx.pipeline.key:  # processes load whole shards
+        ctx.loaded_keys = LOADED_KEYS
+    counts: dict[int, int] = {}
     pending = find_pending(ctx.state, ctx.run_id)
     log.info("run %s: %d fetch, %d clean, %d load pipelines to start", ctx.run_id,
              len(pending.fetch), len(pending.clean), len(pending.load))
@@ -290,7 +339,7 @@ def run_embedded(ctx: RunContext, *, threads: int | None = None, processes: int 
                            len({s for s, _ in pending.fetch + pending.clean + pending.load})))
     threads = threads or (1 if processes > 1 else 2)
     dead = _work_pending(ctx, pending, processes=processes, threads=threads, poll=poll,
-                         on_progress=on_progress, results=results)
+                         on_progress=on_progress, results=results, counts=counts)
     # Another process may work the same run (two triggers of one backfill window): the
     # batches it fetched are not followed here (a fetch done elsewhere hands on no next
     # batch), so this process's queue can drain while that work goes on. Work what is
@@ -305,7 +354,7 @@ def run_embedded(ctx: RunContext, *, threads: int | None = None, processes: int 
         log.info("run %s: %d batch pipeline(s) still pending (worked elsewhere too?): "
                  "working them again", ctx.run_id, pending.total)
         dead = _work_pending(ctx, pending, processes=1, threads=threads, poll=poll,
-                             on_progress=on_progress, results=results)
+                             on_progress=on_progress, results=results, counts=counts)
         now = ctx.state.list_checkpoints(ctx.run_id)
         if now == seen:
             break
@@ -315,4 +364,4 @@ def run_embedded(ctx: RunContext, *, threads: int | None = None, processes: int 
         on_progress(checkpoints)
     return WorkOutcome(completed=all_loaded(checkpoints, ctx.run.shards), dead_letters=dead,
                        elapsed=time.perf_counter() - started, checkpoints=checkpoints,
-                       cancelled=is_cancelled(ctx.state, ctx.run_id))
+                       cancelled=is_cancelled(ctx.state, ctx.run_id), key_counts=counts)

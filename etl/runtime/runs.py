@@ -213,6 +213,9 @@ class WorkOutcome:
     dead_letters: int = 0
     resent: int = 0  # lost steps the reconciler sent again (distributed)
     cancelled: bool = False  # the run was cancelled while it worked (etl.runtime.cancel)
+    #: Keys in more than one batch, per shard, counted by the process that loaded every batch
+    #: of the shard (etl.runtime.loaded_keys); the key audit reads the other shards' files.
+    key_counts: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -24,7 +24,7 @@ Nothing here imports pandas or pyarrow: the package can be imported without them
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -135,12 +135,17 @@ class KeyAudit(Protocol):
     """Cannot hold a key to one row, but can count how many keys it holds more than once, so
     a run summary says so instead of leaving it to be found downstream."""
 
-    def repeated_keys(self, key: Sequence[str], *, shard_columns: Sequence[str] = ()) -> int | None:
+    def repeated_keys(self, key: Sequence[str], *, shard_columns: Sequence[str] = (),
+                      run_id: str | None = None,
+                      counted: Mapping[int, int] | None = None) -> int | None:
         """Keys held in more than one batch (a key repeated within one batch: once per
         batch, the stages decide that); None when this process cannot see the destination
         (a folder on the workers' machines). `shard_columns`: the columns a run's hash shard
         plan assigns rows by; when the key holds them all, rows of one key are in one shard
-        of a run, which an audit may use to look at less."""
+        of a run, which an audit may use to look at less. `counted`: per shard of run
+        `run_id`, the count already made by the process that loaded all of that shard's
+        batches (etl.runtime.loaded_keys), usable where the destination holds that run
+        alone and keys stay within shards."""
         raise NotImplementedError
 
 

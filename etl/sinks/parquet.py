@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from etl.core.files import TEMP_PREFIX, atomic_write, orphaned
 from etl.core.lazy import LazyModule
@@ -108,24 +108,34 @@ class ParquetSink(Sink, BackfillAware, ParquetWriter, KeyAudit, Reachable):
         if removed:
             log.info("%s: run %s replaced %d file(s) of earlier runs", self.path, run_id, removed)
 
-    def repeated_keys(self, key: Sequence[str], *, shard_columns: Sequence[str] = ()) -> int | None:
+    def repeated_keys(self, key: Sequence[str], *, shard_columns: Sequence[str] = (),
+                      run_id: str | None = None,
+                      counted: Mapping[int, int] | None = None) -> int | None:
         """Keys found in more than one part file of the dataset (reads only key columns,
         counts in Arrow: etl.sinks.parquet_keys); None when the folder is not here (a
         distributed run's workers write it elsewhere). When every file is of one run and
         the key holds the run's `shard_columns`, a key's rows are all in one shard, so only
-        shards written in several files are read (none, when each shard is one batch)."""
+        shards written in several files are read (none, when each shard is one batch), and
+        not those whose count the run's processes made as they loaded them (`counted`,
+        when the files are of `run_id`)."""
         if not self.path.is_dir():
             return None
         files = sorted(self.path.glob(PART_GLOB))
         names = [PART_FILE.match(f.name) for f in files]
-        if (shard_columns and set(shard_columns) <= set(key) and all(names)
-                and len({n["run"] for n in names if n}) <= 1):
-            per_shard = Counter(n["shard"] for n in names if n)
-            files = [f for f, n in zip(files, names) if n and per_shard[n["shard"]] > 1]
+        runs = {n["run"] for n in names if n}
+        if shard_columns and set(shard_columns) <= set(key) and all(names) and len(runs) <= 1:
+            known = dict(counted or {}) if runs == {run_id} else {}
+            per_shard = Counter(int(n["shard"]) for n in names if n)
+            files = [f for f, n in zip(files, names)
+                     if n and per_shard[int(n["shard"])] > 1 and int(n["shard"]) not in known]
+            done = sum(known.get(shard, 0) for shard in per_shard)
+            log.debug("%s: key audit: %d shard(s) counted as their batches loaded, %d file(s) "
+                      "read", self.path, len(known), len(files))
             if not files:
-                return 0
+                return done
             # a key is in one shard's files only, so one count over all of them is the sum
             # of the per-shard counts, without a pass's fixed cost per shard
+            return done + keys_in_several(read_keys(files, key), key)
         return keys_in_several(read_keys(files, key), key)
 
     def read_all(self) -> pd.DataFrame:
