@@ -5,6 +5,7 @@ one line naming the stage. Real subprocesses, real files, real databases."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -232,3 +233,30 @@ def test_the_repeats_counted_as_batches_load_are_those_the_files_hold(
     repeated = int((held.groupby("id").size() > 1).sum())
     line = next(x for x in result.stdout.splitlines() if "keys in more than one batch" in x)
     assert repeated > 0 and f"{repeated:,}" in line
+
+
+def test_after_a_sigkill_the_resumed_run_counts_the_shards_it_cannot_vouch_for_from_the_files(
+        tmp_path: Path) -> None:
+    # Given the feed into a Parquet dataset, and a first run SIGKILLed right after the
+    # fifth batch it loads was written, before that load was counted
+    _feed(tmp_path)
+    _pipeline(tmp_path, 'ParquetSink("out/feed")')
+    killed = etl(tmp_path, "run", "-p", "feedpipes:feed", "--no-progress", "--processes", "1",
+                 env={"ETL_CRASH_AT": "load.after_sink:5"})
+    assert killed.returncode == -9, killed.stderr
+    # When the run is resumed
+    result = etl(tmp_path, "-vv", "run", "-p", "feedpipes:feed", "--no-progress",
+                 "--processes", "1")
+    assert result.returncode == 0, result.stderr
+    # Then the audit read the files of the shards loaded partly before the kill, and counted
+    # the others as they loaded
+    line = next(x for x in result.stderr.splitlines() if "key audit" in x)
+    counted, read = (int(n) for n in re.findall(r"(\d+) (?:shard|file)\(s\)", line))
+    assert counted >= 1 and read >= 2, line
+    # And the summary's count is exactly the one the files give
+    files = sorted((tmp_path / "out" / "feed").glob("*.parquet"))
+    held = pd.concat(pd.read_parquet(f, columns=["id"]).drop_duplicates().assign(f=i)
+                     for i, f in enumerate(files))
+    repeated = int((held.groupby("id").size() > 1).sum())
+    summary = next(x for x in result.stdout.splitlines() if "keys in more than one batch" in x)
+    assert repeated > 0 and f"{repeated:,}" in summary

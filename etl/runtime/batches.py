@@ -179,9 +179,7 @@ def clean(ctx: RunContext, shard: int, batch: int, *,
         held = None if encoded else clean_rows  # bytes for a Parquet sink, else the frame
         weight = len(staged) if staged is not None else int(clean_rows.memory_usage().sum())
         cleaned.put(staged_key(ctx.run_id, shard, batch), ctx.run_id, (staged, held), rows=weight)
-        if ctx.loaded_keys is not None and table is not None and ctx.pipeline.key \
-                and set(ctx.pipeline.key) <= set(table.column_names):
-            ctx.loaded_keys.stage(ctx.run_id, shard, batch, table.select(list(ctx.pipeline.key)))
+        _keep_keys(ctx, shard, batch, table)
     if len(quarantined):
         ctx.objects.put_bytes(quarantine_key(ctx.run_id, shard, batch), quarantine_bytes(quarantined))
     crash_point("clean.after_stage")
@@ -189,6 +187,15 @@ def clean(ctx: RunContext, shard: int, batch: int, *,
                          {"rows_cleaned": len(clean_rows), "rows_quarantined": len(quarantined)},
                          fence=fence)
     return len(clean_rows), len(quarantined)
+
+
+def _keep_keys(ctx: RunContext, shard: int, batch: int, table: pa.Table | None) -> None:
+    """Keep the key columns of a batch about to be loaded from this process, for the
+    run's key audit (etl.runtime.loaded_keys), when the run keeps them."""
+    key = ctx.pipeline.key
+    if ctx.loaded_keys is not None and table is not None and key \
+            and set(key) <= set(table.column_names):
+        ctx.loaded_keys.stage(ctx.run_id, shard, batch, table.select(list(key)))
 
 
 def clean_frame(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame, *, key: str,
@@ -290,10 +297,11 @@ def _check_schema(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame,
 def _staged(ctx: RunContext, shard: int, batch: int,
             key: str) -> tuple[bytes | None, pd.DataFrame | None, bool]:
     """A cleaned batch: its Parquet bytes, or (bytes None) its frame when this process
-    cleaned it for a sink that takes frames; and whether it came from this process's clean
-    in memory. A run that keeps no staged copies hands the batch from clean to load in
-    memory; a load in another process (after a crash or a restart) cleans the raw rows
-    again: stages are pure, so the rows are those the clean counted."""
+    cleaned it for a sink that takes frames; and whether this process cleaned it (in its
+    clean step, or again here), so that its kept keys are the batch's. A run that keeps no
+    staged copies hands the batch from clean to load in memory; a load in another process
+    (after a crash or a restart) cleans the raw rows again: stages are pure, so the rows
+    are those the clean counted."""
     if not ctx.staged_copies and (held := cleaned.pop(key, ctx.run_id)) is not None:
         return (*held, True)
     if ctx.staged_copies:
@@ -301,7 +309,7 @@ def _staged(ctx: RunContext, shard: int, batch: int,
             return ctx.objects.get_bytes(key), None, False
         except ObjectNotFound:
             pass
-    return _staged_bytes(ctx, shard, batch, key), None, False
+    return _staged_bytes(ctx, shard, batch, key), None, not ctx.staged_copies
 
 
 def _staged_bytes(ctx: RunContext, shard: int, batch: int, key: str) -> bytes:
@@ -313,7 +321,10 @@ def _staged_bytes(ctx: RunContext, shard: int, batch: int, key: str) -> bytes:
                          "has no raw payload to clean again")
     frame = read_frame(ctx, shard, batch, payload.key, sha256=payload.sha256, payload=payload)
     clean_rows, _ = clean_frame(ctx, shard, batch, frame, key=payload.key)
-    data = to_parquet_bytes(clean_rows)
+    table = frame_to_arrow(clean_rows)
+    data = to_parquet_bytes(table)
+    if not ctx.staged_copies:  # loaded from this process: its keys are those of the file
+        _keep_keys(ctx, shard, batch, table)
     if ctx.staged_copies:
         ctx.objects.put_bytes(key, data)
         log.warning("%s: staged batch was missing; cleaned again from its raw payload",
