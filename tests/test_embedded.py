@@ -318,3 +318,31 @@ def test_a_run_whose_batches_another_process_fetched_ahead_still_completes(
     assert outcome.completed and outcome.dead_letters == 0
     expected = [i for i in range(5000) if not (i % 2 == 1 and i % 7 == 0)]
     assert sorted(pipeline.sink.read_all()["id"].tolist()) == expected
+
+
+@pytest.mark.parametrize("batch_size,kept", [(5000, False), (300, True)])
+def test_the_key_audit_keeps_keys_only_of_shards_of_several_batches(
+        tmp_path: Path, batch_size: int, kept: bool) -> None:
+    # Given a run whose process keeps the keys of the batches it cleans for the key audit
+    import etl.runtime.batches as steps
+    from etl.runtime.loaded_keys import LoadedKeys
+    from etl.runtime.runs import open_run
+
+    pipeline = _pipeline(tmp_path, batch_size=batch_size)
+    stores = _stores(tmp_path)
+    run, _ = open_run(stores.state, pipeline, spec="tests:unused")
+    ctx = RunContext.build(run, pipeline, stores.state, stores.objects)
+    ctx.staged_copies, ctx.loaded_keys = False, LoadedKeys()
+    # When every batch of shard 0 is fetched, cleaned and loaded in turn
+    batch, more = 0, True
+    while more:
+        more = steps.fetch(ctx, 0, batch).fetch_next
+        steps.clean(ctx, 0, batch)
+        steps.load(ctx, 0, batch)
+        batch += 1
+    # Then a shard of one batch keeps no key rows, one of several keeps them all; both are
+    # vouched for, and the count is what the shard's files hold (ids are unique: none)
+    assert (ctx.loaded_keys.rows > 0) is kept
+    checkpoint = stores.state.get_checkpoint(run.run_id, 0)
+    assert ctx.loaded_keys.counts(run.run_id, [checkpoint], ["id"]) == {0: 0}
+    assert (checkpoint.batches_fetched > 1) is kept

@@ -191,11 +191,18 @@ def clean(ctx: RunContext, shard: int, batch: int, *,
 
 def _keep_keys(ctx: RunContext, shard: int, batch: int, table: pa.Table | None) -> None:
     """Keep the key columns of a batch about to be loaded from this process, for the
-    run's key audit (etl.runtime.loaded_keys), when the run keeps them."""
+    run's key audit (etl.runtime.loaded_keys), when the run keeps them. The only batch of
+    its shard keeps none (no key of it can be in another batch): what it leaves is an
+    empty table that says it was loaded here."""
     key = ctx.pipeline.key
-    if ctx.loaded_keys is not None and table is not None and key \
-            and set(key) <= set(table.column_names):
-        ctx.loaded_keys.stage(ctx.run_id, shard, batch, table.select(list(key)))
+    if ctx.loaded_keys is None or table is None or not key or not set(key) <= set(table.column_names):
+        return
+    keys = table.select(list(key))
+    if batch == 0:
+        checkpoint = ctx.state.get_checkpoint(ctx.run_id, shard)
+        if checkpoint is not None and checkpoint.fetch_done and checkpoint.batches_fetched == 1:
+            keys = keys.schema.empty_table()
+    ctx.loaded_keys.stage(ctx.run_id, shard, batch, keys)
 
 
 def clean_frame(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame, *, key: str,

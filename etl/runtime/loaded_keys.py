@@ -12,7 +12,8 @@ every one of its batches, from memory, when its work ends.
 What this process cannot vouch for is read from the files as before: a shard some of
 whose batches were loaded by another process or an earlier invocation (a resume, a
 restart), a batch whose load took its rows from anywhere but this process's clean, or
-anything beyond MAX_ROWS key rows. Keys of one shard never meet keys of another (the key
+anything beyond MAX_ROWS key rows. The only batch of a shard keeps no keys (none can be in
+another batch), just the fact that it was loaded here. Keys of one shard never meet keys of another (the key
 holds the shard columns: the sink checks that before it uses a count), so the run's count
 is the sum of its shards' counts.
 """
@@ -42,6 +43,11 @@ class LoadedKeys:
         self._full: set[str] = set()  # runs past max_rows: counted from the files
         self._rows = 0
         self._lock = threading.Lock()
+
+    @property
+    def rows(self) -> int:
+        """Key rows kept, across runs."""
+        return self._rows
 
     def stage(self, run_id: str, shard: int, batch: int, keys: pa.Table) -> None:
         """The key columns of a batch just cleaned, for its load in this process."""
