@@ -690,8 +690,10 @@ def noop_section(brokers: list[str], messages: int) -> None:
             print(f"  {kind}: skipped: {reason}")
             continue
         raw, mine = noop_throughput(URLS[kind], messages)
+        verdict = (f"   [{goal('dedup-settled duplicate vs no-op Dramatiq actor, rabbitmq', mine / raw, at_least=0.9)}]"
+                   if kind == "rabbitmq" else "")
         print(f"  {kind}: raw Dramatiq {raw:,.0f}/s, etl actors (already loaded) {mine:,.0f}/s "
-              f"-> {mine / raw:.2f}x")
+              f"-> {mine / raw:.2f}x{verdict}")
 
 
 # -- children: the in-process view and the profile ----------------------------------------
