@@ -364,9 +364,11 @@ class _Run:
         outcome.dead_letters, outcome.resent = work.dead_letters, work.resent
         outcome.after = totals(work.checkpoints)
         if completed and isinstance(context.pipeline.sink, KeyAudit):
-            outcome.keys_repeated = context.pipeline.sink.repeated_keys(
-                list(self.pipeline.key), shard_columns=_hash_columns(context.plan),
-                run_id=run.run_id, counted=work.key_counts)
+            audit = context.pipeline.sink.repeated_keys
+            counted = ({"run_id": run.run_id, "counted": work.key_counts}
+                       if _takes(audit, "counted") else {})  # a sink written before them
+            outcome.keys_repeated = audit(list(self.pipeline.key),
+                                          shard_columns=_hash_columns(context.plan), **counted)
         outcome.drifted = sum(1 for e in state.list_errors(run.run_id, limit=100_000)
                               if e.stage == "schema")
         if not work.completed:  # masked: records kept before masking existed may hold secrets
@@ -500,6 +502,17 @@ def _close(stores: "Stores") -> None:
     stores.state.close()
     if stores.results is not None:
         stores.results.close()
+
+
+def _takes(method: Any, name: str) -> bool:
+    """Whether `method` accepts the keyword `name` (or any keyword)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _hash_columns(plan: Any) -> tuple[str, ...]:

@@ -346,3 +346,18 @@ def test_the_key_audit_keeps_keys_only_of_shards_of_several_batches(
     checkpoint = stores.state.get_checkpoint(run.run_id, 0)
     assert ctx.loaded_keys.counts(run.run_id, [checkpoint], ["id"]) == {0: 0}
     assert (checkpoint.batches_fetched > 1) is kept
+
+
+class _OlderAudit(ParquetSink):
+    """A key-auditing sink written before the audit was handed the workers' counts."""
+
+    def repeated_keys(self, key, *, shard_columns=()):  # type: ignore[no-untyped-def, override]
+        return 7
+
+
+def test_a_key_audit_that_takes_no_counts_is_still_asked(tmp_path: Path) -> None:
+    # Given a sink whose repeated_keys knows only the key and the shard columns
+    pipeline = _pipeline(tmp_path, sink=_OlderAudit(str(tmp_path / "sink")))
+    # When a run completes, Then its audit is called as it was, and its answer reported
+    outcome = _run(_stores(tmp_path), pipeline)
+    assert outcome.completed and outcome.keys_repeated == 7
