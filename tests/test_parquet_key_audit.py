@@ -245,3 +245,24 @@ def test_loaded_keys_past_their_row_limit_keep_nothing_for_the_run() -> None:
     keys.loaded("r", 0, 1)
     # When counted, Then no shard is vouched for: the files are read instead
     assert keys.counts("r", [_checkpoint(0, 2)], ["id"]) == {}
+
+
+def test_a_shard_settled_as_it_completes_is_counted_once_and_its_keys_freed() -> None:
+    from etl.runtime.loaded_keys import LoadedKeys
+
+    # Given shard 0's two batches loaded here (id 1 in both), and shard 1 whose second batch
+    # was loaded elsewhere
+    keys = LoadedKeys()
+    for shard, batch, ids in [(0, 0, [1, 2]), (0, 1, [1, 3]), (1, 0, [4, 5])]:
+        keys.stage("r", shard, batch, pa.table({"id": ids}))
+        keys.loaded("r", shard, batch)
+    assert keys.rows == 6
+    # When each shard is settled as its last load completes
+    keys.settle("r", _checkpoint(0, 2), ["id"])
+    keys.settle("r", _checkpoint(1, 2), ["id"])
+    # Then nothing is kept any more, shard 0's count stays for the run's audit, and shard 1
+    # is left to the files
+    assert keys.rows == 0
+    assert keys.counts("r", [_checkpoint(0, 2), _checkpoint(1, 2)], ["id"]) == {0: 1}
+    keys.forget("r")
+    assert keys.counts("r", [_checkpoint(0, 2)], ["id"]) == {}

@@ -7,7 +7,8 @@ on the run's critical path (180 files of the demo: ~0.14 s of CPU; a run of 3.4M
 small batches, seconds). In embedded mode a process loads whole shards, and the key
 columns of a batch are at hand when its clean encodes it: kept here (a zero-copy
 selection of the encoded Arrow table), a shard's count is made by the process that loaded
-every one of its batches, from memory, when its work ends.
+every one of its batches, from memory, as the shard's last load completes (and frees
+them), or when its work ends.
 
 What this process cannot vouch for is read from the files as before: a shard some of
 whose batches were loaded by another process or an earlier invocation (a resume, a
@@ -41,6 +42,7 @@ class LoadedKeys:
         self._staged: dict[tuple[str, int, int], pa.Table] = {}
         self._loaded: dict[tuple[str, int], dict[int, pa.Table]] = {}
         self._full: set[str] = set()  # runs past max_rows: counted from the files
+        self._counted: dict[tuple[str, int], int] = {}  # shards settled as they completed
         self._rows = 0
         self._lock = threading.Lock()
 
@@ -75,22 +77,34 @@ class LoadedKeys:
             keys = self._staged.pop((run_id, shard, batch), None)
             self._rows -= keys.num_rows if keys is not None else 0
 
+    def settle(self, run_id: str, checkpoint: Checkpoint, key: Sequence[str]) -> None:
+        """The shard of `checkpoint` is complete: count its keys now, if this process
+        loaded all of its batches, and free what it kept of them either way."""
+        with self._lock:
+            batches = self._loaded.pop((run_id, checkpoint.shard), None)
+            if batches is None:
+                return
+            self._rows -= sum(t.num_rows for t in batches.values())
+        count = _count(batches, checkpoint, key)
+        if count is not None:
+            with self._lock:
+                if run_id not in self._full:
+                    self._counted[(run_id, checkpoint.shard)] = count
+
     def counts(self, run_id: str, checkpoints: Iterable[Checkpoint],
                key: Sequence[str]) -> dict[int, int]:
         """Keys in more than one batch, per shard of `run_id` whose every batch (as the
-        checkpoints record them: fetched to the end, all loaded) this process loaded."""
-        from etl.sinks.parquet_keys import keys_in_several
-
+        checkpoints record them: fetched to the end, all loaded) this process loaded:
+        those settled as they completed, and the others counted now."""
         with self._lock:
             shards = {s: dict(b) for (r, s), b in self._loaded.items() if r == run_id}
-        found: dict[int, int] = {}
+            found = {s: n for (r, s), n in self._counted.items() if r == run_id}
         for checkpoint in checkpoints:
             batches = shards.get(checkpoint.shard)
-            if (batches is None or not checkpoint.fetch_done
-                    or checkpoint.batches_loaded != checkpoint.batches_fetched
-                    or set(batches) != set(range(checkpoint.batches_fetched))):
-                continue
-            found[checkpoint.shard] = keys_in_several([batches[b] for b in sorted(batches)], key)
+            if batches is not None and checkpoint.shard not in found:
+                count = _count(batches, checkpoint, key)
+                if count is not None:
+                    found[checkpoint.shard] = count
         return found
 
     def forget(self, run_id: str) -> None:
@@ -100,10 +114,23 @@ class LoadedKeys:
             self._full.discard(run_id)
 
     def _forget(self, run_id: str) -> None:
+        for item in [k for k in self._counted if k[0] == run_id]:
+            del self._counted[item]
         for item in [k for k in self._staged if k[0] == run_id]:
             self._rows -= self._staged.pop(item).num_rows
         for item in [k for k in self._loaded if k[0] == run_id]:
             self._rows -= sum(t.num_rows for t in self._loaded.pop(item).values())
+
+
+def _count(batches: dict[int, pa.Table], checkpoint: Checkpoint, key: Sequence[str]) -> int | None:
+    """Keys of a shard in more than one of its batches; None unless `batches` are all of
+    them (the shard fetched to its end, every batch loaded)."""
+    from etl.sinks.parquet_keys import keys_in_several
+
+    if (not checkpoint.fetch_done or checkpoint.batches_loaded != checkpoint.batches_fetched
+            or set(batches) != set(range(checkpoint.batches_fetched))):
+        return None
+    return keys_in_several([batches[b] for b in sorted(batches)], key)
 
 
 #: This process's keys (a forked worker process starts with an empty copy).

@@ -279,6 +279,8 @@ def finalize_if_complete(ctx: "RunContext", *, shard: int | None = None) -> bool
         checkpoint = state.get_checkpoint(ctx.run_id, shard)
         if checkpoint is None or not checkpoint.complete:
             return False
+        if ctx.loaded_keys is not None:  # the shard is done: count its kept keys, free them
+            ctx.loaded_keys.settle(ctx.run_id, checkpoint, list(ctx.pipeline.key))
     if not run_complete(state, ctx.run):
         return False
     finish_sink(ctx)
