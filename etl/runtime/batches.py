@@ -330,13 +330,12 @@ def _staged_bytes(ctx: RunContext, shard: int, batch: int, key: str) -> bytes:
     clean_rows, _ = clean_frame(ctx, shard, batch, frame, key=payload.key)
     table = frame_to_arrow(clean_rows)
     data = to_parquet_bytes(table)
-    if not ctx.staged_copies:  # loaded from this process: its keys are those of the file
-        _keep_keys(ctx, shard, batch, table)
     if ctx.staged_copies:
         ctx.objects.put_bytes(key, data)
         log.warning("%s: staged batch was missing; cleaned again from its raw payload",
                     _where(ctx, shard, batch, key))
-    else:
+    else:  # loaded from this process: its keys are those of the file
+        _keep_keys(ctx, shard, batch, table)
         log.debug("%s: cleaned again from its raw payload for the load", _where(ctx, shard, batch))
     return data
 

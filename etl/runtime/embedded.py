@@ -215,7 +215,7 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
     claims = ShardClaims(max(shards, default=0) + 1, context=fork)
     gc.freeze()  # the children's collections skip what exists now: no copy-on-write of it
     children = []
-    reports: dict[Connection, str] = {}  # each child's counts, sent as it ends
+    reports: list[Connection] = []  # each child's key counts, sent as it ends
     for index, own in enumerate(owners):
         others = [s for i, share in enumerate(owners) if i != index for s in share]
         if sizes is not None:  # taken over smallest first: the last ones end soonest
@@ -228,14 +228,14 @@ def _work_in_processes(ctx: RunContext, pending: Pending, *, processes: int, thr
             child.start()
             writer.close()  # the child's end: the reader sees EOF once the child is gone
             children.append(child)
-            reports[reader] = child.name
+            reports.append(reader)
     gc.unfreeze()  # this process collects as before
     collector.resume()
     dead = killed = 0
     counts: dict[int, int] = {}
     try:
         running: dict[object, object] = {child.sentinel: child for child in children}
-        running.update(reports)
+        running.update(dict.fromkeys(reports))
         while running:
             if on_progress:
                 on_progress(ctx.state.list_checkpoints(ctx.run_id))

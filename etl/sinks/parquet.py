@@ -125,9 +125,10 @@ class ParquetSink(Sink, BackfillAware, ParquetWriter, KeyAudit, Reachable):
         runs = {n["run"] for n in names if n}
         if shard_columns and set(shard_columns) <= set(key) and all(names) and len(runs) <= 1:
             known = dict(counted or {}) if runs == {run_id} else {}
-            per_shard = Counter(int(n["shard"]) for n in names if n)
-            files = [f for f, n in zip(files, names)
-                     if n and per_shard[int(n["shard"])] > 1 and int(n["shard"]) not in known]
+            shard_of = [int(n["shard"]) for n in names if n]  # (all names matched)
+            per_shard = Counter(shard_of)
+            files = [f for f, shard in zip(files, shard_of)
+                     if per_shard[shard] > 1 and shard not in known]
             done = sum(known.get(shard, 0) for shard in per_shard)
             log.debug("%s: key audit: %d shard(s) counted as their batches loaded, %d file(s) "
                       "read", self.path, len(known), len(files))
