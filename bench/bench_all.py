@@ -20,7 +20,9 @@ Sections (all by default; pick with --only, comma-separated):
                batch of the whole command, of `stages.run_stages` alone over the same
                slices in process, and their difference, the toolkit's own cost per batch;
                then where it goes: the profile pass (below) at the largest and smallest
-               batch size, per step, and what is left for messages, records and processes.
+               batch size, per step; `etl run` in one process and thread at the same sizes,
+               whose slope less the profile pass's is the messages, records and leases;
+               and how the default processes and threads compare with it.
   profile      CPU per step of one sequential pass through the real batch steps
                (etl.runtime.batches fetch/clean/load), source read, parse, fingerprint and
                plan included (in a fresh process: nothing cached); --write-readme puts the
@@ -89,6 +91,7 @@ class BenchError(Exception):
 class Sample:
     wall: float
     cpu: float
+    sys: float = 0.0  # the kernel's share of `cpu`, where known
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -119,7 +122,7 @@ def run_timed(args: list[str], *, cwd: Path, env: dict[str, str], timeout: float
                 out.read_text(errors="replace").strip().splitlines() or ["(no output)"])[-3:]
         raise BenchError(f"`{' '.join(Path(a).name if '/' in a else a for a in args)}` exited "
                          f"{proc.returncode}: {' | '.join(tail)}")
-    return Sample(wall, usage.ru_utime + usage.ru_stime)
+    return Sample(wall, usage.ru_utime + usage.ru_stime, usage.ru_stime)
 
 
 def proc_cpu(pid: int) -> float:
@@ -571,8 +574,10 @@ def overhead_section(args: argparse.Namespace) -> None:
     for c, s, t, w, st in zip(counts, chosen, totals, walls, staged):
         print(f"  {c:8d} {s:11,d} {t:14.3f} {w:8.3f} {st:17.3f}")
     total_slope, stage_slope = slope(counts, totals), slope(counts, staged)
+    kernel = slope(counts, [median([s.sys for s in r.samples]) for r in runs])
     print(f"  slope, whole command      : {1000 * total_slope:7.2f} ms CPU per extra batch "
-          f"(wall {1000 * slope(counts, walls):.2f} ms)")
+          f"(wall {1000 * slope(counts, walls):.2f} ms; kernel time {1000 * kernel:.2f} ms of "
+          "the CPU: file creation, fsync, SQLite's locks and writes, thread wake-ups)")
     print(f"  slope, run_stages alone   : {1000 * stage_slope:7.2f} ms CPU per extra batch")
     print(f"  toolkit overhead per batch = total slope - stages slope = "
           f"{1000 * (total_slope - stage_slope):.2f} ms CPU")
@@ -582,19 +587,29 @@ def overhead_section(args: argparse.Namespace) -> None:
                       - slope(counts, [stage_runs[s][i] for s in chosen]) for i in range(rounds))
         print(f"  the same from each round alone: {1000 * each[0]:.2f} to {1000 * each[-1]:.2f} ms "
               f"(a change smaller than that spread needs more rounds, or a microbenchmark)")
-    overhead_steps(args, chosen[0], chosen[-1], total_slope - stage_slope)
+    overhead_steps(args, chosen[0], chosen[-1], total_slope - stage_slope, stage_slope)
 
 
-def overhead_steps(args: argparse.Namespace, large: int, small: int, overhead: float) -> None:
+def overhead_steps(args: argparse.Namespace, large: int, small: int, overhead: float,
+                   stage_slope: float) -> None:
     """Where the toolkit's cost per batch goes: the profile pass (one process, the batch
     steps called in turn: no broker, messages, results, leases or second process) at the
-    largest and the smallest batch size, alternated, medians per step; each step's CPU per
-    extra batch, and what is left of the whole command's overhead for the rest."""
+    largest and the smallest batch size, medians per step; each step's CPU per extra batch.
+    Alternated with them, `etl run` in one process and one thread at the same sizes: its
+    slope less the profile pass's is what Dramatiq's messages, the result records and the
+    leases cost per batch (the same steps, with and without them); and how the default
+    processes and threads compare with that."""
     runs: dict[int, list[dict[str, Any]]] = {large: [], small: []}
+    single: dict[int, list[float]] = {large: [], small: []}
     try:
         for _ in range(max(3, args.repeat // 2 + 1)):
             for size in (large, small):
                 runs[size].append(profile_child(args.shards, size))
+                with SCRATCH.folder() as work:
+                    single[size].append(run_timed(
+                        [*ETL, "run", "--shards", str(args.shards), "--fresh", "--no-progress",
+                         "--batch-size", str(size), "--processes", "1", "--threads", "1"],
+                        cwd=work, env=clean_env(ETL_DEMO_OUTPUT=str(work / "out"))).cpu)
     except BenchError as exc:
         print(f"  ! per-step breakdown failed: {exc}")
         return
@@ -612,14 +627,21 @@ def overhead_steps(args: argparse.Namespace, large: int, small: int, overhead: f
     slopes = {name: (many.get(name, 0.0) - few.get(name, 0.0)) / extra
               for name in set(few) | set(many) if name != "stages (pandas)"}
     steps = sum(slopes.values())
+    passes = (median([d["total_cpu"] for d in runs[small]])
+              - median([d["total_cpu"] for d in runs[large]])) / extra
+    alone = (median(single[small]) - median(single[large])) / extra
     print(f"  where it goes (profile pass: {counts[large]} vs {counts[small]} batches, "
           f"{len(runs[large])} runs each, medians; ms CPU per extra batch):")
     for name, value in sorted(slopes.items(), key=lambda kv: -kv[1]):
         if abs(value) >= 0.00005:
             print(f"    {1000 * value:6.2f}  {name}")
     print(f"    {1000 * steps:6.2f}  = the batch steps in one process, without the stages")
-    print(f"    {1000 * (overhead - steps):6.2f}  = the rest of the whole command's overhead: "
-          "Dramatiq's messages, the result records, leases, the worker threads, two processes")
+    print(f"  one process, one thread: `etl run` {1000 * alone:.2f} ms per extra batch = the "
+          f"profile pass's {1000 * passes:.2f} (the steps and the stages among them) + "
+          f"{1000 * (alone - passes):.2f} for Dramatiq's messages, the result records, leases, "
+          "and the threads handing work on")
+    print(f"  the default processes and threads: {1000 * (overhead + stage_slope):.2f} ms per "
+          f"extra batch ({1000 * (overhead + stage_slope - alone):+.2f} vs one process and thread)")
 
 
 def profile_child(shards: int, batch_size: int | None = None) -> dict[str, Any]:
