@@ -32,6 +32,8 @@ def _batch(rows: int, seed: int) -> pd.DataFrame:
         "code": pd.Series([f"c{n % 13}" for n in ints], dtype="string").mask(ints % 9 == 0),
         "name": pd.Series([f"n{n}" for n in ints], dtype="str"),
         "at": stamps.dt.tz_convert("UTC"),
+        "zoned": stamps,
+        "millis": stamps.dt.tz_convert("UTC").astype("datetime64[ms, UTC]"),
         "local": pd.Series(pd.date_range("2020-01-01", periods=rows, freq="min")),
         "took": pd.to_timedelta(ints, unit="s"),
         "kind": pd.Categorical([("a", "b", "c")[n % 3] for n in ints], categories=["a", "b", "c"]),
@@ -56,6 +58,10 @@ def test_batches_of_a_known_schema_come_out_as_from_pandas_makes_them() -> None:
     (schema,) = arrow._SCHEMAS.values()  # and used: the cached path converts every column
     converted = arrow._convert(frame, arrow._column_arrays(frame), schema)
     assert converted is not None and converted.equals(expected)
+    # time-zone-aware columns from their UTC values, without a Series each
+    for name in ("at", "zoned", "millis"):
+        assert arrow._utc_values(frame[name].array, schema.field(name).type) is not None
+    assert arrow._utc_values(frame["local"].array, schema.field("local").type) is None
 
 
 def test_a_batch_reads_back_with_its_pandas_dtypes() -> None:

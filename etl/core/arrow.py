@@ -86,6 +86,8 @@ def _convert(frame: pd.DataFrame, arrays: list[Any], schema: pa.Schema) -> pa.Ta
         for position, (values, field) in enumerate(zip(arrays, schema)):
             if isinstance(values, np.ndarray) and values.dtype.kind in "biufmM":
                 array = pa.array(values, from_pandas=True)
+            elif (utc := _utc_values(values, field.type)) is not None:
+                array = pa.array(utc, type=field.type, from_pandas=True)
             elif hasattr(values, "__arrow_array__"):
                 array = pa.array(values)
             else:  # time zones, categoricals...: the Series, as from_pandas passes it
@@ -96,3 +98,19 @@ def _convert(frame: pd.DataFrame, arrays: list[Any], schema: pa.Schema) -> pa.Ta
     except (pa.ArrowException, TypeError, ValueError):
         return None
     return pa.Table.from_arrays(converted, schema=schema)
+
+
+def _utc_values(values: Any, kind: pa.DataType) -> np.ndarray | None:
+    """The numpy datetime64 values (UTC, NaT for missing) behind a time-zone-aware pandas
+    column, when `kind` is the Arrow timestamp of that very unit and zone; else None.
+    pandas keeps such a column as UTC instants plus its zone, as Arrow does, so the array
+    is the same as from_pandas makes it from the Series, without building the Series
+    (~60 us a column, against ~8)."""
+    utc = getattr(values, "_ndarray", None)  # DatetimeArray's own (not public) values
+    zone = getattr(getattr(values, "dtype", None), "tz", None)
+    if (utc is None or zone is None or not isinstance(utc, np.ndarray) or utc.dtype.kind != "M"
+            or not pa.types.is_timestamp(kind) or kind.tz is None):
+        return None
+    if np.datetime_data(utc.dtype)[0] != kind.unit or str(zone) != kind.tz:
+        return None
+    return utc
