@@ -237,7 +237,9 @@ def clean_frame(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame, *,
                     if result.lineage and labels is not None else np.arange(len(clean)))
         clean = with_sequence(clean, stamp=ctx.seq_stamp, shard=shard, batch=batch, rows=ordinals)
     staged_out = result.quarantined
-    staged_out[ROW_COLUMN] = (pd.array(staged_out.index - ROW_OFFSET, dtype="Int64")
+    # plain integers when every row has its ordinal (as quarantine_bytes stores them), else
+    # nullable ones, all null
+    staged_out[ROW_COLUMN] = (np.asarray(staged_out.index, dtype=np.int64) - ROW_OFFSET
                               if result.lineage else pd.array([None] * len(staged_out), dtype="Int64"))
     if len(unparseable):
         unparseable[ROW_COLUMN] = pd.array(unparseable.index - ROW_OFFSET, dtype="Int64")
@@ -258,7 +260,9 @@ def quarantine_bytes(quarantined: pd.DataFrame) -> bytes:
     values = quarantined if rows is None or last else quarantined.iloc[
         :, [i for i, name in enumerate(columns) if name != ROW_COLUMN]]
     for as_text in (False, True):
-        if last and not as_text:  # ROW_COLUMN is no object column: stringify_mixed skips it
+        if last and not as_text and rows.dtype == np.int64:  # stored as it is
+            kept = stringify_mixed(values)
+        elif last and not as_text:  # ROW_COLUMN is no object column: stringify_mixed skips it
             kept = stringify_mixed(values).copy(deep=False)
             kept.isetitem(len(columns) - 1, rows.astype("Int64").to_numpy())
         else:
