@@ -26,7 +26,7 @@ from etl.core.parquet import (arrow_checked, from_parquet_bytes, raw_parquet_byt
                               to_parquet_bytes)
 from etl.runtime.keys import missing_key, with_sequence
 from etl.sinks.base import ParquetWriter, Sequenced, SerialCommits
-from etl.sources.base import SOURCE_COLUMNS, SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN
+from etl.sources.base import SOURCE_COLUMNS, SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN, Batch
 from etl.drift import apply_policy, compare
 from etl.core.names import task_fingerprint
 from etl.stores.state import ErrorRecord, Fence, RawPayload
@@ -133,7 +133,9 @@ def read_frame(ctx: RunContext, shard: int, batch: int, key: str, *,
     Arrow -> pandas runs in the calling thread: Arrow's pool cost more CPU and more wall
     time for batches of 2,000 to 200,000 rows (workers and processes are the parallelism)."""
     if sha256 is not None and (cached := frames.pop(key, sha256)) is not None:
-        return cached.to_pandas(use_threads=False)
+        if ctx.shard_frames is not None and isinstance(cached, Batch):
+            return ctx.shard_frames.frame(cached.table, cached.whole, cached.begin)
+        return getattr(cached, "table", cached).to_pandas(use_threads=False)
     if payload is not None and is_pointer(payload):
         return recut(ctx.pipeline.source, ctx.plan, payload,
                      where=_where(ctx, shard, batch)).to_pandas(use_threads=False)

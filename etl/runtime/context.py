@@ -28,6 +28,7 @@ from shards import ShardPlan, plan_from_dict
 
 if TYPE_CHECKING:
     from etl.runtime.loaded_keys import LoadedKeys
+    from etl.runtime.shard_frames import ShardFrames
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ class RunContext:
     #: run's key audit (etl.runtime.loaded_keys; embedded mode, whose processes load whole
     #: shards). None: nothing is kept (a worker on a broker loads any shard's batches).
     loaded_keys: "LoadedKeys | None" = None
+    #: Where this process keeps the shards it converted to pandas whole, each batch then a
+    #: slice (etl.runtime.shard_frames; embedded mode, whose processes work whole shards).
+    #: None: each batch is converted alone (a worker on a broker cleans any shard's batches).
+    shard_frames: "ShardFrames | None" = None
 
     @property
     def run_id(self) -> str:

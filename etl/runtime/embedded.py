@@ -36,6 +36,7 @@ from etl.core import collector
 from etl.runtime.actors import QUEUE, declare_actors
 from etl.runtime.claims import ShardClaims
 from etl.runtime.loaded_keys import LOADED_KEYS
+from etl.runtime.shard_frames import SHARD_FRAMES
 from etl.runtime.cancel import is_cancelled
 from etl.runtime.context import ContextCache, RunContext
 from etl.core.logs import summarize_floods
@@ -331,6 +332,7 @@ def run_embedded(ctx: RunContext, *, threads: int | None = None, processes: int 
     ctx.staged_copies = False  # each batch's load runs in the process that cleaned it
     if isinstance(ctx.pipeline.sink, KeyAudit) and ctx.pipeline.key:  # processes load whole shards
         ctx.loaded_keys = LOADED_KEYS
+    ctx.shard_frames = SHARD_FRAMES  # and clean whole shards: each converted to pandas once
     counts: dict[int, int] = {}
     pending = find_pending(ctx.state, ctx.run_id)
     log.info("run %s: %d fetch, %d clean, %d load pipelines to start", ctx.run_id,
@@ -359,6 +361,7 @@ def run_embedded(ctx: RunContext, *, threads: int | None = None, processes: int 
         if now == seen:
             break
         seen = now
+    SHARD_FRAMES.clear()  # shards left half done (a cancel, a failure) are not kept
     checkpoints = ctx.state.list_checkpoints(ctx.run_id)
     if on_progress:
         on_progress(checkpoints)

@@ -13,8 +13,9 @@ A fetched batch lands in one of two ways; its RawPayload in the state store says
   rows in another process (a crash, a resume, a replay, a notebook) cuts them again, after
   checking the source still has that fingerprint and gives the same rows and end cursor.
 
-Either way the fetching process keeps the rows in its frame cache, so the clean that
-follows in the same process reads nothing back.
+Either way the fetching process keeps the rows in its frame cache (the Batch, which may
+name the shard's rows it was cut from), so the clean that follows in the same process reads
+nothing back.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def land(ctx: RunContext, shard: int, batch: int, found: Batch) -> RawPayload:
     else:
         info = ctx.objects.put_bytes(key, raw_parquet_bytes(found.table))
         digest, size = info.sha256, info.bytes
-    frames.put(key, digest, found.table)
+    frames.put(key, digest, found, rows=found.table.num_rows)  # the Batch: its shard too
     return RawPayload(run_id=ctx.run_id, shard=shard, batch=batch, key=key, bytes=size,
                       sha256=digest, rows=found.table.num_rows,
                       cursor_start=found.cursor_start, cursor_end=found.cursor_end)

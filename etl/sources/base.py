@@ -46,6 +46,10 @@ class Batch:
     cursor_end: Any
     exhausted: bool  # True when no row of the shard comes after cursor_end
     shard_progress: float | None = None  # share of the shard's rows read up to cursor_end
+    #: The table of the shard's rows `table` is a slice of, and the row it begins at, for a
+    #: source that cuts batches so (etl.runtime.shard_frames converts such a shard once).
+    whole: pa.Table | None = None
+    begin: int = 0
 
     @property
     def frame(self) -> pd.DataFrame:

@@ -178,9 +178,13 @@ class ShardRows:
     def slice(self, shard: int, begin: int, length: int) -> pa.Table:
         """`length` rows of `shard` from its `begin`-th row on. A shard not gathered yet is
         gathered with every other one left (a worker reading any shard of the plan)."""
+        return self.shard_table(shard).slice(begin, length)
+
+    def shard_table(self, shard: int) -> pa.Table:
+        """Every row of `shard`, in file order (gathered as `slice` gathers it)."""
         if shard not in self._gathered:
             self.gather(range(self.shards))
-        return self._gathered[shard].slice(begin, length)
+        return self._gathered[shard]
 
 
 class ShardOrders:
@@ -572,7 +576,8 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
         end = int(picked[-1]) if len(picked) else after
         return Batch(table=table, cursor_start=after, cursor_end=end,
                      exhausted=begin + len(picked) >= len(rows),
-                     shard_progress=(begin + len(picked)) / len(rows) if len(rows) else 1.0)
+                     shard_progress=(begin + len(picked)) / len(rows) if len(rows) else 1.0,
+                     whole=grouped.shard_table(shard), begin=begin)
 
     def recut(self, plan: ShardPlan, shard: int, *, after: Any, rows: int) -> Batch:
         """The batch a fetch cut at `after`: the file's rows are in a fixed order per shard,
