@@ -26,7 +26,7 @@ from etl.core.parquet import (arrow_checked, from_parquet_bytes, raw_parquet_byt
                               to_parquet_bytes)
 from etl.runtime.keys import missing_key, with_sequence
 from etl.sinks.base import ParquetWriter, Sequenced, SerialCommits
-from etl.sources.base import SOURCE_COLUMNS, SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN, Batch
+from etl.sources.base import SOURCE_COLUMNS, SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN
 from etl.drift import apply_policy, compare
 from etl.core.names import task_fingerprint
 from etl.stores.state import ErrorRecord, Fence, RawPayload
@@ -133,9 +133,9 @@ def read_frame(ctx: RunContext, shard: int, batch: int, key: str, *,
     Arrow -> pandas runs in the calling thread: Arrow's pool cost more CPU and more wall
     time for batches of 2,000 to 200,000 rows (workers and processes are the parallelism)."""
     if sha256 is not None and (cached := frames.pop(key, sha256)) is not None:
-        if ctx.shard_frames is not None and isinstance(cached, Batch):
+        if ctx.shard_frames is not None:  # the fetch's Batch (etl.runtime.raw.land)
             return ctx.shard_frames.frame(cached.table, cached.whole, cached.begin)
-        return getattr(cached, "table", cached).to_pandas(use_threads=False)
+        return cached.table.to_pandas(use_threads=False)
     if payload is not None and is_pointer(payload):
         return recut(ctx.pipeline.source, ctx.plan, payload,
                      where=_where(ctx, shard, batch)).to_pandas(use_threads=False)
@@ -262,11 +262,11 @@ def quarantine_bytes(quarantined: pd.DataFrame) -> bytes:
     values = quarantined if rows is None or last else quarantined.iloc[
         :, [i for i, name in enumerate(columns) if name != ROW_COLUMN]]
     for as_text in (False, True):
-        if last and not as_text and rows.dtype == np.int64:  # stored as it is
+        if last and not as_text:  # ROW_COLUMN is no object column: stringify_mixed skips it
             kept = stringify_mixed(values)
-        elif last and not as_text:  # ROW_COLUMN is no object column: stringify_mixed skips it
-            kept = stringify_mixed(values).copy(deep=False)
-            kept.isetitem(len(columns) - 1, rows.astype("Int64").to_numpy())
+            if rows.dtype != np.int64:  # nullable (clean_frame: no lineage, unparseable rows)
+                kept = kept.copy(deep=False)
+                kept.isetitem(len(columns) - 1, rows.astype("Int64").to_numpy())
         else:
             if last:
                 values = values.iloc[:, :-1]

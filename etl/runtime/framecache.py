@@ -58,7 +58,8 @@ class FrameCache:
             self._rows = 0
 
 
-#: Fetched batches (Arrow tables) waiting for their clean.
+#: Fetched batches (the source's Batch: its Arrow rows, and the shard's rows they were cut
+#: from when a source says so) waiting for their clean.
 frames = FrameCache()
 #: Cleaned batches (staged Parquet bytes, and the frame for a sink that does not take the
 #: bytes) waiting for their load when the run keeps no staged copies

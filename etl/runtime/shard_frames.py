@@ -32,15 +32,9 @@ MAX_ROWS = 2_000_000
 
 def _copy_on_write() -> bool:
     """Whether pandas copies a slice before writing to it (always from pandas 3)."""
-    from importlib.metadata import version
+    import pandas
 
-    global _COW
-    if _COW is None:
-        _COW = int(version("pandas").split(".")[0]) >= 3
-    return _COW or pd.options.mode.copy_on_write is True
-
-
-_COW: bool | None = None  # pandas 3 or later (read once)
+    return int(pandas.__version__.split(".")[0]) >= 3 or pandas.options.mode.copy_on_write is True
 
 
 def _typed_alone(kind: pa.DataType) -> bool:
@@ -56,6 +50,14 @@ def _nullable_kind(kind: pa.DataType) -> bool:
     return pa.types.is_integer(kind) or pa.types.is_boolean(kind)
 
 
+def _eligible(whole: pa.Table) -> bool:
+    """Whether a slice of `whole` converted once is each batch's own conversion (checked
+    once per shard, when it would be converted)."""
+    metadata = whole.schema.metadata or {}
+    return (b"pandas" not in metadata and all(_typed_alone(f.type) for f in whole.schema)
+            and _copy_on_write())
+
+
 class ShardFrames:
     """Converted shards of this process, by the Arrow table of the shard's rows."""
 
@@ -68,8 +70,7 @@ class ShardFrames:
     def frame(self, batch: pa.Table, whole: pa.Table | None, begin: int) -> pd.DataFrame:
         """`batch` as pandas; `whole` is the table of its shard's rows it was sliced from
         at row `begin` (None: not a slice), converted once for all its batches."""
-        if whole is None or batch.num_rows >= whole.num_rows or whole.num_rows > self.max_rows \
-                or not self._eligible(whole):
+        if whole is None or batch.num_rows >= whole.num_rows or whole.num_rows > self.max_rows:
             return batch.to_pandas(use_threads=False)
         with self._lock:
             held = self._frames.get(id(whole))
@@ -77,17 +78,9 @@ class ShardFrames:
                 self._drop(id(whole))
                 held = None
         if held is None:
-            converted = whole.to_pandas(use_threads=False)
-            nullable = [i for i, field in enumerate(whole.schema) if _nullable_kind(field.type)
-                        and whole.column(i).null_count]
-            with self._lock:  # another thread may have converted the shard meanwhile
-                held = self._frames.get(id(whole))
-                if held is None or held[0] is not whole:
-                    self._drop(id(whole))
-                    self._frames[id(whole)] = held = (whole, converted, nullable)
-                    self._rows += whole.num_rows
-                    while self._rows > self.max_rows and len(self._frames) > 1:
-                        self._drop(next(iter(self._frames)))
+            if not _eligible(whole):
+                return batch.to_pandas(use_threads=False)
+            held = self._convert(whole)
         whole_table, converted, nullable = held
         end = begin + batch.num_rows
         if end >= whole_table.num_rows:  # the shard's last batch: its frame is not needed again
@@ -100,10 +93,21 @@ class ShardFrames:
         frame.index = pd.RangeIndex(len(frame))  # labelled as its own conversion labels it
         return frame
 
-    def _eligible(self, whole: pa.Table) -> bool:
-        metadata = whole.schema.metadata or {}
-        return (b"pandas" not in metadata and all(_typed_alone(f.type) for f in whole.schema)
-                and _copy_on_write())
+    def _convert(self, whole: pa.Table) -> tuple[pa.Table, pd.DataFrame, list[int]]:
+        """Convert a shard and hold it: (its table, its frame, its integer and boolean
+        columns with nulls)."""
+        converted = whole.to_pandas(use_threads=False)
+        nullable = [i for i, field in enumerate(whole.schema) if _nullable_kind(field.type)
+                    and whole.column(i).null_count]
+        with self._lock:  # another thread may have converted the shard meanwhile
+            held = self._frames.get(id(whole))
+            if held is None or held[0] is not whole:
+                self._drop(id(whole))
+                self._frames[id(whole)] = held = (whole, converted, nullable)
+                self._rows += whole.num_rows
+                while self._rows > self.max_rows and len(self._frames) > 1:
+                    self._drop(next(iter(self._frames)))
+        return held
 
     def _drop(self, key: int) -> None:
         dropped = self._frames.pop(key, None)

@@ -572,12 +572,12 @@ class FileSource(Source, Windowed, WholeTable, Recuttable, Reparsable, ShardGrou
         rows = grouped.rows(shard)
         begin = 0 if after is None else int(np.searchsorted(rows, int(after), side="right"))
         picked = rows[begin:begin + limit]
-        table = grouped.slice(shard, begin, len(picked))
+        whole = grouped.shard_table(shard)
         end = int(picked[-1]) if len(picked) else after
-        return Batch(table=table, cursor_start=after, cursor_end=end,
+        return Batch(table=whole.slice(begin, len(picked)), cursor_start=after, cursor_end=end,
                      exhausted=begin + len(picked) >= len(rows),
                      shard_progress=(begin + len(picked)) / len(rows) if len(rows) else 1.0,
-                     whole=grouped.shard_table(shard), begin=begin)
+                     whole=whole, begin=begin)
 
     def recut(self, plan: ShardPlan, shard: int, *, after: Any, rows: int) -> Batch:
         """The batch a fetch cut at `after`: the file's rows are in a fixed order per shard,
