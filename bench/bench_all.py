@@ -587,18 +587,17 @@ def overhead_section(args: argparse.Namespace) -> None:
                       - slope(counts, [stage_runs[s][i] for s in chosen]) for i in range(rounds))
         print(f"  the same from each round alone: {1000 * each[0]:.2f} to {1000 * each[-1]:.2f} ms "
               f"(a change smaller than that spread needs more rounds, or a microbenchmark)")
-    overhead_steps(args, chosen[0], chosen[-1], total_slope - stage_slope, stage_slope)
+    overhead_steps(args, chosen[0], chosen[-1], total_slope)
 
 
-def overhead_steps(args: argparse.Namespace, large: int, small: int, overhead: float,
-                   stage_slope: float) -> None:
+def overhead_steps(args: argparse.Namespace, large: int, small: int, total: float) -> None:
     """Where the toolkit's cost per batch goes: the profile pass (one process, the batch
     steps called in turn: no broker, messages, results, leases or second process) at the
     largest and the smallest batch size, medians per step; each step's CPU per extra batch.
     Alternated with them, `etl run` in one process and one thread at the same sizes: its
     slope less the profile pass's is what Dramatiq's messages, the result records and the
     leases cost per batch (the same steps, with and without them); and how the default
-    processes and threads compare with that."""
+    processes and threads (`total`: the whole command's slope) compare with that."""
     runs: dict[int, list[dict[str, Any]]] = {large: [], small: []}
     single: dict[int, list[float]] = {large: [], small: []}
     try:
@@ -640,8 +639,8 @@ def overhead_steps(args: argparse.Namespace, large: int, small: int, overhead: f
           f"profile pass's {1000 * passes:.2f} (the steps and the stages among them) + "
           f"{1000 * (alone - passes):.2f} for Dramatiq's messages, the result records, leases, "
           "and the threads handing work on")
-    print(f"  the default processes and threads: {1000 * (overhead + stage_slope):.2f} ms per "
-          f"extra batch ({1000 * (overhead + stage_slope - alone):+.2f} vs one process and thread)")
+    print(f"  the default processes and threads: {1000 * total:.2f} ms per extra batch "
+          f"({1000 * (total - alone):+.2f} vs one process and thread)")
 
 
 def profile_child(shards: int, batch_size: int | None = None) -> dict[str, Any]:
