@@ -3,6 +3,7 @@ message whose task is busy, and no commit through a lost lease."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -80,6 +81,31 @@ def test_the_heartbeat_keeps_a_lease_alive_past_its_ttl(state) -> None:  # type:
         lease = state.get_lease("load:r:1:0")
         assert lease is not None and lease.taken_by == fence.owner and lease.token == fence.token
         assert state.renew_lease("load:r:1:0", fence.owner, fence.token, 0.6)
+    keeper.close()
+
+
+def test_a_lease_its_commit_released_is_neither_renewed_nor_released_again(
+        state, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    from etl.stores.state import RunRecord
+
+    state.create_run(RunRecord(run_id="r", pipeline="p", plan="x", shards=1))
+    state.init_checkpoints("r", 1)
+    run_id, keeper = "r", LeaseKeeper(state, ttl=0.6)
+    # Given a clean holds its lease and commits, asking the commit to release it
+    with caplog.at_level(logging.WARNING, logger="etl.runtime.leases"):
+        with keeper.hold(f"clean:{run_id}:0:0") as fence:
+            assert state.complete_stage(run_id, 0, 0, "clean", {"rows_cleaned": 1}, fence=fence,
+                                        release=True)
+            assert fence.released
+            # When another owner takes the freed lease while the heartbeat beats (TTL/3)
+            other = state.acquire_lease(f"clean:{run_id}:0:0", "other", ttl=30)
+            assert other is not None and other.token == fence.token + 1
+            time.sleep(0.5)
+        # Then the heartbeat said nothing of a lost lease, and the block's end left the
+        # other owner's lease alone
+        assert "was lost" not in caplog.text
+    lease = state.get_lease(f"clean:{run_id}:0:0")
+    assert lease is not None and (lease.taken_by, lease.token) == ("other", other.token)
     keeper.close()
 
 

@@ -476,6 +476,59 @@ def test_a_stale_owner_cannot_commit_after_a_takeover(store: StateStore) -> None
     assert _checkpoint(store).batches_fetched == 1
 
 
+def test_a_commit_asked_to_release_ends_its_lease(store: StateStore) -> None:
+    # Given the leases of a fetch lane and of a clean, held by worker a
+    _start_run(store)
+    fetch = store.acquire_lease("fetch:r:0", "a", ttl=30)
+    clean = store.acquire_lease("clean:r:0:0", "a", ttl=30)
+    assert fetch is not None and clean is not None
+    fetched, cleaned = Fence("fetch:r:0", "a", fetch.token), Fence("clean:r:0:0", "a", clean.token)
+    # When a commits its fetch (with its ledger entry) and its clean, each asked to release
+    assert store.record_fetch(_payload(0), exhausted=False, fence=fetched, release=True, ledger=True)
+    assert store.complete_stage("r", 0, 0, "clean", {"rows_cleaned": 5}, fence=cleaned, release=True)
+    # Then both effects are in, the fetch is in the ledger, and both fences say released
+    checkpoint = _checkpoint(store)
+    assert (checkpoint.batches_fetched, checkpoint.batches_cleaned) == (1, 1)
+    assert store.is_done(task_fingerprint("fetch", "r", 0, 0))
+    assert fetched.released and cleaned.released
+    # And both leases are free: b takes each at once, with a new token (not a retry)
+    for key, old in (("fetch:r:0", fetch), ("clean:r:0:0", clean)):
+        lease = store.get_lease(key)
+        assert lease is not None and lease.taken_by is None and lease.lease_until is None
+        taken = store.acquire_lease(key, "b", ttl=30)
+        assert taken is not None and (taken.token, taken.retry_count) == (old.token + 1, 0)
+
+
+def test_a_refused_commit_releases_nothing(store: StateStore) -> None:
+    # Given a's lease of a fetch lane expired and b took it over
+    _start_run(store)
+    stale = store.acquire_lease("fetch:r:0", "a", ttl=0.05)
+    assert stale is not None
+    time.sleep(0.1)
+    fresh = store.acquire_lease("fetch:r:0", "b", ttl=30)
+    assert fresh is not None
+    old = Fence("fetch:r:0", "a", stale.token)
+    # When a commits its fetch, asked to release
+    with pytest.raises(LeaseLost):
+        store.record_fetch(_payload(0), exhausted=False, fence=old, release=True, ledger=True)
+    # Then nothing is written, b still holds the lease, and a's fence is not released
+    assert _checkpoint(store).batches_fetched == 0
+    assert not store.is_done(task_fingerprint("fetch", "r", 0, 0))
+    lease = store.get_lease("fetch:r:0")
+    assert lease is not None and (lease.taken_by, lease.token) == ("b", fresh.token)
+    assert not old.released
+
+
+def test_a_fetch_without_ledger_leaves_the_ledger_alone(store: StateStore) -> None:
+    # Given a run, When a batch is recorded as fetched without `ledger` (replay does so)
+    _start_run(store)
+    assert store.record_fetch(_payload(0), exhausted=False)
+    # Then the checkpoint moved and the ledger has no entry for it
+    assert _checkpoint(store).batches_fetched == 1
+    assert not store.is_done(task_fingerprint("fetch", "r", 0, 0))
+    assert store.count_done("r") == 0
+
+
 def test_an_expired_lease_fences_even_before_a_takeover(store: StateStore) -> None:
     # Given a's lease expired but nobody took it over yet
     _start_run(store)

@@ -82,12 +82,12 @@ def fetch(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None
                                            limit=ctx.pipeline.batch_size)
     rows = found.table.num_rows
     if not rows:
-        state.finish_fetch(ctx.run_id, shard, batch, fence=fence)
+        state.finish_fetch(ctx.run_id, shard, batch, fence=fence, release=True)
         return FetchOutcome(None, fetch_next=False)
     payload = land(ctx, shard, batch, found)
     crash_point("fetch.after_put")
-    state.record_fetch(payload, exhausted=found.exhausted, fence=fence)
-    state.mark_done(task_fingerprint("fetch", ctx.run_id, shard, batch), "fetch", ctx.run_id)
+    # the pointer, the cursor, the ledger entry and the lease's end: one commit
+    state.record_fetch(payload, exhausted=found.exhausted, fence=fence, release=True, ledger=True)
     crash_point("fetch.after_record")
     return FetchOutcome(payload, fetch_next=not found.exhausted, shard_progress=found.shard_progress)
 
@@ -187,7 +187,7 @@ def clean(ctx: RunContext, shard: int, batch: int, *,
     crash_point("clean.after_stage")
     state.complete_stage(ctx.run_id, shard, batch, "clean",
                          {"rows_cleaned": len(clean_rows), "rows_quarantined": len(quarantined)},
-                         fence=fence)
+                         fence=fence, release=True)
     return len(clean_rows), len(quarantined)
 
 
@@ -376,6 +376,7 @@ def load(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None,
         with (queue(f"commit:{scope}") if scope and queue else nullcontext()):
             written = sink.write_batch(frame, run_id=ctx.run_id, shard=shard, batch=batch)
     crash_point("load.after_sink")
-    state.complete_stage(ctx.run_id, shard, batch, "load", {"rows_loaded": written}, fence=fence)
+    state.complete_stage(ctx.run_id, shard, batch, "load", {"rows_loaded": written}, fence=fence,
+                         release=True)
     crash_point("load.after_count")
     return written

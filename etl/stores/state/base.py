@@ -130,14 +130,17 @@ class Lease:
     token: int = 0  # fencing token: grows by one each time the lease changes hands
 
 
-@dataclass(frozen=True)
+@dataclass
 class Fence:
     """Proof of a held lease, checked by the writes that commit a task's effect: a worker
-    whose lease expired and was taken over (its token is stale) cannot commit (fencing)."""
+    whose lease expired and was taken over (its token is stale) cannot commit (fencing).
+    A commit asked to `release` the lease ends it in the same transaction and sets
+    `released`, so its holder has nothing left to release or renew."""
 
     task_key: str
     owner: str
     token: int
+    released: bool = field(default=False, compare=False)
 
 
 @runtime_checkable
@@ -173,22 +176,28 @@ class StateStore(Protocol):
         """Ordered by (run_id, shard)."""
 
     def record_fetch(self, payload: RawPayload, *, exhausted: bool,
-                     fence: Fence | None = None) -> bool:
+                     fence: Fence | None = None, release: bool = False,
+                     ledger: bool = False) -> bool:
         """Record a fetched batch: insert the RawPayload if absent, then advance the
         checkpoint from batch `payload.batch` to `payload.batch + 1` (cursor = cursor_end,
         rows_fetched += rows, fetch_done = exhausted, status "running" unless done) only if
         its batches_fetched still equals payload.batch. True if this call advanced it.
+        `ledger`: also write the TaskDedup entry task_fingerprint("fetch", run, shard,
+        batch), whether or not this call advanced the checkpoint.
         With a `fence`, raises LeaseLost and writes nothing unless the fence's lease is
-        still held (same owner and token, not expired); the same holds for finish_fetch
-        and complete_stage."""
+        still held (same owner and token, not expired); with `release` too, the write ends
+        that lease (as release_lease would) and sets `fence.released`: one transaction
+        where the store has them (SQLite), the lease's own write right after the commit's
+        otherwise (MongoDB). The same holds for finish_fetch and complete_stage."""
 
     def finish_fetch(self, run_id: str, shard: int, batches: int, *,
-                     fence: Fence | None = None) -> bool:
+                     fence: Fence | None = None, release: bool = False) -> bool:
         """Mark the shard fully fetched after `batches` batches (no rows left), only if
         batches_fetched == batches. True if this call changed it."""
 
     def complete_stage(self, run_id: str, shard: int, batch: int, stage: str,
-                       rows: dict[str, int], *, fence: Fence | None = None) -> bool:
+                       rows: dict[str, int], *, fence: Fence | None = None,
+                       release: bool = False) -> bool:
         """Count a batch's `stage` ("clean" or "load") as done, exactly once: adds 1 to
         batches_<stage> and each of `rows` (names from ROW_COUNTERS[stage]) to the
         checkpoint, then writes the TaskDedup entry task_fingerprint(stage, run, shard,

@@ -165,8 +165,16 @@ class MongoStateStore:
             raise LeaseLost(f"lease {fence.task_key} is no longer held by {fence.owner} "
                             f"(token {fence.token}): not committing")
 
+    def _released(self, fence: Fence | None, release: bool) -> None:
+        """After a commit asked to `release`: end the fence's lease (its own write: these
+        collections are written without a multi-document transaction)."""
+        if fence is not None and release:
+            self.release_lease(fence.task_key, fence.owner, fence.token)
+            fence.released = True
+
     def record_fetch(self, payload: RawPayload, *, exhausted: bool,
-                     fence: Fence | None = None) -> bool:
+                     fence: Fence | None = None, release: bool = False,
+                     ledger: bool = False) -> bool:
         self._check_fence(fence)
         try:
             self.payloads.insert_one(dataclasses.asdict(payload))
@@ -177,18 +185,22 @@ class MongoStateStore:
             {"$set": {"cursor": payload.cursor_end, "batches_fetched": payload.batch + 1,
                       "fetch_done": exhausted, "updated_at": utcnow()},
              "$inc": {"rows_fetched": int(payload.rows)}})
-        if not result.modified_count:
-            return False
-        self._settle_status(payload.run_id, payload.shard)
-        return True
+        if result.modified_count:
+            self._settle_status(payload.run_id, payload.shard)
+        if ledger:
+            self.mark_done(task_fingerprint("fetch", payload.run_id, payload.shard, payload.batch),
+                           "fetch", payload.run_id)
+        self._released(fence, release)
+        return bool(result.modified_count)
 
     def finish_fetch(self, run_id: str, shard: int, batches: int, *,
-                     fence: Fence | None = None) -> bool:
+                     fence: Fence | None = None, release: bool = False) -> bool:
         self._check_fence(fence)
         result = self.checkpoints.update_one(
             {"run_id": run_id, "shard": shard, "batches_fetched": batches, "fetch_done": False},
             {"$set": {"fetch_done": True, "updated_at": utcnow()}})
         self._settle_status(run_id, shard)
+        self._released(fence, release)
         return result.modified_count == 1
 
     def _settle_status(self, run_id: str, shard: int) -> None:
@@ -203,7 +215,8 @@ class MongoStateStore:
             {"$set": {"status": ShardStatus.DONE}})
 
     def complete_stage(self, run_id: str, shard: int, batch: int, stage: str,
-                       rows: dict[str, int], *, fence: Fence | None = None) -> bool:
+                       rows: dict[str, int], *, fence: Fence | None = None,
+                       release: bool = False) -> bool:
         self._check_fence(fence)
         counts = stage_counts(stage, rows)
         done = f"{stage}_done"
@@ -212,6 +225,7 @@ class MongoStateStore:
             {"$addToSet": {done: batch}, "$inc": counts, "$set": {"updated_at": utcnow()}})
         self._settle_status(run_id, shard)
         self.mark_done(task_fingerprint(stage, run_id, shard, batch), stage, run_id)  # 2. ledger
+        self._released(fence, release)  # 3. the lease, once the effect is counted
         return result.modified_count == 1
 
     def set_shard_status(self, run_id: str, shard: int, status: str,

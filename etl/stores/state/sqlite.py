@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import Any, ContextManager
+from contextlib import contextmanager
+from typing import Any, ContextManager, Iterator
 
 from etl.stores.state.base import (
     BATCH_COUNTERS, ROW_COUNTERS, Checkpoint, ErrorRecord, Fence, Lease, RawPayload, RunRecord,
@@ -78,6 +79,10 @@ _SETTLE_STATUS = (
     f"WHEN fetch_done = 1 AND batches_loaded >= batches_fetched THEN '{ShardStatus.DONE}' "
     f"WHEN status = '{ShardStatus.PENDING}' THEN '{ShardStatus.RUNNING}' ELSE status END "
     "WHERE run_id = ? AND shard = ?")
+#: A lease given up by its holder (task_key, owner, token): free for the next taker.
+_RELEASE = ("UPDATE PendingTasks SET taken_by = NULL, lease_until = NULL WHERE task_key = ? "
+            "AND taken_by = ? AND token = ?")
+
 
 class SQLiteStateStore:
     """StateStore on one SQLite file (or `:memory:`, for one process)."""
@@ -188,44 +193,61 @@ class SQLiteStateStore:
             raise LeaseLost(f"lease {fence.task_key} is no longer held by {fence.owner} "
                             f"(token {fence.token}): not committing")
 
-    def record_fetch(self, payload: RawPayload, *, exhausted: bool,
-                     fence: Fence | None = None) -> bool:
-        p = payload
+    @contextmanager
+    def _commit(self, fence: Fence | None, release: bool) -> Iterator[sqlite3.Connection]:
+        """A write transaction that commits a task's effect: fenced when given a `fence`,
+        and with `release`, ending the fence's lease in the same transaction (one write
+        instead of two: the lease dies with the effect it guarded, or neither happens)."""
         with self._write() as conn:
             self._check_fence(conn, fence)
+            yield conn
+            if fence is not None and release:
+                conn.execute(_RELEASE, (fence.task_key, fence.owner, fence.token))
+        if fence is not None and release:
+            fence.released = True
+
+    def record_fetch(self, payload: RawPayload, *, exhausted: bool,
+                     fence: Fence | None = None, release: bool = False,
+                     ledger: bool = False) -> bool:
+        p = payload
+        with self._commit(fence, release) as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO RawPayload VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (p.run_id, p.shard, p.batch, p.key, int(p.bytes), p.sha256, int(p.rows),
                  dumps(p.cursor_start), dumps(p.cursor_end), to_ms(p.created_at)))
+            if ledger:
+                conn.execute("INSERT OR IGNORE INTO TaskDedup VALUES (?,?,?,?)",
+                             (task_fingerprint("fetch", p.run_id, p.shard, p.batch), "fetch",
+                              p.run_id, to_ms(utcnow())))
             cur = conn.execute(
                 "UPDATE TaskCheckpoint SET cursor = ?, batches_fetched = ?, "
                 "rows_fetched = rows_fetched + ?, fetch_done = ?, updated_at = ? "
                 "WHERE run_id = ? AND shard = ? AND batches_fetched = ?",
                 (dumps(p.cursor_end), p.batch + 1, int(p.rows), int(exhausted), to_ms(utcnow()),
                  p.run_id, p.shard, p.batch))
-            if cur.rowcount != 1:
-                return False
-            conn.execute(_SETTLE_STATUS, (p.run_id, p.shard))
-            return True
+            advanced = cur.rowcount == 1
+            if advanced:
+                conn.execute(_SETTLE_STATUS, (p.run_id, p.shard))
+        return advanced
 
     def finish_fetch(self, run_id: str, shard: int, batches: int, *,
-                     fence: Fence | None = None) -> bool:
-        with self._write() as conn:
-            self._check_fence(conn, fence)
+                     fence: Fence | None = None, release: bool = False) -> bool:
+        with self._commit(fence, release) as conn:
             cur = conn.execute(
                 "UPDATE TaskCheckpoint SET fetch_done = 1, updated_at = ? "
                 "WHERE run_id = ? AND shard = ? AND batches_fetched = ? AND fetch_done = 0",
                 (to_ms(utcnow()), run_id, shard, batches))
             conn.execute(_SETTLE_STATUS, (run_id, shard))
-            return cur.rowcount == 1
+            changed = cur.rowcount == 1
+        return changed
 
     def complete_stage(self, run_id: str, shard: int, batch: int, stage: str,
-                       rows: dict[str, int], *, fence: Fence | None = None) -> bool:
+                       rows: dict[str, int], *, fence: Fence | None = None,
+                       release: bool = False) -> bool:
         counts = stage_counts(stage, rows)
         done = f"{stage}_done"
         sets = ", ".join(f"{name} = {name} + ?" for name in counts)
-        with self._write() as conn:
-            self._check_fence(conn, fence)
+        with self._commit(fence, release) as conn:
             cur = conn.execute(
                 f"UPDATE TaskCheckpoint SET {sets}, {done} = json_insert({done}, '$[#]', ?), "
                 "updated_at = ? WHERE run_id = ? AND shard = ? "
@@ -235,7 +257,8 @@ class SQLiteStateStore:
             conn.execute("INSERT OR IGNORE INTO TaskDedup VALUES (?,?,?,?)",
                          (task_fingerprint(stage, run_id, shard, batch), stage, run_id,
                           to_ms(utcnow())))
-            return cur.rowcount == 1
+            counted = cur.rowcount == 1
+        return counted
 
     def set_shard_status(self, run_id: str, shard: int, status: str,
                          last_error: str | None = None) -> None:
@@ -314,9 +337,12 @@ class SQLiteStateStore:
         with self._write() as conn:
             row = conn.execute("SELECT * FROM PendingTasks WHERE task_key = ?", (task_key,)).fetchone()
             live = row is not None and row["taken_by"] is not None and (row["lease_until"] or 0) > now
-            if row is None:
+            if row is None:  # a new task (most are): the lease is what was inserted
                 conn.execute("INSERT INTO PendingTasks VALUES (?,?,?,?,0,?,1)",
                              (task_key, owner, until, now, payload_ref))
+                return Lease(task_key=task_key, taken_by=owner, lease_until=from_ms(until),
+                             heartbeat=from_ms(now), retry_count=0, payload_ref=payload_ref,
+                             token=1)
             elif live and row["taken_by"] == owner:  # ours: extend, same token
                 conn.execute("UPDATE PendingTasks SET lease_until = ?, heartbeat = ?, "
                              "payload_ref = COALESCE(?, payload_ref) WHERE task_key = ?",
@@ -343,10 +369,7 @@ class SQLiteStateStore:
 
     def release_lease(self, task_key: str, owner: str, token: int) -> bool:
         with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE PendingTasks SET taken_by = NULL, lease_until = NULL WHERE task_key = ? "
-                "AND taken_by = ? AND token = ?", (task_key, owner, token))
-            return cur.rowcount == 1
+            return conn.execute(_RELEASE, (task_key, owner, token)).rowcount == 1
 
     def get_lease(self, task_key: str) -> Lease | None:
         row = self._one("SELECT * FROM PendingTasks WHERE task_key = ?", (task_key,))
