@@ -102,7 +102,9 @@ class EtlActors:
             broker.declare_queue(queue)
         steps = ("fetch", "clean", "load")
         messages = [getattr(self, step).message_with_options(args=(run_id, shard, batch), **options)
-                    .copy(queue_name=queue) for step in steps[steps.index(from_stage):]]
+                    for step in steps[steps.index(from_stage):]]
+        if queue != self.fetch.queue_name:  # (a copy of each message: only when routed)
+            messages = [message.copy(queue_name=queue) for message in messages]
         dramatiq.pipeline(messages, broker=broker).run()
 
 
