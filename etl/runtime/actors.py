@@ -126,18 +126,19 @@ def _defer(broker: dramatiq.Broker, reason: str, seconds: float) -> dict[str, An
 def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
                    queue: str = QUEUE, results: ResultStore | None = None,
                    leases: LeaseKeeper | None = None, metrics: Middleware | None = None,
-                   routed: bool = True) -> EtlActors:
+                   routed: bool = True, record_interval: float = 0.05) -> EtlActors:
     """Declare the three actors on `queue` of `broker` and add the toolkit's middleware to it
-    (with a ResultRecorder when given a result store, and `metrics` when given). Leases are
-    taken through `leases`, or a keeper made on first use from the run's state store.
+    (with a ResultRecorder when given a result store, writing its records every
+    `record_interval` seconds, and `metrics` when given). Leases are taken through `leases`,
+    or a keeper made on first use from the run's state store.
     `routed`: send each run to its pipeline's own queue when it names one."""
     if not any(isinstance(m, CurrentMessage) for m in broker.middleware):
         broker.add_middleware(CurrentMessage())
     if not any(isinstance(m, ErrorLog) for m in broker.middleware):
         broker.add_middleware(ErrorLog(contexts), before=Retries)
     if results is not None and not any(isinstance(m, ResultRecorder) for m in broker.middleware):
-        broker.add_middleware(ResultRecorder(results, ttl=results_ttl(contexts.settings)),
-                              before=Retries)
+        broker.add_middleware(ResultRecorder(results, ttl=results_ttl(contexts.settings),
+                                             interval=record_interval), before=Retries)
     if metrics is not None and metrics not in broker.middleware:
         broker.add_middleware(metrics, before=Retries)  # its after-hook: after Retries, before the recorder
     holder: dict[str, Any] = {"leases": leases}
