@@ -880,7 +880,7 @@ def profile_pass(work: Path, shards: int, batch_size: int | None = None) -> dict
     import etl.runtime.runs as runs
     from etl.demo import pipeline
     from etl.runtime.context import RunContext
-    from etl.runtime.shard_frames import ShardFrames
+    from etl.runtime.embedded import in_process
     from etl.stores.objects import open_objects
     from etl.stores.state import open_state
 
@@ -906,7 +906,7 @@ def profile_pass(work: Path, shards: int, batch_size: int | None = None) -> dict
     try:
         run, _ = runs.open_run(state, demo, spec="demo", fresh=True)
         ctx = RunContext.build(run, demo, state, objects)
-        ctx.shard_frames = ShardFrames()  # each shard converted to pandas once, as embedded
+        in_process(ctx)  # no staged copies, kept keys, shards converted once: as `etl run`
         for checkpoint in state.list_checkpoints(run.run_id):
             batch, more = 0, True
             while more:

@@ -329,6 +329,15 @@ def _work_pending(ctx: RunContext, pending: Pending, *, processes: int, threads:
     return dead
 
 
+def in_process(ctx: RunContext) -> None:
+    """Set `ctx` up for steps that all run in this process (and its forks), as embedded
+    mode runs them (the bench's profile pass does the same, to measure what a run does)."""
+    ctx.staged_copies = False  # each batch's load runs in the process that cleaned it
+    if isinstance(ctx.pipeline.sink, KeyAudit) and ctx.pipeline.key:  # processes load whole shards
+        ctx.loaded_keys = LOADED_KEYS
+    ctx.shard_frames = SHARD_FRAMES  # and clean whole shards: each converted to pandas once
+
+
 def run_embedded(ctx: RunContext, *, threads: int | None = None, processes: int | None = 1,
                  poll: float = 0.2, on_progress: ProgressCallback | None = None,
                  results: ResultStore | None = None) -> WorkOutcome:
@@ -338,10 +347,7 @@ def run_embedded(ctx: RunContext, *, threads: int | None = None, processes: int 
     and a second thread mostly contends for its GIL), else two (a thread's file writes
     overlap the other's work). Completing the run is the runner's."""
     started = time.perf_counter()
-    ctx.staged_copies = False  # each batch's load runs in the process that cleaned it
-    if isinstance(ctx.pipeline.sink, KeyAudit) and ctx.pipeline.key:  # processes load whole shards
-        ctx.loaded_keys = LOADED_KEYS
-    ctx.shard_frames = SHARD_FRAMES  # and clean whole shards: each converted to pandas once
+    in_process(ctx)
     counts: dict[int, int] = {}
     pending = find_pending(ctx.state, ctx.run_id)
     log.info("run %s: %d fetch, %d clean, %d load pipelines to start", ctx.run_id,
