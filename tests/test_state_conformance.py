@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pytest
 
 from etl.core.errors import ConfigError, LeaseLost
-from etl.stores.state import ErrorRecord, Fence, RawPayload, RunRecord, StateStore, open_state, task_fingerprint
+from etl.stores.state import ErrorRecord, Fence, Lease, RawPayload, RunRecord, StateStore, open_state, task_fingerprint
 from etl.stores.state.base import utcnow
 from etl.stores.state.mongo import MongoStateStore
 from etl.stores.state.sqlite import SQLiteStateStore
@@ -451,15 +451,21 @@ def test_released_lease_is_free_for_anyone(store: StateStore) -> None:
 
 
 
-def test_a_stale_owner_cannot_commit_after_a_takeover(store: StateStore) -> None:
-    # Given worker a held the lease of shard 0's fetch lane, and b took it over after it expired
+def _taken_over(store: StateStore) -> tuple[Fence, Lease]:
+    """A run whose shard 0 fetch lane a held, and b took over after a's lease expired:
+    (a's stale fence, b's lease)."""
     _start_run(store)
     stale = store.acquire_lease("fetch:r:0", "a", ttl=0.05)
     assert stale is not None
     time.sleep(0.1)
     fresh = store.acquire_lease("fetch:r:0", "b", ttl=30)
     assert fresh is not None and fresh.token > stale.token
-    old = Fence("fetch:r:0", "a", stale.token)
+    return Fence("fetch:r:0", "a", stale.token), fresh
+
+
+def test_a_stale_owner_cannot_commit_after_a_takeover(store: StateStore) -> None:
+    # Given worker a held the lease of shard 0's fetch lane, and b took it over after it expired
+    old, fresh = _taken_over(store)
     # When a tries to commit its fetch, its finish, or a stage
     # Then each raises LeaseLost and nothing is written
     with pytest.raises(LeaseLost):
@@ -501,13 +507,7 @@ def test_a_commit_asked_to_release_ends_its_lease(store: StateStore) -> None:
 
 def test_a_refused_commit_releases_nothing(store: StateStore) -> None:
     # Given a's lease of a fetch lane expired and b took it over
-    _start_run(store)
-    stale = store.acquire_lease("fetch:r:0", "a", ttl=0.05)
-    assert stale is not None
-    time.sleep(0.1)
-    fresh = store.acquire_lease("fetch:r:0", "b", ttl=30)
-    assert fresh is not None
-    old = Fence("fetch:r:0", "a", stale.token)
+    old, fresh = _taken_over(store)
     # When a commits its fetch, asked to release
     with pytest.raises(LeaseLost):
         store.record_fetch(_payload(0), exhausted=False, fence=old, release=True, ledger=True)

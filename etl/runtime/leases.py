@@ -11,7 +11,8 @@ process is gone (its pid free, a zombie, or reused by a process started later;
 etl.core.processes) is taken over at once, by the same compare-and-set on its holder.
 The commit of a task's effect passes the lease as a Fence,
 so an owner that stalled past its lease cannot commit after the takeover; the steps ask
-that commit to release the lease too (one state transaction instead of two per step).
+that commit to release the lease too (`release=True`: in the commit's own transaction,
+not one more of its own), and the keeper then leaves that lease alone.
 
 Settings, read here (etl.core.config):
   lease_ttl  ETL_LEASE_TTL: seconds a lease lives without a heartbeat (default 30). The
@@ -115,7 +116,7 @@ class LeaseKeeper:
             with self._lock:
                 self._held.pop(key, None)
             try:
-                if not fence.released:  # else the commit ended it (StateStore.complete_stage)
+                if not fence.released:  # else the commit ended it (release=True)
                     self.state.release_lease(key, owner, lease.token)
             except Exception:  # noqa: BLE001 - an unreleased lease just expires
                 log.warning("could not release lease %s; it expires in %.0f s", key, self.ttl,
