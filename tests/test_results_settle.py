@@ -98,7 +98,7 @@ def test_a_completed_run_settles_the_step_records_its_workers_left_open(
                     history=[Transition("in_progress", utcnow())])
     store.write_many([NewRecord(own)])
     # When the run's completion settles them
-    settled = settle_step_records(store, run_id, skip=running)
+    settled = settle_step_records(store, run_id, skip={running})
     # Then the three open steps ended completed, saying why; nothing else moved
     assert settled == 3
     for status in ("in_progress", "queued", "retrying"):
@@ -121,4 +121,4 @@ def test_a_completed_run_settles_the_step_records_its_workers_left_open(
     assert [t.status for t in job.history] == ["pending", "queued", "in_progress", "completed"]
     assert job.history[-1].note == SETTLED_NOTE
     # And a settle again finds nothing left
-    assert settle_step_records(store, run_id, skip=running) == 0
+    assert settle_step_records(store, run_id, skip={running}) == 0

@@ -77,7 +77,7 @@ def _work(ctx: RunContext, pending: Pending, *, threads: int, poll: float,
     broker.emit_after("process_boot")
     contexts = ContextCache()
     contexts.register(ctx)
-    actors = declare_actors(broker, contexts, results=results, routed=False,
+    actors = declare_actors(broker, contexts, results=results, routed=False, inline=True,
                             record_interval=RECORD_INTERVAL_S)
 
     def send(part: Pending) -> None:

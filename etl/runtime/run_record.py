@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Collection
 
 from results.base import ResultStore
 from results.models import JobResult, JobStatus, Transition, utcnow
@@ -84,19 +84,19 @@ class RunTracker:
 _OPEN = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.IN_PROGRESS, JobStatus.RETRYING)
 
 
-def settle_step_records(store: ResultStore, run_id: str, *, skip: str | None = None,
+def settle_step_records(store: ResultStore, run_id: str, *, skip: Collection[str] = (),
                         limit: int = 100_000) -> int:
     """End `completed` every record of a completed run's steps still open: a worker killed
     between its message's ack and its batched write, or a message whose work a redelivery
     or the reconciler's re-send did. The run completed, so every step is done in the state
-    store. `skip`: a job id to leave alone (the running step that completed the run records
+    store. `skip`: job ids to leave alone (the running step that completed the run records
     its own end). How many were settled; an outage is logged, never raised."""
     from results.changes import SETTLED_NOTE, StatusChange
 
     try:
         open_jobs = [job for status in _OPEN
                      for job in store.list(run_id=run_id, status=status.value, limit=limit)
-                     if job.job_id not in (run_id, skip)]
+                     if job.job_id != run_id and job.job_id not in skip]
         changes = []
         for job in open_jobs:
             if job.status != JobStatus.IN_PROGRESS.value:
