@@ -21,7 +21,7 @@ Sections (all by default; pick with --only, comma-separated):
                slices in process, and their difference, the toolkit's own cost per batch;
                then where it goes: the profile pass (below) at the largest and smallest
                batch size, per step; `etl run` in one process and thread at the same sizes,
-               whose slope less the profile pass's is the messages, records and leases;
+               whose slope less the profile pass's is the records, leases and broker;
                and how the default processes and threads compare with it.
   profile      CPU per step of one sequential pass through the real batch steps
                (etl.runtime.batches fetch/clean/load), source read, parse, fingerprint and
@@ -595,9 +595,10 @@ def overhead_steps(args: argparse.Namespace, large: int, small: int, total: floa
     steps called in turn: no broker, messages, results, leases or second process) at the
     largest and the smallest batch size, medians per step; each step's CPU per extra batch.
     Alternated with them, `etl run` in one process and one thread at the same sizes: its
-    slope less the profile pass's is what Dramatiq's messages, the result records and the
-    leases cost per batch (the same steps, with and without them); and how the default
-    processes and threads (`total`: the whole command's slope) compare with that."""
+    slope less the profile pass's is what the result records, the leases and Dramatiq (one
+    message per shard in embedded mode) cost per batch (the same steps, with and without
+    them); and how the default processes and threads (`total`: the whole command's slope)
+    compare with that."""
     runs: dict[int, list[dict[str, Any]]] = {large: [], small: []}
     single: dict[int, list[float]] = {large: [], small: []}
     try:
@@ -637,8 +638,8 @@ def overhead_steps(args: argparse.Namespace, large: int, small: int, total: floa
     print(f"    {1000 * steps:6.2f}  = the batch steps in one process, without the stages")
     print(f"  one process, one thread: `etl run` {1000 * alone:.2f} ms per extra batch = the "
           f"profile pass's {1000 * passes:.2f} (the steps and the stages among them) + "
-          f"{1000 * (alone - passes):.2f} for Dramatiq's messages, the result records, leases, "
-          "and the threads handing work on")
+          f"{1000 * (alone - passes):+.2f} for the result records, leases, the actor wrapper "
+          "and Dramatiq (a message per shard)")
     print(f"  the default processes and threads: {1000 * total:.2f} ms per extra batch "
           f"({1000 * (total - alone):+.2f} vs one process and thread)")
 
