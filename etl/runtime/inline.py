@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import dramatiq
@@ -61,7 +61,7 @@ class Step:
     result: dict[str, Any]
     progress: float | None = None
     after: Callable[[], None] | None = None
-    follow: bool = field(default=True)
+    follow: bool = True
     recorded: bool = False  # its end is recorded already (a failure)
     more: bool = False  # (a fetch, inline) the shard has a next batch to fetch
 
@@ -111,6 +111,8 @@ class Inline(Middleware):
             finally:  # (an interrupt too: the next batch is never left unsent)
                 if more and not (whole and not self.stopping
                                  and time.monotonic() - started < CHAIN_S):
+                    log.debug("run %s shard %s: batch %s sent as a message of its own", run_id,
+                              shard, batch + 1)
                     self.send(run_id, shard, batch + 1)
                     more = False
             if not more:
