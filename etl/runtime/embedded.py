@@ -2,7 +2,8 @@
 
 The same actors as distributed mode. Each local worker process has an in-memory broker and
 worker threads, and works shards no other process works, so processes never contend for
-the same shard and pandas work uses every core despite the GIL. Shards are shared out by
+the same shard and pandas work uses every core despite the GIL; there a shard is one
+message, whose delivery runs its batches' steps in turn (etl.runtime.inline). Shards are shared out by
 their rows where the source can count them (largest first, each to the process with the
 fewest rows so far), else by shard number modulo processes; a process that ends its share
 early then takes shards of the others not begun yet (etl.runtime.claims). Processes are
