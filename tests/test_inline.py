@@ -32,14 +32,18 @@ ROWS, BATCH = 100, 40  # one shard of three batches
 
 
 class Delivered(Middleware):
-    """Counts the messages a worker delivered, by actor."""
+    """Counts the messages a worker delivered, by actor, and those rejected (dead letters)."""
 
     def __init__(self) -> None:
         self.count: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
 
     def after_process_message(self, broker: dramatiq.Broker, message: dramatiq.Message, *,
                               result: Any = None, exception: BaseException | None = None) -> None:
         self.count[message.actor_name] += 1
+
+    def after_nack(self, broker: dramatiq.Broker, message: dramatiq.Message) -> None:
+        self.rejected[message.actor_name] += 1
 
 
 @pytest.fixture
@@ -49,13 +53,13 @@ def state(tmp_path: Path):  # type: ignore[no-untyped-def]
     store.close()
 
 
-def _pipeline(tmp_path: Path, sink: ParquetSink | None = None) -> Pipeline:
+def _pipeline(tmp_path: Path, sink: ParquetSink | None = None, retries: int = 2) -> Pipeline:
     source = tmp_path / "rows.csv"
     source.write_text("id,v\n" + "".join(f"{i},{i * 2}\n" for i in range(ROWS)))
     return Pipeline(name="inline", source=FileSource(str(source)),
                     sink=sink or ParquetSink(str(tmp_path / "out")), key=["id"],
                     shards=RangeShards("id", 1), batch_size=BATCH,
-                    retry=RetryPolicy(max_retries=2, min_backoff_ms=10, max_backoff_ms=50))
+                    retry=RetryPolicy(max_retries=retries, min_backoff_ms=10, max_backoff_ms=50))
 
 
 def _work(tmp_path: Path, state: Any, pipeline: Pipeline, *, before: Any = None,
@@ -80,7 +84,7 @@ def _work(tmp_path: Path, state: Any, pipeline: Pipeline, *, before: Any = None,
     worker.start()
     try:
         actors.send_batch(run.run_id, 0, 0)
-        broker.join("etl", timeout=30_000)
+        broker.join("etl", timeout=30_000, fail_fast=False)
         worker.join()
     finally:
         worker.stop()
@@ -144,13 +148,16 @@ def test_a_later_step_whose_lease_is_held_elsewhere_goes_on_as_its_own_message(t
 
 
 class FailFirstWrite(ParquetSink):
-    """A Parquet sink whose first write of batch 1 raises a connection error."""
+    """A Parquet sink whose first write of batch 1 raises a connection error; it counts
+    the writes of each batch."""
 
-    failed = False
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.writes: Counter[int] = Counter()
 
     def write_parquet(self, data: bytes, *, run_id: str, shard: int, batch: int) -> int:
-        if batch == 1 and not FailFirstWrite.failed:
-            FailFirstWrite.failed = True
+        self.writes[batch] += 1
+        if batch == 1 and self.writes[batch] == 1:
             raise ConnectionError("sink not reachable")
         return super().write_parquet(data, run_id=run_id, shard=shard, batch=batch)
 
@@ -171,3 +178,22 @@ def test_a_later_step_that_raises_is_retried_as_its_own_message_this_attempt_cou
     assert load.error_type == "ConnectionError" and load.retry_count == 1
     # And the shard's last error says which step and batch failed first
     assert "load batch 1" in (checkpoint.last_error or "")
+
+
+def test_a_later_step_that_fails_for_good_is_failed_at_once_and_not_run_again(tmp_path: Path, state) -> None:  # type: ignore[no-untyped-def]
+    # Given a run without retries whose sink fails its first write of batch 1
+    sink = FailFirstWrite(str(tmp_path / "out"))
+    # When the shard is worked by inline actors
+    ctx, delivered, results = _work(tmp_path, state, _pipeline(tmp_path, sink=sink, retries=0))
+    # Then that load ran once, failed, and is the run's one dead letter
+    assert sink.writes[1] == 1
+    assert delivered.rejected == Counter({"etl_load": 1}) and delivered.count["etl_load"] == 0
+    [load] = [j for j in _records(results, ctx.run_id)["etl_load"] if j.args[2] == 1]
+    assert load.status == "failed" and load.error_type == "ConnectionError"
+    assert load.retry_count == 0
+    # And the error log and the shard say so; the other batches are loaded
+    [error] = state.list_errors(ctx.run_id)
+    assert (error.stage, error.batch, error.context["attempts"]) == ("load", 1, 1)
+    checkpoint = state.get_checkpoint(ctx.run_id, 0)
+    assert checkpoint.status == "failed" and not checkpoint.complete
+    assert checkpoint.batches_loaded == 2 and find_pending(state, ctx.run_id).load == [(0, 1)]
