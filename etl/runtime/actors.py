@@ -274,6 +274,6 @@ def declare_actors(broker: dramatiq.Broker, contexts: ContextCache, *,
     holder["actors"] = actors
     if inline and not any(isinstance(m, Inline) for m in broker.middleware):
         broker.add_middleware(Inline(broker, actors.message, actors.send_batch, attempts,
-                                     defer=_defer, retry_when=should_retry),
+                                     defer=_defer),
                               before=ResultRecorder if results is not None else Retries)
     return actors

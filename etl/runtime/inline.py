@@ -12,27 +12,24 @@ after-hook, once the delivered step's own end is recorded and while Dramatiq's t
 still holds for the delivery.
 
 A step that cannot run here becomes the message it would have been. Its lease held
-elsewhere: deferred, as a delivered step is. It raised: what Dramatiq's Retries and worker
-would do with that message is done here. Retried under the run's policy: sent with this
-attempt counted, its error in its record and in the shard's last error (etl.runtime.
-middleware.ErrorLog). Not retried: failed at once, its record failed, the error logged,
-the message among the broker's dead letters (embedded mode's StubBroker: `etl run` counts
-them).
+elsewhere: deferred, as a delivered step is. It raised: ended as Dramatiq's worker ends a
+delivery that raised, through the same middleware (Retries sends it again with this
+attempt counted, or fails it; the recorder and etl.runtime.middleware.ErrorLog record
+either), a failed one among the broker's dead letters (embedded mode's StubBroker: `etl
+run` counts them).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.common import compute_backoff
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import Middleware, Retries
 
 from etl.core.logs import cause_of
 from etl.core.names import stage_of_actor
@@ -62,7 +59,6 @@ class Step:
     progress: float | None = None
     after: Callable[[], None] | None = None
     follow: bool = True
-    recorded: bool = False  # its end is recorded already (a failure)
     more: bool = False  # (a fetch, inline) the shard has a next batch to fetch
 
 
@@ -76,13 +72,14 @@ class Inline(Middleware):
                  message: Callable[[str, str, int, int], dramatiq.Message],
                  send: Callable[[str, int, int], None],
                  attempts: Mapping[str, Callable[[str, int, int, Any], Step]], *,
-                 defer: Callable[[dramatiq.Broker, Any, str, float], dict[str, Any]],
-                 retry_when: Callable[[int, BaseException], bool]) -> None:
+                 defer: Callable[[dramatiq.Broker, Any, str, float], dict[str, Any]]) -> None:
         self.broker, self.message, self.attempts, self.defer = broker, message, attempts, defer
-        self.retry_when, self.send = retry_when, send
+        self.send = send
         self.stopping = False  # the worker is shutting down: no more batches are chained
         self.recorder = next((m for m in broker.middleware if isinstance(m, ResultRecorder)), None)
-        self.errors = next((m for m in broker.middleware if isinstance(m, ErrorLog)), None)
+        #: The after-hooks that end a delivery that raised, in the order the worker runs them.
+        self.after_error = [m for m in reversed(broker.middleware)
+                            if isinstance(m, (Retries, ResultRecorder, ErrorLog))]
         if not isinstance(broker, StubBroker):
             raise TypeError("inline steps run on the embedded StubBroker only")
 
@@ -131,36 +128,23 @@ class Inline(Middleware):
             recorder.before_process_message(self.broker, message)
         try:
             done = self.attempts[stage](run_id, shard, batch, message)
-        except Exception as exc:  # noqa: BLE001 - handed to its own message, which retries it
-            done = self._hand_over(message, exc)
-        if recorder is not None and not done.recorded:
+        except Exception as exc:  # noqa: BLE001 - as the worker ends a delivery that raised
+            return self._raised(message, exc)
+        if recorder is not None:
             report(done.result, progress=done.progress)
             recorder.after_process_message(self.broker, message)
-        if done.after is not None:
-            done.after()
         return done
 
-    def _hand_over(self, message: dramatiq.Message, exc: Exception) -> Step:
-        """What Retries and the worker would do with the message of a step that raised."""
-        message.options["retries"] = 1  # this attempt, counted as Retries counts it
-        message.options["traceback"] = traceback.format_exc(limit=30)
-        if not self.retry_when(0, exc):
-            return self._fail(message, exc)
-        if self.errors is not None:
-            self.errors.after_process_message(self.broker, message, exception=exc)
-        _, backoff = compute_backoff(0, factor=message.options.get("min_backoff", 15_000),
-                                     max_backoff=message.options.get("max_backoff", 300_000))
-        self.broker.enqueue(message, delay=backoff)
-        return Step({"deferred": "retried"}, follow=False)  # its record: by the enqueue
-
-    def _fail(self, message: dramatiq.Message, exc: Exception) -> Step:
-        """A step the run's policy does not retry: failed, as its delivery would end."""
-        failed = MessageProxy(message)
-        failed.stuff_exception(exc)
-        failed.fail()
-        for hook in (self.errors, self.recorder):
-            if hook is not None:
-                hook.after_process_message(self.broker, failed, exception=exc)
-        self.broker.dead_letters_by_queue[message.queue_name].append(failed)
-        self.broker.emit_after("nack", failed)
-        return Step({"failed": cause_of(exc)}, follow=False, recorded=True)
+    def _raised(self, message: dramatiq.Message, exc: Exception) -> Step:
+        """End a step that raised as Dramatiq's worker ends such a delivery: the after-hooks
+        of Retries (which sends it again, this attempt counted, or fails it), the recorder
+        and ErrorLog, in the broker's order; then the ack, or the nack that makes a failed
+        message a dead letter (the StubBroker's list, as its consumer keeps it)."""
+        proxy = MessageProxy(message)
+        proxy.stuff_exception(exc)
+        for hook in self.after_error:
+            hook.after_process_message(self.broker, proxy, exception=exc)
+        if proxy.failed:
+            self.broker.dead_letters_by_queue[message.queue_name].append(proxy)
+        self.broker.emit_after("nack" if proxy.failed else "ack", proxy)
+        return Step({"failed": cause_of(exc)}, follow=False)
