@@ -103,7 +103,7 @@ def test_gathering_some_shards_first_reads_the_same_rows(assigned: list[int], fi
     grouped = ShardRows(table, order, starts)
     # When a worker gathers some shards first (its own), then reads every shard
     grouped.gather(first)
-    read = {s: grouped.slice(s, 0, len(grouped.rows(s)))["v"].to_pylist() for s in range(5)}
+    read = {s: grouped.shard_table(s)["v"].to_pylist() for s in range(5)}
     # Then each shard holds exactly its rows, in file order, whichever were gathered first
     assert read == {s: [i for i, a in enumerate(assigned) if a == s] for s in range(5)}
 
@@ -154,7 +154,7 @@ def test_gathering_reads_columns_chunked_differently_in_file_order() -> None:
     order, starts = rows_by_shard(assigned, 3)
     # When every shard is read
     grouped = ShardRows(table, order, starts)
-    read = {s: grouped.slice(s, 0, len(grouped.rows(s))) for s in range(3)}
+    read = {s: grouped.shard_table(s) for s in range(3)}
     # Then each shard holds its rows, whole (both columns of one row together), in file order
     for shard, part in read.items():
         expected = [i for i in range(rows) if assigned[i] == shard]

@@ -175,13 +175,10 @@ class ShardRows:
             low = high
         return {s: pa.Table.from_batches(pieces[s], schema=self.table.schema) for s in wanted}
 
-    def slice(self, shard: int, begin: int, length: int) -> pa.Table:
-        """`length` rows of `shard` from its `begin`-th row on. A shard not gathered yet is
-        gathered with every other one left (a worker reading any shard of the plan)."""
-        return self.shard_table(shard).slice(begin, length)
-
     def shard_table(self, shard: int) -> pa.Table:
-        """Every row of `shard`, in file order (gathered as `slice` gathers it)."""
+        """Every row of `shard`, in file order; batches are slices of it. A shard not
+        gathered yet is gathered with every other one left (a worker reading any shard of
+        the plan)."""
         if shard not in self._gathered:
             self.gather(range(self.shards))
         return self._gathered[shard]
