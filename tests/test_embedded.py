@@ -13,6 +13,7 @@ import etl
 from etl.runner import RunOutcome
 from etl.runtime.actors import declare_actors
 from etl.runtime.context import ContextCache, RunContext
+from etl.runtime.quarantine import read as read_quarantine
 from etl.stores import Stores
 from etl.stores.objects import open_objects
 from etl.pipeline import Pipeline, RetryPolicy
@@ -106,9 +107,11 @@ def test_embedded_run_loads_every_clean_row_once(tmp_path: Path, plan, processes
     assert sum(c.rows_quarantined for c in cps) == 5000 - len(expected)
     assert all(c.complete and c.status == "done" for c in cps)
     assert stores.state.get_run(result.run_id).status == "completed"  # type: ignore[union-attr]
-    # And quarantined rows are kept with their reason
-    quarantined = [k for k in stores.objects.list(f"runs/{result.run_id}/quarantine/")]
-    assert quarantined
+    # And every quarantined row is kept with its reason
+    kept = [read_quarantine(stores.state, stores.objects, result.run_id, p.shard, p.batch)
+            for p in stores.state.list_payloads(result.run_id)]
+    rows = pd.concat([frame for frame in kept if frame is not None], ignore_index=True)
+    assert len(rows) == 5000 - len(expected) and rows["_reason"].notna().all()
 
 
 def test_redelivering_every_message_of_a_finished_run_changes_nothing(tmp_path: Path) -> None:

@@ -255,6 +255,7 @@ def test_embedded_run_with_objects_on_s3(tmp_path: Path, s3_endpoint: str, s3_bu
     import pandas as pd
 
     import etl
+    from etl.inspect.inspector import Inspector
     from etl.pipeline import Pipeline
     from etl.stores import Stores
     from etl.sinks.parquet import ParquetSink
@@ -278,12 +279,15 @@ def test_embedded_run_with_objects_on_s3(tmp_path: Path, s3_endpoint: str, s3_bu
     # When the run is worked
     started = time.monotonic()
     result = etl.run(pipeline, spec="tests:unused", stores=Stores(state, objects), processes=1)
-    # Then it completes, every good row is loaded once, the 12 bad ones are quarantined on S3
+    # Then it completes, every good row is loaded once, the raw copies are on S3
     assert result.completed and time.monotonic() - started < 30
     assert sorted(pipeline.sink.read_all()["id"]) == [i for i in range(1200) if i % 100]
     assert list(objects.list(f"runs/{result.run_id}/raw/"))
-    assert len(list(objects.list(f"runs/{result.run_id}/quarantine/"))) >= 1
+    # And the 12 bad rows rode in their cleans' commits to the state store: no S3 request
     assert sum(c.rows_quarantined for c in state.list_checkpoints(result.run_id)) == 12
+    assert not list(objects.list(f"runs/{result.run_id}/quarantine/"))
+    rows = Inspector(state, objects).quarantine(result.run_id)
+    assert sorted(rows["id"]) == list(range(0, 1200, 100)) and set(rows["v"]) == {"bad"}
 
 
 # --- bugs found in review, now fixed ------------------------------------------------------

@@ -85,7 +85,7 @@ def test_a_plain_file_has_no_dictionaries_or_statistics_and_reads_back_the_same(
 
 
 def test_a_small_quarantine_is_written_plain_and_a_large_one_keeps_its_dictionaries() -> None:
-    from etl.runtime.batches import PLAIN_QUARANTINE_ROWS, ROW_COLUMN, quarantine_bytes
+    from etl.runtime.quarantine import PLAIN_QUARANTINE_ROWS, ROW_COLUMN, quarantine_bytes
 
     def quarantined(rows: int) -> pd.DataFrame:
         return _batch(rows=rows).assign(**{ROW_COLUMN: pd.array(range(rows), dtype="Int64")})

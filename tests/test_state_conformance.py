@@ -252,6 +252,36 @@ def test_complete_stage_counts_each_batch_once_and_marks_done(store: StateStore)
     assert store.count_done("r") == 4
 
 
+def test_a_clean_keeps_its_quarantined_rows_with_its_count(store: StateStore) -> None:
+    # Given a fetched batch
+    _start_run(store)
+    store.record_fetch(_payload(0), exhausted=True)
+    assert store.get_quarantine("r", 0, 0) is None
+    # When its clean is counted with the bytes of its rejected rows, then again (a redelivery)
+    assert store.complete_stage("r", 0, 0, "clean", {"rows_cleaned": 8, "rows_quarantined": 2},
+                                quarantine=b"two rows")
+    assert not store.complete_stage("r", 0, 0, "clean", {"rows_cleaned": 8,
+                                                          "rows_quarantined": 2},
+                                    quarantine=b"two rows")
+    # Then the bytes are kept once, beside the count, and no other batch or run has any
+    assert store.get_quarantine("r", 0, 0) == b"two rows"
+    assert _checkpoint(store).rows_quarantined == 2
+    assert store.get_quarantine("r", 0, 1) is None and store.get_quarantine("other", 0, 0) is None
+
+
+def test_a_refused_commit_keeps_no_quarantine(store: StateStore) -> None:
+    # Given a's lease of a clean expired
+    _start_run(store)
+    lease = store.acquire_lease("clean:r:0:0", "a", ttl=0.05)
+    assert lease is not None
+    time.sleep(0.1)
+    # When a commits its clean with quarantined rows, Then it is refused and keeps nothing
+    with pytest.raises(LeaseLost):
+        store.complete_stage("r", 0, 0, "clean", {"rows_cleaned": 5, "rows_quarantined": 1},
+                             fence=Fence("clean:r:0:0", "a", lease.token), quarantine=b"row")
+    assert store.get_quarantine("r", 0, 0) is None
+
+
 def test_complete_stage_refuses_unknown_stage_or_counter(store: StateStore) -> None:
     # Given a run
     _start_run(store)
@@ -610,7 +640,8 @@ def test_sqlite_schema_tables_indexes_and_wal(tmp_path: Path) -> None:
         return found
 
     # Then the tables have the product's documented names and unique indexes, and the journal is WAL
-    assert {"EtlRun", "TaskCheckpoint", "TaskDedup", "PendingTasks", "TaskErrorLog", "RawPayload"} <= tables
+    assert {"EtlRun", "TaskCheckpoint", "TaskDedup", "PendingTasks", "TaskErrorLog", "RawPayload",
+            "QuarantinedRows"} <= tables
     assert unique_indexes("TaskCheckpoint") == [("run_id", "shard")]
     assert unique_indexes("TaskDedup") == [("task_fingerprint",)]
     assert unique_indexes("PendingTasks") == [("task_key",)]

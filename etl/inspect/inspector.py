@@ -40,6 +40,7 @@ from etl.stores import open_objects, open_results, open_state, results_off
 from etl.stores.objects import ObjectStore
 from etl.core.parquet import from_parquet_bytes
 from etl.runtime.raw import is_pointer, recut
+from etl.runtime.quarantine import read as read_quarantine
 from etl.inspect.history import run_line, took_text
 from etl.inspect.project import (Backend, anchored, configured_backends, find_project_dir,
                          require_sqlite_file)
@@ -286,8 +287,8 @@ class Inspector:
     # -- quarantine ------------------------------------------------------------------------
     def quarantine(self, run_id: str | None = None, *, shard: int | None = None,
                    limit: int | None = None) -> pd.DataFrame:
-        """Quarantined rows of the run (or one shard), read from the quarantine Parquet
-        objects of its fetched batches: `shard`, `batch`, `_reason` (why), `_stage` (which
+        """Quarantined rows of the run (or one shard), read from where each fetched batch's
+        clean kept them (etl.runtime.quarantine: the state store, or a Parquet object): `shard`, `batch`, `_reason` (why), `_stage` (which
         stage rejected it), then the row's own values. At most `limit` rows when given."""
         run = self.run(run_id)
         first = quarantine_key(run.run_id, 0, 0)  # runs/<run>/quarantine/shard=.../batch=...
@@ -295,10 +296,10 @@ class Inspector:
         frames: list[pd.DataFrame] = []
         count = 0
         for p in self.state.list_payloads(run.run_id, _shard(shard)):
-            key = quarantine_key(run.run_id, p.shard, p.batch)
-            if key not in present:
+            frame = read_quarantine(self.state, self.objects, run.run_id, p.shard, p.batch,
+                                    objects_present=present)
+            if frame is None:
                 continue  # not cleaned yet, or nothing rejected
-            frame = from_parquet_bytes(self.objects.get_bytes(key))
             frame.insert(0, "batch", p.batch)
             frame.insert(0, "shard", p.shard)
             frames.append(frame)

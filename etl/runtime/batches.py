@@ -21,10 +21,10 @@ from etl.core.faults import crash_point
 from etl.runtime.framecache import cleaned, frames
 from etl.runtime.raw import is_pointer, land, recut
 from etl.core.arrow import frame_to_arrow
-from etl.core.names import quarantine_key, staged_key
-from etl.core.parquet import (arrow_checked, from_parquet_bytes, raw_parquet_bytes, stringify_mixed,
-                              to_parquet_bytes)
+from etl.core.names import staged_key
+from etl.core.parquet import arrow_checked, from_parquet_bytes, raw_parquet_bytes, to_parquet_bytes
 from etl.runtime.keys import missing_key, with_sequence
+from etl.runtime.quarantine import ROW_COLUMN, keep as keep_quarantine
 from etl.sinks.base import ParquetWriter, Sequenced, SerialCommits
 from etl.sources.base import SOURCE_COLUMNS, SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN
 from etl.drift import apply_policy, compare
@@ -39,12 +39,6 @@ pa = LazyModule("pyarrow")
 
 log = logging.getLogger(__name__)
 
-#: Quarantined rows keep their ordinal in the raw payload here (null when unknown).
-ROW_COLUMN = "_row"
-#: Quarantines of fewer rows (a few dozen per batch is usual) are written without
-#: dictionaries or statistics (etl.core.parquet.to_parquet_bytes, `plain`); larger ones, a
-#: whole batch refused say, keep the dictionaries that make repeated values small.
-PLAIN_QUARANTINE_ROWS = 1_000
 #: Added to ordinals to make index labels while stages run: a stage that re-indexes its
 #: output (0..n-1) then cannot pass for one that kept row identity.
 ROW_OFFSET = 1 << 40
@@ -182,12 +176,12 @@ def clean(ctx: RunContext, shard: int, batch: int, *,
         weight = len(staged) if staged is not None else int(clean_rows.memory_usage().sum())
         cleaned.put(staged_key(ctx.run_id, shard, batch), ctx.run_id, (staged, held), rows=weight)
         _keep_keys(ctx, shard, batch, table)
-    if len(quarantined):
-        ctx.objects.put_bytes(quarantine_key(ctx.run_id, shard, batch), quarantine_bytes(quarantined))
+    # a few rejected rows ride in the commit below; more are an object written first
+    kept = keep_quarantine(ctx.objects, ctx.run_id, shard, batch, quarantined)
     crash_point("clean.after_stage")
     state.complete_stage(ctx.run_id, shard, batch, "clean",
                          {"rows_cleaned": len(clean_rows), "rows_quarantined": len(quarantined)},
-                         fence=fence, release=True)
+                         fence=fence, release=True, quarantine=kept)
     return len(clean_rows), len(quarantined)
 
 
@@ -239,46 +233,14 @@ def clean_frame(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame, *,
                     if result.lineage and labels is not None else np.arange(len(clean)))
         clean = with_sequence(clean, stamp=ctx.seq_stamp, shard=shard, batch=batch, rows=ordinals)
     staged_out = result.quarantined
-    # plain integers when every row has its ordinal (as quarantine_bytes stores them), else
-    # nullable ones, all null
+    # plain integers when every row has its ordinal (as etl.runtime.quarantine stores
+    # them), else nullable ones, all null
     staged_out[ROW_COLUMN] = (np.asarray(staged_out.index, dtype=np.int64) - ROW_OFFSET
                               if result.lineage else pd.array([None] * len(staged_out), dtype="Int64"))
     if len(unparseable):
         unparseable[ROW_COLUMN] = pd.array(unparseable.index - ROW_OFFSET, dtype="Int64")
         staged_out = pd.concat([unparseable, staged_out])
     return clean, staged_out.reset_index(drop=True)
-
-
-def quarantine_bytes(quarantined: pd.DataFrame) -> bytes:
-    """Quarantined rows as Parquet, ROW_COLUMN as an integer. Columns keep their own types;
-    a column whose values are of mixed kinds (rows rejected for a bad value often hold
-    numbers and text in one column) is stored as text, and if the frame still cannot be
-    stored as it is, every value is stored as text."""
-    columns = list(quarantined.columns)
-    rows = quarantined[ROW_COLUMN] if ROW_COLUMN in columns else None
-    # ROW_COLUMN once and last, as clean_frame leaves it: replaced in place (drop() and
-    # assign() cost ~0.3 ms more per batch, whatever its size)
-    last = rows is not None and columns.index(ROW_COLUMN) == len(columns) - 1
-    values = quarantined if rows is None or last else quarantined.iloc[
-        :, [i for i, name in enumerate(columns) if name != ROW_COLUMN]]
-    for as_text in (False, True):
-        if last and not as_text:  # ROW_COLUMN is no object column: stringify_mixed skips it
-            kept = stringify_mixed(values)
-            if rows.dtype != np.int64:  # nullable (clean_frame: no lineage, unparseable rows)
-                kept = kept.copy(deep=False)
-                kept.isetitem(len(columns) - 1, rows.astype("Int64").to_numpy())
-        else:
-            if last:
-                values = values.iloc[:, :-1]
-            kept = stringify_mixed(values.astype("string") if as_text else values)
-            if rows is not None:
-                kept = kept.assign(**{ROW_COLUMN: rows.astype("Int64").to_numpy()})
-        try:
-            return to_parquet_bytes(kept, plain=len(kept) < PLAIN_QUARANTINE_ROWS)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            if as_text:
-                raise
-    raise AssertionError("unreachable")
 
 
 def _check_schema(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame,

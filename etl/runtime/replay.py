@@ -12,10 +12,10 @@ the same command again finishes it, and a finished generation is never loaded tw
 A line the source could not read (stage "source") keeps its whole raw text in the quarantine
 (SOURCE_TEXT_COLUMN); a replay reads that text again with the source options of the fixed
 pipeline (a Reparsable source: a FileSource whose delimiter, quotechar, encoding or
-column_types was fixed) and cleans what it reads like any row. It reads the quarantine file
-only, never the raw payload, so it also works when the fixed options changed the source's
-fingerprint. A raw row that was such a line (rejected by a stage in an earlier replay) is
-read again the same way.
+column_types was fixed) and cleans what it reads like any row. It reads the quarantined
+rows only (etl.runtime.quarantine), never the raw payload, so it also works when the fixed
+options changed the source's fingerprint. A raw row that was such a line (rejected by a
+stage in an earlier replay) is read again the same way.
 
 Rows rejected as duplicates (by a stage named "dedupe") and lines the source could not read
 (stage "source") are not replayed unless asked for by `stages` (`--stage source`): the first
@@ -33,13 +33,13 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from etl.runtime.batches import ROW_COLUMN, clean_frame, quarantine_bytes, read_frame
+from etl.runtime.batches import clean_frame, read_frame
+from etl.runtime.quarantine import ROW_COLUMN, keep as keep_quarantine, read as read_quarantine
 from etl.runtime.raw import is_pointer
 from etl.runtime.context import RunContext
-from etl.core.errors import ConfigError, ObjectNotFound
+from etl.core.errors import ConfigError
 from etl.core.faults import crash_point
 from etl.core.names import quarantine_key, replay_run_id, task_fingerprint
-from etl.core.parquet import from_parquet_bytes
 from etl.core.statuses import RunStatus
 from etl.sources.base import (SOURCE_COLUMNS, SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN,
                               SOURCE_TEXT_COLUMN, Reparsable)
@@ -120,10 +120,7 @@ def replay(ctx: RunContext, original: RunRecord, *,
             result.batches_done_before += 1
             continue
         source_key = quarantine_key(run.params["replay_of"], shard, batch)
-        try:
-            rejected = from_parquet_bytes(objects.get_bytes(source_key))
-        except ObjectNotFound:
-            rejected = None
+        rejected = read_quarantine(state, objects, run.params["replay_of"], shard, batch)
         rows: list[int] = []
         lines: dict[int, tuple[str, int | None]] = {}  # ordinal -> (raw text, line number)
         carried = None  # rows left out: kept in this generation's quarantine for the next
@@ -143,15 +140,17 @@ def replay(ctx: RunContext, original: RunRecord, *,
         clean, quarantined = (_clean(ctx, original, shard, batch, rows, lines) if rows
                               else (None, None))
         kept = [f for f in (quarantined, carried) if f is not None and len(f)]
+        stored = None
         if kept:
             # A row this generation left out (its stage not asked for) stays quarantined
             # here, so a later `--stage source` or `--stage dedupe` replay still finds it.
-            objects.put_bytes(quarantine_key(run.run_id, shard, batch), quarantine_bytes(
-                kept[0] if len(kept) == 1 else pd.concat(kept, ignore_index=True)))
+            stored = keep_quarantine(objects, run.run_id, shard, batch, kept[0] if len(kept) == 1
+                                     else pd.concat(kept, ignore_index=True))
         cleaned = 0 if clean is None else len(clean)
         again = 0 if quarantined is None else len(quarantined)
         state.complete_stage(run.run_id, shard, batch, "clean",
-                             {"rows_cleaned": cleaned, "rows_quarantined": again})
+                             {"rows_cleaned": cleaned, "rows_quarantined": again},
+                             quarantine=stored)
         written = 0
         if cleaned:
             written = ctx.pipeline.sink.write_batch(clean, run_id=run.run_id, shard=shard, batch=batch)

@@ -1,5 +1,5 @@
-"""The state store: where runs, checkpoints, the dedup ledger, leases, errors and raw payload
-pointers live.
+"""The state store: where runs, checkpoints, the dedup ledger, leases, errors, raw payload
+pointers and small quarantines live.
 
 One small interface, two implementations (SQLite embedded default, MongoDB for production).
 Every write here is idempotent: a message redelivered after a crash calls the same method
@@ -8,7 +8,8 @@ That, with deterministic object keys and upserting sinks, is what makes effects 
 
 Collection / table names are part of the product (notebooks, dashboards and operators
 query them by name): TaskCheckpoint, TaskDedup, PendingTasks,
-TaskErrorLog, RawPayload, plus EtlRun for the runs themselves.
+TaskErrorLog, RawPayload, QuarantinedRows (a batch's few rejected rows, kept with its clean's
+count), plus EtlRun for the runs themselves.
 """
 
 from __future__ import annotations
@@ -197,13 +198,17 @@ class StateStore(Protocol):
 
     def complete_stage(self, run_id: str, shard: int, batch: int, stage: str,
                        rows: dict[str, int], *, fence: Fence | None = None,
-                       release: bool = False) -> bool:
+                       release: bool = False, quarantine: bytes | None = None) -> bool:
         """Count a batch's `stage` ("clean" or "load") as done, exactly once: adds 1 to
         batches_<stage> and each of `rows` (names from ROW_COUNTERS[stage]) to the
         checkpoint, then writes the TaskDedup entry task_fingerprint(stage, run, shard,
         batch). A second call with the same (run, shard, batch, stage) changes nothing and
         returns False. Safe if the process dies between any two writes. After a "load" that
-        makes the checkpoint complete, its status becomes "done"."""
+        makes the checkpoint complete, its status becomes "done".
+        `quarantine` (a clean's): the batch's quarantined rows as bytes
+        (etl.runtime.quarantine), kept in QuarantinedRows in the same transaction (SQLite) or
+        written just before the count (MongoDB), so a counted clean always finds them; a
+        second call replaces them with its own (the same rows: stages are pure)."""
 
     def set_shard_status(self, run_id: str, shard: int, status: str,
                          last_error: str | None = None) -> None:
@@ -222,6 +227,11 @@ class StateStore(Protocol):
 
     def list_payloads(self, run_id: str, shard: int | None = None) -> list[RawPayload]:
         """Ordered by (shard, batch)."""
+
+    # -- quarantined rows kept with their clean (QuarantinedRows) ---------------------
+    def get_quarantine(self, run_id: str, shard: int, batch: int) -> bytes | None:
+        """The quarantined rows a batch's clean kept here (complete_stage), None when it
+        kept none here (none rejected, not cleaned yet, or written as an object)."""
 
     # -- errors (TaskErrorLog) ---------------------------------------------------------
     def log_error(self, error: ErrorRecord) -> None:

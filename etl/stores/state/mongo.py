@@ -85,6 +85,7 @@ class MongoStateStore:
         self.leases = self.db["PendingTasks"]
         self.errors = self.db["TaskErrorLog"]
         self.payloads = self.db["RawPayload"]
+        self.quarantined = self.db["QuarantinedRows"]
         self._create_indexes()
         log.debug("state store opened: %s (database %s)", self.url, self.db.name)
 
@@ -99,6 +100,8 @@ class MongoStateStore:
         self.errors.create_index([("run_id", ASCENDING), ("at", DESCENDING)])
         self.payloads.create_index([("run_id", ASCENDING), ("shard", ASCENDING), ("batch", ASCENDING)],
                                    unique=True)
+        self.quarantined.create_index([("run_id", ASCENDING), ("shard", ASCENDING),
+                                       ("batch", ASCENDING)], unique=True)
 
     def close(self) -> None:
         """Close the client if this store made it; an injected client stays the caller's."""
@@ -216,10 +219,13 @@ class MongoStateStore:
 
     def complete_stage(self, run_id: str, shard: int, batch: int, stage: str,
                        rows: dict[str, int], *, fence: Fence | None = None,
-                       release: bool = False) -> bool:
+                       release: bool = False, quarantine: bytes | None = None) -> bool:
         self._check_fence(fence)
         counts = stage_counts(stage, rows)
         done = f"{stage}_done"
+        if quarantine is not None:  # 0. the rows, before the count that says they are there
+            where = {"run_id": run_id, "shard": shard, "batch": batch}
+            self.quarantined.replace_one(where, {**where, "data": quarantine}, upsert=True)
         result = self.checkpoints.update_one(  # 1. count, guarded by the batch's absence
             {"run_id": run_id, "shard": shard, done: {"$ne": batch}},
             {"$addToSet": {done: batch}, "$inc": counts, "$set": {"updated_at": utcnow()}})
@@ -260,6 +266,12 @@ class MongoStateStore:
             query["shard"] = shard
         docs = self.payloads.find(query).sort([("shard", ASCENDING), ("batch", ASCENDING)])
         return _records(RawPayload, docs)
+
+    # -- quarantined rows kept with their clean -----------------------------------------
+    def get_quarantine(self, run_id: str, shard: int, batch: int) -> bytes | None:
+        doc = self.quarantined.find_one({"run_id": run_id, "shard": shard, "batch": batch},
+                                        {"data": 1})
+        return bytes(doc["data"]) if doc else None
 
     # -- errors --------------------------------------------------------------------------
     def log_error(self, error: ErrorRecord) -> None:

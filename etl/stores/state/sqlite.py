@@ -62,7 +62,10 @@ CREATE TABLE IF NOT EXISTS RawPayload (
     run_id TEXT NOT NULL, shard INTEGER NOT NULL, batch INTEGER NOT NULL, key TEXT NOT NULL,
     bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, rows INTEGER NOT NULL, cursor_start TEXT,
     cursor_end TEXT, created_at INTEGER NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS RawPayload_run_shard_batch ON RawPayload (run_id, shard, batch)
+CREATE UNIQUE INDEX IF NOT EXISTS RawPayload_run_shard_batch ON RawPayload (run_id, shard, batch);
+CREATE TABLE IF NOT EXISTS QuarantinedRows (
+    run_id TEXT NOT NULL, shard INTEGER NOT NULL, batch INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (run_id, shard, batch))
 """
 
 #: Columns added after the first release, created on open when a file lacks them.
@@ -243,11 +246,14 @@ class SQLiteStateStore:
 
     def complete_stage(self, run_id: str, shard: int, batch: int, stage: str,
                        rows: dict[str, int], *, fence: Fence | None = None,
-                       release: bool = False) -> bool:
+                       release: bool = False, quarantine: bytes | None = None) -> bool:
         counts = stage_counts(stage, rows)
         done = f"{stage}_done"
         sets = ", ".join(f"{name} = {name} + ?" for name in counts)
         with self._commit(fence, release) as conn:
+            if quarantine is not None:  # the same rows whichever attempt wrote them
+                conn.execute("INSERT OR REPLACE INTO QuarantinedRows VALUES (?,?,?,?)",
+                             (run_id, shard, batch, quarantine))
             cur = conn.execute(
                 f"UPDATE TaskCheckpoint SET {sets}, {done} = json_insert({done}, '$[#]', ?), "
                 "updated_at = ? WHERE run_id = ? AND shard = ? "
@@ -302,6 +308,12 @@ class SQLiteStateStore:
         rows = self._all(f"SELECT * FROM RawPayload WHERE run_id = ? {where} ORDER BY shard, batch",
                          (run_id, *args))
         return [self._payload(r) for r in rows]
+
+    # -- quarantined rows kept with their clean -----------------------------------------
+    def get_quarantine(self, run_id: str, shard: int, batch: int) -> bytes | None:
+        row = self._one("SELECT data FROM QuarantinedRows WHERE run_id = ? AND shard = ? "
+                        "AND batch = ?", (run_id, shard, batch))
+        return bytes(row["data"]) if row else None
 
     # -- errors --------------------------------------------------------------------------
     def log_error(self, error: ErrorRecord) -> None:
