@@ -45,6 +45,57 @@ def test_parquet_sink_same_batch_twice_is_held_once(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == _parts(tmp_path / "ds")
 
 
+def test_a_parquet_writer_told_the_rows_of_its_clean_writes_the_same_and_returns_them(
+        tmp_path: Path) -> None:
+    # Given an embedded run into a Parquet sink that notes the rows it is told
+    import pyarrow.parquet as pq
+
+    import etl
+    from etl.pipeline import Pipeline
+    from etl.sources.files import FileSource
+    from etl.stores import Stores
+    from etl.stores.objects import open_objects
+    from etl.stores.state import open_state
+    from shards import HashShards
+    from stages import DropRows
+
+    told: list[int | None] = []
+
+    class Noting(ParquetSink):
+        def write_parquet(self, data: bytes, *, run_id: str, shard: int, batch: int,
+                          rows: int | None = None) -> int:
+            told.append(rows)
+            return super().write_parquet(data, run_id=run_id, shard=shard, batch=batch, rows=rows)
+
+    _batch(0, 3000).to_parquet(tmp_path / "src.parquet")
+    sink = Noting(str(tmp_path / "out"))
+    pipeline = Pipeline(name="told", source=FileSource(str(tmp_path / "src.parquet")), sink=sink,
+                        key=["id"], shards=HashShards("id", 3), batch_size=400,
+                        stages=[DropRows("id % 7 == 0", reason="sevens")])
+    stores = Stores(open_state(f"sqlite:///{tmp_path}/state.db"),
+                    open_objects(f"file://{tmp_path}/objects"))
+    # When it runs
+    outcome = etl.run(pipeline, spec="tests:unused", stores=stores, processes=1)
+    # Then each load was told its clean's count, which is what its file holds, and the run
+    # counts the rows the files hold
+    files = sorted((tmp_path / "out").glob("*.parquet"))
+    assert outcome.completed and len(told) == len(files) > 3 and None not in told
+    assert sorted(told) == sorted(pq.read_metadata(f).num_rows for f in files)
+    assert outcome.rows_loaded == sum(told) == 3000 - len(range(0, 3000, 7))
+
+
+def test_rows_are_offered_only_to_a_write_parquet_that_takes_them(tmp_path: Path) -> None:
+    # Given two Parquet sinks of one class, one with its method replaced by an older one
+    from etl.sinks.base import takes_rows
+
+    plain, replaced = ParquetSink(str(tmp_path / "a")), ParquetSink(str(tmp_path / "b"))
+    original = replaced.write_parquet
+    replaced.write_parquet = lambda data, *, run_id, shard, batch: original(  # type: ignore[method-assign]
+        data, run_id=run_id, shard=shard, batch=batch)
+    # When each is asked (the class first), Then each answers for its own method
+    assert takes_rows(plain) and not takes_rows(replaced) and takes_rows(plain)
+
+
 def test_replace_keeps_only_the_finished_run_and_append_keeps_all(tmp_path: Path) -> None:
     for disposition in ("replace", "append"):
         # Given two runs written into one dataset

@@ -25,7 +25,7 @@ from etl.core.names import staged_key
 from etl.core.parquet import arrow_checked, from_parquet_bytes, raw_parquet_bytes, to_parquet_bytes
 from etl.runtime.keys import missing_key, with_sequence
 from etl.runtime.quarantine import ROW_COLUMN, keep as keep_quarantine
-from etl.sinks.base import ParquetWriter, Sequenced, SerialCommits
+from etl.sinks.base import ParquetWriter, Sequenced, SerialCommits, takes_rows
 from etl.sources.base import SOURCE_COLUMNS, SOURCE_ERROR_COLUMN, SOURCE_LINE_COLUMN
 from etl.drift import apply_policy, compare
 from etl.core.names import task_fingerprint
@@ -174,7 +174,8 @@ def clean(ctx: RunContext, shard: int, batch: int, *,
     else:  # the load follows in this process; elsewhere it cleans the raw rows again
         held = None if encoded else clean_rows  # bytes for a Parquet sink, else the frame
         weight = len(staged) if staged is not None else int(clean_rows.memory_usage().sum())
-        cleaned.put(staged_key(ctx.run_id, shard, batch), ctx.run_id, (staged, held), rows=weight)
+        cleaned.put(staged_key(ctx.run_id, shard, batch), ctx.run_id,
+                    (staged, held, len(clean_rows)), rows=weight)
         _keep_keys(ctx, shard, batch, table)
     # a few rejected rows ride in the commit below; more are an object written first
     kept = keep_quarantine(ctx.objects, ctx.run_id, shard, batch, quarantined)
@@ -270,21 +271,22 @@ def _check_schema(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame,
 
 
 def _staged(ctx: RunContext, shard: int, batch: int,
-            key: str) -> tuple[bytes | None, pd.DataFrame | None, bool]:
+            key: str) -> tuple[bytes | None, pd.DataFrame | None, bool, int | None]:
     """A cleaned batch: its Parquet bytes, or (bytes None) its frame when this process
-    cleaned it for a sink that takes frames; and whether this process cleaned it (in its
-    clean step, or again here), so that its kept keys are the batch's. A run that keeps no
-    staged copies hands the batch from clean to load in memory; a load in another process
-    (after a crash or a restart) cleans the raw rows again: stages are pure, so the rows
-    are those the clean counted."""
+    cleaned it for a sink that takes frames; whether this process cleaned it (in its clean
+    step, or again here), so that its kept keys are the batch's; and its rows when its clean
+    step counted them here (else None). A run that keeps no staged copies hands the batch
+    from clean to load in memory; a load in another process (after a crash or a restart)
+    cleans the raw rows again: stages are pure, so the rows are those the clean counted."""
     if not ctx.staged_copies and (held := cleaned.pop(key, ctx.run_id)) is not None:
-        return (*held, True)
+        data, frame, rows = held
+        return data, frame, True, rows
     if ctx.staged_copies:
         try:
-            return ctx.objects.get_bytes(key), None, False
+            return ctx.objects.get_bytes(key), None, False, None
         except ObjectNotFound:
             pass
-    return _staged_bytes(ctx, shard, batch, key), None, not ctx.staged_copies
+    return _staged_bytes(ctx, shard, batch, key), None, not ctx.staged_copies, None
 
 
 def _staged_bytes(ctx: RunContext, shard: int, batch: int, key: str) -> bytes:
@@ -321,10 +323,14 @@ def load(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None,
         return None  # the clean of this batch, when it happens, sends its own load
     key = staged_key(ctx.run_id, shard, batch)
     sink = ctx.pipeline.sink
-    data, frame, held = _staged(ctx, shard, batch, key)
+    data, frame, held, rows = _staged(ctx, shard, batch, key)
     if isinstance(sink, ParquetWriter):  # a Parquet sink takes the staged file as it is
         assert data is not None  # its clean encoded the batch (clean: `encoded`)
-        written = sink.write_parquet(data, run_id=ctx.run_id, shard=shard, batch=batch)
+        if rows is not None and takes_rows(sink):  # counted by its clean: no footer read
+            written = sink.write_parquet(data, run_id=ctx.run_id, shard=shard, batch=batch,
+                                         rows=rows)
+        else:
+            written = sink.write_parquet(data, run_id=ctx.run_id, shard=shard, batch=batch)
         if ctx.loaded_keys is not None:  # the keys its clean kept are those of the file
             (ctx.loaded_keys.loaded if held else ctx.loaded_keys.unstaged)(ctx.run_id, shard, batch)
     else:

@@ -79,9 +79,13 @@ class ParquetSink(Sink, BackfillAware, ParquetWriter, KeyAudit, Reachable):
 
         return self.write_parquet(to_parquet_bytes(frame), run_id=run_id, shard=shard, batch=batch)
 
-    def write_parquet(self, data: bytes, *, run_id: str, shard: int, batch: int) -> int:
-        """Write a batch that is already Parquet bytes (the staged file: no re-encoding)."""
-        rows = pq.read_metadata(pa.BufferReader(data)).num_rows
+    def write_parquet(self, data: bytes, *, run_id: str, shard: int, batch: int,
+                      rows: int | None = None) -> int:
+        """Write a batch that is already Parquet bytes (the staged file: no re-encoding).
+        `rows`: its row count when the caller knows it (its clean counted them), else read
+        from the file's footer."""
+        if rows is None:
+            rows = pq.read_metadata(pa.BufferReader(data)).num_rows
         atomic_write(self.path / self.file_name(run_id, shard, batch), data)
         return rows
 
