@@ -209,7 +209,7 @@ def clean_frame(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame, *,
     ordinal in ROW_COLUMN when the stages kept row identity, so it can be replayed."""
     ordinals = np.arange(len(frame)) if rows is None else np.asarray(rows, dtype=np.int64)
     frame = frame.set_axis(pd.Index(ordinals + ROW_OFFSET))
-    unparseable = pd.DataFrame()
+    unparseable: pd.DataFrame | None = None  # (an empty frame built per batch: ~0.1 ms)
     if SOURCE_ERROR_COLUMN in frame.columns:
         broken = frame[SOURCE_ERROR_COLUMN].notna()
         kept = [c for c in SOURCE_COLUMNS if c in frame.columns]  # reason, line number, whole text
@@ -238,7 +238,7 @@ def clean_frame(ctx: RunContext, shard: int, batch: int, frame: pd.DataFrame, *,
     # them), else nullable ones, all null
     staged_out[ROW_COLUMN] = (np.asarray(staged_out.index, dtype=np.int64) - ROW_OFFSET
                               if result.lineage else pd.array([None] * len(staged_out), dtype="Int64"))
-    if len(unparseable):
+    if unparseable is not None and len(unparseable):
         unparseable[ROW_COLUMN] = pd.array(unparseable.index - ROW_OFFSET, dtype="Int64")
         staged_out = pd.concat([unparseable, staged_out])
     return clean, staged_out.reset_index(drop=True)
