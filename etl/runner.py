@@ -342,7 +342,7 @@ class _Run:
             outcome.completed, outcome.after = True, outcome.before
             return outcome
         context = RunContext.build(run, self.pipeline, state, self.stores.objects)
-        tracker = self._tracker(context)
+        tracker = self._tracker(context, resumed=opened == "resumed")
         if tracker:
             progress = tracker.wrap(progress)
         if was_cancelled and self.distributed:
@@ -388,16 +388,19 @@ class _Run:
 
         time.sleep(CHECK_EVERY_S * 1.2)
 
-    def _tracker(self, context: "RunContext") -> "RunTracker | None":
+    def _tracker(self, context: "RunContext", *, resumed: bool) -> "RunTracker | None":
         """The run's own record in the result store (embedded mode: this process works the
-        run from start to end; distributed runs are recorded message by message)."""
+        run from start to end; distributed runs are recorded message by message). A
+        `resumed` run's completion also writes the records an earlier, killed `etl run` of
+        it lost (etl.runtime.run_record.record_lost_steps)."""
         if self.distributed or self.stores.results is None:
             return None
         from etl.runtime.run_record import RunTracker
 
         from etl.stores import results_ttl
 
-        return RunTracker(self.stores.results, context, ttl=results_ttl(self.settings))
+        return RunTracker(self.stores.results, context, ttl=results_ttl(self.settings),
+                          resumed=resumed)
 
     def _work(self, context: "RunContext", *, created: bool, wait: bool,
               progress: "ProgressCallback | None", processes: int | None, threads: int | None,

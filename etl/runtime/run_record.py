@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from etl.runtime.context import RunContext
-    from etl.stores.state import Checkpoint
+    from etl.stores.state import Checkpoint, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,9 @@ class RunTracker:
     """Keeps the run's record in the result store up to date."""
 
     def __init__(self, store: ResultStore, ctx: "RunContext", *, every: float = 1.0,
-                 ttl: "timedelta | None" = None) -> None:
+                 ttl: "timedelta | None" = None, resumed: bool = False) -> None:
         self.store, self.ctx, self.every, self.ttl = store, ctx, every, ttl
+        self.resumed = resumed  # an earlier `etl run` of it may have been killed
         self.total = ctx.run.params.get("source_rows") or 0
         self._last = 0.0
         now = utcnow()
@@ -70,6 +71,8 @@ class RunTracker:
             return
         if completed:
             settle_step_records(self.store, self.ctx.run_id)
+            if self.resumed:
+                record_lost_steps(self.store, self.ctx.state, self.ctx.run_id, ttl=self.ttl)
             self._write(lambda: self.store.update_status(
                 self.ctx.run_id, JobStatus.COMPLETED.value, progress=1.0,
                 result={"rows_loaded": loaded, "rows_quarantined": quarantined}))
@@ -113,3 +116,51 @@ def settle_step_records(store: ResultStore, run_id: str, *, skip: Collection[str
         log.info("run %s: %d step record(s) left open by their workers settled completed",
                  run_id, len(open_jobs))
     return len(open_jobs)
+
+
+#: The note of a record written for a step whose own record was lost (record_lost_steps).
+LOST_NOTE = ("recorded at the run's completion: the state store counts this step done, and "
+             "its own record was lost with its process (killed before its batched write)")
+
+
+def record_lost_steps(store: ResultStore, state: "StateStore", run_id: str, *,
+                      ttl: "timedelta | None" = None, queue: str = "etl",
+                      limit: int = 10_000_000) -> int:
+    """Write a `completed` record for each batch step of a completed run that the state
+    store counts done but that has no record at all: its process was killed before the
+    batched write holding even its "queued" (an embedded process writes every
+    RECORD_INTERVAL_S, etl.runtime.embedded), and the resume that finished the run found
+    the step done and did not run it again. For an embedded `etl run` that resumed its run,
+    once every process of it has written what it holds. How many were written; an outage
+    is logged, never raised."""
+    import uuid
+
+    from etl.core.names import actor_name, task_fingerprint
+    from results.changes import NewRecord
+
+    stages = ("fetch", "clean", "load")
+    functions = {actor_name(stage): stage for stage in stages}
+    try:
+        recorded = {(functions[job.function], job.args[1], job.args[2])
+                    for job in store.list(run_id=run_id, limit=limit)
+                    if job.function in functions and len(job.args) >= 3}
+        now = utcnow()
+        lost = [NewRecord(JobResult(
+                    job_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"etl:{run_id}:{stage}:{p.shard}:{p.batch}")),
+                    function=actor_name(stage), status=JobStatus.COMPLETED.value, queue=queue,
+                    run_id=run_id, args=[run_id, p.shard, p.batch], stage=stage, progress=1.0,
+                    created_at=now, completed_at=now,
+                    history=[Transition(JobStatus.COMPLETED.value, now, LOST_NOTE)]), ttl)
+                for p in state.list_payloads(run_id) for stage in stages
+                if (stage, p.shard, p.batch) not in recorded
+                and state.is_done(task_fingerprint(stage, run_id, p.shard, p.batch))]
+        for start in range(0, len(lost), 1000):
+            store.write_many(lost[start:start + 1000])
+    except Exception as exc:  # noqa: BLE001 - the result store is never worth a failed run
+        log.warning("result store %s: lost step records of run %s not written (%s: %s)",
+                    store.url, run_id, type(exc).__name__, exc)
+        return 0
+    if lost:
+        log.info("run %s: %d step record(s) lost with a killed process written from the state "
+                 "store", run_id, len(lost))
+    return len(lost)
