@@ -269,19 +269,6 @@ def test_a_clean_keeps_its_quarantined_rows_with_its_count(store: StateStore) ->
     assert store.get_quarantine("r", 0, 1) is None and store.get_quarantine("other", 0, 0) is None
 
 
-def test_a_refused_commit_keeps_no_quarantine(store: StateStore) -> None:
-    # Given a's lease of a clean expired
-    _start_run(store)
-    lease = store.acquire_lease("clean:r:0:0", "a", ttl=0.05)
-    assert lease is not None
-    time.sleep(0.1)
-    # When a commits its clean with quarantined rows, Then it is refused and keeps nothing
-    with pytest.raises(LeaseLost):
-        store.complete_stage("r", 0, 0, "clean", {"rows_cleaned": 5, "rows_quarantined": 1},
-                             fence=Fence("clean:r:0:0", "a", lease.token), quarantine=b"row")
-    assert store.get_quarantine("r", 0, 0) is None
-
-
 def test_complete_stage_refuses_unknown_stage_or_counter(store: StateStore) -> None:
     # Given a run
     _start_run(store)
@@ -565,11 +552,13 @@ def test_an_expired_lease_fences_even_before_a_takeover(store: StateStore) -> No
     lease = store.acquire_lease("clean:r:0:0", "a", ttl=0.05)
     assert lease is not None
     time.sleep(0.1)
-    # When a commits, Then it is refused: the task may already be in someone else's hands
+    # When a commits (with a quarantined row), Then it is refused: the task may already be
+    # in someone else's hands; nothing is counted, and the row is not kept either
     with pytest.raises(LeaseLost):
-        store.complete_stage("r", 0, 0, "clean", {"rows_cleaned": 5},
-                             fence=Fence("clean:r:0:0", "a", lease.token))
+        store.complete_stage("r", 0, 0, "clean", {"rows_cleaned": 5, "rows_quarantined": 1},
+                             fence=Fence("clean:r:0:0", "a", lease.token), quarantine=b"row")
     assert not store.is_done(task_fingerprint("clean", "r", 0, 0))
+    assert store.get_quarantine("r", 0, 0) is None
 
 # -- opening by URL --------------------------------------------------------------------------
 def test_sqlite_urls_relative_absolute_and_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
