@@ -288,8 +288,9 @@ class Inspector:
     def quarantine(self, run_id: str | None = None, *, shard: int | None = None,
                    limit: int | None = None) -> pd.DataFrame:
         """Quarantined rows of the run (or one shard), read from where each fetched batch's
-        clean kept them (etl.runtime.quarantine: the state store, or a Parquet object): `shard`, `batch`, `_reason` (why), `_stage` (which
-        stage rejected it), then the row's own values. At most `limit` rows when given."""
+        clean kept them (etl.runtime.quarantine: the state store, or a Parquet object):
+        `shard`, `batch`, `_reason` (why), `_stage` (which stage rejected it), then the row's
+        own values. At most `limit` rows when given."""
         run = self.run(run_id)
         first = quarantine_key(run.run_id, 0, 0)  # runs/<run>/quarantine/shard=.../batch=...
         present = set(self.objects.list(posixpath.dirname(posixpath.dirname(first)) + "/"))

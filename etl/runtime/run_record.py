@@ -145,10 +145,14 @@ def record_lost_steps(store: ResultStore, state: "StateStore", run_id: str, *,
                     for job in store.list(run_id=run_id, limit=limit)
                     if job.function in functions and len(job.args) >= 3}
         now = utcnow()
+
+        def job_id(stage: str, shard: int, batch: int) -> str:  # the same on a second call
+            return str(uuid.uuid5(uuid.NAMESPACE_URL, f"etl:{run_id}:{stage}:{shard}:{batch}"))
+
         lost = [NewRecord(JobResult(
-                    job_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"etl:{run_id}:{stage}:{p.shard}:{p.batch}")),
-                    function=actor_name(stage), status=JobStatus.COMPLETED.value, queue=queue,
-                    run_id=run_id, args=[run_id, p.shard, p.batch], stage=stage, progress=1.0,
+                    job_id=job_id(stage, p.shard, p.batch), function=actor_name(stage),
+                    status=JobStatus.COMPLETED.value, queue=queue, run_id=run_id,
+                    args=[run_id, p.shard, p.batch], stage=stage, progress=1.0,
                     created_at=now, completed_at=now,
                     history=[Transition(JobStatus.COMPLETED.value, now, LOST_NOTE)]), ttl)
                 for p in state.list_payloads(run_id) for stage in stages

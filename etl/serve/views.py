@@ -128,7 +128,7 @@ def errors(ins: Inspector | None, run_id: str, *, limit: int) -> list[dict[str, 
 
 
 #: Quarantine counts by (run id, batches cleaned so far): the dashboard asks every second,
-#: and reading a run's quarantine objects again is only worth it once more were cleaned.
+#: and reading a run's quarantined rows again is only worth it once more were cleaned.
 _QUARANTINE_CACHE: "OrderedDict[tuple[str, int], list[dict[str, Any]]]" = OrderedDict()
 _QUARANTINE_LOCK = threading.Lock()
 _QUARANTINE_KEEP = 64
