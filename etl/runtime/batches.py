@@ -326,11 +326,9 @@ def load(ctx: RunContext, shard: int, batch: int, *, fence: Fence | None = None,
     data, frame, held, rows = _staged(ctx, shard, batch, key)
     if isinstance(sink, ParquetWriter):  # a Parquet sink takes the staged file as it is
         assert data is not None  # its clean encoded the batch (clean: `encoded`)
-        if rows is not None and takes_rows(sink):  # counted by its clean: no footer read
-            written = sink.write_parquet(data, run_id=ctx.run_id, shard=shard, batch=batch,
-                                         rows=rows)
-        else:
-            written = sink.write_parquet(data, run_id=ctx.run_id, shard=shard, batch=batch)
+        # counted by its clean: the sink need not read the footer (if its method takes it)
+        told = {"rows": rows} if rows is not None and takes_rows(sink) else {}
+        written = sink.write_parquet(data, run_id=ctx.run_id, shard=shard, batch=batch, **told)
         if ctx.loaded_keys is not None:  # the keys its clean kept are those of the file
             (ctx.loaded_keys.loaded if held else ctx.loaded_keys.unstaged)(ctx.run_id, shard, batch)
     else:

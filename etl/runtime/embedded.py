@@ -1,14 +1,14 @@
 """Embedded mode: run a pipeline on this machine with Dramatiq's StubBroker, no services.
 
 The same actors as distributed mode. Each local worker process has an in-memory broker and
-worker threads, and works shards no other process works, so processes never contend for
-the same shard and pandas work uses every core despite the GIL; there a shard is one
-message, whose delivery runs its batches' steps in turn (etl.runtime.inline). Shards are shared out by
-their rows where the source can count them (largest first, each to the process with the
+worker threads, and works shards no other process works, so processes never contend for the
+same shard and pandas work uses every core despite the GIL; there a shard is one message,
+whose delivery runs its batches' steps in turn (etl.runtime.inline). Shards are shared out
+by their rows where the source can count them (largest first, each to the process with the
 fewest rows so far), else by shard number modulo processes; a process that ends its share
 early then takes shards of the others not begun yet (etl.runtime.claims). Processes are
-forked after the source is parsed and its rows grouped by shard, so they share it instead of
-re-reading it; each then gathers the rows of its own shards (a ShardGrouped source), in
+forked after the source is parsed and its rows grouped by shard, so they share it instead
+of re-reading it; each then gathers the rows of its own shards (a ShardGrouped source), in
 parallel with the others, and the rows of a shard it takes over when it takes it.
 
 A cancelled run (etl.runtime.cancel) is seen by every process on its next poll: its
