@@ -13,8 +13,9 @@ Sections (all by default; pick with --only, comma-separated):
                timed from `etl run --fresh --wait` to completion, on the demo and the 10x
                demo, in the same alternation as the pandas script of that data set
                (--distributed-on demo or tenx for one of them).
-  noop         (not run by default; --noop adds it) no-op messages through a raw Dramatiq
-               actor vs the toolkit's load actor on an already loaded batch, per broker.
+  noop         no-op messages through a raw Dramatiq actor vs the toolkit's load actor on
+               an already loaded batch, per broker, the two alternated over the rounds
+               (--noop adds it to an --only list).
   help         `etl --help` vs a bare `python -c pass` (wall, median).
   overhead     the demo at 3 batch sizes (about 20, 80 and 180 batches): CPU per extra
                batch of the whole command, of `stages.run_stages` alone over the same
@@ -73,8 +74,7 @@ PY = sys.executable
 _ETL_SCRIPT = Path(sys.executable).parent / "etl"
 ETL = [str(_ETL_SCRIPT)] if _ETL_SCRIPT.exists() else [PY, "-m", "cli.main"]
 BENCH = ROOT / "bench"
-SECTIONS = ("embedded", "tenx", "distributed", "help", "overhead", "profile")
-EXTRA_SECTIONS = ("noop",)
+SECTIONS = ("embedded", "tenx", "distributed", "noop", "help", "overhead", "profile")
 URLS = {"rabbitmq": "amqp://guest:guest@127.0.0.1:5672/%2F", "redis": "redis://127.0.0.1:6379/0"}
 README = ROOT / "README.md"
 MARK_START, MARK_END = "<!-- bench:profile:start -->", "<!-- bench:profile:end -->"
@@ -579,8 +579,9 @@ def overhead_section(args: argparse.Namespace) -> None:
           f"(wall {1000 * slope(counts, walls):.2f} ms; kernel time {1000 * kernel:.2f} ms of "
           "the CPU: file creation, fsync, SQLite's locks and writes, thread wake-ups)")
     print(f"  slope, run_stages alone   : {1000 * stage_slope:7.2f} ms CPU per extra batch")
-    print(f"  toolkit overhead per batch = total slope - stages slope = "
-          f"{1000 * (total_slope - stage_slope):.2f} ms CPU")
+    overhead = 1000 * (total_slope - stage_slope)
+    print(f"  toolkit overhead per batch = total slope - stages slope = {overhead:.2f} ms CPU"
+          f"   [{goal('per-batch overhead of the toolkit, CPU', overhead, at_most=5.0, unit=' ms')}]")
     rounds = min(len(r.samples) for r in runs)
     if rounds > 1:  # the machine's noise: the same figure from each round alone
         each = sorted(slope(counts, [r.samples[i].cpu for r in runs])
@@ -701,21 +702,24 @@ def write_readme(lines: list[str], data: dict[str, Any]) -> None:
     print(f"  written to {README.relative_to(ROOT)}")
 
 
-def noop_section(brokers: list[str], messages: int) -> None:
+def noop_section(brokers: list[str], messages: int, rounds: int) -> None:
     from bench.bench_distributed import noop_throughput
 
-    print(f"\n== no-op messages, 1 in-process worker x 2 threads, {messages} messages "
-          f"(load {load()}) ==", flush=True)
+    print(f"\n== no-op messages, 1 in-process worker x 2 threads, {messages} messages, "
+          f"{rounds} alternated rounds (load {load()}) ==", flush=True)
     for kind in brokers:
         reason = broker_reason(kind)
         if reason:
             print(f"  {kind}: skipped: {reason}")
             continue
-        raw, mine = noop_throughput(URLS[kind], messages)
-        verdict = (f"   [{goal('dedup-settled duplicate vs no-op Dramatiq actor, rabbitmq', mine / raw, at_least=0.9)}]"
+        pairs = noop_throughput(URLS[kind], messages, rounds=rounds)
+        ratio = median([mine / raw for raw, mine in pairs])
+        verdict = (f"   [{goal('dedup-settled duplicate vs no-op Dramatiq actor, rabbitmq', ratio, at_least=0.9)}]"
                    if kind == "rabbitmq" else "")
-        print(f"  {kind}: raw Dramatiq {raw:,.0f}/s, etl actors (already loaded) {mine:,.0f}/s "
-              f"-> {mine / raw:.2f}x{verdict}")
+        print(f"  {kind}: raw Dramatiq {median([r for r, _ in pairs]):,.0f}/s, etl actors "
+              f"(already loaded) {median([m for _, m in pairs]):,.0f}/s (medians) -> "
+              f"{ratio:.2f}x (median of the rounds' ratios){verdict}")
+        print(f"    each round: {' '.join(f'{m / r:.2f}x' for r, m in pairs)}")
 
 
 # -- children: the in-process view and the profile ----------------------------------------
@@ -965,13 +969,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quick", action="store_true", help="3 rounds")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections: {','.join(SECTIONS)} (default: "
-                        f"all of them), {','.join(EXTRA_SECTIONS)}")
+                        "all of them)")
     parser.add_argument("--shards", type=int, default=20)
     parser.add_argument("--brokers", default="rabbitmq,redis")
     parser.add_argument("--distributed-on", default="demo,tenx",
                         help="data sets of the distributed section: demo, tenx or both")
     parser.add_argument("--noop", action="store_true",
-                        help="add the noop section (per-message cost on each broker)")
+                        help="add the noop section to --only (it is among the defaults)")
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--write-readme", action="store_true",
                         help="write the profile table into README.md between its markers")
@@ -987,11 +991,13 @@ def main(argv: list[str]) -> None:
         return
     if args.quick:
         args.repeat = 3
-    only = [s.strip() for s in args.only.split(",") if s.strip()] + (["noop"] if args.noop else [])
-    unknown = sorted(set(only) - set(SECTIONS) - set(EXTRA_SECTIONS))
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if args.noop and "noop" not in only:
+        only.append("noop")
+    unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from "
-                     f"{', '.join(SECTIONS + EXTRA_SECTIONS)}")
+                     f"{', '.join(SECTIONS)}")
     kinds = [b for b in args.brokers.split(",") if b]
     if set(kinds) - set(URLS):
         parser.error(f"--brokers: choose from {', '.join(URLS)}")
@@ -1042,7 +1048,7 @@ def run_sections(args: argparse.Namespace, only: list[str], *, brokers: list[str
                 lambda: compare_dataset(tenx_dataset(args.cache), args, tools="tenx" in only,
                                         brokers=tenx_brokers))
     if "noop" in only:
-        section("noop", lambda: noop_section(kinds, args.messages))
+        section("noop", lambda: noop_section(kinds, args.messages, args.repeat))
     if "help" in only:
         section("help", lambda: help_section(args))
     if "overhead" in only:

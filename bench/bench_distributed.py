@@ -7,10 +7,11 @@
    time / toolkit time). This is the `distributed` section of bench/bench_all.py (`make
    bench`), run from there.
 2. No-op message throughput on each broker: N messages through a raw Dramatiq actor that does
-   nothing, vs N messages through our load actor whose batch is already loaded (lease taken
-   and released, dedup ledger read, middleware run: the toolkit's fixed cost per message),
-   both drained by one in-process Worker with 2 threads; messages/s and the ratio
-   (bench_all's `noop` section, or --noop).
+   nothing, vs N messages through our load actor whose batch is already loaded (the dedup
+   ledger read once, then remembered; the actor's wrapper and middleware run: the toolkit's
+   fixed cost per duplicate message), both drained by one in-process Worker with 2 threads,
+   alternated over --repeat rounds; messages/s and the median ratio (bench_all's `noop`
+   section).
 
     python bench/bench_distributed.py [--repeat 5] [--messages 2000] [--brokers rabbitmq,redis]
                                       [--parts demo,noop] [--on demo,tenx]
@@ -86,8 +87,11 @@ def _drain(broker: dramatiq.Broker, queue: str, send: list[dramatiq.Message]) ->
     return elapsed
 
 
-def noop_throughput(url: str, messages: int) -> tuple[float, float]:
-    """(raw Dramatiq messages/s, our actors' messages/s) on the broker at `url`."""
+def noop_throughput(url: str, messages: int, *, rounds: int = 1) -> list[tuple[float, float]]:
+    """Per round, (raw Dramatiq messages/s, our actors' messages/s) on the broker at `url`.
+    The two drains alternate, and which goes first alternates from round to round: a
+    single pair swings with whatever else the machine does (0.87x to 1.29x on RabbitMQ
+    in one afternoon)."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ["ETL_DEMO_OUTPUT"] = str(work / "out")
@@ -107,21 +111,38 @@ def noop_throughput(url: str, messages: int) -> tuple[float, float]:
         def noop(i: int) -> None:
             return None
 
-        raw_broker = open_broker(url)
-        raw = dramatiq.actor(noop, broker=raw_broker, queue_name=f"{queue}-raw")
-        raw_time = _drain(raw_broker, f"{queue}-raw", [raw.message(i) for i in range(messages)])
-        raw_broker.close()
+        def raw_rate() -> float:
+            broker = open_broker(url)
+            raw = dramatiq.actor(noop, broker=broker, queue_name=f"{queue}-raw")
+            try:
+                return messages / _drain(broker, f"{queue}-raw",
+                                         [raw.message(i) for i in range(messages)])
+            finally:
+                broker.close()
 
-        broker = open_broker(url)
-        contexts = ContextCache(load_settings())
-        contexts.register(context)
-        ours = declare_actors(broker, contexts, queue=queue)
-        ours_time = _drain(broker, queue, [ours.load.message(run.run_id, i % 2, 0)
-                                           for i in range(messages)])
-        broker.close()
-        state.close()
-        drop_queues(url, [queue, f"{queue}-raw"])
-        return messages / raw_time, messages / ours_time
+        def our_rate() -> float:
+            broker = open_broker(url)
+            contexts = ContextCache(load_settings())
+            contexts.register(context)
+            ours = declare_actors(broker, contexts, queue=queue)
+            try:
+                return messages / _drain(broker, queue, [ours.load.message(run.run_id, i % 2, 0)
+                                                         for i in range(messages)])
+            finally:
+                broker.close()
+
+        pairs = []
+        try:
+            for round_ in range(rounds):
+                if round_ % 2:
+                    mine, raw = our_rate(), raw_rate()
+                else:
+                    raw, mine = raw_rate(), our_rate()
+                pairs.append((raw, mine))
+        finally:
+            state.close()
+            drop_queues(url, [queue, f"{queue}-raw"])
+        return pairs
 
 
 def main(argv: list[str]) -> None:
