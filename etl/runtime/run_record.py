@@ -124,7 +124,7 @@ LOST_NOTE = ("recorded at the run's completion: the state store counts this step
 
 
 def record_lost_steps(store: ResultStore, state: "StateStore", run_id: str, *,
-                      ttl: "timedelta | None" = None, queue: str = "etl",
+                      ttl: "timedelta | None" = None, queue: str | None = None,
                       limit: int = 10_000_000) -> int:
     """Write a `completed` record for each batch step of a completed run that the state
     store counts done but that has no record at all: its process was killed before the
@@ -132,11 +132,15 @@ def record_lost_steps(store: ResultStore, state: "StateStore", run_id: str, *,
     RECORD_INTERVAL_S, etl.runtime.embedded), and the resume that finished the run found
     the step done and did not run it again. For an embedded `etl run` that resumed its run,
     once every process of it has written what it holds. How many were written; an outage
-    is logged, never raised."""
+    is logged, never raised. `queue`: the records' queue (default: the embedded one, where
+    the steps ran)."""
     import uuid
 
     from etl.core.names import actor_name, task_fingerprint
+    from etl.runtime.actors import QUEUE
     from results.changes import NewRecord
+
+    queue = queue or QUEUE
 
     stages = ("fetch", "clean", "load")
     functions = {actor_name(stage): stage for stage in stages}
